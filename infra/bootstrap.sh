@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything tierlake needs on a Debian 12 machine (root or sudo):
+#   1. Debian packages: Ceph 16.2 (mon, mgr, osd, radosgw, CLI), a JDK 17 and Maven if absent
+#   2. .venv with tierlake and its Python deps, installed from a wheelhouse in ~/.cache/tierlake
+#   3. the JVM jar sets (Kafka broker; Delta + Kafka source + s3a for Spark) from Maven Central into ~/.m2,
+#      linked under .cache/jars/
+# The first run needs the package registries (about 5 minutes); later runs skip every step whose inputs did not
+# change and need no network. TIERLAKE_SKIP_APT=1 skips step 1 (packages installed by other means).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+CACHE=${TIERLAKE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tierlake}
+PYTHON=${PYTHON:-python3.11}
+T0=$(date +%s)
+log() { printf '[setup +%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# ---- 1. Debian packages ---------------------------------------------------------------------------
+DEB_PKGS=(ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime curl)
+command -v java >/dev/null || DEB_PKGS+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || DEB_PKGS+=(maven)
+missing=()
+for pkg in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${TIERLAKE_SKIP_APT:-0}" = 1 ]; then
+  log "apt: skipped (TIERLAKE_SKIP_APT=1)"
+elif [ ${#missing[@]} -eq 0 ]; then
+  log "apt: all packages present"
+else
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  log "apt: installing ${missing[*]}"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-unsafe-io "${missing[@]}" >"$CACHE.apt.log" 2>&1 \
+    || { echo "apt-get install failed, see $CACHE.apt.log" >&2; exit 1; }
+fi
+
+# ---- 2. Python: wheelhouse, then an offline install into .venv --------------------------------------
+mkdir -p "$CACHE/wheelhouse"
+PY_HASH=$(hash_of pyproject.toml)
+WHEELS_OK="$CACHE/wheelhouse/.complete-$PY_HASH"
+if [ ! -f "$WHEELS_OK" ]; then
+  log "pip: building the wheelhouse (first run: pyspark is a 450 MB sdist, about a minute)"
+  "$PYTHON" -m pip wheel -q -w "$CACHE/wheelhouse" ".[dev]" setuptools wheel pip
+  rm -f "$CACHE/wheelhouse"/tierlake-*.whl
+  touch "$WHEELS_OK"
+fi
+VENV_OK=".venv/.complete-$PY_HASH"
+if [ ! -f "$VENV_OK" ]; then
+  log "venv: installing tierlake and its dependencies offline from the wheelhouse"
+  [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install -q --no-index --find-links "$CACHE/wheelhouse" --upgrade pip setuptools wheel
+  .venv/bin/python -m pip install -q --no-index --find-links "$CACHE/wheelhouse" -e ".[dev]"
+  rm -f .venv/.complete-*
+  touch "$VENV_OK"
+else
+  log "venv: up to date"
+fi
+
+# ---- 3. JVM jar sets ----------------------------------------------------------------------------------
+resolve_jar_set() {  # name, extra args for infra.jars link
+  local name=$1; shift
+  local pom="infra/maven/$name/pom.xml" dest=".cache/jars/$name"
+  local stamp="$dest/.complete-$(hash_of "$pom")"
+  if [ -f "$stamp" ]; then log "jars/$name: up to date"; return 0; fi
+  mkdir -p "$dest"
+  local cp_file="$dest/classpath.txt"
+  # Offline first (everything already in ~/.m2), then online.
+  if ! mvn -o -q -B -f "$pom" dependency:build-classpath -DincludeScope=runtime \
+       -Dmdep.outputFile="$ROOT/$cp_file" >/dev/null 2>&1; then
+    log "jars/$name: resolving from Maven Central (first run)"
+    mvn -q -B -f "$pom" dependency:build-classpath -DincludeScope=runtime \
+      -Dmdep.outputFile="$ROOT/$cp_file" >"$CACHE/mvn-$name.log" 2>&1 \
+      || { echo "mvn failed for $pom, see $CACHE/mvn-$name.log" >&2; exit 1; }
+  fi
+  .venv/bin/python -m infra.jars link "$name" "$cp_file" "$dest" "$@"
+  rm -f "$dest"/.complete-*
+  touch "$stamp"
+}
+resolve_jar_set kafka
+resolve_jar_set spark --skip-pyspark-jars
+log "set-up complete"

@@ -1,0 +1,419 @@
+"""Typed settings, loaded once at the entry point and passed down.
+
+Precedence, highest first: explicit overrides (CLI flags) > ``TIERLAKE_*`` environment variables >
+``conf/<profile>.yaml`` > ``conf/base.yaml``. Nested keys in the environment use a double underscore:
+``TIERLAKE_KAFKA__NODES=3`` sets ``kafka.nodes``. Secrets (the S3 keys) come only from the environment or the
+secret file that ``tierlake stack up`` creates; a conf file that holds one is refused.
+
+Every value remembers where it came from, so a bad one fails with the file (or variable), the key, the value
+and the fix. Library code never reads ``os.environ``: the environment is an argument of :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tierlake.errors import ConfigError
+
+ENV_PREFIX = "TIERLAKE_"
+ENV_NESTING = "__"
+PROFILES = ("local", "ci", "prod")
+SECRET_KEYS = frozenset({"s3.access_key", "s3.secret_key"})
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A credential that never shows itself in repr, str or logs."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "****" if self.value else ""
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicSettings:
+    name: str
+    partitions: int
+    replication: int
+    retention_ms: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    managed: bool
+    nodes: int
+    bootstrap_servers: str
+    broker_port: int
+    controller_port: int
+    port_stride: int
+    heap_mb: int
+    topics: tuple[TopicSettings, ...]
+
+    def broker_ports(self, nodes: int | None = None) -> list[int]:
+        return [self.broker_port + i * self.port_stride for i in range(nodes or self.nodes)]
+
+    def bootstrap(self, nodes: int | None = None) -> str:
+        """The bootstrap list clients use: the local brokers when managed, else the configured cluster."""
+        if not self.managed:
+            return self.bootstrap_servers
+        return ",".join(f"127.0.0.1:{port}" for port in self.broker_ports(nodes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CephSettings:
+    managed: bool
+    mon_port: int
+    rgw_port: int
+    osds: int
+    osd_size_gb: int
+    ec_k: int
+    ec_m: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3Settings:
+    endpoint: str
+    region: str
+    lake_bucket: str
+    buckets: tuple[str, ...]
+    credentials_file: Path
+    access_key: Secret
+    secret_key: Secret
+
+    def has_credentials(self) -> bool:
+        return bool(self.access_key.value and self.secret_key.value)
+
+    def require_credentials(self) -> tuple[str, str]:
+        if not self.has_credentials():
+            raise ConfigError(
+                "no S3 credentials: set TIERLAKE_S3__ACCESS_KEY and TIERLAKE_S3__SECRET_KEY, or run "
+                f"`tierlake stack up`, which creates {self.credentials_file} for the local Ceph"
+            )
+        return self.access_key.value, self.secret_key.value
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparkSettings:
+    master: str
+    driver_memory: str
+    shuffle_partitions: int
+    local_ip: str
+    jars_dir: Path
+    extra_conf: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    profile: str
+    root: Path
+    run_dir: Path
+    kafka: KafkaSettings
+    ceph: CephSettings
+    s3: S3Settings
+    spark: SparkSettings
+    sources: tuple[str, ...]
+
+    def with_credentials(self, access_key: str, secret_key: str) -> Settings:
+        s3 = replace(self.s3, access_key=Secret(access_key), secret_key=Secret(secret_key))
+        return replace(self, s3=s3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Values:
+    """Flat dotted keys -> (value, source). Hands out typed values and remembers which keys were used."""
+
+    def __init__(self, flat: dict[str, tuple[Any, str]]) -> None:
+        self._flat = flat
+        self._used: set[str] = set()
+
+    def source(self, key: str) -> str:
+        return self._flat[key][1] if key in self._flat else "defaults"
+
+    def fail(self, key: str, value: object, why: str, fix: str) -> ConfigError:
+        shown = "****" if key in SECRET_KEYS else repr(value)
+        return ConfigError(f"{self.source(key)}: {key} = {shown} is invalid: {why}. Fix: {fix}")
+
+    def get(
+        self,
+        key: str,
+        kind: type[_T],
+        *,
+        fix: str,
+        check: Callable[[_T], str | None] | None = None,
+        default: _T | None = None,
+    ) -> _T:
+        self._used.add(key)
+        if key not in self._flat:
+            if default is not None:
+                return default
+            raise ConfigError(f"missing config key {key} in {self.source(key)}. Fix: {fix}")
+        value = self._flat[key][0]
+        if kind is bool and not isinstance(value, bool):
+            raise self.fail(key, value, "expected true or false", fix)
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise self.fail(key, value, "expected an integer", fix)
+        if kind is str and not isinstance(value, str):
+            value = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+            if not isinstance(value, str):
+                raise self.fail(key, value, "expected a string", fix)
+        if kind is list and not isinstance(value, list):
+            raise self.fail(key, value, "expected a list", fix)
+        if kind is dict and not isinstance(value, dict):
+            raise self.fail(key, value, "expected a mapping", fix)
+        if check is not None and (why := check(value)) is not None:
+            raise self.fail(key, value, why, fix)
+        return value  # type: ignore[no-any-return]
+
+    def unused(self) -> list[str]:
+        return sorted(set(self._flat) - self._used)
+
+
+def _flatten(tree: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    flat: dict[str, tuple[Any, str]] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        # spark.extra_conf is a free-form mapping of Spark keys; it stays one value.
+        if isinstance(value, dict) and dotted != "spark.extra_conf":
+            flat.update(_flatten(value, source, f"{dotted}."))
+        else:
+            flat[dotted] = (value, source)
+    return flat
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist. Fix: create it or choose another profile") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix: correct the syntax at the position shown") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+    return loaded
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    flat: dict[str, tuple[Any, str]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
+        # Parse as a YAML scalar so TIERLAKE_KAFKA__NODES=3 is the integer 3; secrets stay verbatim strings.
+        value: Any = raw if key in SECRET_KEYS else yaml.safe_load(raw) if raw else raw
+        flat[key] = (value, f"environment variable {name}")
+    return flat
+
+
+def find_conf_dir(start: Path) -> Path:
+    """The nearest ``conf/`` holding ``base.yaml`` at or above ``start``."""
+    for folder in (start, *start.parents):
+        if (folder / "conf" / "base.yaml").is_file():
+            return folder / "conf"
+    raise ConfigError(
+        f"no conf/base.yaml found at or above {start}. Fix: run tierlake inside its checkout, "
+        "or set TIERLAKE_CONF_DIR to the folder holding base.yaml"
+    )
+
+
+def load_settings(
+    profile: str | None = None,
+    *,
+    conf_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Resolve the settings once. ``env`` defaults to ``os.environ`` only here, at the process edge."""
+    env = dict(os.environ) if env is None else env
+    conf_dir = conf_dir or (Path(env["TIERLAKE_CONF_DIR"]) if "TIERLAKE_CONF_DIR" in env else None)
+    conf_dir = (conf_dir or find_conf_dir(Path.cwd())).resolve()
+    profile = profile or env.get("TIERLAKE_PROFILE") or "local"
+    if profile not in PROFILES:
+        raise ConfigError(
+            f"profile {profile!r} is unknown (from --profile or TIERLAKE_PROFILE). Fix: use one of {PROFILES}"
+        )
+    flat: dict[str, tuple[Any, str]] = {}
+    sources = []
+    for name in ("base", profile):
+        path = conf_dir / f"{name}.yaml"
+        layer = _flatten(_read_yaml(path), str(path))
+        if leaked := sorted(SECRET_KEYS & set(layer)):
+            raise ConfigError(
+                f"{path}: {', '.join(leaked)} must not be in a conf file (conf/ is in git). "
+                "Fix: delete it there and set TIERLAKE_S3__ACCESS_KEY / TIERLAKE_S3__SECRET_KEY"
+            )
+        flat.update(layer)
+        sources.append(str(path))
+    flat.update(_env_layer(env))
+    for key, value in (overrides or {}).items():
+        flat[key] = (value, "command line")
+    values = _Values(flat)
+    settings = _build(values, profile=profile, root=conf_dir.parent, sources=tuple(sources))
+    if unknown := values.unused():
+        where = ", ".join(f"{key} ({values.source(key)})" for key in unknown)
+        raise ConfigError(f"unknown config keys: {where}. Fix: remove them or correct the spelling")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building the typed tree
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "must be at least 1"
+
+
+def _port(value: int) -> str | None:
+    return None if 1024 <= value <= 65535 else "must be a port between 1024 and 65535"
+
+
+def _url(value: str) -> str | None:
+    return None if re.match(r"^https?://[^/\s]+", value) else "must be an http:// or https:// URL"
+
+
+def _bucket_name(value: str) -> str | None:
+    ok = re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value)
+    return None if ok else "S3 bucket names are 3-63 characters of a-z, 0-9, '.', '-'"
+
+
+def _build_kafka(values: _Values) -> KafkaSettings:
+    managed = values.get("kafka.managed", bool, fix="true to start Kafka locally, false to use bootstrap_servers")
+    nodes = values.get(
+        "kafka.nodes", int, fix="use 1 (demo) or 3 (durability)", check=lambda n: None if n in (1, 3) else
+        "the local stack runs 1 or 3 combined broker/controller nodes"
+    )
+    bootstrap = values.get("kafka.bootstrap_servers", str, default="", fix="host:port[,host:port...]")
+    if not managed and not bootstrap:
+        raise values.fail("kafka.bootstrap_servers", bootstrap, "required when kafka.managed is false",
+                          "set it to your cluster's brokers, e.g. kafka-1:9092,kafka-2:9092")
+    topics = []
+    for index, item in enumerate(values.get("kafka.topics", list, fix="a list of {name, partitions, ...}")):
+        where = f"kafka.topics[{index}]"
+        if not isinstance(item, dict) or not {"name", "partitions", "replication", "retention_ms"} <= set(item):
+            raise values.fail("kafka.topics", item, f"{where} needs name, partitions, replication, retention_ms",
+                              "give every topic all four keys")
+        if not all(isinstance(item[k], int) and item[k] > 0 for k in ("partitions", "replication")):
+            raise values.fail("kafka.topics", item, f"{where}: partitions and replication must be integers >= 1",
+                              "correct the numbers")
+        topics.append(TopicSettings(name=str(item["name"]), partitions=item["partitions"],
+                                    replication=item["replication"], retention_ms=int(item["retention_ms"])))
+    return KafkaSettings(
+        managed=managed,
+        nodes=nodes,
+        bootstrap_servers=bootstrap,
+        broker_port=values.get("kafka.broker_port", int, check=_port, fix="a free port, e.g. 19092"),
+        controller_port=values.get("kafka.controller_port", int, check=_port, fix="a free port, e.g. 19093"),
+        port_stride=values.get("kafka.port_stride", int, check=_positive, fix="e.g. 10000: node 2 uses port+10000"),
+        heap_mb=values.get("kafka.heap_mb", int, fix="at least 256", check=lambda n: None if n >= 256 else
+                           "a broker needs at least 256 MB of heap"),
+        topics=tuple(topics),
+    )
+
+
+def _build_s3(values: _Values, root: Path) -> S3Settings:
+    buckets = values.get("s3.buckets", list, fix="a list of bucket names")
+    for bucket in buckets:
+        if (why := _bucket_name(str(bucket))) is not None:
+            raise values.fail("s3.buckets", bucket, why, "rename the bucket")
+    lake_bucket = values.get("s3.lake_bucket", str, check=_bucket_name, fix="one of s3.buckets")
+    if lake_bucket not in buckets:
+        raise values.fail("s3.lake_bucket", lake_bucket, f"not in s3.buckets {buckets}", "add it to s3.buckets")
+    credentials_file = root / values.get("s3.credentials_file", str, fix="a path, e.g. .run/secrets/s3.env")
+    access_key = values.get("s3.access_key", str, default="", fix="set TIERLAKE_S3__ACCESS_KEY")
+    secret_key = values.get("s3.secret_key", str, default="", fix="set TIERLAKE_S3__SECRET_KEY")
+    if not (access_key and secret_key):
+        access_key, secret_key = read_credentials_file(credentials_file)
+    return S3Settings(
+        endpoint=values.get("s3.endpoint", str, check=_url, fix="e.g. http://127.0.0.1:7480").rstrip("/"),
+        region=values.get("s3.region", str, fix="any non-empty region name, e.g. us-east-1",
+                          check=lambda r: None if r else "SigV4 signing needs a region"),
+        lake_bucket=lake_bucket,
+        buckets=tuple(str(b) for b in buckets),
+        credentials_file=credentials_file,
+        access_key=Secret(access_key),
+        secret_key=Secret(secret_key),
+    )
+
+
+def _build(values: _Values, *, profile: str, root: Path, sources: tuple[str, ...]) -> Settings:
+    run_dir = root / values.get("run_dir", str, fix="a folder for the local stack's data, logs and pids")
+    ceph = CephSettings(
+        managed=values.get("ceph.managed", bool, fix="true to start Ceph locally, false to use s3.endpoint"),
+        mon_port=values.get("ceph.mon_port", int, check=_port, fix="a free port, e.g. 3300"),
+        rgw_port=values.get("ceph.rgw_port", int, check=_port, fix="a free port, e.g. 7480"),
+        osds=values.get("ceph.osds", int, fix="3 for an EC 2+1 pool",
+                        check=lambda n: None if n >= 3 else "EC 2+1 needs 3 OSDs"),
+        osd_size_gb=values.get("ceph.osd_size_gb", int, check=_positive, fix="e.g. 4 (sparse file)"),
+        ec_k=values.get("ceph.ec_k", int, check=_positive, fix="e.g. 2"),
+        ec_m=values.get("ceph.ec_m", int, check=_positive, fix="e.g. 1"),
+    )
+    if ceph.ec_k + ceph.ec_m > ceph.osds:
+        raise values.fail("ceph.osds", ceph.osds, f"EC {ceph.ec_k}+{ceph.ec_m} needs k+m OSDs",
+                          f"raise ceph.osds to {ceph.ec_k + ceph.ec_m}")
+    s3 = _build_s3(values, root)
+    if ceph.managed and s3.endpoint != f"http://127.0.0.1:{ceph.rgw_port}":
+        raise values.fail("s3.endpoint", s3.endpoint, "the managed local Ceph serves RGW on loopback",
+                          f"set s3.endpoint to http://127.0.0.1:{ceph.rgw_port} or ceph.managed to false")
+    extra = values.get("spark.extra_conf", dict, default={}, fix="a mapping of Spark conf keys to values")
+    spark = SparkSettings(
+        master=values.get("spark.master", str, fix="local[2], spark://host:7077 or k8s://...",
+                          check=lambda m: None if m else "must not be empty"),
+        driver_memory=values.get("spark.driver_memory", str, fix="e.g. 1g",
+                                 check=lambda m: None if re.fullmatch(r"\d+[mg]", m) else "expected e.g. 512m or 2g"),
+        shuffle_partitions=values.get("spark.shuffle_partitions", int, check=_positive, fix="e.g. 2 on 2 cores"),
+        local_ip=values.get("spark.local_ip", str, fix="127.0.0.1 for the local stack"),
+        jars_dir=root / values.get("spark.jars_dir", str, fix="where infra/bootstrap.sh puts the jars"),
+        extra_conf={str(k): str(v) for k, v in extra.items()},
+    )
+    return Settings(profile=profile, root=root, run_dir=run_dir, kafka=_build_kafka(values), ceph=ceph,
+                    s3=s3, spark=spark, sources=sources)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Secret file and display
+
+
+def read_credentials_file(path: Path) -> tuple[str, str]:
+    """``access_key=...`` / ``secret_key=...`` lines; ("", "") when the file does not exist yet."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "", ""
+    pairs = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return pairs.get("access_key", "").strip(), pairs.get("secret_key", "").strip()
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The resolved settings as plain data, secrets masked: what ``tierlake config show`` prints."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return str(value)
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, Mapping):
+            return {str(k): plain(v) for k, v in value.items()}
+        if hasattr(value, "__dataclass_fields__"):
+            return {name: plain(getattr(value, name)) for name in value.__dataclass_fields__}
+        return value
+
+    result: dict[str, Any] = plain(settings)
+    return result

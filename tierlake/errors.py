@@ -1,0 +1,45 @@
+"""The error hierarchy. Callers catch the subclass they can act on; the CLI prints the message, no traceback."""
+
+
+class TierlakeError(Exception):
+    """Root of every error tierlake raises on purpose. Messages name the parameter, the value and the fix."""
+
+
+class ConfigError(TierlakeError):
+    """A configuration value is missing or invalid (the message names file, key, value and fix)."""
+
+
+class StackError(TierlakeError):
+    """A local-stack service failed to start, stop or become healthy (the message names the log to read)."""
+
+
+class StorageError(TierlakeError):
+    """An object-store operation failed."""
+
+
+class NotFound(StorageError):
+    """An object, table or file does not exist."""
+
+
+class CommitConflict(TierlakeError):
+    """A Delta commit lost a race or a second writer tried to claim a table."""
+
+
+class SchemaMismatch(TierlakeError):
+    """A record or table does not match the declared schema."""
+
+
+class CacheFull(StorageError):
+    """The edge cache cannot admit an entry within its byte budget."""
+
+
+class TapeError(TierlakeError):
+    """A tape library, cartridge or LTFS volume operation failed."""
+
+
+class RetentionViolation(TierlakeError):
+    """An operation would delete data still under retention or legal hold."""
+
+
+class DependencyMissing(TierlakeError):
+    """A tool or optional package is not installed (the message says how to install it)."""

@@ -1,0 +1,1 @@
+"""Storage tiers behind one small protocol each: object store (Ceph RGW over S3), edge cache, tape archive."""
