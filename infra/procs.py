@@ -126,6 +126,9 @@ def stop(daemons: Sequence[Daemon], *, timeout_s: float = 30) -> list[str]:
         if is_ours(pid, daemon.marker):
             logger.warning("%s pid %d ignored SIGTERM for %.0f s; sending SIGKILL", daemon.name, pid, timeout_s)
             _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(is_ours(pid, d.marker) for d, pid in running.values()):
+        time.sleep(0.05)
     for daemon in daemons:
         daemon.pid_file.unlink(missing_ok=True)
     return sorted(running)

@@ -1,0 +1,92 @@
+"""Pure parts of the stack: Kafka server.properties per node count, the Spark conf, the S3 secret file."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from infra.kafka import KafkaCluster
+from infra.stack import ensure_credentials
+from pipelines.session import spark_conf
+from tierlake.config import Settings, load_settings
+
+pytestmark = pytest.mark.unit
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _settings(tmp_path: Path, profile: str = "local", **env: str) -> Settings:
+    """The shipped profile, rooted in tmp_path (so run dir and secret file are the test's own)."""
+    conf_dir = tmp_path / "conf"
+    if not conf_dir.exists():
+        shutil.copytree(REPO_CONF, conf_dir)
+    return load_settings(profile, conf_dir=conf_dir, env=env)
+
+
+def _props(cluster: KafkaCluster, node_id: int) -> dict[str, str]:
+    text = cluster._server_properties(cluster.node(node_id))
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_three_node_kafka_has_rf3_min_isr2_and_three_voters(tmp_path: Path) -> None:
+    cluster = KafkaCluster(_settings(tmp_path, "ci"), nodes=3)
+    props = _props(cluster, 2)
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19193,2@127.0.0.1:29193,3@127.0.0.1:39193"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29192,CONTROLLER://127.0.0.1:29193"
+    assert props["default.replication.factor"] == "3"
+    assert props["min.insync.replicas"] == "2"
+    assert props["unclean.leader.election.enable"] == "false"
+    assert props["log.dirs"] == str(tmp_path / ".run-test" / "kafka" / "node-2" / "data")
+
+
+def test_one_node_kafka_has_rf1(tmp_path: Path) -> None:
+    cluster = KafkaCluster(_settings(tmp_path), nodes=1)
+    props = _props(cluster, 1)
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert props["min.insync.replicas"] == "1"
+
+
+def test_credentials_file_is_created_once_private_and_reused(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert not settings.s3.has_credentials()
+    first = ensure_credentials(settings)
+    access_key, secret_key = first.s3.require_credentials()
+    assert len(access_key) == 20
+    assert len(secret_key) >= 30
+    again = ensure_credentials(_settings(tmp_path))
+    assert again.s3.require_credentials() == (access_key, secret_key)
+    mode = stat.S_IMODE((tmp_path / ".run" / "secrets" / "s3.env").stat().st_mode)
+    assert mode == 0o600
+
+
+def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, TIERLAKE_S3__ACCESS_KEY="AK", TIERLAKE_S3__SECRET_KEY="SK")
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "delta-spark_4.2_2.13-4.4.0.jar").write_bytes(b"PK")
+    settings = replace(settings, spark=replace(settings.spark, jars_dir=jars, extra_conf={"spark.x": "y"}))
+    conf = spark_conf(settings, app_name="unit")
+    assert conf["spark.master"] == "local[2]"
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:7480"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.signing-algorithm"] == "AWS4UnsignedPayloadSignerType"
+    assert conf["spark.jars"].endswith("delta-spark_4.2_2.13-4.4.0.jar")
+    assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert conf["spark.x"] == "y"
+    assert conf["spark.driver.host"] == "127.0.0.1"
+
+
+def test_spark_master_comes_from_config(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, TIERLAKE_SPARK__MASTER="spark://head:7077", TIERLAKE_S3__ACCESS_KEY="AK",
+                         TIERLAKE_S3__SECRET_KEY="SK")
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "a-1.jar").write_bytes(b"PK")
+    conf = spark_conf(replace(settings, spark=replace(settings.spark, jars_dir=jars)), app_name="unit")
+    assert conf["spark.master"] == "spark://head:7077"
