@@ -43,8 +43,12 @@ class CephCluster:
     # daemons
 
     def _daemon(self, name: str) -> procs.Daemon:
-        return procs.Daemon(name=f"ceph-{name}", pid_file=self.home / "run" / f"{name}.pid",
-                            log=self.log_dir / f"{name}.log", marker=f"-c {self.conf}")
+        return procs.Daemon(
+            name=f"ceph-{name}",
+            pid_file=self.home / "run" / f"{name}.pid",
+            log=self.log_dir / f"{name}.log",
+            marker=f"-c {self.conf}",
+        )
 
     def osd_ids(self) -> list[int]:
         osd_root = self.home / "osd"
@@ -59,8 +63,7 @@ class CephCluster:
         """Run the ``ceph`` CLI against this cluster."""
         argv = ["ceph", "-c", str(self.conf), *args]
         try:
-            result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout_s,
-                                    check=False)
+            result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout_s, check=False)
         except subprocess.TimeoutExpired as exc:
             raise StackError(f"`{' '.join(argv)}` timed out after {timeout_s:.0f} s; see {self.log_dir}") from exc
         if result.returncode != 0:
@@ -78,7 +81,15 @@ class CephCluster:
     # up
 
     def up(self, *, access_key: str, secret_key: str) -> None:
-        for tool in ("ceph-mon", "ceph-mgr", "ceph-osd", "radosgw", "ceph-authtool", "monmaptool", "radosgw-admin"):
+        for tool in (
+            "ceph-mon",
+            "ceph-mgr",
+            "ceph-osd",
+            "radosgw",
+            "ceph-authtool",
+            "monmaptool",
+            "radosgw-admin",
+        ):
             if shutil.which(tool) is None:
                 raise DependencyMissing(f"{tool} is not installed. Fix: run `make setup` (installs Ceph 16.2)")
         if self.marker_file.exists():
@@ -98,18 +109,47 @@ class CephCluster:
         self._make_mon(fsid)
         self._start("mon.a", ["ceph-mon", "-c", str(self.conf), "-i", "a"])
         procs.wait_until("ceph mon", lambda: self._ok("mon", "stat"), timeout_s=WAIT_S, log=self._daemon("mon.a").log)
-        self.cli("auth", "get-or-create", "mgr.x", "mon", "allow profile mgr", "osd", "allow *", "mds", "allow *",
-                 "-o", str(self.home / "mgr/x/keyring"))
+        self.cli(
+            "auth",
+            "get-or-create",
+            "mgr.x",
+            "mon",
+            "allow profile mgr",
+            "osd",
+            "allow *",
+            "mds",
+            "allow *",
+            "-o",
+            str(self.home / "mgr/x/keyring"),
+        )
         self._start("mgr.x", ["ceph-mgr", "-c", str(self.conf), "-i", "x"])
         self._create_osds()
         self._start_osds(self.osd_ids())
-        self.cli("osd", "erasure-code-profile", "set", "tierlake-ec", f"k={self.ceph.ec_k}", f"m={self.ceph.ec_m}",
-                 "crush-failure-domain=osd")
+        self.cli(
+            "osd",
+            "erasure-code-profile",
+            "set",
+            "tierlake-ec",
+            f"k={self.ceph.ec_k}",
+            f"m={self.ceph.ec_m}",
+            "crush-failure-domain=osd",
+        )
         # The data pool must exist before RGW's first bucket, or RGW creates a replicated one itself.
         self.cli("osd", "pool", "create", _DATA_POOL, "8", "8", "erasure", "tierlake-ec")
         self.cli("osd", "pool", "application", "enable", _DATA_POOL, "rgw")
-        self.cli("auth", "get-or-create", "client.rgw.gw", "mon", "allow rw", "osd", "allow rwx", "mgr", "allow rw",
-                 "-o", str(self.home / "rgw/gw/keyring"))
+        self.cli(
+            "auth",
+            "get-or-create",
+            "client.rgw.gw",
+            "mon",
+            "allow rw",
+            "osd",
+            "allow rwx",
+            "mgr",
+            "allow rw",
+            "-o",
+            str(self.home / "rgw/gw/keyring"),
+        )
         self._start_rgw()
         self.marker_file.write_text(json.dumps({"fsid": fsid, "created": time.time()}), encoding="utf-8")
         self.wait_health_ok()
@@ -127,17 +167,80 @@ class CephCluster:
 
     def _make_mon(self, fsid: str) -> None:
         home, log = str(self.home), self.setup_log
-        procs.run(["ceph-authtool", "--create-keyring", f"{home}/mon.keyring", "--gen-key", "-n", "mon.",
-                   "--cap", "mon", "allow *"], log=log, what="mon keyring")
-        procs.run(["ceph-authtool", "--create-keyring", f"{home}/keyring", "--gen-key", "-n", "client.admin",
-                   "--cap", "mon", "allow *", "--cap", "osd", "allow *", "--cap", "mds", "allow *",
-                   "--cap", "mgr", "allow *"], log=log, what="admin keyring")
-        procs.run(["ceph-authtool", f"{home}/mon.keyring", "--import-keyring", f"{home}/keyring"], log=log,
-                  what="keyring import")
-        procs.run(["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{self.ceph.mon_port}]",
-                   f"{home}/monmap"], log=log, what="monmap")
-        procs.run(["ceph-mon", "-c", str(self.conf), "--mkfs", "-i", "a", "--monmap", f"{home}/monmap",
-                   "--keyring", f"{home}/mon.keyring"], log=log, what="ceph-mon --mkfs")
+        procs.run(
+            [
+                "ceph-authtool",
+                "--create-keyring",
+                f"{home}/mon.keyring",
+                "--gen-key",
+                "-n",
+                "mon.",
+                "--cap",
+                "mon",
+                "allow *",
+            ],
+            log=log,
+            what="mon keyring",
+        )
+        procs.run(
+            [
+                "ceph-authtool",
+                "--create-keyring",
+                f"{home}/keyring",
+                "--gen-key",
+                "-n",
+                "client.admin",
+                "--cap",
+                "mon",
+                "allow *",
+                "--cap",
+                "osd",
+                "allow *",
+                "--cap",
+                "mds",
+                "allow *",
+                "--cap",
+                "mgr",
+                "allow *",
+            ],
+            log=log,
+            what="admin keyring",
+        )
+        procs.run(
+            ["ceph-authtool", f"{home}/mon.keyring", "--import-keyring", f"{home}/keyring"],
+            log=log,
+            what="keyring import",
+        )
+        procs.run(
+            [
+                "monmaptool",
+                "--create",
+                "--fsid",
+                fsid,
+                "--addv",
+                "a",
+                f"[v2:127.0.0.1:{self.ceph.mon_port}]",
+                f"{home}/monmap",
+            ],
+            log=log,
+            what="monmap",
+        )
+        procs.run(
+            [
+                "ceph-mon",
+                "-c",
+                str(self.conf),
+                "--mkfs",
+                "-i",
+                "a",
+                "--monmap",
+                f"{home}/monmap",
+                "--keyring",
+                f"{home}/mon.keyring",
+            ],
+            log=log,
+            what="ceph-mon --mkfs",
+        )
 
     def _create_osds(self) -> None:
         """Register every OSD with its cephx key first (as ceph-volume does), then mkfs them in parallel."""
@@ -147,12 +250,39 @@ class CephCluster:
             secret = procs.run(["ceph-authtool", "--gen-print-key"], log=self.setup_log, what="osd key").strip()
             osd_id = int(self.cli("osd", "new", osd_uuid, "-i", "-", stdin=json.dumps({"cephx_secret": secret})))
             (self.home / "osd" / str(osd_id)).mkdir(parents=True)
-            procs.run(["ceph-authtool", "--create-keyring", str(self.home / f"osd/{osd_id}/keyring"),
-                       "--name", f"osd.{osd_id}", "--add-key", secret], log=self.setup_log, what="osd keyring")
+            procs.run(
+                [
+                    "ceph-authtool",
+                    "--create-keyring",
+                    str(self.home / f"osd/{osd_id}/keyring"),
+                    "--name",
+                    f"osd.{osd_id}",
+                    "--add-key",
+                    secret,
+                ],
+                log=self.setup_log,
+                what="osd keyring",
+            )
             with (self.log_dir / f"osd.{osd_id}.mkfs.log").open("wb") as out:
-                mkfs.append((osd_id, subprocess.Popen(
-                    ["ceph-osd", "-c", str(self.conf), "-i", str(osd_id), "--mkfs", "--osd-uuid", osd_uuid],
-                    stdout=out, stderr=subprocess.STDOUT)))
+                mkfs.append(
+                    (
+                        osd_id,
+                        subprocess.Popen(
+                            [
+                                "ceph-osd",
+                                "-c",
+                                str(self.conf),
+                                "-i",
+                                str(osd_id),
+                                "--mkfs",
+                                "--osd-uuid",
+                                osd_uuid,
+                            ],
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                        ),
+                    )
+                )
         for osd_id, process in mkfs:
             if process.wait(timeout=WAIT_S) != 0:
                 raise StackError(f"ceph-osd mkfs failed for osd.{osd_id}; see {self.log_dir}/osd.{osd_id}.mkfs.log")
@@ -163,16 +293,31 @@ class CephCluster:
 
     def _start_osds(self, osd_ids: list[int]) -> None:
         # Each ceph-osd returns only after 2-4 s of init: start them all at once.
-        starting = [(i, subprocess.Popen(["ceph-osd", "-c", str(self.conf), "-i", str(i)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) for i in osd_ids]
+        starting = [
+            (
+                i,
+                subprocess.Popen(
+                    ["ceph-osd", "-c", str(self.conf), "-i", str(i)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                ),
+            )
+            for i in osd_ids
+        ]
         for osd_id, process in starting:
             _, err = process.communicate(timeout=WAIT_S)
             if process.returncode != 0:
-                raise StackError(f"osd.{osd_id} failed to start: {err.decode()[-300:]}; "
-                                 f"see {self.log_dir}/osd.{osd_id}.log")
+                raise StackError(
+                    f"osd.{osd_id} failed to start: {err.decode()[-300:]}; see {self.log_dir}/osd.{osd_id}.log"
+                )
         if osd_ids:
-            procs.wait_until(f"{len(self.osd_ids())} ceph osds up", self._all_osds_up, timeout_s=WAIT_S,
-                             log=self.log_dir / f"osd.{osd_ids[0]}.log", interval_s=0.5)
+            procs.wait_until(
+                f"{len(self.osd_ids())} ceph osds up",
+                self._all_osds_up,
+                timeout_s=WAIT_S,
+                log=self.log_dir / f"osd.{osd_ids[0]}.log",
+                interval_s=0.5,
+            )
 
     def _all_osds_up(self) -> bool:
         try:
@@ -183,12 +328,16 @@ class CephCluster:
 
     def _start_rgw(self) -> None:
         self._start("client.rgw.gw", ["radosgw", "-c", str(self.conf), "-n", "client.rgw.gw"])
-        procs.wait_until(f"RGW on 127.0.0.1:{self.ceph.rgw_port}", self.rgw_answers, timeout_s=WAIT_S,
-                         log=self._daemon("client.rgw.gw").log)
+        procs.wait_until(
+            f"RGW on 127.0.0.1:{self.ceph.rgw_port}",
+            self.rgw_answers,
+            timeout_s=WAIT_S,
+            log=self._daemon("client.rgw.gw").log,
+        )
 
     def rgw_answers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ceph.rgw_port}/", timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ceph.rgw_port}/", timeout=2) as response:
                 return int(response.status) == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -196,17 +345,38 @@ class CephCluster:
     def _ensure_user(self, access_key: str, secret_key: str) -> None:
         admin = ["radosgw-admin", "-c", str(self.conf)]
         try:
-            info = json.loads(procs.run([*admin, "user", "info", f"--uid={RGW_USER}"], log=self.setup_log,
-                                        what="rgw user info"))
+            info = json.loads(
+                procs.run([*admin, "user", "info", f"--uid={RGW_USER}"], log=self.setup_log, what="rgw user info")
+            )
         except StackError:
-            procs.run([*admin, "user", "create", f"--uid={RGW_USER}", f"--display-name={RGW_USER}",
-                       f"--access-key={access_key}", f"--secret-key={secret_key}"], log=self.setup_log,
-                      what="rgw user create")
+            procs.run(
+                [
+                    *admin,
+                    "user",
+                    "create",
+                    f"--uid={RGW_USER}",
+                    f"--display-name={RGW_USER}",
+                    f"--access-key={access_key}",
+                    f"--secret-key={secret_key}",
+                ],
+                log=self.setup_log,
+                what="rgw user create",
+            )
             return
         if not any(k.get("access_key") == access_key for k in info.get("keys", [])):
-            procs.run([*admin, "key", "create", f"--uid={RGW_USER}", "--key-type=s3",
-                       f"--access-key={access_key}", f"--secret-key={secret_key}"], log=self.setup_log,
-                      what="rgw key create")
+            procs.run(
+                [
+                    *admin,
+                    "key",
+                    "create",
+                    f"--uid={RGW_USER}",
+                    "--key-type=s3",
+                    f"--access-key={access_key}",
+                    f"--secret-key={secret_key}",
+                ],
+                log=self.setup_log,
+                what="rgw key create",
+            )
 
     # ----------------------------------------------------------------------------------------------------
     # health, status, down
@@ -220,8 +390,13 @@ class CephCluster:
             return "unreachable"
 
     def wait_health_ok(self, timeout_s: float = WAIT_S) -> None:
-        procs.wait_until("ceph HEALTH_OK", lambda: self.health() == "HEALTH_OK", timeout_s=timeout_s,
-                         log=self.log_dir / "cluster.log", interval_s=0.5)
+        procs.wait_until(
+            "ceph HEALTH_OK",
+            lambda: self.health() == "HEALTH_OK",
+            timeout_s=timeout_s,
+            log=self.log_dir / "cluster.log",
+            interval_s=0.5,
+        )
 
     def status(self) -> list[dict[str, object]]:
         health = self.health()

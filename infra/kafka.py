@@ -8,6 +8,7 @@ moved aside, never silently reused with the wrong quorum).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -52,10 +53,19 @@ class KafkaCluster:
     def _node(self, node_id: int) -> KafkaNode:
         home = self.home / f"node-{node_id}"
         stride = (node_id - 1) * self.kafka.port_stride
-        daemon = procs.Daemon(name=f"kafka-{node_id}", pid_file=self.home / f"node-{node_id}.pid",
-                              log=home / "kafka.log", marker=str(home / "server.properties"))
-        return KafkaNode(node_id=node_id, broker_port=self.kafka.broker_port + stride,
-                         controller_port=self.kafka.controller_port + stride, home=home, daemon=daemon)
+        daemon = procs.Daemon(
+            name=f"kafka-{node_id}",
+            pid_file=self.home / f"node-{node_id}.pid",
+            log=home / "kafka.log",
+            marker=str(home / "server.properties"),
+        )
+        return KafkaNode(
+            node_id=node_id,
+            broker_port=self.kafka.broker_port + stride,
+            controller_port=self.kafka.controller_port + stride,
+            home=home,
+            daemon=daemon,
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -74,15 +84,32 @@ class KafkaCluster:
             node.home.mkdir(parents=True, exist_ok=True)
             node.properties.write_text(self._server_properties(node), encoding="utf-8")
             if not (node.home / "data" / "meta.properties").exists():
-                procs.run([*self._java(node, heap_mb=256), "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                           "-c", str(node.properties)], log=node.daemon.log, what=f"kafka-{node.node_id} format")
-            pid = procs.spawn(node.daemon, [*self._java(node, heap_mb=self.kafka.heap_mb), "kafka.Kafka",
-                                            str(node.properties)])
+                procs.run(
+                    [
+                        *self._java(node, heap_mb=256),
+                        "kafka.tools.StorageTool",
+                        "format",
+                        "-t",
+                        cluster_id,
+                        "-c",
+                        str(node.properties),
+                    ],
+                    log=node.daemon.log,
+                    what=f"kafka-{node.node_id} format",
+                )
+            pid = procs.spawn(
+                node.daemon,
+                [*self._java(node, heap_mb=self.kafka.heap_mb), "kafka.Kafka", str(node.properties)],
+            )
             started.append((node, pid))
         for node, pid in started:
-            procs.wait_until(f"kafka-{node.node_id} on 127.0.0.1:{node.broker_port}",
-                             lambda n=node: procs.port_open(n.broker_port), timeout_s=START_TIMEOUT_S,
-                             log=node.daemon.log, alive=lambda pid=pid: procs.alive(pid))
+            procs.wait_until(
+                f"kafka-{node.node_id} on 127.0.0.1:{node.broker_port}",
+                functools.partial(procs.port_open, node.broker_port),
+                timeout_s=START_TIMEOUT_S,
+                log=node.daemon.log,
+                alive=functools.partial(procs.alive, pid),
+            )
         if started:
             self.wait_brokers(timeout_s=START_TIMEOUT_S)
 
@@ -100,13 +127,19 @@ class KafkaCluster:
                     "cluster. Fix: `tierlake stack down` first"
                 )
             aside = self.home.with_name(f"kafka-{known['nodes']}-nodes-{int(time.time())}")
-            logger.warning("node count changed %s -> %s: moving old Kafka data to %s", known["nodes"],
-                           self.size, aside)
+            logger.warning("node count changed %s -> %s: moving old Kafka data to %s", known["nodes"], self.size, aside)
             shutil.move(str(self.home), aside)
         self.home.mkdir(parents=True, exist_ok=True)
         node = self.nodes[0]
-        cluster_id = procs.run([*self._java(node, heap_mb=128), "kafka.tools.StorageTool", "random-uuid"],
-                               log=self.home / "format.log", what="kafka random-uuid").strip().splitlines()[-1]
+        cluster_id = (
+            procs.run(
+                [*self._java(node, heap_mb=128), "kafka.tools.StorageTool", "random-uuid"],
+                log=self.home / "format.log",
+                what="kafka random-uuid",
+            )
+            .strip()
+            .splitlines()[-1]
+        )
         meta.write_text(json.dumps({"cluster_id": cluster_id, "nodes": self.size}), encoding="utf-8")
         return cluster_id
 
@@ -115,9 +148,18 @@ class KafkaCluster:
         if java is None:
             raise DependencyMissing("java is not on PATH. Fix: run `make setup` (installs OpenJDK 17)")
         jar_paths(self.jars_dir)  # a clear error when set-up has not run
-        return [java, f"-Xms{heap_mb}m", f"-Xmx{heap_mb}m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={_LOG4J2}",
-                f"-Dkafka.logs.dir={node.home / 'logs'}", "-cp", f"{self.jars_dir}/*"]
+        return [
+            java,
+            f"-Xms{heap_mb}m",
+            f"-Xmx{heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_LOG4J2}",
+            f"-Dkafka.logs.dir={node.home / 'logs'}",
+            "-cp",
+            f"{self.jars_dir}/*",
+        ]
 
     def _server_properties(self, node: KafkaNode) -> str:
         replication = min(3, self.size)
@@ -155,8 +197,13 @@ class KafkaCluster:
     def wait_brokers(self, *, timeout_s: float) -> None:
         """Wait until the cluster metadata lists every broker (the quorum elected, all registered)."""
         log = self.nodes[0].daemon.log
-        procs.wait_until(f"Kafka: {self.size} brokers registered", lambda: len(self.brokers()) == self.size,
-                         timeout_s=timeout_s, log=log, interval_s=0.5)
+        procs.wait_until(
+            f"Kafka: {self.size} brokers registered",
+            lambda: len(self.brokers()) == self.size,
+            timeout_s=timeout_s,
+            log=log,
+            interval_s=0.5,
+        )
 
     def brokers(self) -> list[int]:
         from confluent_kafka import KafkaException  # noqa: PLC0415 - keeps `stack status` imports light
@@ -170,14 +217,20 @@ class KafkaCluster:
 
     def create_topics(self) -> list[str]:
         """Create the topics of conf/ that do not exist; replication is capped at the node count."""
-        from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415 - keeps `stack status` imports light
+        from confluent_kafka.cimpl import NewTopic  # noqa: PLC0415
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
         existing = set(admin.list_topics(timeout=10).topics)
         wanted = [
-            NewTopic(t.name, num_partitions=t.partitions, replication_factor=min(t.replication, self.size),
-                     config={"retention.ms": str(t.retention_ms), "min.insync.replicas": str(min(2, self.size))})
-            for t in self.kafka.topics if t.name not in existing
+            NewTopic(
+                t.name,
+                num_partitions=t.partitions,
+                replication_factor=min(t.replication, self.size),
+                config={"retention.ms": str(t.retention_ms), "min.insync.replicas": str(min(2, self.size))},
+            )
+            for t in self.kafka.topics
+            if t.name not in existing
         ]
         if not wanted:
             return []
@@ -191,10 +244,14 @@ class KafkaCluster:
     def node_status(self) -> list[dict[str, object]]:
         registered = set(self.brokers()) if any(n.daemon.running_pid() for n in self.nodes) else set()
         return [
-            {"service": n.daemon.name, "pid": n.daemon.running_pid(), "port": n.broker_port,
-             "controller_port": n.controller_port,
-             "health": "ok" if n.node_id in registered else ("starting" if n.daemon.running_pid() else "down"),
-             "log": str(n.daemon.log)}
+            {
+                "service": n.daemon.name,
+                "pid": n.daemon.running_pid(),
+                "port": n.broker_port,
+                "controller_port": n.controller_port,
+                "health": "ok" if n.node_id in registered else ("starting" if n.daemon.running_pid() else "down"),
+                "log": str(n.daemon.log),
+            }
             for n in self.nodes
         ]
 

@@ -6,6 +6,7 @@ path under the run directory) and the process is not a zombie: pids get reused, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -99,8 +100,15 @@ def run(argv: Sequence[str], *, log: Path, timeout_s: float = 120, what: str) ->
     return result.stdout
 
 
-def wait_until(what: str, ready: Callable[[], bool], *, timeout_s: float, log: Path, interval_s: float = 0.25,
-               alive: Callable[[], bool] | None = None) -> float:
+def wait_until(
+    what: str,
+    ready: Callable[[], bool],
+    *,
+    timeout_s: float,
+    log: Path,
+    interval_s: float = 0.25,
+    alive: Callable[[], bool] | None = None,
+) -> float:
     """Poll ``ready`` until true; fail after ``timeout_s`` or as soon as ``alive`` says the process died."""
     start = time.monotonic()
     while True:
@@ -147,10 +155,8 @@ def kill9(daemon: Daemon) -> int:
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

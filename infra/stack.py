@@ -95,8 +95,16 @@ class LocalStack:
             spark_health = "ok"
         except DependencyMissing as exc:
             jars, spark_health = 0, str(exc)
-        services.append({"service": "spark", "pid": None, "port": None, "health": spark_health,
-                         "master": self.settings.spark.master, "jars": jars})
+        services.append(
+            {
+                "service": "spark",
+                "pid": None,
+                "port": None,
+                "health": spark_health,
+                "master": self.settings.spark.master,
+                "jars": jars,
+            }
+        )
         return {
             "profile": self.settings.profile,
             "run_dir": str(self.settings.run_dir),
@@ -143,4 +151,3 @@ def _write_private(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-

@@ -51,7 +51,7 @@ def kafka_source(spark: SparkSession, settings: Settings, topic: str) -> DataFra
 
 
 def to_bronze(records: DataFrame) -> DataFrame:
-    from pyspark.sql import functions as F  # noqa: N812, PLC0415 - Spark's own convention
+    from pyspark.sql import functions as F  # noqa: PLC0415 - Spark's own convention
 
     return records.select(
         F.col("key"),

@@ -19,8 +19,13 @@ def topic_record_count(settings: Settings, topic: str) -> int:
     """Records currently retained in ``topic``: the sum over partitions of (high - low) watermarks."""
     from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap(), "group.id": "tierlake-demo-count",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap(),
+            "group.id": "tierlake-demo-count",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         total = 0

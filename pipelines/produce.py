@@ -40,16 +40,20 @@ class ProduceSummary:
 
     def describe(self) -> str:
         rate = self.acknowledged / self.seconds if self.seconds else 0.0
-        text = (f"{self.topic}: sent {self.sent}, acknowledged {self.acknowledged}, failed {self.failed} "
-                f"in {self.seconds:.1f} s ({rate:,.0f} events/s)")
+        text = (
+            f"{self.topic}: sent {self.sent}, acknowledged {self.acknowledged}, failed {self.failed} "
+            f"in {self.seconds:.1f} s ({rate:,.0f} events/s)"
+        )
         if self.errors:
             text += "; errors: " + ", ".join(f"{name} x{count}" for name, count in self.errors.items())
         return text
 
 
-def ev_events(count: int, *, seed: int = 7, stations: int = 50, start: datetime | None = None) -> Iterator[dict[str, Any]]:
+def ev_events(
+    count: int, *, seed: int = 7, stations: int = 50, start: datetime | None = None
+) -> Iterator[dict[str, Any]]:
     """EV charging telemetry with a daily load shape, one station per event (the Kafka key)."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - synthetic data, reproducible by seed
     start = start or datetime(2026, 11, 1, tzinfo=UTC)
     for index in range(count):
         station = f"st-{rng.randrange(stations):04d}"
@@ -83,8 +87,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def produce_events(settings: Settings, *, dataset: str, events: int, rate: float = 0.0,
-                   progress: bool = True, seed: int = 7) -> ProduceSummary:
+def produce_events(
+    settings: Settings, *, dataset: str, events: int, rate: float = 0.0, progress: bool = True, seed: int = 7
+) -> ProduceSummary:
     """Send ``events`` synthetic events of ``dataset``; returns the counted summary once all are acknowledged."""
     from confluent_kafka import KafkaError, Message, Producer  # noqa: PLC0415
 
@@ -117,8 +122,10 @@ def produce_events(settings: Settings, *, dataset: str, events: int, rate: float
     if progress:
         sys.stderr.write(f"\rproduced {summary.sent}/{events} (acknowledged {summary.acknowledged})\n")
     if remaining:
-        raise TierlakeError(f"{remaining} events still unacknowledged after 120 s; see the Kafka logs under "
-                            f"{settings.run_dir / 'kafka'}")
+        raise TierlakeError(
+            f"{remaining} events still unacknowledged after 120 s; see the Kafka logs under "
+            f"{settings.run_dir / 'kafka'}"
+        )
     logger.info(summary.describe(), extra={"topic": summary.topic})
     return summary
 

@@ -54,8 +54,10 @@ def _print_status(status: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(status, indent=2) + "\n")
         return
-    lines = [f"profile {status['profile']}  run dir {status['run_dir']}",
-             f"kafka {status['kafka_bootstrap']}  s3 {status['s3_endpoint']}"]
+    lines = [
+        f"profile {status['profile']}  run dir {status['run_dir']}",
+        f"kafka {status['kafka_bootstrap']}  s3 {status['s3_endpoint']}",
+    ]
     for service in status["services"]:
         pid = service.get("pid") or "-"
         port = service.get("port") or "-"
@@ -74,8 +76,7 @@ def _config_show(args: argparse.Namespace, settings: Settings) -> int:
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.produce import produce_events  # noqa: PLC0415
 
-    summary = produce_events(settings, dataset=args.dataset, events=args.events, rate=args.rate,
-                             progress=not args.json)
+    summary = produce_events(settings, dataset=args.dataset, events=args.events, rate=args.rate, progress=not args.json)
     sys.stdout.write((json.dumps(summary.as_dict()) if args.json else summary.describe()) + "\n")
     return 0 if summary.failed == 0 else 4
 
@@ -89,8 +90,14 @@ def _ingest_bronze(args: argparse.Namespace, settings: Settings) -> int:
         result = run_bronze_until_caught_up(spark, settings, topic=args.topic)
     finally:
         spark.stop()
-    sys.stdout.write((json.dumps(result) if args.json else
-                      f"bronze table {result['table']}: {result['rows']} rows (version {result['version']})") + "\n")
+    sys.stdout.write(
+        (
+            json.dumps(result)
+            if args.json
+            else f"bronze table {result['table']}: {result['rows']} rows (version {result['version']})"
+        )
+        + "\n"
+    )
     return 0
 
 
@@ -109,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="the local stack of real services").add_subparsers(dest="action",
-                                                                                             required=True)
+    stack = sub.add_parser("stack", help="the local stack of real services").add_subparsers(
+        dest="action", required=True
+    )
     up = stack.add_parser("up", help="start Ceph RGW and Kafka (idempotent) and wait until healthy")
     up.add_argument("--kafka-nodes", type=int, choices=(1, 3), help="1 (demo) or 3 (RF 3, min ISR 2)")
     up.set_defaults(handler=_stack_up)

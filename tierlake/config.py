@@ -295,24 +295,44 @@ def _bucket_name(value: str) -> str | None:
 def _build_kafka(values: _Values) -> KafkaSettings:
     managed = values.get("kafka.managed", bool, fix="true to start Kafka locally, false to use bootstrap_servers")
     nodes = values.get(
-        "kafka.nodes", int, fix="use 1 (demo) or 3 (durability)", check=lambda n: None if n in (1, 3) else
-        "the local stack runs 1 or 3 combined broker/controller nodes"
+        "kafka.nodes",
+        int,
+        fix="use 1 (demo) or 3 (durability)",
+        check=lambda n: None if n in (1, 3) else "the local stack runs 1 or 3 combined broker/controller nodes",
     )
     bootstrap = values.get("kafka.bootstrap_servers", str, default="", fix="host:port[,host:port...]")
     if not managed and not bootstrap:
-        raise values.fail("kafka.bootstrap_servers", bootstrap, "required when kafka.managed is false",
-                          "set it to your cluster's brokers, e.g. kafka-1:9092,kafka-2:9092")
+        raise values.fail(
+            "kafka.bootstrap_servers",
+            bootstrap,
+            "required when kafka.managed is false",
+            "set it to your cluster's brokers, e.g. kafka-1:9092,kafka-2:9092",
+        )
     topics = []
     for index, item in enumerate(values.get("kafka.topics", list, fix="a list of {name, partitions, ...}")):
         where = f"kafka.topics[{index}]"
         if not isinstance(item, dict) or not {"name", "partitions", "replication", "retention_ms"} <= set(item):
-            raise values.fail("kafka.topics", item, f"{where} needs name, partitions, replication, retention_ms",
-                              "give every topic all four keys")
+            raise values.fail(
+                "kafka.topics",
+                item,
+                f"{where} needs name, partitions, replication, retention_ms",
+                "give every topic all four keys",
+            )
         if not all(isinstance(item[k], int) and item[k] > 0 for k in ("partitions", "replication")):
-            raise values.fail("kafka.topics", item, f"{where}: partitions and replication must be integers >= 1",
-                              "correct the numbers")
-        topics.append(TopicSettings(name=str(item["name"]), partitions=item["partitions"],
-                                    replication=item["replication"], retention_ms=int(item["retention_ms"])))
+            raise values.fail(
+                "kafka.topics",
+                item,
+                f"{where}: partitions and replication must be integers >= 1",
+                "correct the numbers",
+            )
+        topics.append(
+            TopicSettings(
+                name=str(item["name"]),
+                partitions=item["partitions"],
+                replication=item["replication"],
+                retention_ms=int(item["retention_ms"]),
+            )
+        )
     return KafkaSettings(
         managed=managed,
         nodes=nodes,
@@ -320,8 +340,12 @@ def _build_kafka(values: _Values) -> KafkaSettings:
         broker_port=values.get("kafka.broker_port", int, check=_port, fix="a free port, e.g. 19092"),
         controller_port=values.get("kafka.controller_port", int, check=_port, fix="a free port, e.g. 19093"),
         port_stride=values.get("kafka.port_stride", int, check=_positive, fix="e.g. 10000: node 2 uses port+10000"),
-        heap_mb=values.get("kafka.heap_mb", int, fix="at least 256", check=lambda n: None if n >= 256 else
-                           "a broker needs at least 256 MB of heap"),
+        heap_mb=values.get(
+            "kafka.heap_mb",
+            int,
+            fix="at least 256",
+            check=lambda n: None if n >= 256 else "a broker needs at least 256 MB of heap",
+        ),
         topics=tuple(topics),
     )
 
@@ -337,12 +361,22 @@ def _build_s3(values: _Values, root: Path) -> S3Settings:
     credentials_file = root / values.get("s3.credentials_file", str, fix="a path, e.g. .run/secrets/s3.env")
     access_key = values.get("s3.access_key", str, default="", fix="set TIERLAKE_S3__ACCESS_KEY")
     secret_key = values.get("s3.secret_key", str, default="", fix="set TIERLAKE_S3__SECRET_KEY")
-    if not (access_key and secret_key):
+    if bool(access_key) != bool(secret_key):
+        given, missing = ("s3.access_key", "s3.secret_key") if access_key else ("s3.secret_key", "s3.access_key")
+        raise ConfigError(
+            f"{given} is set ({values.source(given)}) but {missing} is not. "
+            "Fix: set both TIERLAKE_S3__ACCESS_KEY and TIERLAKE_S3__SECRET_KEY, or neither to use the secret file"
+        )
+    if not access_key:
         access_key, secret_key = read_credentials_file(credentials_file)
     return S3Settings(
         endpoint=values.get("s3.endpoint", str, check=_url, fix="e.g. http://127.0.0.1:7480").rstrip("/"),
-        region=values.get("s3.region", str, fix="any non-empty region name, e.g. us-east-1",
-                          check=lambda r: None if r else "SigV4 signing needs a region"),
+        region=values.get(
+            "s3.region",
+            str,
+            fix="any non-empty region name, e.g. us-east-1",
+            check=lambda r: None if r else "SigV4 signing needs a region",
+        ),
         lake_bucket=lake_bucket,
         buckets=tuple(str(b) for b in buckets),
         credentials_file=credentials_file,
@@ -357,32 +391,60 @@ def _build(values: _Values, *, profile: str, root: Path, sources: tuple[str, ...
         managed=values.get("ceph.managed", bool, fix="true to start Ceph locally, false to use s3.endpoint"),
         mon_port=values.get("ceph.mon_port", int, check=_port, fix="a free port, e.g. 3300"),
         rgw_port=values.get("ceph.rgw_port", int, check=_port, fix="a free port, e.g. 7480"),
-        osds=values.get("ceph.osds", int, fix="3 for an EC 2+1 pool",
-                        check=lambda n: None if n >= 3 else "EC 2+1 needs 3 OSDs"),
+        osds=values.get(
+            "ceph.osds",
+            int,
+            fix="3 for an EC 2+1 pool",
+            check=lambda n: None if n >= 3 else "EC 2+1 needs 3 OSDs",
+        ),
         osd_size_gb=values.get("ceph.osd_size_gb", int, check=_positive, fix="e.g. 4 (sparse file)"),
         ec_k=values.get("ceph.ec_k", int, check=_positive, fix="e.g. 2"),
         ec_m=values.get("ceph.ec_m", int, check=_positive, fix="e.g. 1"),
     )
     if ceph.ec_k + ceph.ec_m > ceph.osds:
-        raise values.fail("ceph.osds", ceph.osds, f"EC {ceph.ec_k}+{ceph.ec_m} needs k+m OSDs",
-                          f"raise ceph.osds to {ceph.ec_k + ceph.ec_m}")
+        raise values.fail(
+            "ceph.osds",
+            ceph.osds,
+            f"EC {ceph.ec_k}+{ceph.ec_m} needs k+m OSDs",
+            f"raise ceph.osds to {ceph.ec_k + ceph.ec_m}",
+        )
     s3 = _build_s3(values, root)
     if ceph.managed and s3.endpoint != f"http://127.0.0.1:{ceph.rgw_port}":
-        raise values.fail("s3.endpoint", s3.endpoint, "the managed local Ceph serves RGW on loopback",
-                          f"set s3.endpoint to http://127.0.0.1:{ceph.rgw_port} or ceph.managed to false")
+        raise values.fail(
+            "s3.endpoint",
+            s3.endpoint,
+            "the managed local Ceph serves RGW on loopback",
+            f"set s3.endpoint to http://127.0.0.1:{ceph.rgw_port} or ceph.managed to false",
+        )
     extra = values.get("spark.extra_conf", dict, default={}, fix="a mapping of Spark conf keys to values")
     spark = SparkSettings(
-        master=values.get("spark.master", str, fix="local[2], spark://host:7077 or k8s://...",
-                          check=lambda m: None if m else "must not be empty"),
-        driver_memory=values.get("spark.driver_memory", str, fix="e.g. 1g",
-                                 check=lambda m: None if re.fullmatch(r"\d+[mg]", m) else "expected e.g. 512m or 2g"),
+        master=values.get(
+            "spark.master",
+            str,
+            fix="local[2], spark://host:7077 or k8s://...",
+            check=lambda m: None if m else "must not be empty",
+        ),
+        driver_memory=values.get(
+            "spark.driver_memory",
+            str,
+            fix="e.g. 1g",
+            check=lambda m: None if re.fullmatch(r"\d+[mg]", m) else "expected e.g. 512m or 2g",
+        ),
         shuffle_partitions=values.get("spark.shuffle_partitions", int, check=_positive, fix="e.g. 2 on 2 cores"),
         local_ip=values.get("spark.local_ip", str, fix="127.0.0.1 for the local stack"),
         jars_dir=root / values.get("spark.jars_dir", str, fix="where infra/bootstrap.sh puts the jars"),
         extra_conf={str(k): str(v) for k, v in extra.items()},
     )
-    return Settings(profile=profile, root=root, run_dir=run_dir, kafka=_build_kafka(values), ceph=ceph,
-                    s3=s3, spark=spark, sources=sources)
+    return Settings(
+        profile=profile,
+        root=root,
+        run_dir=run_dir,
+        kafka=_build_kafka(values),
+        ceph=ceph,
+        s3=s3,
+        spark=spark,
+        sources=sources,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,8 +21,12 @@ def configure_logging(log_file: Path, *, verbose: bool = False) -> Path:
     root.addHandler(to_file)
     to_stderr = logging.StreamHandler(sys.stderr)
     to_stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    to_stderr.addFilter(lambda record: record.levelno >= logging.WARNING or
-                        record.name.split(".")[0] in ("infra", "pipelines", "tiers", "tierlake"))
+    to_stderr.addFilter(
+        lambda record: (
+            record.levelno >= logging.WARNING
+            or record.name.split(".")[0] in ("infra", "pipelines", "tiers", "tierlake")
+        )
+    )
     root.addHandler(to_stderr)
     for noisy in ("py4j", "botocore", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 def s3_client(s3: S3Settings, *, access_key: str | None = None, secret_key: str | None = None) -> S3Client:
     """A boto3 S3 client for ``s3.endpoint``. Explicit keys override the configured ones (tests use that)."""
-    configured_access, configured_secret = (access_key, secret_key) if access_key and secret_key else \
-        s3.require_credentials()
+    configured_access, configured_secret = (
+        (access_key, secret_key) if access_key and secret_key else s3.require_credentials()
+    )
     config = Config(
         s3={"addressing_style": "path"},
         signature_version="s3v4",

@@ -6,7 +6,8 @@ import time
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from infra import procs
 from infra.stack import LocalStack
@@ -17,16 +18,23 @@ from tierlake.config import Settings
 def _create_topic(settings: Settings, partitions: int) -> str:
     topic = f"test.{uuid.uuid4().hex[:10]}"
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap()})
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=3,
-                                            config={"min.insync.replicas": "2"})])
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=3, config={"min.insync.replicas": "2"})]
+    )
     futures[topic].result(timeout=30)
     return topic
 
 
 def _consume_all(settings: Settings, topic: str, expected: int, *, timeout_s: float = 90) -> list[str]:
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap(), "group.id": f"g-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap(),
+            "group.id": f"g-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.subscribe([topic])
     values: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -35,13 +43,20 @@ def _consume_all(settings: Settings, topic: str, expected: int, *, timeout_s: fl
             message = consumer.poll(0.5)
             if message is None:
                 continue
-            if message.error():
-                assert message.error().code() == KafkaError._PARTITION_EOF, message.error()
+            error = message.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
                 continue
-            values.append(message.value().decode())
+            values.append(_text(message))
     finally:
         consumer.close()
     return values
+
+
+def _text(message: Message) -> str:
+    value = message.value()
+    assert value is not None, "every test message has a value"
+    return value.decode()
 
 
 class _Acks:
@@ -50,7 +65,7 @@ class _Acks:
         self.failed: list[str] = []
 
     def __call__(self, error: KafkaError | None, message: Message) -> None:
-        value = message.value().decode()
+        value = _text(message)
         if error is None:
             self.acked.add(value)
         else:

@@ -11,8 +11,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from tiers.s3 import s3_client
 from tierlake.config import Settings
+from tiers.s3 import s3_client
 
 BUCKET = "tierlake-lake"
 
@@ -44,7 +44,7 @@ def test_multipart_round_trip_keeps_every_byte(settings: Settings) -> None:
     client.download_fileobj(BUCKET, key, out, Config=config)
     assert hashlib.sha256(out.getvalue()).digest() == hashlib.sha256(body).digest()
     client.delete_object(Bucket=BUCKET, Key=key)
-    with pytest.raises(ClientError, match="404|Not Found"):
+    with pytest.raises(ClientError, match=r"404|Not Found"):
         client.head_object(Bucket=BUCKET, Key=key)
 
 

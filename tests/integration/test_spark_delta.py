@@ -7,12 +7,13 @@ import uuid
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from deltalake import DeltaTable
 
 from pipelines.produce import producer_config
-from tiers.s3 import delta_storage_options
 from tierlake.config import Settings
+from tiers.s3 import delta_storage_options
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -37,8 +38,9 @@ def test_delta_written_by_spark_reads_the_same_in_spark_and_delta_rs(spark: Spar
     table = _delta_rs(settings, uri)
     assert table.version() == 1
     arrow = table.to_pyarrow_table()
-    from_rust = sorted(zip(arrow["id"].to_pylist(), arrow["station"].to_pylist(), arrow["power"].to_pylist(),
-                           strict=True))
+    from_rust = sorted(
+        zip(arrow["id"].to_pylist(), arrow["station"].to_pylist(), arrow["power"].to_pylist(), strict=True)
+    )
     assert len(from_spark) == 2010
     assert from_spark == from_rust
     assert from_spark == sorted(rows + rows[:10])
@@ -54,15 +56,25 @@ def test_stream_from_kafka_into_delta_holds_exactly_the_records(spark: SparkSess
         producer.produce(topic, key=event_id.encode(), value=json.dumps({"event_id": event_id, "n": n}).encode())
     assert producer.flush(60) == 0
 
-    from pyspark.sql import functions as F  # noqa: N812
+    from pyspark.sql import functions as F  # noqa: PLC0415 - pyspark is imported only where Spark runs
 
     uri = _table_uri(settings, "stream")
-    source = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", settings.kafka.bootstrap())
-              .option("subscribe", topic).option("startingOffsets", "earliest").load())
-    parsed = source.select(F.from_json(F.col("value").cast("string"), "event_id string, n int").alias("e"),
-                           "partition", "offset").select("e.*", "partition", "offset")
-    query = (parsed.writeStream.format("delta").option("checkpointLocation", f"{uri}/_checkpoint")
-             .trigger(availableNow=True).start(uri))
+    source = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka.bootstrap())
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .load()
+    )
+    parsed = source.select(
+        F.from_json(F.col("value").cast("string"), "event_id string, n int").alias("e"), "partition", "offset"
+    ).select("e.*", "partition", "offset")
+    query = (
+        parsed.writeStream.format("delta")
+        .option("checkpointLocation", f"{uri}/_checkpoint")
+        .trigger(availableNow=True)
+        .start(uri)
+    )
     query.awaitTermination()
 
     landed = {r["event_id"]: r["n"] for r in spark.read.format("delta").load(uri).collect()}
@@ -71,7 +83,11 @@ def test_stream_from_kafka_into_delta_holds_exactly_the_records(spark: SparkSess
     assert len({(o["partition"], o["offset"]) for o in offsets}) == 400, "each Kafka record once"
 
     # A second run over the same checkpoint finds nothing new: the sink does not duplicate.
-    again = (parsed.writeStream.format("delta").option("checkpointLocation", f"{uri}/_checkpoint")
-             .trigger(availableNow=True).start(uri))
+    again = (
+        parsed.writeStream.format("delta")
+        .option("checkpointLocation", f"{uri}/_checkpoint")
+        .trigger(availableNow=True)
+        .start(uri)
+    )
     again.awaitTermination()
     assert spark.read.format("delta").load(uri).count() == 400

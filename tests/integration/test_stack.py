@@ -14,7 +14,15 @@ def test_status_reports_every_service_healthy(stack: LocalStack) -> None:
     status = stack.status()
     assert status["healthy"], json.dumps(status, indent=2)
     names = {s["service"] for s in status["services"]}
-    assert {"kafka-1", "kafka-2", "kafka-3", "ceph-mon.a", "ceph-mgr.x", "ceph-client.rgw.gw", "spark"} <= names
+    assert {
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+        "ceph-mon.a",
+        "ceph-mgr.x",
+        "ceph-client.rgw.gw",
+        "spark",
+    } <= names
     assert {"ceph-osd.0", "ceph-osd.1", "ceph-osd.2"} <= names
     for service in status["services"]:
         if service["service"] != "spark":
@@ -27,8 +35,9 @@ def test_status_reports_every_service_healthy(stack: LocalStack) -> None:
 def test_rgw_data_pool_is_erasure_coded_2_plus_1(stack: LocalStack) -> None:
     profile = json.loads(stack.ceph.cli("osd", "erasure-code-profile", "get", "tierlake-ec", "-f", "json"))
     assert (profile["k"], profile["m"]) == ("2", "1")
-    pool = json.loads(stack.ceph.cli("osd", "pool", "get", "default.rgw.buckets.data", "erasure_code_profile",
-                                     "-f", "json"))
+    pool = json.loads(
+        stack.ceph.cli("osd", "pool", "get", "default.rgw.buckets.data", "erasure_code_profile", "-f", "json")
+    )
     assert pool["erasure_code_profile"] == "tierlake-ec"
 
 

@@ -34,8 +34,7 @@ def test_profile_overrides_base_and_env_overrides_profile(conf_dir: Path) -> Non
     assert ci.kafka.bootstrap() == "127.0.0.1:19192,127.0.0.1:29192,127.0.0.1:39192"
     from_env = load_settings("ci", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__NODES": "1"})
     assert from_env.kafka.nodes == 1
-    explicit = load_settings("ci", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__NODES": "1"},
-                             overrides={"kafka.nodes": 3})
+    explicit = load_settings("ci", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__NODES": "1"}, overrides={"kafka.nodes": 3})
     assert explicit.kafka.nodes == 3
 
 

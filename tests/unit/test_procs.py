@@ -15,8 +15,7 @@ pytestmark = pytest.mark.unit
 
 
 def _daemon(tmp_path: Path, marker: str) -> procs.Daemon:
-    return procs.Daemon(name="sleeper", pid_file=tmp_path / "sleeper.pid", log=tmp_path / "sleeper.log",
-                        marker=marker)
+    return procs.Daemon(name="sleeper", pid_file=tmp_path / "sleeper.pid", log=tmp_path / "sleeper.log", marker=marker)
 
 
 def test_spawn_then_stop_by_pid(tmp_path: Path) -> None:
@@ -54,7 +53,9 @@ def test_a_zombie_is_not_alive(tmp_path: Path) -> None:
 def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
     marker = str(tmp_path / "stubborn")
     daemon = _daemon(tmp_path, marker)
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
     pid = procs.spawn(daemon, [sys.executable, "-c", code, marker])
     procs.wait_until("stubborn ready", lambda: "ready" in daemon.log.read_text(), timeout_s=10, log=daemon.log)
     procs.stop([daemon], timeout_s=0.5)
@@ -76,8 +77,11 @@ def test_wait_until_fails_fast_when_the_process_died(tmp_path: Path) -> None:
 def test_run_failure_quotes_the_output_and_names_the_log(tmp_path: Path) -> None:
     log = tmp_path / "setup.log"
     with pytest.raises(StackError, match=r"boom step failed \(exit 3\): bad thing; see .*setup\.log"):
-        procs.run([sys.executable, "-c", "import sys; sys.stderr.write('bad thing'); sys.exit(3)"], log=log,
-                  what="boom step")
+        procs.run(
+            [sys.executable, "-c", "import sys; sys.stderr.write('bad thing'); sys.exit(3)"],
+            log=log,
+            what="boom step",
+        )
     assert "bad thing" in log.read_text()
 
 

@@ -83,8 +83,12 @@ def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
 
 
 def test_spark_master_comes_from_config(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, TIERLAKE_SPARK__MASTER="spark://head:7077", TIERLAKE_S3__ACCESS_KEY="AK",
-                         TIERLAKE_S3__SECRET_KEY="SK")
+    settings = _settings(
+        tmp_path,
+        TIERLAKE_SPARK__MASTER="spark://head:7077",
+        TIERLAKE_S3__ACCESS_KEY="AK",
+        TIERLAKE_S3__SECRET_KEY="SK",
+    )
     jars = tmp_path / "jars"
     jars.mkdir()
     (jars / "a-1.jar").write_bytes(b"PK")

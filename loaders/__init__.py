@@ -1,0 +1,1 @@
+"""The PyTorch loader over Delta tables (the loader issue builds it)."""

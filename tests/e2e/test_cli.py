@@ -1,0 +1,95 @@
+"""The `tierlake` command as a user runs it: exit codes, JSON for scripts, one-line errors, the main job path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from infra.stack import LocalStack
+from pipelines.demo import topic_record_count
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tierlake(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "TIERLAKE_PROFILE": "ci", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "tierlake.cli", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_config_show_masks_secrets() -> None:
+    result = _tierlake(
+        "config", "show", "--json", env={"TIERLAKE_S3__ACCESS_KEY": "AKE2E", "TIERLAKE_S3__SECRET_KEY": "topsecret-e2e"}
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["profile"] == "ci"
+    assert shown["s3"]["secret_key"] == "****"
+    assert shown["s3"]["access_key"] == "****"
+    assert "topsecret-e2e" not in result.stdout + result.stderr
+
+
+def test_half_given_credentials_are_refused() -> None:
+    result = _tierlake("config", "show", env={"TIERLAKE_S3__SECRET_KEY": "only-the-secret"})
+    assert result.returncode == 2
+    assert "s3.secret_key is set (environment variable TIERLAKE_S3__SECRET_KEY) but s3.access_key is not" in (
+        result.stderr
+    )
+    assert "only-the-secret" not in result.stderr
+
+
+def test_bad_config_is_one_line_with_the_fix_and_no_traceback() -> None:
+    result = _tierlake("config", "show", env={"TIERLAKE_KAFKA__NODES": "5"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("tierlake: error: environment variable TIERLAKE_KAFKA__NODES: kafka.nodes = 5")
+    assert "Fix:" in result.stderr
+
+
+def test_bad_flag_value_is_refused_by_the_parser() -> None:
+    result = _tierlake("stack", "up", "--kafka-nodes", "2")
+    assert result.returncode == 2
+    assert "invalid choice: 2" in result.stderr
+
+
+def test_stack_status_json_lists_pid_port_health(stack: LocalStack) -> None:
+    result = _tierlake("stack", "status", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = json.loads(result.stdout)
+    assert status["healthy"] is True
+    for service in status["services"]:
+        assert {"service", "pid", "port", "health"} <= set(service)
+        assert service["health"] == "ok"
+    kafka = [s for s in status["services"] if s["service"].startswith("kafka-")]
+    assert [s["port"] for s in kafka] == [19192, 29192, 39192]
+
+
+def test_produce_then_bronze_holds_every_record_of_the_topic(stack: LocalStack) -> None:
+    produced = _tierlake("produce", "ev", "--events", "700", "--json")
+    assert produced.returncode == 0, produced.stderr
+    summary = json.loads(produced.stdout.strip().splitlines()[-1])
+    assert summary == {**summary, "sent": 700, "acknowledged": 700, "failed": 0}
+
+    in_topic = topic_record_count(stack.settings, "ev.telemetry")
+    bronze = _tierlake("ingest", "bronze", "--topic", "ev.telemetry", "--json")
+    assert bronze.returncode == 0, bronze.stderr[-2000:]
+    result = json.loads(bronze.stdout.strip().splitlines()[-1])
+    assert result["rows"] == in_topic
+    assert result["table"] == "s3a://tierlake-lake/bronze/ev_telemetry"
+
+
+def test_unknown_topic_is_a_clear_error(stack: LocalStack) -> None:
+    result = _tierlake("ingest", "bronze", "--topic", "no.such.topic")
+    assert result.returncode == 2
+    assert "topic 'no.such.topic' is not in kafka.topics" in result.stderr
+    assert "Traceback" not in result.stderr
