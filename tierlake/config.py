@@ -2,8 +2,9 @@
 
 Precedence, highest first: explicit overrides (CLI flags) > ``TIERLAKE_*`` environment variables >
 ``conf/<profile>.yaml`` > ``conf/base.yaml``. Nested keys in the environment use a double underscore:
-``TIERLAKE_KAFKA__NODES=3`` sets ``kafka.nodes``. Secrets (the S3 keys) come only from the environment or the
-secret file that ``tierlake stack up`` creates; a conf file that holds one is refused.
+``TIERLAKE_KAFKA__NODES=3`` sets ``kafka.nodes``; ``TIERLAKE_RUN_DIR`` sets the top-level ``run_dir``.
+Secrets (the S3 keys) come only from the environment or the secret file that ``tierlake stack up`` creates;
+a conf file that holds one is refused.
 
 Every value remembers where it came from, so a bad one fails with the file (or variable), the key, the value
 and the fix. Library code never reads ``os.environ``: the environment is an argument of :func:`load_settings`.
@@ -26,6 +27,7 @@ ENV_PREFIX = "TIERLAKE_"
 ENV_NESTING = "__"
 PROFILES = ("local", "ci", "prod")
 SECRET_KEYS = frozenset({"s3.access_key", "s3.secret_key"})
+_ENV_NOT_KEYS = frozenset({"TIERLAKE_PROFILE", "TIERLAKE_CONF_DIR", "TIERLAKE_CACHE"})  # choose files, not values
 _T = TypeVar("_T")
 
 
@@ -212,7 +214,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     flat: dict[str, tuple[Any, str]] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or ENV_NESTING not in name:
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
             continue
         key = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
         # Parse as a YAML scalar so TIERLAKE_KAFKA__NODES=3 is the integer 3; secrets stay verbatim strings.

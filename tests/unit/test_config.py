@@ -133,3 +133,12 @@ def test_secret_repr_never_shows_value() -> None:
     secret = Secret("s3cr3t")
     assert "s3cr3t" not in f"{secret} {secret!r}"
     assert secret.value == "s3cr3t"
+
+
+def test_top_level_key_from_env_and_unknown_env_key_is_refused(conf_dir: Path) -> None:
+    settings = load_settings("local", conf_dir=conf_dir, env={"TIERLAKE_RUN_DIR": ".run-mine"})
+    assert settings.run_dir == conf_dir.parent / ".run-mine"
+    with pytest.raises(
+        ConfigError, match=r"unknown config keys: kafka\.nodez \(environment variable TIERLAKE_KAFKA__NODEZ\)"
+    ):
+        load_settings("local", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__NODEZ": "3"})
