@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tierlake.entities import EntitySpec, build_entities
 from tierlake.errors import ConfigError
 
 ENV_PREFIX = "TIERLAKE_"
 ENV_NESTING = "__"
 PROFILES = ("local", "ci", "prod")
 SECRET_KEYS = frozenset({"s3.access_key", "s3.secret_key"})
+_OPAQUE_KEYS = frozenset({"spark.extra_conf", "entities"})
 _ENV_NOT_KEYS = frozenset({"TIERLAKE_PROFILE", "TIERLAKE_CONF_DIR", "TIERLAKE_CACHE"})  # choose files, not values
 _T = TypeVar("_T")
 
@@ -117,6 +119,22 @@ class SparkSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CacheSettings:
+    """The edge cache (tiers/cache): where, how big, and its site server."""
+
+    directory: Path
+    max_bytes: int
+    disk_fraction: float
+    block_bytes: int
+    revalidate_s: float
+    fill_timeout_s: float
+    warm_concurrency: int
+    site_host: str
+    site_port: int
+    site_credentials_file: Path
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     profile: str
     root: Path
@@ -125,6 +143,8 @@ class Settings:
     ceph: CephSettings
     s3: S3Settings
     spark: SparkSettings
+    cache: CacheSettings
+    entities: Mapping[str, EntitySpec]
     sources: tuple[str, ...]
 
     def with_credentials(self, access_key: str, secret_key: str) -> Settings:
@@ -189,8 +209,8 @@ def _flatten(tree: Mapping[str, Any], source: str, prefix: str = "") -> dict[str
     flat: dict[str, tuple[Any, str]] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        # spark.extra_conf is a free-form mapping of Spark keys; it stays one value.
-        if isinstance(value, dict) and dotted != "spark.extra_conf":
+        # Free-form mappings stay one value: Spark conf keys, and entity schemas (validated in tierlake.entities).
+        if isinstance(value, dict) and dotted not in _OPAQUE_KEYS:
             flat.update(_flatten(value, source, f"{dotted}."))
         else:
             flat[dotted] = (value, source)
@@ -437,15 +457,59 @@ def _build(values: _Values, *, profile: str, root: Path, sources: tuple[str, ...
         jars_dir=root / values.get("spark.jars_dir", str, fix="where infra/bootstrap.sh puts the jars"),
         extra_conf={str(k): str(v) for k, v in extra.items()},
     )
+    kafka = _build_kafka(values)
+    raw_entities = values.get("entities", dict, default={}, fix="a mapping of entity name -> schema")
+    entities = build_entities(raw_entities, values.source("entities"), {t.name for t in kafka.topics})
     return Settings(
         profile=profile,
         root=root,
         run_dir=run_dir,
-        kafka=_build_kafka(values),
+        kafka=kafka,
         ceph=ceph,
         s3=s3,
         spark=spark,
+        cache=_build_cache(values, root, run_dir),
+        entities=entities,
         sources=sources,
+    )
+
+
+def _build_cache(values: _Values, root: Path, run_dir: Path) -> CacheSettings:
+    folder = values.get("cache.dir", str, default="", fix="a folder on local NVMe; empty means <run_dir>/edge-cache")
+    fraction = values.get("cache.disk_fraction", str, fix="a fraction in (0, 1], e.g. 0.9")
+    try:
+        disk_fraction = float(fraction)
+    except ValueError:
+        disk_fraction = -1.0
+    if not 0 < disk_fraction <= 1:
+        raise values.fail("cache.disk_fraction", fraction, "must be a number in (0, 1]", "e.g. 0.9")
+    timing = {}
+    for name in ("revalidate_s", "fill_timeout_s"):
+        raw = values.get(f"cache.{name}", str, fix="seconds, e.g. 0 or 300")
+        try:
+            timing[name] = float(raw)
+        except ValueError:
+            timing[name] = -1.0
+        if timing[name] < 0 or (name == "fill_timeout_s" and timing[name] == 0):
+            raise values.fail(f"cache.{name}", raw, "must be a number of seconds >= 0 (fill_timeout_s > 0)", "e.g. 300")
+    block_bytes = values.get(
+        "cache.block_bytes",
+        int,
+        fix="e.g. 8388608 (8 MiB)",
+        check=lambda n: None if n >= 4096 else "a block holds at least 4096 bytes",
+    )
+    site_keys = values.get("cache.site_credentials_file", str, default="", fix="empty, or a path for the keys file")
+    return CacheSettings(
+        directory=(root / folder) if folder else run_dir / "edge-cache",
+        max_bytes=values.get("cache.max_bytes", int, check=_positive, fix="a byte budget, e.g. 10737418240"),
+        disk_fraction=disk_fraction,
+        block_bytes=block_bytes,
+        revalidate_s=timing["revalidate_s"],
+        fill_timeout_s=timing["fill_timeout_s"],
+        warm_concurrency=values.get("cache.warm_concurrency", int, check=_positive, fix="parallel GETs, e.g. 4"),
+        site_host=values.get("cache.site_host", str, fix="the address to listen on, e.g. 0.0.0.0 or 127.0.0.1"),
+        site_port=values.get("cache.site_port", int, check=_port, fix="a free port, e.g. 7680"),
+        site_credentials_file=(root / site_keys) if site_keys else run_dir / "secrets" / "cache-site.env",
     )
 
 

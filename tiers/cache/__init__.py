@@ -1,0 +1,31 @@
+"""The edge cache tier: a read-through, cross-process, bounded, verified cache of objects on local NVMe.
+
+``EdgeCache`` (core), its eviction policy (``policy``: S3-FIFO), the shared index (``index``), entry locks
+(``locks``), upkeep (``maintain``), Delta warm-up (``warm``), Prometheus counters (``metrics``) and the S3-speaking
+site server (``site``). ``cache_from_settings`` builds one from the typed settings.
+"""
+
+from __future__ import annotations
+
+from tierlake.config import Settings
+from tiers.cache.core import CacheOptions, CacheStats, EdgeCache, entry_id
+from tiers.store import S3Store
+
+__all__ = ["CacheOptions", "CacheStats", "EdgeCache", "cache_from_settings", "entry_id", "options_from_settings"]
+
+
+def options_from_settings(settings: Settings) -> CacheOptions:
+    cache = settings.cache
+    return CacheOptions(
+        directory=cache.directory,
+        max_bytes=cache.max_bytes,
+        disk_fraction=cache.disk_fraction,
+        block_bytes=cache.block_bytes,
+        revalidate_s=cache.revalidate_s,
+        fill_timeout_s=cache.fill_timeout_s,
+    )
+
+
+def cache_from_settings(settings: Settings) -> EdgeCache:
+    """The node's cache in front of the configured S3 endpoint (Ceph RGW)."""
+    return EdgeCache(S3Store(settings.s3), options_from_settings(settings))

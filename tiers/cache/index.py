@@ -1,0 +1,282 @@
+"""The cache's shared index: one SQLite database (WAL) in the cache directory, used by every process on the node.
+
+It holds each entry's identity (bucket, key, ETag, size, block), its state, its checksum and its place in the
+eviction policy (queue, frequency, order), the ghost keys, object pins, HEAD results (for ``revalidate_s``) and
+the counters that ``tierlake cache stats`` and Prometheus read. Entry states: ``FILLING`` (space reserved, a
+filler holds the entry's lock) → ``READY`` (published, checksum recorded) → deleted (evicted or found corrupt).
+A ``FILLING`` row whose lock nobody holds was left by a dead filler and is dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierlake.errors import CacheFull, StorageError
+from tiers.cache.policy import Node, Queue
+from tiers.store import ObjectInfo
+
+logger = logging.getLogger(__name__)
+
+COUNTERS = (
+    "hits",
+    "misses",
+    "coalesced",
+    "bytes_hit",
+    "bytes_filled",
+    "backend_gets",
+    "backend_heads",
+    "evictions",
+    "bytes_evicted",
+    "corrupt",
+    "stale_fills_recovered",
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id TEXT PRIMARY KEY, bucket TEXT NOT NULL, key TEXT NOT NULL, etag TEXT NOT NULL, size INTEGER NOT NULL,
+    block INTEGER NOT NULL, nbytes INTEGER NOT NULL, state TEXT NOT NULL, checksum TEXT NOT NULL DEFAULT '',
+    queue TEXT NOT NULL, freq INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL, filled_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_object ON entries (bucket, key);
+CREATE TABLE IF NOT EXISTS ghosts (id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pins (bucket TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (bucket, key));
+CREATE TABLE IF NOT EXISTS heads (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, etag TEXT NOT NULL, size INTEGER NOT NULL, modified REAL NOT NULL,
+    checked REAL NOT NULL, PRIMARY KEY (bucket, key));
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class EntryState(enum.Enum):
+    FILLING = "FILLING"
+    READY = "READY"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    id: str
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    block: int
+    nbytes: int
+    state: EntryState
+    checksum: str
+    queue: Queue
+    freq: int
+    seq: int
+
+    @property
+    def info(self) -> ObjectInfo:
+        return ObjectInfo(bucket=self.bucket, key=self.key, size=self.size, etag=self.etag)
+
+
+_COLUMNS = "id, bucket, key, etag, size, block, nbytes, state, checksum, queue, freq, seq"
+
+
+def _entry(row: tuple[object, ...]) -> Entry:
+    id_, bucket, key, etag, size, block, nbytes, state, checksum, queue, freq, seq = row
+    return Entry(
+        id=str(id_),
+        bucket=str(bucket),
+        key=str(key),
+        etag=str(etag),
+        size=int(size),  # type: ignore[call-overload]
+        block=int(block),  # type: ignore[call-overload]
+        nbytes=int(nbytes),  # type: ignore[call-overload]
+        state=EntryState(state),
+        checksum=str(checksum),
+        queue=Queue(queue),
+        freq=int(freq),  # type: ignore[call-overload]
+        seq=int(seq),  # type: ignore[call-overload]
+    )
+
+
+class Index:
+    """One connection per thread and process (SQLite connections must not cross a fork or a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connection().executescript(_SCHEMA)
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.path = Path(str(state["path"]))
+        self._local = threading.local()
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", None) != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc):
+                raise CacheFull(
+                    f"the cache index {self.path} cannot grow: its file system is full. "
+                    "Fix: free space there or lower cache.max_bytes / cache.disk_fraction"
+                ) from exc
+            raise StorageError(f"the cache index {self.path} failed: {exc}") from exc
+
+    # -- entries ------------------------------------------------------------------------------------------
+
+    def get(self, entry_id: str) -> Entry | None:
+        sql = f"SELECT {_COLUMNS} FROM entries WHERE id = ?"  # noqa: S608 - constant columns
+        row = self._connection().execute(sql, (entry_id,)).fetchone()
+        return None if row is None else _entry(row)
+
+    def entries(self, *, state: EntryState | None = None) -> list[Entry]:
+        sql = f"SELECT {_COLUMNS} FROM entries"  # noqa: S608 - constant columns
+        args: tuple[str, ...] = ()
+        if state is not None:
+            sql, args = sql + " WHERE state = ?", (state.value,)
+        return [_entry(row) for row in self._connection().execute(sql + " ORDER BY seq", args)]
+
+    def reserve(self, db: sqlite3.Connection, info: ObjectInfo, *, entry_id: str, block: int, nbytes: int) -> None:
+        """Insert the FILLING row (inside the caller's transaction). A ghost hit enters the main queue."""
+        ghost = db.execute("DELETE FROM ghosts WHERE id = ? RETURNING id", (entry_id,)).fetchone()
+        seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries").fetchone()[0]
+        db.execute(
+            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', ?, 0, ?, ?)",
+            (
+                entry_id,
+                info.bucket,
+                info.key,
+                info.etag,
+                info.size,
+                block,
+                nbytes,
+                EntryState.FILLING.value,
+                (Queue.MAIN if ghost else Queue.SMALL).value,
+                seq,
+                time.time(),
+            ),
+        )
+
+    def publish(self, entry_id: str, checksum: str, nbytes: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE entries SET state = ?, checksum = ?, filled_at = ? WHERE id = ?",
+                (EntryState.READY.value, checksum, time.time(), entry_id),
+            )
+            self._add(db, misses=1, bytes_filled=nbytes)
+
+    def delete(self, entry_ids: list[str], *, ghost: bool = False) -> None:
+        with self.transaction() as db:
+            self.delete_in(db, entry_ids, ghost=ghost)
+
+    def delete_in(self, db: sqlite3.Connection, entry_ids: list[str], *, ghost: bool = False) -> None:
+        db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in entry_ids])
+        if ghost and entry_ids:
+            seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM ghosts").fetchone()[0]
+            db.executemany(
+                "INSERT OR REPLACE INTO ghosts VALUES (?, ?)", [(i, seq + n + 1) for n, i in enumerate(entry_ids)]
+            )
+            keep = max(db.execute("SELECT COUNT(*) FROM entries").fetchone()[0], 64)
+            db.execute(
+                "DELETE FROM ghosts WHERE seq <= (SELECT MAX(seq) FROM ghosts) - ?",
+                (keep,),
+            )
+
+    def hit(self, entry_id: str, nbytes: int, *, coalesced: bool = False) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE entries SET freq = MIN(freq + 1, 3) WHERE id = ?", (entry_id,))
+            self._add(db, hits=1, bytes_hit=nbytes, coalesced=int(coalesced))
+
+    def used_bytes(self, db: sqlite3.Connection) -> tuple[int, int]:
+        """(bytes of READY entries, bytes reserved by FILLING ones)."""
+        rows = dict(db.execute("SELECT state, COALESCE(SUM(nbytes), 0) FROM entries GROUP BY state").fetchall())
+        return int(rows.get(EntryState.READY.value, 0)), int(rows.get(EntryState.FILLING.value, 0))
+
+    def policy_nodes(self, db: sqlite3.Connection) -> tuple[list[Node], list[str]]:
+        rows = db.execute(
+            "SELECT id, nbytes, queue, freq FROM entries WHERE state = ? ORDER BY seq", (EntryState.READY.value,)
+        ).fetchall()
+        nodes = [Node(key=r[0], size=r[1], queue=Queue(r[2]), freq=r[3]) for r in rows]
+        ghosts = [r[0] for r in db.execute("SELECT id FROM ghosts ORDER BY seq")]
+        return nodes, ghosts
+
+    def save_policy(self, db: sqlite3.Connection, nodes: list[Node]) -> None:
+        """Persist queue order and frequencies after an eviction round (new seq numbers after every READY one)."""
+        base = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries").fetchone()[0]
+        db.executemany(
+            "UPDATE entries SET queue = ?, freq = ?, seq = ? WHERE id = ?",
+            [(n.queue.value, n.freq, base + i, n.key) for i, n in enumerate(nodes)],
+        )
+
+    # -- pins, heads, counters -------------------------------------------------------------------------
+
+    def pin(self, bucket: str, key: str, *, pinned: bool = True) -> None:
+        with self.transaction() as db:
+            if pinned:
+                db.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (bucket, key))
+            else:
+                db.execute("DELETE FROM pins WHERE bucket = ? AND key = ?", (bucket, key))
+
+    def pinned_ids(self, db: sqlite3.Connection) -> set[str]:
+        rows = db.execute("SELECT e.id FROM entries e JOIN pins p ON e.bucket = p.bucket AND e.key = p.key")
+        return {r[0] for r in rows}
+
+    def head(self, bucket: str, key: str, max_age_s: float) -> ObjectInfo | None:
+        row = (
+            self._connection()
+            .execute("SELECT etag, size, modified, checked FROM heads WHERE bucket = ? AND key = ?", (bucket, key))
+            .fetchone()
+        )
+        if row is None or time.time() - row[3] > max_age_s:
+            return None
+        return ObjectInfo(bucket=bucket, key=key, etag=row[0], size=row[1], last_modified=row[2])
+
+    def remember_head(self, info: ObjectInfo) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?, ?)",
+                (info.bucket, info.key, info.etag, info.size, info.last_modified, time.time()),
+            )
+            self._add(db, backend_heads=1)
+
+    def forget_head(self, bucket: str, key: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM heads WHERE bucket = ? AND key = ?", (bucket, key))
+
+    def add(self, **deltas: int) -> None:
+        with self.transaction() as db:
+            self._add(db, **deltas)
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, **deltas: int) -> None:
+        db.executemany(
+            "UPDATE counters SET value = value + ? WHERE name = ?",
+            [(value, name) for name, value in deltas.items() if value],
+        )
+
+    def counters(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._connection().execute("SELECT name, value FROM counters")}
