@@ -1,0 +1,65 @@
+"""Process entry points for the cache tests (importable by ``multiprocessing`` spawn children).
+
+``CountingStore`` wraps the real store and appends one line per backend GET to a shared file with O_APPEND, so
+the test counts GETs that reached the origin across every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tierlake.config import S3Settings
+from tiers.cache.core import CacheOptions, EdgeCache
+from tiers.store import Body, ObjectInfo, S3Store
+
+
+class CountingStore(S3Store):
+    def __init__(self, s3: S3Settings, *, log: Path, slow_s: float = 0.0, started: Path | None = None) -> None:
+        super().__init__(s3)
+        self.log, self.slow_s, self.started = log, slow_s, started
+
+    def open(self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None) -> Body:
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, f"GET {bucket}/{key} {start}-{end} pid={os.getpid()}\n".encode())
+        os.close(fd)
+        body = super().open(bucket, key, start=start, end=end, etag=etag)
+        return _SlowBody(body, self.slow_s, self.started) if self.slow_s else body
+
+
+class _SlowBody:
+    """Trickles the body (a filler slow enough to be killed mid-fill); touches ``started`` after the first chunk."""
+
+    def __init__(self, body: Body, pause_s: float, started: Path | None) -> None:
+        self._body, self._pause, self._started = body, pause_s, started
+
+    def read(self, size: int = -1, /) -> bytes:
+        chunk = self._body.read(min(size, 64 * 1024) if size > 0 else 64 * 1024)
+        if chunk and self._started is not None and not self._started.exists():
+            self._started.write_text("filling")
+        time.sleep(self._pause)
+        return chunk
+
+    def close(self) -> None:
+        self._body.close()
+
+
+def read_object(  # noqa: PLR0917 - a multiprocessing target takes its arguments positionally
+    s3: S3Settings,
+    options: CacheOptions,
+    info: ObjectInfo,
+    log: Path,
+    barrier: Any,
+    results: Any,
+    slow_s: float = 0.0,
+    started: Path | None = None,
+) -> None:
+    """One reader process: wait for the others, read the object through the cache, report its SHA-256."""
+    cache = EdgeCache(CountingStore(s3, log=log, slow_s=slow_s, started=started), options)
+    if barrier is not None:
+        barrier.wait(timeout=60)
+    data = cache.cat(info.bucket, info.key, info=info)
+    results.put(hashlib.sha256(data).hexdigest())
