@@ -1,0 +1,232 @@
+"""From Parquet row groups to batch arrays, with no per-sample Python.
+
+A :class:`TableSource` reads one row group of a plan and decodes it into *units*: a mapping of column name to a
+numpy array whose first axis is the unit (a row, or a packed token sequence). Numeric, boolean and fixed-size-list
+columns become numpy views of the Arrow buffers (no copy). :class:`RowGroupStore` keeps the decoded row groups the
+next batches need (bounded, least recently used, one read per row group even when several threads ask at once), and
+:func:`assemble` gathers a batch with one ``numpy.take`` per column and row group (it releases the GIL).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from loaders.order import IntArray
+from loaders.plan import Plan
+from loaders.table import DataFile, FileSource
+from tierlake.errors import NotFound, SchemaMismatch, StorageError
+
+logger = logging.getLogger(__name__)
+
+Units = Mapping[str, npt.NDArray[Any]]
+Decoder = Callable[[pa.Table, DataFile, int], Units]  # (row group table, its file, row count) -> units
+_HANDLES_PER_THREAD = 16
+
+
+def numpy_column(name: str, column: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
+    """A numeric, boolean or fixed-size-list column as a numpy array, without copying when it is one chunk."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if array.null_count:
+        raise SchemaMismatch(
+            f"column {name!r} has {array.null_count} nulls in a row group; batches hold dense arrays. "
+            "Fix: fill the nulls in the table, or leave the column out (columns=...)"
+        )
+    kind = array.type
+    if pa.types.is_fixed_size_list(kind):
+        width = kind.list_size
+        values = array.flatten()  # honours the array's offset
+        return numpy_column(name, values).reshape(len(array), width)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        # Delta has no fixed-size list type: equal-length lists are reshaped without a copy.
+        offsets = array.offsets.to_numpy()
+        widths = np.unique(np.diff(offsets))
+        if len(widths) <= 1:
+            width = int(widths[0]) if len(widths) else 0
+            values = numpy_column(name, array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])))
+            return values.reshape(len(array), width)
+        raise SchemaMismatch(
+            f"column {name!r} holds lists of {len(widths)} different lengths ({widths[:5].tolist()}...), which do "
+            "not form a dense tensor. Fix: pack token lists with loaders.tokens.token_dataset"
+        )
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        result: npt.NDArray[Any] = array.to_numpy(zero_copy_only=not pa.types.is_boolean(kind))
+        return result
+    raise SchemaMismatch(
+        f"column {name!r} has type {kind}, which does not form a dense tensor. Fix: select numeric, boolean or "
+        "fixed-size-list columns (columns=...), or read token lists with loaders.tokens.token_dataset"
+    )
+
+
+@dataclass(frozen=True)
+class RowsDecoder:
+    """Rows as units; selected partition columns are filled from the file's partition value. Picklable."""
+
+    partition_types: tuple[tuple[str, pa.DataType], ...] = ()
+
+    def __call__(self, table: pa.Table, file: DataFile, rows: int) -> Units:
+        units: dict[str, npt.NDArray[Any]] = {
+            name: numpy_column(name, table.column(name)) for name in table.column_names
+        }
+        for name, kind in self.partition_types:
+            value = pa.scalar(file.partition.get(name), pa.string()).cast(kind)
+            units[name] = np.full(rows, value.as_py(), dtype=kind.to_pandas_dtype())
+        return units
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableSource:
+    """One table of a dataset: its plan, how its files are opened, the columns read and how they are decoded.
+
+    ``units[i]`` is the number of units row group ``i`` decodes to. Sent to other processes, it carries no client
+    (the file source drops its own on pickling).
+    """
+
+    plan: Plan
+    files: FileSource
+    columns: tuple[str, ...]  # physical Parquet columns to read
+    decoder: Decoder
+    units: IntArray
+    _handles: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in ("plan", "files", "columns", "decoder", "units")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_handles", threading.local())
+
+    def read_row_group(self, rg: int) -> tuple[Units, int]:
+        """Decoded units of row group ``rg`` and the bytes Arrow read for it."""
+        file = self.plan.snapshot.files[int(self.plan.file_of[rg])]
+        parquet = self._parquet(file.uri)
+        try:
+            table = parquet.read_row_group(int(self.plan.index_in_file[rg]), columns=list(self.columns))
+        except FileNotFoundError as exc:
+            raise NotFound(f"data file {file.uri} of the pinned version disappeared while reading") from exc
+        except OSError as exc:
+            raise StorageError(f"reading row group {self.plan.index_in_file[rg]} of {file.uri} failed: {exc}") from exc
+        return self.decoder(table, file, int(self.plan.rows[rg])), int(table.nbytes)
+
+    def _parquet(self, uri: str) -> pq.ParquetFile:
+        handles: OrderedDict[str, pq.ParquetFile] | None = getattr(self._handles, "files", None)
+        if handles is None:
+            handles = OrderedDict()
+            self._handles.files = handles
+        if uri in handles:
+            handles.move_to_end(uri)
+            return handles[uri]
+        parquet = pq.ParquetFile(self.files.open(uri), pre_buffer=True)
+        handles[uri] = parquet
+        while len(handles) > _HANDLES_PER_THREAD:
+            handles.popitem(last=False)
+        return parquet
+
+
+@dataclass
+class _Entry:
+    ready: threading.Event = field(default_factory=threading.Event)
+    units: Units | None = None
+    nbytes: int = 0
+    error: BaseException | None = None
+
+
+@dataclass
+class StoreStats:
+    reads: int = 0
+    bytes_read: int = 0
+    resident_bytes: int = 0
+    peak_resident_bytes: int = 0
+    largest_row_group_bytes: int = 0
+
+
+class RowGroupStore:
+    """Decoded row groups shared by the loader's threads: bounded to ``capacity`` entries, single-flight reads."""
+
+    def __init__(self, sources: tuple[TableSource, ...], capacity: int) -> None:
+        self._sources = sources
+        self._capacity = max(1, capacity)
+        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = StoreStats()
+
+    def get(self, source: int, rg: int) -> Units:
+        key = (source, rg)
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+            else:
+                self._entries.move_to_end(key)
+        if owner:
+            self._fill(key, entry)
+        entry.ready.wait()
+        if entry.error is not None:
+            raise entry.error
+        assert entry.units is not None  # set before ready when there is no error
+        return entry.units
+
+    def _fill(self, key: tuple[int, int], entry: _Entry) -> None:
+        try:
+            entry.units, entry.nbytes = self._sources[key[0]].read_row_group(key[1])
+        except BaseException as exc:
+            entry.error = exc
+            with self._lock:
+                self._entries.pop(key, None)
+            raise
+        finally:
+            entry.ready.set()
+        with self._lock:
+            self.stats.reads += 1
+            self.stats.bytes_read += entry.nbytes
+            self.stats.resident_bytes += entry.nbytes
+            self.stats.largest_row_group_bytes = max(self.stats.largest_row_group_bytes, entry.nbytes)
+            self._evict()
+            self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.stats.resident_bytes)
+
+    def _evict(self) -> None:
+        for key in list(self._entries):
+            if len(self._entries) <= self._capacity:
+                return
+            entry = self._entries[key]
+            if entry.ready.is_set():
+                del self._entries[key]
+                self.stats.resident_bytes -= entry.nbytes
+
+
+def assemble(
+    store: RowGroupStore, sources: npt.NDArray[np.int64], rgs: IntArray, offsets: IntArray
+) -> dict[str, npt.NDArray[Any]]:
+    """Gather one batch: unit ``offsets[i]`` of row group ``rgs[i]`` of source ``sources[i]``, in that order."""
+    keys = sources * (1 << 40) + rgs
+    unique = np.unique(keys)
+    out: dict[str, npt.NDArray[Any]] = {}
+    for key in unique:
+        source, rg = int(key >> 40), int(key & ((1 << 40) - 1))
+        units = store.get(source, rg)
+        single = len(unique) == 1
+        picked = np.nonzero(keys == key)[0] if not single else None
+        for name, array in units.items():
+            if name not in out:
+                out[name] = np.empty((len(keys), *array.shape[1:]), dtype=array.dtype)
+            elif out[name].shape[1:] != array.shape[1:] or out[name].dtype != array.dtype:
+                raise SchemaMismatch(
+                    f"column {name!r}: row group {rg} of source {source} holds {array.dtype}{array.shape[1:]} but "
+                    f"the batch started as {out[name].dtype}{out[name].shape[1:]}. Fix: mix tables of one schema"
+                )
+            if picked is None:
+                np.take(array, offsets, axis=0, out=out[name])
+            else:
+                out[name][picked] = np.take(array, offsets[picked], axis=0)
+    return out

@@ -1,0 +1,232 @@
+"""The DataLoader-style iterator: threads build batches from Arrow buffers; state is one integer per epoch.
+
+``DeltaLoader(dataset, batch_size=..., num_workers=...)`` iterates one epoch per ``iter()`` and yields dicts of
+``torch.Tensor``. Its workers are threads: pyarrow and numpy release the GIL while reading, decoding and gathering,
+so a batch reaches the training loop without pickling or a copy into shared memory. At most ``prefetch_batches``
+batches are in flight and at most ``max_cached_row_groups`` decoded row groups are held, so host memory is bounded
+(``stats`` reports the peak).
+
+Resume (``state_dict`` / ``load_state_dict``, StatefulDataLoader style): the state is the epoch and the number of
+positions of that epoch consumed by all ranks together. Loading it under another world size, worker count or even
+batch size re-deals the rest of the epoch (:mod:`loaders.order`), so nothing is lost or repeated. All ranks must
+save the state after the same number of steps (what a synchronous training loop does); ``load_state_dict`` checks
+that every rank loaded the same state when ``torch.distributed`` is initialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from loaders.batches import RowGroupStore, StoreStats, assemble
+from loaders.dataset import OrderedDataset
+from loaders.order import RankSlice, TailRule, rank_slice
+from tierlake.errors import TierlakeError
+
+logger = logging.getLogger(__name__)
+STATE_FORMAT = "tierlake.loader/1"
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderOptions:
+    """``batch_size`` per rank; ``num_workers`` threads; ``prefetch_batches`` in flight (the readahead bound);
+    ``tail`` the drop/pad rule; ``max_cached_row_groups`` decoded row groups held (default: two shuffle windows
+    plus one per worker)."""
+
+    batch_size: int
+    num_workers: int = 2
+    prefetch_batches: int = 4
+    tail: TailRule = TailRule.DROP
+    max_cached_row_groups: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "num_workers": self.num_workers >= 1,
+            "prefetch_batches": self.prefetch_batches >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise TierlakeError(f"{name} = {getattr(self, name)} is invalid. Fix: use 1 or more")
+        if self.max_cached_row_groups is not None and self.max_cached_row_groups < 1:
+            raise TierlakeError(
+                f"max_cached_row_groups = {self.max_cached_row_groups} is invalid. Fix: use 1 or more, or None"
+            )
+
+
+@dataclass
+class LoaderStats:
+    """Per-iteration counters: row-group reads, bytes, the peak of decoded bytes held, time waiting on data."""
+
+    batches: int = 0
+    wait_s: float = 0.0
+    store: StoreStats = field(default_factory=StoreStats)
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world size) from ``torch.distributed`` when initialised, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class DeltaLoader:
+    """Iterates a dataset's epochs for one rank; owns the worker threads while an epoch runs."""
+
+    def __init__(
+        self,
+        dataset: OrderedDataset,
+        *,
+        batch_size: int,
+        num_workers: int = 2,
+        prefetch_batches: int = 4,
+        tail: TailRule | str = TailRule.DROP,
+        max_cached_row_groups: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        self.options = LoaderOptions(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            prefetch_batches=prefetch_batches,
+            tail=TailRule(tail),
+            max_cached_row_groups=max_cached_row_groups,
+        )
+        default_rank, default_world = distributed_rank_world()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        self.dataset = dataset
+        self._epoch = 0
+        self._consumed = 0
+        self._running = False
+        self.stats = LoaderStats()
+        self._slice()  # validates rank / world size now rather than at the first batch
+
+    # -- DataLoader-style surface ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Batches this rank yields in the current epoch from the current state."""
+        return self._slice().batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning at the next ``iter()`` (like ``DistributedSampler.set_epoch``)."""
+        if epoch < 0:
+            raise TierlakeError(f"epoch = {epoch} is invalid. Fix: use 0 or more")
+        if epoch != self._epoch:
+            self._epoch, self._consumed = epoch, 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the epoch stands: enough to resume on any world size, worker count or batch size."""
+        return {
+            "format": STATE_FORMAT,
+            "fingerprint": self.dataset.fingerprint,
+            "epoch": self._epoch,
+            "samples_consumed": self._consumed,
+            "world_size": self.world_size,
+            "batch_size": self.options.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._running:
+            raise TierlakeError("load_state_dict during an epoch is not allowed. Fix: call it before iter(loader)")
+        if state.get("format") != STATE_FORMAT:
+            raise TierlakeError(
+                f"state format {state.get('format')!r} is not {STATE_FORMAT!r}. Fix: pass a state "
+                "saved by DeltaLoader.state_dict()"
+            )
+        if state["fingerprint"] != self.dataset.fingerprint:
+            raise TierlakeError(
+                f"the state was saved for dataset {state['fingerprint']!r} but this loader reads "
+                f"{self.dataset.fingerprint!r} (table, version, filters, seed, shuffle or window differ). "
+                "Fix: build the dataset with the same table version and order options"
+            )
+        epoch, consumed = int(state["epoch"]), int(state["samples_consumed"])
+        if not 0 <= consumed <= self.dataset.epoch_length(epoch):
+            raise TierlakeError(f"samples_consumed = {consumed} is outside epoch {epoch}. Fix: pass a matching state")
+        _check_same_state_on_all_ranks(epoch, consumed)
+        self._epoch, self._consumed = epoch, consumed
+        logger.info("resuming epoch %d at position %d on rank %d/%d", epoch, consumed, self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._running:
+            raise TierlakeError("this loader is already being iterated. Fix: finish or close the other iterator")
+        return self._epoch_batches()
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _slice(self) -> RankSlice:
+        return rank_slice(
+            total=self.dataset.epoch_length(self._epoch),
+            start=self._consumed,
+            world_size=self.world_size,
+            rank=self.rank,
+            batch_size=self.options.batch_size,
+            tail=self.options.tail,
+        )
+
+    def _capacity(self) -> int:
+        if self.options.max_cached_row_groups is not None:
+            return self.options.max_cached_row_groups
+        return 2 * self.dataset.order.window + self.options.num_workers + 1
+
+    def _build(self, store: RowGroupStore, epoch: int, positions: npt.NDArray[np.int64]) -> dict[str, Any]:
+        sources, rgs, offsets = self.dataset.locate(epoch, positions)
+        return assemble(store, sources, rgs, offsets)
+
+    def _epoch_batches(self) -> Iterator[Batch]:
+        self._running = True
+        epoch, plan = self._epoch, self._slice()
+        store = RowGroupStore(self.dataset.sources, self._capacity())
+        self.stats = LoaderStats(store=store.stats)
+        pool = ThreadPoolExecutor(self.options.num_workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
+        pending: deque[Future[dict[str, Any]]] = deque()
+        submitted = done = 0
+        try:
+            while done < plan.batches:
+                while submitted < plan.batches and len(pending) < self.options.prefetch_batches:
+                    pending.append(pool.submit(self._build, store, epoch, plan.positions(submitted)))
+                    submitted += 1
+                waited = time.perf_counter()
+                arrays = pending.popleft().result()
+                self.stats.wait_s += time.perf_counter() - waited
+                done += 1
+                self.stats.batches = done
+                self._consumed = plan.consumed_after(done)
+                if done == plan.batches:  # the epoch is complete once its last batch is out
+                    self._epoch, self._consumed = epoch + 1, 0
+                yield {name: torch.from_numpy(array) for name, array in arrays.items()}
+            if plan.batches == 0 and self._epoch == epoch:
+                self._epoch, self._consumed = epoch + 1, 0
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._running = False
+            logger.debug("epoch %d on rank %d: %s", epoch, self.rank, asdict(self.stats))
+
+
+def _check_same_state_on_all_ranks(epoch: int, consumed: int) -> None:
+    """Fail loudly (instead of hanging at the epoch's end) when ranks resume from different states."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    states: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, (epoch, consumed))
+    if len(set(states)) != 1:
+        raise TierlakeError(
+            f"ranks loaded different loader states {states} (epoch, samples_consumed). Fix: save the state on all "
+            "ranks after the same step, or load rank 0's state everywhere"
+        )
