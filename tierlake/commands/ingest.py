@@ -13,7 +13,14 @@ from tierlake.config import Settings
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.produce import produce_events  # noqa: PLC0415 - each subcommand imports only what it needs
 
-    summary = produce_events(settings, dataset=args.dataset, events=args.events, rate=args.rate, progress=not args.json)
+    summary = produce_events(
+        settings,
+        dataset=args.dataset,
+        events=args.events,
+        rate=args.rate,
+        bad_fraction=args.bad_fraction,
+        progress=not args.json,
+    )
     sys.stdout.write((json.dumps(summary.as_dict()) if args.json else summary.describe()) + "\n")
     return 0 if summary.failed == 0 else 4
 
@@ -33,6 +40,55 @@ def _bronze(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _entities(args: argparse.Namespace, settings: Settings) -> list[str]:
+    return list(args.entity or settings.entities)
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.ingest import run_until_caught_up  # noqa: PLC0415
+    from pipelines.session import spark_session  # noqa: PLC0415
+    from pipelines.silver import silver_tables  # noqa: PLC0415
+
+    entities = _entities(args, settings)
+    for entity in entities:
+        silver_tables(settings, entity)  # refuse an unknown entity before paying for a JVM
+    spark = spark_session(settings, app_name="tierlake-ingest")
+    try:
+        report = run_until_caught_up(spark, settings, entities=entities)
+    finally:
+        spark.stop()
+    sys.stdout.write(json.dumps(report, indent=None if args.json else 2) + "\n")
+    return 0
+
+
+def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.reconcile import reconcile  # noqa: PLC0415
+    from pipelines.session import spark_session  # noqa: PLC0415
+    from pipelines.silver import silver_tables  # noqa: PLC0415
+
+    entities = _entities(args, settings)
+    for entity in entities:
+        silver_tables(settings, entity)
+    spark = spark_session(settings, app_name="tierlake-reconcile")
+    try:
+        reports = [reconcile(spark, settings, entity=entity) for entity in entities]
+    finally:
+        spark.stop()
+    if args.json:
+        sys.stdout.write(json.dumps(reports) + "\n")
+    else:
+        for report in reports:
+            state = "balanced" if report["balanced"] else "NOT balanced"
+            sys.stdout.write(f"{report['entity']} ({report.get('topic', '?')}): {state}\n")
+            for p in report["partitions"]:
+                sys.stdout.write(
+                    f"  partition {p['partition']}: bronze {p['bronze']} = silver {p['silver']} + quarantine "
+                    f"{p['quarantine']} + dropped {p['dropped']}; missing {p['missing']} {p['missing_offsets']}, "
+                    f"unexpected {p['unexpected']}, repeated {p['repeated']} {p['other_offsets']}\n"
+                )
+    return 0 if all(r["balanced"] for r in reports) else 6
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.demo import run_demo  # noqa: PLC0415
 
@@ -43,9 +99,10 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def register(sub: Subparsers) -> None:
     produce = sub.add_parser("produce", help="send synthetic events to Kafka (idempotent, acks=all)")
-    produce.add_argument("dataset", choices=("ev",), help="ev: EV charging telemetry")
+    produce.add_argument("dataset", choices=("ev", "corpus"), help="ev: EV charging telemetry; corpus: documents")
     produce.add_argument("--events", type=positive_int, default=1000)
     produce.add_argument("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible")
+    produce.add_argument("--bad-fraction", type=float, default=0.0, help="share of bad records (ev), e.g. 0.02")
     produce.add_argument("--json", action="store_true")
     produce.set_defaults(handler=_produce)
 
@@ -54,6 +111,17 @@ def register(sub: Subparsers) -> None:
     bronze.add_argument("--topic", default="ev.telemetry")
     bronze.add_argument("--json", action="store_true")
     bronze.set_defaults(handler=_bronze)
+
+    run = ingest.add_parser("run", help="Kafka -> bronze -> silver/quarantine/dropped until caught up, then exit")
+    run.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
+    run.add_argument("--json", action="store_true")
+    run.set_defaults(handler=_run)
+    recon = ingest.add_parser(
+        "reconcile", help="prove bronze = silver + quarantine + dropped per offset (exit 6 if not)"
+    )
+    recon.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
+    recon.add_argument("--json", action="store_true")
+    recon.set_defaults(handler=_reconcile)
 
     demo = sub.add_parser("demo", help="the main job end to end: stack up, produce, bronze on RGW, count")
     demo.add_argument("--events", type=positive_int, default=5000)

@@ -1,0 +1,200 @@
+"""silver.<entity>, quarantine.<entity> and dropped.<entity> from bronze.<topic>, exactly once per micro-batch.
+
+Each micro-batch of bronze is classified by the rules (``pipelines.rules``), then judged against history:
+``late_event`` (event time older than the high-water mark minus the watermark) goes to quarantine, a repeated
+``event_id`` within the watermark goes to dropped. Every bronze row lands in exactly one of the three tables.
+
+Exactly once: every write carries Delta's ``txnAppId``/``txnVersion`` (the batch id), so a batch replayed after
+a crash skips the tables it already committed. History is read as of *earlier* batches only (``_batch_id <
+batch_id``), so a replay classifies every row exactly as the first attempt did.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pipelines.bronze import bronze_table
+from pipelines.rules import classify
+from tierlake.config import Settings
+from tierlake.entities import EntitySpec
+from tierlake.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+logger = logging.getLogger(__name__)
+SOURCE_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "ingest_time")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SilverTables:
+    entity: str
+    silver: str
+    quarantine: str
+    dropped: str
+    checkpoint: str
+
+
+def silver_tables(settings: Settings, entity: str) -> SilverTables:
+    if entity not in settings.entities:
+        raise ConfigError(f"entity {entity!r} is not in entities of conf/. Fix: use one of {sorted(settings.entities)}")
+    root = f"s3a://{settings.s3.lake_bucket}"
+    return SilverTables(
+        entity=entity,
+        silver=f"{root}/silver/{entity}",
+        quarantine=f"{root}/quarantine/{entity}",
+        dropped=f"{root}/dropped/{entity}",
+        checkpoint=f"{root}/silver/_checkpoints/{entity}",
+    )
+
+
+def _table_exists(spark: SparkSession, uri: str) -> bool:
+    from delta.tables import DeltaTable  # noqa: PLC0415
+
+    return bool(DeltaTable.isDeltaTable(spark, uri))
+
+
+def judge(
+    spark: SparkSession, classified: DataFrame, *, entity: EntitySpec, silver_uri: str, batch_id: int
+) -> DataFrame:
+    """Add the history rules: ``late_event`` (rule) and ``duplicate_event_id`` (column ``dropped``)."""
+    from pyspark.sql import Window  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    ts, eid = F.col(f"_rec.`{entity.event_time}`"), F.col(f"_rec.`{entity.event_id}`")
+    valid = classified.where(F.col("rule").isNull())
+    # As in Spark's own watermark, the high-water mark comes from earlier batches only: a batch spanning more
+    # event time than the watermark is not late, and a replayed batch sees the same mark as its first attempt.
+    high_water = None
+    prior = None
+    if _table_exists(spark, silver_uri):
+        prior = spark.read.format("delta").load(silver_uri).where(F.col("_batch_id") < batch_id)
+        prior_max = prior.agg(F.max(entity.event_time)).first()
+        high_water = prior_max[0] if prior_max else None
+    late = F.lit(False)
+    if high_water is not None:
+        late = ts < F.lit(high_water) - F.expr(f"INTERVAL {entity.watermark_s} SECONDS")
+    judged = classified.withColumn(
+        "rule", F.when(F.col("rule").isNull() & late, F.lit("late_event")).otherwise(F.col("rule"))
+    ).withColumn(
+        "error",
+        F.when(
+            F.col("rule") == "late_event",
+            F.concat(
+                F.lit(f"{entity.event_time}="),
+                ts.cast("string"),
+                F.lit(f" is more than {entity.watermark_s} s before the high-water mark {high_water}"),
+            ),
+        ).otherwise(F.col("error")),
+    )
+    first = Window.partitionBy(eid).orderBy("partition", "offset")
+    is_valid = F.col("rule").isNull()
+    judged = judged.withColumn("_rank", F.when(is_valid, F.row_number().over(first)))
+    if prior is not None:
+        lower = valid.agg(F.min(ts)).first()
+        window_start = (
+            F.lit(lower[0]) - F.expr(f"INTERVAL {entity.watermark_s} SECONDS") if lower and lower[0] else None
+        )
+        seen = prior.select(F.col(entity.event_id).alias("_seen_id"))
+        if window_start is not None:
+            seen = prior.where(F.col(entity.event_time) >= window_start).select(
+                F.col(entity.event_id).alias("_seen_id")
+            )
+        judged = judged.join(seen.distinct(), judged["_rec"][entity.event_id] == F.col("_seen_id"), "left")
+    else:
+        judged = judged.withColumn("_seen_id", F.lit(None).cast("string"))
+    duplicate = is_valid & ((F.col("_rank") > 1) | F.col("_seen_id").isNotNull())
+    return judged.withColumn("dropped", F.when(duplicate, F.lit("duplicate_event_id")))
+
+
+def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Split a judged batch into its silver, quarantine and dropped rows (disjoint, together the whole batch)."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    now = F.current_timestamp()
+    source = [F.col(c) for c in SOURCE_COLUMNS]
+    silver = judged.where(F.col("rule").isNull() & F.col("dropped").isNull()).select(
+        *(F.col(f"_rec.`{name}`").alias(name) for name in entity.field_names),
+        "extra_fields",
+        *source,
+        now.alias("silver_time"),
+        F.lit(batch_id).alias("_batch_id"),
+    )
+    quarantine = judged.where(F.col("rule").isNotNull()).select(
+        F.lit(entity.name).alias("entity"),
+        "rule",
+        "error",
+        *source,
+        "key",
+        "value",
+        now.alias("quarantined_at"),
+        F.lit(batch_id).alias("_batch_id"),
+        F.lit(False).alias("replayed"),
+    )
+    dropped = judged.where(F.col("rule").isNull() & F.col("dropped").isNotNull()).select(
+        F.col("dropped").alias("reason"),
+        F.col(f"_rec.`{entity.event_id}`").alias("event_id"),
+        *source,
+        now.alias("dropped_at"),
+        F.lit(batch_id).alias("_batch_id"),
+    )
+    return silver, quarantine, dropped
+
+
+def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables: SilverTables) -> dict[str, int]:
+    """One micro-batch: classify, judge, write the three tables idempotently. Returns the row counts."""
+    spark = batch.sparkSession
+    classified = classify(batch, entity).persist()
+    try:
+        judged = judge(spark, classified, entity=entity, silver_uri=tables.silver, batch_id=batch_id).persist()
+        counts: dict[str, int] = {}
+        for name, frame, uri in zip(
+            ("silver", "quarantine", "dropped"),
+            outputs(judged, entity=entity, batch_id=batch_id),
+            (tables.silver, tables.quarantine, tables.dropped),
+            strict=True,
+        ):
+            counts[name] = frame.count()
+            (
+                frame.write.format("delta")
+                .mode("append")
+                .option("mergeSchema", "true")
+                .option("txnAppId", f"tierlake-silver-{entity.name}-{name}")
+                .option("txnVersion", batch_id)
+                .save(uri)
+            )
+        judged.unpersist()
+    finally:
+        classified.unpersist()
+    logger.info("silver %s batch %d: %s", entity.name, batch_id, counts, extra={"entity": entity.name})
+    return counts
+
+
+def run_silver_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
+    """Process every bronze row not yet seen into silver/quarantine/dropped, then stop (``availableNow``)."""
+    tables = silver_tables(settings, entity)  # refuses an unknown entity
+    spec = settings.entities[entity]
+    bronze = bronze_table(settings, spec.topic)
+    if not _table_exists(spark, bronze.table_uri):
+        raise ConfigError(f"bronze table {bronze.table_uri} does not exist yet. Fix: run `tierlake ingest run` first")
+
+    def handle(batch: DataFrame, batch_id: int) -> None:
+        process_batch(batch, batch_id, entity=spec, tables=tables)
+
+    query = (
+        spark.readStream.format("delta")
+        .load(bronze.table_uri)
+        .writeStream.foreachBatch(handle)
+        .option("checkpointLocation", tables.checkpoint)
+        .queryName(f"silver_{entity}")
+        .trigger(availableNow=True)
+        .start()
+    )
+    query.awaitTermination()
+    counts = {
+        name: spark.read.format("delta").load(uri).count() if _table_exists(spark, uri) else 0
+        for name, uri in (("silver", tables.silver), ("quarantine", tables.quarantine), ("dropped", tables.dropped))
+    }
+    return {"entity": entity, **counts}

@@ -1,0 +1,201 @@
+"""Ingestion end to end on the real stack: the exactly-once oracle with the driver killed three times and a
+partition leader killed, every bad-input kind landing where the README says, reconciliation, schema upgrade.
+
+The test gets a topic and an entity of its own (passed to the CLI through TIERLAKE_KAFKA__TOPICS and
+TIERLAKE_ENTITIES), so its tables and offsets are its alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from deltalake import DeltaTable
+
+from infra import procs
+from infra.stack import LocalStack
+from pipelines.datasets import BAD_KINDS, EV_SPACING_S, Record, ev_stream, good_records, recent_start
+from pipelines.produce import producer_config
+from pipelines.reconcile import reconcile
+from pipelines.silver import silver_tables
+from tierlake.config import Settings, load_settings
+from tiers.s3 import delta_storage_options
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+REPO = Path(__file__).resolve().parents[2]
+EVENTS = 20_000
+
+
+class Oracle:
+    """A topic and entity of the test's own, and what each produced record must become."""
+
+    def __init__(self, stack: LocalStack, *, extra_fields: list[dict[str, Any]] | None = None) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.stack = stack
+        self.topic, self.entity = f"test.ev.{tag}", f"ev_{tag}"
+        base = yaml.safe_load((REPO / "conf" / "base.yaml").read_text())
+        spec = {**base["entities"]["ev"], "topic": self.topic}
+        self.topics = [
+            *base["kafka"]["topics"],
+            {"name": self.topic, "partitions": 3, "replication": 3, "retention_ms": 86_400_000},
+        ]
+        self.spec = spec
+        self.extra_fields = extra_fields or []
+        self.expect: dict[tuple[int, int], Record] = {}
+        admin = AdminClient({"bootstrap.servers": stack.settings.kafka.bootstrap()})
+        admin.create_topics([NewTopic(self.topic, num_partitions=3, replication_factor=3)])[self.topic].result(30)
+
+    def env(self) -> dict[str, str]:
+        spec = {**self.spec, "fields": [*self.spec["fields"], *self.extra_fields]}
+        return {
+            "TIERLAKE_PROFILE": "ci",
+            "TIERLAKE_KAFKA__TOPICS": json.dumps(self.topics),
+            "TIERLAKE_ENTITIES": json.dumps({self.entity: spec}),
+        }
+
+    def settings(self) -> Settings:
+        return load_settings("ci", env={**os.environ, **self.env()})
+
+    def produce(self, records: list[Record]) -> None:
+        producer = Producer(producer_config(self.stack.settings))
+        failures: list[str] = []
+
+        def delivered(error: KafkaError | None, message: Message, *, record: Record) -> None:
+            if error is not None:
+                failures.append(str(error))
+                return
+            partition, offset = message.partition(), message.offset()
+            assert partition is not None
+            assert offset is not None
+            self.expect[(partition, offset)] = record
+
+        for record in records:
+            while True:
+                try:
+                    producer.produce(
+                        self.topic,
+                        key=record.key,
+                        value=record.value,
+                        on_delivery=functools.partial(delivered, record=record),
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        assert producer.flush(120) == 0
+        assert not failures
+
+    def ingest(self, *, kill_after_s: float | None = None) -> subprocess.CompletedProcess[str] | None:
+        """Run `tierlake ingest run` for this entity; with kill_after_s, SIGKILL the driver (python + JVM)."""
+        argv = [sys.executable, "-m", "tierlake.cli", "ingest", "run", "--entity", self.entity, "--json"]
+        env = {**os.environ, **self.env()}
+        if kill_after_s is None:
+            return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200, check=False)
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            process.wait(timeout=kill_after_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the driver: python and its Spark JVM, mid-flight
+            process.wait()
+        return None
+
+    def table(self, kind: str) -> list[dict[str, Any]]:
+        tables = silver_tables(self.settings(), self.entity)
+        uri = getattr(tables, kind).replace("s3a://", "s3://", 1)
+        table = DeltaTable(uri, storage_options=delta_storage_options(self.stack.settings.s3))
+        rows: list[dict[str, Any]] = table.to_pyarrow_table().to_pylist()
+        return rows
+
+
+def _phase_two(count: int, seed: int) -> list[Record]:
+    """Good and bad records; every bad kind appears (the generator cycles through them in turn)."""
+    records = list(ev_stream(count, bad_fraction=0.03, seed=seed, start=recent_start(count, EV_SPACING_S)))
+    kinds = Counter(r.expect for r in records if r.expect != "silver")
+    assert len(kinds) == len(BAD_KINDS) - 1, kinds  # unknown_fields is accepted into silver
+    return records
+
+
+def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: SparkSession) -> None:
+    oracle = Oracle(stack)
+    rng = random.Random(2026)
+    # Phase 1: history, so that late events and duplicates have something to be late for and to repeat.
+    start = recent_start(EVENTS + 2000, EV_SPACING_S)
+    oracle.produce(list(good_records("ev", 1000, seed=3, start=start)))
+    result = oracle.ingest()
+    assert result is not None
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Phase 2: tens of thousands of records with every bad kind, ingested through three driver kills and the
+    # loss of a partition leader.
+    oracle.produce(_phase_two(EVENTS, seed=4))
+    for attempt in range(3):
+        oracle.ingest(kill_after_s=rng.uniform(15, 45))
+        if attempt == 1:
+            admin = AdminClient({"bootstrap.servers": stack.settings.kafka.bootstrap()})
+            leader = admin.list_topics(oracle.topic, timeout=10).topics[oracle.topic].partitions[0].leader
+            procs.kill9(stack.kafka.node(leader).daemon)
+    result = oracle.ingest()
+    assert result is not None
+    assert result.returncode == 0, result.stderr[-3000:]
+    stack.up()  # the killed broker comes back
+
+    silver = oracle.table("silver")
+    ids = Counter(row["event_id"] for row in silver)
+    expected_silver = {r.event_id for r in oracle.expect.values() if r.expect == "silver"}
+    assert set(ids) == expected_silver
+    assert max(ids.values()) == 1, "every good event exactly once"
+    got = {(row["partition"], row["offset"]): f"quarantine:{row['rule']}" for row in oracle.table("quarantine")}
+    got |= {(row["partition"], row["offset"]): f"dropped:{row['reason']}" for row in oracle.table("dropped")}
+    wanted = {key: record.expect for key, record in oracle.expect.items() if record.expect != "silver"}
+    assert got == wanted
+    assert {k.split(":")[1] for k in wanted.values()} == set(BAD_KINDS) - {"unknown_fields"}
+    assert any(row["extra_fields"] for row in silver), "unknown fields are kept, not dropped"
+
+    report = reconcile(spark, oracle.settings(), entity=oracle.entity)
+    assert report["balanced"], json.dumps(report, indent=2)
+    assert sum(p["bronze"] for p in report["partitions"]) == len(oracle.expect)
+
+
+def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack) -> None:
+    oracle = Oracle(stack)
+    start = recent_start(400, EV_SPACING_S)
+    before = list(good_records("ev", 200, seed=8, start=start))
+    oracle.produce(before)
+    assert (first := oracle.ingest()) is not None
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    oracle.extra_fields = [{"name": "firmware", "type": "string", "max_length": 16}]
+    after = []
+    for i, record in enumerate(good_records("ev", 200, seed=9, start=start + timedelta(seconds=400))):
+        event = json.loads(record.value)
+        event["firmware"] = f"7.{i % 4}.0"
+        after.append(Record(record.key, json.dumps(event).encode(), "silver", event["event_id"]))
+    incompatible = {**json.loads(after[0].value), "event_id": "bad-firmware", "firmware": "x" * 40}
+    after.append(Record(b"st-0001", json.dumps(incompatible).encode(), "quarantine:too_long", "bad-firmware"))
+    oracle.produce(after)
+    assert (second := oracle.ingest()) is not None
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    silver = {row["event_id"]: row for row in oracle.table("silver")}
+    assert len(silver) == 400
+    assert all(silver[r.event_id]["firmware"] is None for r in before)
+    assert all(silver[r.event_id]["firmware"] is not None for r in after[:-1])
+    quarantined = oracle.table("quarantine")
+    assert [(q["rule"], json.loads(q["value"])["event_id"]) for q in quarantined] == [("too_long", "bad-firmware")]
