@@ -36,11 +36,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    settings = load_settings("ci")
-    LocalStack(settings).down()
-    if settings.run_dir.exists():
-        shutil.rmtree(settings.run_dir)
-    local = LocalStack(settings, kafka_nodes=3)
+    leftovers = load_settings("ci")
+    LocalStack(leftovers).down()
+    if leftovers.run_dir.exists():
+        shutil.rmtree(leftovers.run_dir)
+    # Load again after the wipe: the first load read the old secret file, which is gone now.
+    local = LocalStack(load_settings("ci"), kafka_nodes=3)
     local.settings = local.up()
     yield local
     stopped = local.down()

@@ -1,0 +1,154 @@
+"""One writing driver per table: a lease in the object store, taken with an atomic create-if-absent.
+
+Delta on S3 without DynamoDB loses commits when two drivers write one table, so a driver must hold the lease of
+its tables before it starts a query. The lease is a series of objects ``_leases/<name>/<generation>.json``; the
+highest generation is the current holder. Taking or renewing the lease means creating the next generation with
+``If-None-Match: *`` (RGW 16.2 honours it; ``If-Match`` on PUT it does not), so of two contenders exactly one wins.
+
+A lease expires ``ttl_s`` after its last renewal. A contender takes an expired lease; a driver restarted on the
+same host takes over at once from a holder whose pid is gone (kill -9 leaves no one to release it). A holder that
+finds its renewal beaten has lost the lease and must stop writing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from infra.procs import alive
+from tierlake.errors import CommitConflict, ConfigError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger(__name__)
+PREFIX = "_leases"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LeaseRecord:
+    name: str
+    generation: int
+    owner: str
+    host: str
+    pid: int
+    expires_at: float
+    released: bool = False
+
+    def expired(self, now: float) -> bool:
+        return self.released or now >= self.expires_at
+
+    def dead_on_this_host(self, host: str) -> bool:
+        return self.host == host and not alive(self.pid)
+
+
+class TableLease:
+    """The writer lease of one set of tables (e.g. an entity's silver, quarantine and dropped)."""
+
+    def __init__(self, client: S3Client, bucket: str, name: str, *, ttl_s: float = 30.0, owner: str = "") -> None:
+        if ttl_s < 3:
+            raise ConfigError(f"lease ttl_s={ttl_s} is too short for a lease renewed every ttl_s/3. Fix: use >= 3")
+        self.client, self.bucket, self.name, self.ttl_s = client, bucket, name, ttl_s
+        self.host = socket.gethostname()
+        self.owner = owner or f"{self.host}:{os.getpid()}"
+        self.held: LeaseRecord | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.lost = threading.Event()
+
+    def _key(self, generation: int) -> str:
+        return f"{PREFIX}/{self.name}/{generation:012d}.json"
+
+    def current(self) -> LeaseRecord | None:
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{PREFIX}/{self.name}/")
+        keys = sorted(o["Key"] for o in listed.get("Contents", []) if "Key" in o)
+        if not keys:
+            return None
+        body = self.client.get_object(Bucket=self.bucket, Key=keys[-1])["Body"].read()
+        return LeaseRecord(**json.loads(body))
+
+    def _create(self, generation: int, *, released: bool = False) -> LeaseRecord | None:
+        record = LeaseRecord(
+            name=self.name,
+            generation=generation,
+            owner=self.owner,
+            host=self.host,
+            pid=os.getpid(),
+            expires_at=time.time() + self.ttl_s,
+            released=released,
+        )
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(generation), IfNoneMatch="*", Body=json.dumps(asdict(record)).encode()
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return None  # someone else created this generation first
+            raise
+        if generation > 2:  # keep the last generations for the record; delete older ones
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(generation - 3))
+        return record
+
+    def acquire(self) -> LeaseRecord:
+        """Take the lease or raise :class:`CommitConflict` naming the holder and when it expires."""
+        holder = self.current()
+        now = time.time()
+        if holder is not None and not holder.expired(now) and not holder.dead_on_this_host(self.host):
+            raise CommitConflict(
+                f"tables {self.name!r} are owned by writer {holder.owner} (pid {holder.pid} on {holder.host}) "
+                f"until {time.strftime('%H:%M:%S', time.localtime(holder.expires_at))}; a second writer would lose "
+                "Delta commits on S3. Fix: stop that writer, or wait for its lease to expire"
+            )
+        record = self._create(holder.generation + 1 if holder else 1)
+        if record is None:
+            raise CommitConflict(f"another writer took the lease of {self.name!r} at the same moment; retry later")
+        self.held = record
+        logger.info("lease %s taken, generation %d", self.name, record.generation, extra={"lease": self.name})
+        return record
+
+    def renew(self) -> None:
+        """Extend the lease; if another writer got there first, the lease is lost (``lost`` is set)."""
+        if self.held is None:
+            raise CommitConflict(f"lease {self.name!r} is not held")
+        record = self._create(self.held.generation + 1)
+        if record is None:
+            self.lost.set()
+            raise CommitConflict(f"lease {self.name!r} was taken over by another writer; stop writing")
+        self.held = record
+
+    def start_renewing(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.ttl_s / 3):
+                try:
+                    self.renew()
+                except (CommitConflict, ClientError) as exc:
+                    logger.error("lease %s: %s", self.name, exc)
+                    self.lost.set()
+                    return
+
+        self._renewer = threading.Thread(target=loop, name=f"lease-{self.name}", daemon=True)
+        self._renewer.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=self.ttl_s)
+        if self.held is not None and not self.lost.is_set():
+            self._create(self.held.generation + 1, released=True)
+        self.held = None
+
+    def __enter__(self) -> TableLease:
+        self.acquire()
+        self.start_renewing()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -1,0 +1,97 @@
+"""The one-writer lease on the real RGW: refusal naming the owner, release, expiry, dead-holder takeover, races."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from pipelines.lease import TableLease
+from tierlake.config import Settings
+from tierlake.errors import CommitConflict
+from tiers.s3 import s3_client
+
+
+def _lease(settings: Settings, name: str, owner: str, ttl_s: float = 30) -> TableLease:
+    return TableLease(s3_client(settings.s3), settings.s3.lake_bucket, name, ttl_s=ttl_s, owner=owner)
+
+
+def test_second_writer_is_refused_with_the_owner_named(settings: Settings) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    first = _lease(settings, name, "driver-a")
+    first.acquire()
+    with pytest.raises(CommitConflict, match=r"owned by writer driver-a \(pid \d+ on .*\).*Fix: stop that writer"):
+        _lease(settings, name, "driver-b").acquire()
+    first.release()
+    second = _lease(settings, name, "driver-b")
+    assert second.acquire().owner == "driver-b"
+    second.release()
+
+
+def test_expired_lease_is_taken_over_and_the_old_holder_learns_it_lost(settings: Settings) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    old = _lease(settings, name, "slow-driver", ttl_s=3)
+    old.acquire()
+    time.sleep(3.2)
+    new = _lease(settings, name, "new-driver", ttl_s=3)
+    new.acquire()
+    with pytest.raises(CommitConflict, match="taken over by another writer"):
+        old.renew()
+    assert old.lost.is_set()
+    new.release()
+
+
+def test_holder_killed_on_this_host_is_replaced_at_once(settings: Settings) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    code = (
+        "import sys, time\n"
+        "from tierlake.config import load_settings\n"
+        "from tiers.s3 import s3_client\n"
+        "from pipelines.lease import TableLease\n"
+        "s = load_settings('ci')\n"
+        f"TableLease(s3_client(s.s3), s.s3.lake_bucket, {name!r}, owner='doomed').acquire()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CommitConflict, match="owned by writer doomed"):
+            _lease(settings, name, "restarted").acquire()
+        holder.kill()
+        holder.wait()
+        taken = _lease(settings, name, "restarted")
+        assert taken.acquire().owner == "restarted"
+        taken.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_racing_writers_exactly_one_wins(settings: Settings) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    winners: list[str] = []
+    losers: list[str] = []
+    barrier = threading.Barrier(6)
+
+    def contend(i: int) -> None:
+        lease = _lease(settings, name, f"driver-{i}")
+        barrier.wait()
+        try:
+            lease.acquire()
+            winners.append(lease.owner)
+        except CommitConflict:
+            losers.append(lease.owner)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1
+    assert len(losers) == 5
