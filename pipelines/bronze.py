@@ -16,8 +16,13 @@ from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming.query import StreamingQuery
 
 logger = logging.getLogger(__name__)
+BRONZE_DDL = (
+    "key binary, value binary, topic string, partition int, offset long, kafka_timestamp timestamp, "
+    "ingest_time timestamp"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,19 +69,38 @@ def to_bronze(records: DataFrame) -> DataFrame:
     )
 
 
-def run_bronze_until_caught_up(spark: SparkSession, settings: Settings, *, topic: str) -> dict[str, Any]:
-    """Ingest everything now in ``topic`` into bronze, then stop. Returns the table's row count and version."""
+def ensure_bronze(spark: SparkSession, table: BronzeTable) -> None:
+    """Create the (empty) bronze table if it does not exist, so a silver stream can start before any data."""
+    from delta.tables import DeltaTable  # noqa: PLC0415
+
+    if not DeltaTable.isDeltaTable(spark, table.table_uri):
+        empty = spark.createDataFrame([], BRONZE_DDL)
+        empty.write.format("delta").mode("ignore").save(table.table_uri)
+
+
+def start_bronze(spark: SparkSession, settings: Settings, *, topic: str, trigger_s: float | None) -> StreamingQuery:
+    """Start the Kafka -> bronze query: ``trigger_s`` None = until caught up, else a processing-time trigger."""
     table = bronze_table(settings, topic)
-    query = (
+    writer = (
         to_bronze(kafka_source(spark, settings, topic))
         .writeStream.format("delta")
         .option("checkpointLocation", table.checkpoint_uri)
         .outputMode("append")
         .queryName(f"bronze_{topic.replace('.', '_')}")
-        .trigger(availableNow=True)
-        .start(table.table_uri)
     )
-    query.awaitTermination()
+    writer = (
+        writer.trigger(availableNow=True)
+        if trigger_s is None
+        else writer.trigger(processingTime=f"{trigger_s} seconds")
+    )
+    return writer.start(table.table_uri)
+
+
+def run_bronze_until_caught_up(spark: SparkSession, settings: Settings, *, topic: str) -> dict[str, Any]:
+    """Ingest everything now in ``topic`` into bronze, then stop. Returns the table's row count and version."""
+    table = bronze_table(settings, topic)
+    ensure_bronze(spark, table)
+    start_bronze(spark, settings, topic=topic, trigger_s=None).awaitTermination()
     from delta.tables import DeltaTable  # noqa: PLC0415
 
     history = DeltaTable.forPath(spark, table.table_uri).history(1).collect()

@@ -4,8 +4,12 @@ Delta on S3 without DynamoDB needs a single writer, and a second driver refuses 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.bronze import run_bronze_until_caught_up
@@ -46,3 +50,64 @@ def run_until_caught_up(spark: SparkSession, settings: Settings, *, entities: li
 def _check(lease: TableLease) -> None:
     if lease.lost.is_set():
         raise CommitConflict(f"lost the writer lease {lease.name!r} mid-run; another driver owns these tables now")
+
+
+def run_continuous(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    entities: list[str],
+    trigger_s: float,
+    stop: threading.Event,
+    status_file: Path | None = None,
+) -> dict[str, Any]:
+    """Keep bronze and silver queries of ``entities`` running on a ``trigger_s`` trigger until ``stop`` is set.
+
+    Holds every entity's writer lease throughout; a lost lease or a failed query stops all queries and raises.
+    """
+    from pipelines.bronze import bronze_table, ensure_bronze, start_bronze  # noqa: PLC0415
+    from pipelines.silver import start_silver  # noqa: PLC0415
+
+    client = s3_client(settings.s3)
+    leases = [TableLease(client, settings.s3.lake_bucket, f"ingest-{entity}") for entity in entities]
+    queries = []
+    try:
+        for lease in leases:
+            lease.acquire()
+            lease.start_renewing()
+        for entity in entities:
+            topic = settings.entities[entity].topic
+            ensure_bronze(spark, bronze_table(settings, topic))
+            queries.append(start_bronze(spark, settings, topic=topic, trigger_s=trigger_s))
+            queries.append(start_silver(spark, settings, entity=entity, trigger_s=trigger_s))
+        while not stop.wait(min(trigger_s, 2.0)):
+            for lease in leases:
+                _check(lease)
+            for query in queries:
+                if not query.isActive:
+                    raise CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
+            if status_file is not None:
+                _write_status(status_file, queries)
+    finally:
+        for query in queries:
+            query.stop()
+        for lease in leases:
+            lease.release()
+    return {"stopped": [q.name for q in queries]}
+
+
+def _write_status(path: Path, queries: list[Any]) -> None:
+    progress = {q.name: (q.lastProgress or {}) for q in queries}
+    status = {
+        "updated": time.time(),
+        "queries": {
+            name: {
+                k: p.get(k)
+                for k in ("batchId", "numInputRows", "inputRowsPerSecond", "processedRowsPerSecond", "timestamp")
+            }
+            for name, p in progress.items()
+        },
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status), encoding="utf-8")
+    os.replace(tmp, path)

@@ -23,6 +23,7 @@ from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming.query import StreamingQuery
 
 logger = logging.getLogger(__name__)
 SOURCE_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "ingest_time")
@@ -172,8 +173,8 @@ def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables
     return counts
 
 
-def run_silver_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
-    """Process every bronze row not yet seen into silver/quarantine/dropped, then stop (``availableNow``)."""
+def start_silver(spark: SparkSession, settings: Settings, *, entity: str, trigger_s: float | None) -> StreamingQuery:
+    """Start the bronze -> silver query: ``trigger_s`` None = until caught up, else a processing-time trigger."""
     tables = silver_tables(settings, entity)  # refuses an unknown entity
     spec = settings.entities[entity]
     bronze = bronze_table(settings, spec.topic)
@@ -183,16 +184,25 @@ def run_silver_until_caught_up(spark: SparkSession, settings: Settings, *, entit
     def handle(batch: DataFrame, batch_id: int) -> None:
         process_batch(batch, batch_id, entity=spec, tables=tables)
 
-    query = (
+    writer = (
         spark.readStream.format("delta")
         .load(bronze.table_uri)
         .writeStream.foreachBatch(handle)
         .option("checkpointLocation", tables.checkpoint)
         .queryName(f"silver_{entity}")
-        .trigger(availableNow=True)
-        .start()
     )
-    query.awaitTermination()
+    writer = (
+        writer.trigger(availableNow=True)
+        if trigger_s is None
+        else writer.trigger(processingTime=f"{trigger_s} seconds")
+    )
+    return writer.start()
+
+
+def run_silver_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
+    """Process every bronze row not yet seen into silver/quarantine/dropped, then stop (``availableNow``)."""
+    tables = silver_tables(settings, entity)
+    start_silver(spark, settings, entity=entity, trigger_s=None).awaitTermination()
     counts = {
         name: spark.read.format("delta").load(uri).count() if _table_exists(spark, uri) else 0
         for name, uri in (("silver", tables.silver), ("quarantine", tables.quarantine), ("dropped", tables.dropped))

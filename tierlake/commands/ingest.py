@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 from tierlake.commands import Subparsers, positive_int
 from tierlake.config import Settings
@@ -89,6 +94,83 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(r["balanced"] for r in reports) else 6
 
 
+def _driver(settings: Settings) -> tuple[Any, Path]:
+    from infra.procs import Daemon  # noqa: PLC0415
+
+    home = settings.run_dir / "ingest"
+    status_file = home / "status.json"
+    return Daemon(
+        name="ingest-driver", pid_file=home / "driver.pid", log=home / "driver.log", marker=str(status_file)
+    ), status_file
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.ingest import run_continuous  # noqa: PLC0415
+    from pipelines.session import spark_session  # noqa: PLC0415
+    from pipelines.silver import silver_tables  # noqa: PLC0415
+
+    entities = _entities(args, settings)
+    for entity in entities:
+        silver_tables(settings, entity)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    spark = spark_session(settings, app_name="tierlake-ingest-stream")
+    try:
+        run_continuous(
+            spark, settings, entities=entities, trigger_s=args.trigger_s, stop=stop, status_file=args.status_file
+        )
+    finally:
+        spark.stop()
+    return 0
+
+
+def _start(args: argparse.Namespace, settings: Settings) -> int:
+    from infra import procs  # noqa: PLC0415
+
+    daemon, status_file = _driver(settings)
+    if (pid := daemon.running_pid()) is not None:
+        sys.stdout.write(f"ingestion already running, pid {pid}; log {daemon.log}\n")
+        return 0
+    argv = [
+        sys.executable,
+        "-m",
+        "tierlake.cli",
+        "--profile",
+        settings.profile,
+        "ingest",
+        "serve",
+        "--trigger-s",
+        str(args.trigger_s),
+        "--status-file",
+        str(status_file),
+    ]
+    for entity in args.entity or []:
+        argv += ["--entity", entity]
+    pid = procs.spawn(daemon, argv)
+    sys.stdout.write(f"ingestion started, pid {pid}; log {daemon.log}; `tierlake ingest status` to follow\n")
+    return 0
+
+
+def _stop(args: argparse.Namespace, settings: Settings) -> int:
+    from infra import procs  # noqa: PLC0415
+
+    daemon, _ = _driver(settings)
+    stopped = procs.stop([daemon], timeout_s=60)
+    sys.stdout.write("ingestion stopped\n" if stopped else "ingestion was not running\n")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    daemon, status_file = _driver(settings)
+    pid = daemon.running_pid()
+    status: dict[str, Any] = {"running": pid is not None, "pid": pid, "log": str(daemon.log)}
+    if status_file.exists():
+        status.update(json.loads(status_file.read_text(encoding="utf-8")))
+        status["seconds_since_update"] = round(time.time() - status["updated"], 1)
+    sys.stdout.write(json.dumps(status, indent=None if args.json else 2) + "\n")
+    return 0 if pid is not None else 3
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.demo import run_demo  # noqa: PLC0415
 
@@ -116,6 +198,19 @@ def register(sub: Subparsers) -> None:
     run.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_run)
+    serve = ingest.add_parser("serve", help="run the streaming queries in the foreground until SIGTERM")
+    serve.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
+    serve.add_argument("--trigger-s", type=float, default=2.0, help="micro-batch interval in seconds")
+    serve.add_argument("--status-file", type=Path, help="where to write the queries' progress")
+    serve.set_defaults(handler=_serve)
+    start = ingest.add_parser("start", help="start the streaming queries in the background (pid under run_dir)")
+    start.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
+    start.add_argument("--trigger-s", type=float, default=2.0, help="micro-batch interval in seconds")
+    start.set_defaults(handler=_start)
+    ingest.add_parser("stop", help="stop the background streaming queries (SIGTERM by pid)").set_defaults(handler=_stop)
+    status = ingest.add_parser("status", help="is the streaming driver alive, and its last progress (exit 3 if not)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
     recon = ingest.add_parser(
         "reconcile", help="prove bronze = silver + quarantine + dropped per offset (exit 6 if not)"
     )

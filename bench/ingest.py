@@ -1,0 +1,169 @@
+"""Ingestion benchmark: Kafka -> bronze -> silver against a raw confluent-kafka consume loop, plus freshness.
+
+One run, one topic of its own, the same records for every contender:
+- ``raw_consume``: a plain confluent-kafka consumer reading the topic from the start (the ceiling of this machine);
+- ``bronze`` / ``silver``: tierlake's streaming jobs run until caught up (Spark started beforehand, not timed);
+- freshness: the streaming queries kept running on a ``--trigger-s`` trigger while records arrive at ``--rate``;
+  per record, silver commit time minus Kafka timestamp, p50 and p99.
+
+Prints one JSON object as its last line (DESIGN.md): ``{"bench", "figures", "ratios", "setup"}``.
+Usage: ``.venv/bin/python bench/ingest.py [--quick]`` with the local stack (it brings it up if needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import Consumer
+
+from infra.stack import LocalStack
+from pipelines.bronze import run_bronze_until_caught_up
+from pipelines.datasets import EV_SPACING_S, good_records, recent_start
+from pipelines.demo import freshness
+from pipelines.ingest import run_continuous
+from pipelines.produce import send_records
+from pipelines.session import spark_session
+from pipelines.silver import run_silver_until_caught_up, silver_tables
+from tierlake.config import Settings, load_settings
+from tierlake.logs import configure_logging
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench_settings(profile: str, tag: str) -> Settings:
+    """The profile's settings plus a topic and an entity of this run's own (same rules as `ev`)."""
+    base = yaml.safe_load((REPO / "conf" / "base.yaml").read_text())
+    topic = f"bench.ev.{tag}"
+    topics = [*base["kafka"]["topics"], {"name": topic, "partitions": 3, "replication": 3, "retention_ms": 86_400_000}]
+    entities = {f"bench_{tag}": {**base["entities"]["ev"], "topic": topic}}
+    env = {**os.environ, "TIERLAKE_KAFKA__TOPICS": json.dumps(topics), "TIERLAKE_ENTITIES": json.dumps(entities)}
+    return load_settings(profile, env=env)
+
+
+def raw_consume(settings: Settings, topic: str, expected: int) -> float:
+    """Seconds for a plain consumer to read ``expected`` records of ``topic`` from the start."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap(),
+            "group.id": f"bench-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    seen = 0
+    started = time.monotonic()
+    try:
+        while seen < expected and time.monotonic() - started < 300:
+            for message in consumer.consume(1000, timeout=0.5):
+                if message.error() is None:
+                    seen += 1
+    finally:
+        consumer.close()
+    if seen < expected:
+        raise RuntimeError(f"raw consumer saw {seen} of {expected} records in 300 s")
+    return time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes: finishes in a few minutes on 2 cores")
+    parser.add_argument("--profile", default=os.environ.get("TIERLAKE_PROFILE", "local"))
+    parser.add_argument("--events", type=int, help="records for the throughput part")
+    parser.add_argument("--rate", type=float, default=200.0, help="records/s during the freshness part")
+    parser.add_argument("--seconds", type=float, help="length of the freshness part")
+    parser.add_argument("--trigger-s", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    events = args.events or (20_000 if args.quick else 200_000)
+    seconds = args.seconds or (30.0 if args.quick else 120.0)
+
+    tag = uuid.uuid4().hex[:8]
+    settings = bench_settings(args.profile, tag)
+    configure_logging(settings.run_dir / "logs" / "bench-ingest.log")
+    settings = LocalStack(settings).up()
+    entity = f"bench_{tag}"
+    topic = settings.entities[entity].topic
+
+    start = recent_start(events + int(seconds * args.rate) * 2, EV_SPACING_S)
+    send_records(settings, topic, good_records("ev", events, seed=1, start=start), total=events, progress=False)
+    raw_s = raw_consume(settings, topic, events)
+
+    spark = spark_session(settings, app_name="tierlake-bench-ingest")
+    try:
+        began = time.monotonic()
+        run_bronze_until_caught_up(spark, settings, topic=topic)
+        bronze_s = time.monotonic() - began
+        began = time.monotonic()
+        counts = run_silver_until_caught_up(spark, settings, entity=entity)
+        silver_s = time.monotonic() - began
+
+        stop = threading.Event()
+        worker = threading.Thread(
+            target=run_continuous,
+            kwargs={
+                "spark": spark,
+                "settings": settings,
+                "entities": [entity],
+                "trigger_s": args.trigger_s,
+                "stop": stop,
+            },
+        )
+        worker.start()
+        time.sleep(10)  # queries up and idle before the clock starts
+        since = time.time()
+        live_count = int(seconds * args.rate)
+        # Event times of the live records follow the throughput records' and end now: neither late nor future.
+        live = good_records("ev", live_count, seed=2, start=recent_start(live_count, EV_SPACING_S))
+        send_records(settings, topic, live, total=live_count, rate=args.rate, progress=False)
+        time.sleep(4 * args.trigger_s + 10)  # let the last records through both queries
+        stop.set()
+        worker.join()
+        fresh = freshness(spark, silver_tables(settings, entity).silver, since_epoch_s=since)
+    finally:
+        spark.stop()
+
+    raw_eps = events / raw_s
+    result: dict[str, Any] = {
+        "bench": "ingest",
+        "figures": {
+            "raw_consume_eps": round(raw_eps),
+            "bronze_eps": round(events / bronze_s),
+            "silver_stage_eps": round(events / silver_s),
+            "silver_end_to_end_eps": round(events / (bronze_s + silver_s)),
+            "p50_freshness_s": fresh["p50_s"],
+            "p99_freshness_s": fresh["p99_s"],
+            "freshness_rows": fresh["rows"],
+            "trigger_s": args.trigger_s,
+            "silver_rows": counts["silver"],
+        },
+        "ratios": {
+            "bronze_vs_raw_consume": round(events / bronze_s / raw_eps, 4),
+            "silver_vs_raw_consume": round(events / (bronze_s + silver_s) / raw_eps, 4),
+            "p99_freshness_vs_trigger": round(fresh["p99_s"] / args.trigger_s, 2) if fresh["p99_s"] else None,
+        },
+        "setup": {
+            "events": events,
+            "live_rate": args.rate,
+            "live_seconds": seconds,
+            "quick": args.quick,
+            "cores": os.cpu_count(),
+            "spark_master": settings.spark.master,
+            "kafka_nodes": settings.kafka.nodes,
+            "profile": settings.profile,
+        },
+    }
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
