@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "tierlake.commands.stack",
     "tierlake.commands.config",
     "tierlake.commands.ingest",
+    "tierlake.commands.cache",
 )
 
 

@@ -63,3 +63,22 @@ def read_object(  # noqa: PLR0917 - a multiprocessing target takes its arguments
         barrier.wait(timeout=60)
     data = cache.cat(info.bucket, info.key, info=info)
     results.put(hashlib.sha256(data).hexdigest())
+
+
+def spark_rows(table: str) -> list[dict[str, Any]]:
+    """Read a Delta table with Spark (s3a) using the settings of this process's environment."""
+    from pipelines.session import spark_session  # noqa: PLC0415
+    from tierlake.config import load_settings  # noqa: PLC0415
+
+    session = spark_session(load_settings(), app_name="tierlake-cache-site-test")
+    try:
+        return [row.asDict() for row in session.read.format("delta").load(table).orderBy("id").collect()]
+    finally:
+        session.stop()
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    sys.stdout.write("ROWS " + json.dumps(spark_rows(sys.argv[1])) + "\n")
