@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +127,9 @@ class TableSource:
         if uri in handles:
             handles.move_to_end(uri)
             return handles[uri]
-        parquet = pq.ParquetFile(self.files.open(uri), pre_buffer=True)
+        opened = self.files.open(uri)
+        # Pre-buffering coalesces the column-chunk reads of remote files; for a local path it only doubles memory.
+        parquet = pq.ParquetFile(opened, pre_buffer=not isinstance(opened, str))
         handles[uri] = parquet
         while len(handles) > _HANDLES_PER_THREAD:
             handles.popitem(last=False)
@@ -153,12 +156,35 @@ class StoreStats:
 class RowGroupStore:
     """Decoded row groups shared by the loader's threads: bounded to ``capacity`` entries, single-flight reads."""
 
-    def __init__(self, sources: tuple[TableSource, ...], capacity: int) -> None:
+    def __init__(self, sources: tuple[TableSource, ...], capacity: int, *, io_threads: int = 0) -> None:
         self._sources = sources
         self._capacity = max(1, capacity)
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="tierlake-rowgroups") if io_threads else None
         self.stats = StoreStats()
+
+    def close(self) -> None:
+        """Stop the read-ahead threads (reads in progress finish; queued ones are dropped)."""
+        if self._io is not None:
+            self._io.shutdown(wait=True, cancel_futures=True)
+
+    def prefetch(self, keys: Iterable[tuple[int, int]]) -> None:
+        """Start reading the row groups ``keys`` (source, row group) that are not held or in flight yet."""
+        if self._io is None:
+            return
+        for key in keys:
+            with self._lock:
+                if key in self._entries:
+                    continue
+                entry = self._entries[key] = _Entry()
+            self._io.submit(self._fill_quietly, key, entry)
+
+    def _fill_quietly(self, key: tuple[int, int], entry: _Entry) -> None:
+        try:
+            self._fill(key, entry)
+        except BaseException:  # the error stays on the entry; the batch that needs the row group raises it
+            logger.debug("read-ahead of row group %s failed; the batch that needs it will raise", key)
 
     def get(self, source: int, rg: int) -> Units:
         key = (source, rg)
@@ -183,7 +209,8 @@ class RowGroupStore:
         except BaseException as exc:
             entry.error = exc
             with self._lock:
-                self._entries.pop(key, None)
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
             raise
         finally:
             entry.ready.set()
@@ -205,12 +232,20 @@ class RowGroupStore:
                 self.stats.resident_bytes -= entry.nbytes
 
 
+def row_group_keys(sources: IntArray, rgs: IntArray) -> list[tuple[int, int]]:
+    """The distinct (source, row group) pairs of a batch, in first-use order."""
+    keys = sources * (1 << 40) + rgs
+    _, first = np.unique(keys, return_index=True)
+    return [(int(sources[i]), int(rgs[i])) for i in np.sort(first)]
+
+
 def assemble(
     store: RowGroupStore, sources: npt.NDArray[np.int64], rgs: IntArray, offsets: IntArray
 ) -> dict[str, npt.NDArray[Any]]:
     """Gather one batch: unit ``offsets[i]`` of row group ``rgs[i]`` of source ``sources[i]``, in that order."""
     keys = sources * (1 << 40) + rgs
     unique = np.unique(keys)
+    store.prefetch((int(k >> 40), int(k & ((1 << 40) - 1))) for k in unique)
     out: dict[str, npt.NDArray[Any]] = {}
     for key in unique:
         source, rg = int(key >> 40), int(key & ((1 << 40) - 1))

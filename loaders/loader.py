@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from loaders.batches import RowGroupStore, StoreStats, assemble
+from loaders.batches import RowGroupStore, StoreStats, assemble, row_group_keys
 from loaders.dataset import OrderedDataset
 from loaders.order import RankSlice, TailRule, rank_slice
 from tierlake.errors import TierlakeError
@@ -183,14 +183,18 @@ class DeltaLoader:
             return self.options.max_cached_row_groups
         return 2 * self.dataset.order.window + self.options.num_workers + 1
 
-    def _build(self, store: RowGroupStore, epoch: int, positions: npt.NDArray[np.int64]) -> dict[str, Any]:
+    def _submit(
+        self, pool: ThreadPoolExecutor, store: RowGroupStore, epoch: int, positions: npt.NDArray[np.int64]
+    ) -> Future[dict[str, Any]]:
+        """Locate a batch here (cheap), start reading its row groups, and gather it on a worker thread."""
         sources, rgs, offsets = self.dataset.locate(epoch, positions)
-        return assemble(store, sources, rgs, offsets)
+        store.prefetch(row_group_keys(sources, rgs))
+        return pool.submit(assemble, store, sources, rgs, offsets)
 
     def _epoch_batches(self) -> Iterator[Batch]:
         self._running = True
         epoch, plan = self._epoch, self._slice()
-        store = RowGroupStore(self.dataset.sources, self._capacity())
+        store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=self.options.num_workers)
         self.stats = LoaderStats(store=store.stats)
         pool = ThreadPoolExecutor(self.options.num_workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
         pending: deque[Future[dict[str, Any]]] = deque()
@@ -198,7 +202,7 @@ class DeltaLoader:
         try:
             while done < plan.batches:
                 while submitted < plan.batches and len(pending) < self.options.prefetch_batches:
-                    pending.append(pool.submit(self._build, store, epoch, plan.positions(submitted)))
+                    pending.append(self._submit(pool, store, epoch, plan.positions(submitted)))
                     submitted += 1
                 waited = time.perf_counter()
                 arrays = pending.popleft().result()
@@ -215,6 +219,7 @@ class DeltaLoader:
             for future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+            store.close()
             self._running = False
             logger.debug("epoch %d on rank %d: %s", epoch, self.rank, asdict(self.stats))
 
