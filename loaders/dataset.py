@@ -53,7 +53,9 @@ class OrderedDataset(Protocol):
     def fingerprint(self) -> str: ...
 
     @property
-    def order(self) -> OrderOptions: ...
+    def window_row_groups(self) -> int:
+        """Row groups one shuffle window spans (summed over tables): sizes the loader's row-group cache."""
+        ...
 
     def epoch_length(self, epoch: int) -> int: ...
 
@@ -74,6 +76,10 @@ class DeltaDataset:
     @property
     def order(self) -> OrderOptions:
         return self._order
+
+    @property
+    def window_row_groups(self) -> int:
+        return self._order.window
 
     @property
     def version(self) -> int:

@@ -181,7 +181,7 @@ class DeltaLoader:
     def _capacity(self) -> int:
         if self.options.max_cached_row_groups is not None:
             return self.options.max_cached_row_groups
-        return 2 * self.dataset.order.window + self.options.num_workers + 1
+        return 2 * self.dataset.window_row_groups + self.options.num_workers + 1
 
     def _submit(
         self, pool: ThreadPoolExecutor, store: RowGroupStore, epoch: int, positions: npt.NDArray[np.int64]
