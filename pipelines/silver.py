@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipelines.bronze import bronze_table
+from pipelines.gold_ev import update_gold
 from pipelines.rules import classify
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
@@ -32,6 +33,7 @@ SOURCE_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "ingest_tim
 @dataclass(frozen=True, kw_only=True)
 class SilverTables:
     entity: str
+    lake_bucket: str
     silver: str
     quarantine: str
     dropped: str
@@ -44,6 +46,7 @@ def silver_tables(settings: Settings, entity: str) -> SilverTables:
     root = f"s3a://{settings.s3.lake_bucket}"
     return SilverTables(
         entity=entity,
+        lake_bucket=settings.s3.lake_bucket,
         silver=f"{root}/silver/{entity}",
         quarantine=f"{root}/quarantine/{entity}",
         dropped=f"{root}/dropped/{entity}",
@@ -145,17 +148,15 @@ def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[Da
 
 
 def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables: SilverTables) -> dict[str, int]:
-    """One micro-batch: classify, judge, write the three tables idempotently. Returns the row counts."""
+    """One micro-batch: classify, judge, write the three tables idempotently, then gold. Returns the row counts."""
     spark = batch.sparkSession
     classified = classify(batch, entity).persist()
     try:
         judged = judge(spark, classified, entity=entity, silver_uri=tables.silver, batch_id=batch_id).persist()
+        frames = outputs(judged, entity=entity, batch_id=batch_id)
         counts: dict[str, int] = {}
         for name, frame, uri in zip(
-            ("silver", "quarantine", "dropped"),
-            outputs(judged, entity=entity, batch_id=batch_id),
-            (tables.silver, tables.quarantine, tables.dropped),
-            strict=True,
+            ("silver", "quarantine", "dropped"), frames, (tables.silver, tables.quarantine, tables.dropped), strict=True
         ):
             counts[name] = frame.count()
             (
@@ -165,6 +166,14 @@ def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables
                 .option("txnAppId", f"tierlake-silver-{entity.name}-{name}")
                 .option("txnVersion", batch_id)
                 .save(uri)
+            )
+        if entity.gold == "ev" and counts["silver"]:
+            update_gold(
+                spark,
+                silver_uri=tables.silver,
+                batch_rows=frames[0],
+                lake_bucket=tables.lake_bucket,
+                entity=entity.name,
             )
         judged.unpersist()
     finally:

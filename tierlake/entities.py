@@ -39,6 +39,7 @@ class EntitySpec:
     max_bytes: int
     future_tolerance_s: int
     fields: tuple[FieldSpec, ...]
+    gold: str | None = None  # "ev": per-station windows and anomaly flags (pipelines.gold_ev)
 
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)
@@ -68,7 +69,9 @@ def _entity(name: str, spec: object, source: str, topics: set[str]) -> EntitySpe
     required = {"topic", "event_id", "event_time", "key_field", "watermark_s", "max_bytes", "fields"}
     if missing := sorted(required - set(spec)):
         raise _fail(source, where, sorted(spec), f"missing {', '.join(missing)}", "add the missing keys")
-    if unknown := sorted(set(spec) - required - {"future_tolerance_s"}):
+    if spec.get("gold") not in (None, "ev"):
+        raise _fail(source, f"{where}.gold", spec["gold"], "unknown gold feature", "use ev, or leave it out")
+    if unknown := sorted(set(spec) - required - {"future_tolerance_s", "gold"}):
         raise _fail(source, where, unknown, "unknown keys", "remove them or correct the spelling")
     if spec["topic"] not in topics:
         raise _fail(source, f"{where}.topic", spec["topic"], "not a topic of kafka.topics", "declare the topic")
@@ -89,6 +92,7 @@ def _entity(name: str, spec: object, source: str, topics: set[str]) -> EntitySpe
         max_bytes=spec["max_bytes"],
         future_tolerance_s=int(spec.get("future_tolerance_s", 3600)),
         fields=fields,
+        gold=spec.get("gold"),
     )
     for role in ("event_id", "event_time", "key_field"):
         value = getattr(entity, role)

@@ -16,10 +16,11 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pytest
 import yaml
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
@@ -199,3 +200,53 @@ def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack) -> 
     assert all(silver[r.event_id]["firmware"] is not None for r in after[:-1])
     quarantined = oracle.table("quarantine")
     assert [(q["rule"], json.loads(q["value"])["event_id"]) for q in quarantined] == [("too_long", "bad-firmware")]
+
+
+def test_gold_windows_and_anomaly_flags(stack: LocalStack) -> None:
+    oracle = Oracle(stack)
+    oracle.spec = {**oracle.spec, "gold": "ev"}
+    minute = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
+    samples = [  # (seconds after the minute, power_kw, status, temp_c)
+        (0, 100.0, "charging", 30.0),
+        (10, 100.0, "charging", 31.0),
+        (20, 0.0, "idle", 30.0),
+        (30, 100.0, "charging", 32.0),
+        (70, 100.0, "charging", 95.0),  # overheating
+        (80, 500.0, "charging", 30.0),  # power spike
+    ]
+    records = []
+    for i, (offset_s, power, status, temp) in enumerate(samples):
+        event = {
+            "event_id": f"gold-{i}",
+            "station_id": "st-9999",
+            "connector": 1,
+            "ts": (minute + timedelta(seconds=offset_s)).isoformat().replace("+00:00", "Z"),
+            "power_kw": power,
+            "voltage_v": 400.0,
+            "current_a": power * 2.5,
+            "soc_pct": 50.0,
+            "temp_c": temp,
+            "status": status,
+        }
+        records.append(Record(b"st-9999", json.dumps(event).encode(), "silver", f"gold-{i}"))
+    oracle.produce(records)
+    assert (result := oracle.ingest()) is not None
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    options = delta_storage_options(stack.settings.s3)
+    root = f"s3://{stack.settings.s3.lake_bucket}/gold/{oracle.entity}"
+    windows = DeltaTable(f"{root}_windows", storage_options=options).to_pyarrow_table().to_pylist()
+    first = next(w for w in windows if w["window_minutes"] == 1 and w["window_start"].replace(tzinfo=UTC) == minute)
+    # Held power: 100 kW for 10 s, 100 kW for 10 s, 0 for 10 s, then 100 kW until the next sample (capped at 60 s).
+    assert first["samples"] == 4
+    assert first["sessions"] == 2
+    assert first["max_power_kw"] == 100.0
+    assert first["mean_power_kw"] == 75.0
+    assert first["energy_kwh"] == pytest.approx((100 * 10 + 100 * 10 + 0 + 100 * 40) / 3600, abs=1e-4)
+    quarter = [w for w in windows if w["window_minutes"] == 15]
+    assert sum(w["samples"] for w in quarter) == 6
+    flagged = {
+        a["event_id"]: (a["reason"], a["score"])
+        for a in DeltaTable(f"{root}_anomalies", storage_options=options).to_pyarrow_table().to_pylist()
+    }
+    assert flagged == {"gold-4": ("overheating", 0.75), "gold-5": ("power_spike", pytest.approx(0.667, abs=1e-3))}
