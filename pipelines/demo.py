@@ -52,6 +52,18 @@ def freshness(spark: SparkSession, silver_uri: str, *, since_epoch_s: float) -> 
     return {"p50_s": p50, "p99_s": p99, "rows": rows.count()}
 
 
+def top_anomalies(spark: SparkSession, lake_bucket: str, entity: str, *, limit: int = 5) -> list[dict[str, Any]]:
+    from delta.tables import DeltaTable  # noqa: PLC0415
+
+    from pipelines.gold_ev import gold_paths  # noqa: PLC0415
+
+    uri = gold_paths(lake_bucket, entity)[1]
+    if not DeltaTable.isDeltaTable(spark, uri):
+        return []
+    rows = spark.read.format("delta").load(uri).orderBy("score", ascending=False).limit(limit).collect()
+    return [{**row.asDict(), "ts": str(row["ts"])} for row in rows]
+
+
 def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
     from infra.stack import LocalStack  # noqa: PLC0415
     from pipelines.ingest import run_until_caught_up  # noqa: PLC0415
@@ -73,6 +85,7 @@ def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
         tables = run_until_caught_up(spark, settings, entities=["ev", "corpus"])
         reconciliation = {e: reconcile(spark, settings, entity=e) for e in ("ev", "corpus")}
         fresh = {e: freshness(spark, silver_tables(settings, e).silver, since_epoch_s=since) for e in ("ev", "corpus")}
+        top = top_anomalies(spark, settings.s3.lake_bucket, "ev")
     finally:
         spark.stop()
     return {
@@ -80,6 +93,7 @@ def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
         "produced": produced,
         "tables": tables,
         "freshness_kafka_to_silver": fresh,
+        "top_anomalies": top,
         "reconciliation": {
             e: {"balanced": r["balanced"], "partitions": r["partitions"]} for e, r in reconciliation.items()
         },
