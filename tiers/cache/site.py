@@ -245,4 +245,10 @@ def build_app(cache: EdgeCache, origin: S3Settings, keys: sigv4.Keys) -> web.App
 def serve(cache: EdgeCache, origin: S3Settings, keys: sigv4.Keys, *, host: str, port: int) -> None:
     """Run the site server until interrupted."""
     logger.info("site cache on http://%s:%d in front of %s (cache %s)", host, port, origin.endpoint, cache.root)
-    web.run_app(build_app(cache, origin, keys), host=host, port=port, print=None, access_log=None)
+    try:
+        web.run_app(build_app(cache, origin, keys), host=host, port=port, print=None, access_log=None)
+    except OSError as exc:
+        raise StorageError(
+            f"the site cache cannot listen on {host}:{port}: {exc.strerror or exc}. "
+            "Fix: choose another --port (cache.site_port) or stop what uses it"
+        ) from exc
