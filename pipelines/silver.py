@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipelines.bronze import bronze_table
+from pipelines.gold_corpus import gold_tokens_uri, packed_rows
 from pipelines.gold_ev import update_gold
 from pipelines.rules import classify
 from tierlake.config import Settings
@@ -174,6 +175,16 @@ def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables
                 batch_rows=frames[0],
                 lake_bucket=tables.lake_bucket,
                 entity=entity.name,
+            )
+        if entity.gold == "corpus" and counts["silver"]:
+            packed = packed_rows(frames[0], batch_id=batch_id)
+            (
+                spark.createDataFrame(packed)
+                .write.format("delta")
+                .mode("append")
+                .option("txnAppId", f"tierlake-gold-{entity.name}")
+                .option("txnVersion", batch_id)
+                .save(gold_tokens_uri(tables.lake_bucket, entity.name))
             )
         judged.unpersist()
     finally:

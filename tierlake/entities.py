@@ -39,7 +39,7 @@ class EntitySpec:
     max_bytes: int
     future_tolerance_s: int
     fields: tuple[FieldSpec, ...]
-    gold: str | None = None  # "ev": per-station windows and anomaly flags (pipelines.gold_ev)
+    gold: str | None = None  # "ev": windows and anomalies (pipelines.gold_ev); "corpus": token rows (gold_corpus)
 
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)
@@ -69,8 +69,8 @@ def _entity(name: str, spec: object, source: str, topics: set[str]) -> EntitySpe
     required = {"topic", "event_id", "event_time", "key_field", "watermark_s", "max_bytes", "fields"}
     if missing := sorted(required - set(spec)):
         raise _fail(source, where, sorted(spec), f"missing {', '.join(missing)}", "add the missing keys")
-    if spec.get("gold") not in (None, "ev"):
-        raise _fail(source, f"{where}.gold", spec["gold"], "unknown gold feature", "use ev, or leave it out")
+    if spec.get("gold") not in (None, "ev", "corpus"):
+        raise _fail(source, f"{where}.gold", spec["gold"], "unknown gold feature", "use ev or corpus, or leave it out")
     if unknown := sorted(set(spec) - required - {"future_tolerance_s", "gold"}):
         raise _fail(source, where, unknown, "unknown keys", "remove them or correct the spelling")
     if spec["topic"] not in topics:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pytest
 import yaml
 from confluent_kafka import KafkaError, Message, Producer
@@ -30,6 +31,7 @@ from deltalake import DeltaTable
 from infra import procs
 from infra.stack import LocalStack
 from pipelines.datasets import BAD_KINDS, EV_SPACING_S, Record, ev_stream, good_records, recent_start
+from pipelines.gold_corpus import SEQ_LEN, decode
 from pipelines.produce import producer_config
 from pipelines.reconcile import reconcile
 from pipelines.silver import silver_tables
@@ -46,12 +48,14 @@ EVENTS = 20_000
 class Oracle:
     """A topic and entity of the test's own, and what each produced record must become."""
 
-    def __init__(self, stack: LocalStack, *, extra_fields: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, stack: LocalStack, *, extra_fields: list[dict[str, Any]] | None = None, base_entity: str = "ev"
+    ) -> None:
         tag = uuid.uuid4().hex[:8]
         self.stack = stack
         self.topic, self.entity = f"test.ev.{tag}", f"ev_{tag}"
         base = yaml.safe_load((REPO / "conf" / "base.yaml").read_text())
-        spec = {**base["entities"]["ev"], "topic": self.topic}
+        spec = {**base["entities"][base_entity], "topic": self.topic}
         self.topics = [
             *base["kafka"]["topics"],
             {"name": self.topic, "partitions": 3, "replication": 3, "retention_ms": 86_400_000},
@@ -250,3 +254,21 @@ def test_gold_windows_and_anomaly_flags(stack: LocalStack) -> None:
         for a in DeltaTable(f"{root}_anomalies", storage_options=options).to_pyarrow_table().to_pylist()
     }
     assert flagged == {"gold-4": ("overheating", 0.75), "gold-5": ("power_spike", pytest.approx(0.667, abs=1e-3))}
+
+
+def test_corpus_gold_packs_every_document_into_fixed_length_token_rows(stack: LocalStack) -> None:
+    oracle = Oracle(stack, base_entity="corpus")
+    docs = list(good_records("corpus", 120, seed=12, start=recent_start(120, 5)))
+    oracle.produce(docs)
+    assert (result := oracle.ingest()) is not None
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    uri = f"s3://{stack.settings.s3.lake_bucket}/gold/{oracle.entity}_tokens"
+    rows = DeltaTable(uri, storage_options=delta_storage_options(stack.settings.s3)).to_pyarrow_table().to_pylist()
+    assert rows, "token rows were written"
+    assert {len(r["tokens"]) for r in rows} == {SEQ_LEN}
+    ordered = sorted(rows, key=lambda r: r["seq_id"])  # documents span rows within a batch, never across
+    texts = decode(np.concatenate([np.array(r["tokens"], np.int32) for r in ordered]))
+    assert sorted(texts) == sorted(json.loads(d.value)["text"] for d in docs)
+    held = {doc for r in rows for doc in r["doc_ids"]}
+    assert held == {d.event_id for d in docs}
