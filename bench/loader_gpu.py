@@ -11,7 +11,7 @@ blocks, bf16) for the same number of steps four ways and times each with CUDA ev
 ``gpu_idle_fraction`` = 1 - (GPU time inside training steps, from events) / wall time. The last line printed is the
 JSON result. Without CUDA it exits with status 2 and says so.
 
-Usage: ``python bench/loader_gpu.py [--rows 65536] [--batch 32] [--steps 200] [--workers 4]``
+Usage: ``python bench/loader_gpu.py [--rows 65536] [--batch 64] [--steps 100] [--workers 4] [--dim 1024] [--layers 4]``
 """
 
 from __future__ import annotations
@@ -114,11 +114,12 @@ def repeat(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=65536)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--depth", type=int, default=3, help="batches the prefetcher keeps in flight")
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         message = "bench/loader_gpu.py needs a CUDA device and torch.cuda.is_available() is False on this machine"
@@ -145,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, Any] = {
             "compute_only": train(repeat(staged), model, device, args.steps, move=False),
             "sync": train(loader(), model, device, args.steps, move=True),
-            "prefetch": train(DevicePrefetcher(loader(), device, depth=3), model, device, args.steps, move=False),
-            "copy_only": train(DevicePrefetcher(loader(), device, depth=3), None, device, args.steps, move=False),
+            "prefetch": train(
+                DevicePrefetcher(loader(), device, depth=args.depth), model, device, args.steps, move=False
+            ),
+            "copy_only": train(
+                DevicePrefetcher(loader(), device, depth=args.depth), None, device, args.steps, move=False
+            ),
             "loader_only": train(loader(), None, device, args.steps, move=False),
         }
     compute = runs["compute_only"]["step_ms"]
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch,
         "steps": args.steps,
         "workers": args.workers,
+        "depth": args.depth,
         "model": f"embedding {VOCAB}x{args.dim} + {args.layers} MLP blocks, bf16 autocast, SGD",
         "gpu": torch.cuda.get_device_name(device),
         "torch": torch.__version__,

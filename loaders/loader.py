@@ -183,13 +183,11 @@ class DeltaLoader:
             return self.options.max_cached_row_groups
         return 2 * self.dataset.window_row_groups + self.options.num_workers + 1
 
-    def _submit(
-        self, pool: ThreadPoolExecutor, store: RowGroupStore, epoch: int, positions: npt.NDArray[np.int64]
-    ) -> Future[dict[str, Any]]:
-        """Locate a batch here (cheap), start reading its row groups, and gather it on a worker thread."""
+    def _build(self, store: RowGroupStore, epoch: int, positions: npt.NDArray[np.int64]) -> dict[str, Any]:
+        """On a worker thread: locate the batch, start reading its row groups, gather it."""
         sources, rgs, offsets = self.dataset.locate(epoch, positions)
         store.prefetch(row_group_keys(sources, rgs))
-        return pool.submit(assemble, store, sources, rgs, offsets)
+        return assemble(store, sources, rgs, offsets)
 
     def _epoch_batches(self) -> Iterator[Batch]:
         self._running = True
@@ -202,7 +200,7 @@ class DeltaLoader:
         try:
             while done < plan.batches:
                 while submitted < plan.batches and len(pending) < self.options.prefetch_batches:
-                    pending.append(self._submit(pool, store, epoch, plan.positions(submitted)))
+                    pending.append(pool.submit(self._build, store, epoch, plan.positions(submitted)))
                     submitted += 1
                 waited = time.perf_counter()
                 arrays = pending.popleft().result()
