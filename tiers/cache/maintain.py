@@ -3,14 +3,12 @@ or down to a size). Both take each entry's lock exclusive without waiting, so en
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 
-from tiers.cache.core import EdgeCache
+from tiers.cache.core import EdgeCache, checksum_file
 from tiers.cache.index import Entry, EntryState
 from tiers.cache.locks import EntryLock
-from tiers.store import CHUNK
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +48,8 @@ def _check(cache: EdgeCache, row: Entry) -> str | None:
         return "file missing"
     if size != row.nbytes:
         return f"truncated: {size} bytes, expected {row.nbytes}"
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as source:
-        while chunk := source.read(CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != row.checksum:
-        return f"checksum mismatch: MD5 {digest.hexdigest()}, recorded {row.checksum}"
+    if (found := checksum_file(path)) != row.checksum:
+        return f"checksum mismatch: {found}, recorded {row.checksum}"
     return None
 
 
