@@ -55,7 +55,7 @@ def silver_tables(settings: Settings, entity: str) -> SilverTables:
     )
 
 
-def _table_exists(spark: SparkSession, uri: str) -> bool:
+def table_exists(spark: SparkSession, uri: str) -> bool:
     from delta.tables import DeltaTable  # noqa: PLC0415
 
     return bool(DeltaTable.isDeltaTable(spark, uri))
@@ -74,7 +74,7 @@ def judge(
     # event time than the watermark is not late, and a replayed batch sees the same mark as its first attempt.
     high_water = None
     prior = None
-    if _table_exists(spark, silver_uri):
+    if table_exists(spark, silver_uri):
         prior = spark.read.format("delta").load(silver_uri).where(F.col("_batch_id") < batch_id)
         prior_max = prior.agg(F.max(entity.event_time)).first()
         high_water = prior_max[0] if prior_max else None
@@ -198,7 +198,7 @@ def start_silver(spark: SparkSession, settings: Settings, *, entity: str, trigge
     tables = silver_tables(settings, entity)  # refuses an unknown entity
     spec = settings.entities[entity]
     bronze = bronze_table(settings, spec.topic)
-    if not _table_exists(spark, bronze.table_uri):
+    if not table_exists(spark, bronze.table_uri):
         raise ConfigError(f"bronze table {bronze.table_uri} does not exist yet. Fix: run `tierlake ingest run` first")
 
     def handle(batch: DataFrame, batch_id: int) -> None:
@@ -224,7 +224,7 @@ def run_silver_until_caught_up(spark: SparkSession, settings: Settings, *, entit
     tables = silver_tables(settings, entity)
     start_silver(spark, settings, entity=entity, trigger_s=None).awaitTermination()
     counts = {
-        name: spark.read.format("delta").load(uri).count() if _table_exists(spark, uri) else 0
+        name: spark.read.format("delta").load(uri).count() if table_exists(spark, uri) else 0
         for name, uri in (("silver", tables.silver), ("quarantine", tables.quarantine), ("dropped", tables.dropped))
     }
     return {"entity": entity, **counts}

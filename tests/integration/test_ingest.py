@@ -122,6 +122,11 @@ class Oracle:
             process.wait()
         return None
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "tierlake.cli", *args]
+        env = {**os.environ, **self.env()}
+        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200, check=False)
+
     def table(self, kind: str) -> list[dict[str, Any]]:
         tables = silver_tables(self.settings(), self.entity)
         uri = getattr(tables, kind).replace("s3a://", "s3://", 1)
@@ -178,7 +183,7 @@ def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: 
     assert sum(p["bronze"] for p in report["partitions"]) == len(oracle.expect)
 
 
-def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack) -> None:
+def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack, spark: SparkSession) -> None:
     oracle = Oracle(stack)
     start = recent_start(400, EV_SPACING_S)
     before = list(good_records("ev", 200, seed=8, start=start))
@@ -204,6 +209,17 @@ def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack) -> 
     assert all(silver[r.event_id]["firmware"] is not None for r in after[:-1])
     quarantined = oracle.table("quarantine")
     assert [(q["rule"], json.loads(q["value"])["event_id"]) for q in quarantined] == [("too_long", "bad-firmware")]
+
+    # The fix: allow longer firmware strings; replaying the quarantine moves the record to silver, once.
+    oracle.extra_fields = [{"name": "firmware", "type": "string", "max_length": 64}]
+    runs = [oracle.cli("ingest", "replay-quarantine", "--entity", oracle.entity) for _ in range(2)]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr[-3000:]
+    moved = [json.loads(run.stdout.strip().splitlines()[-1])["replayed"] for run in runs]
+    assert moved == [1, 0], "the second replay finds nothing left to move"
+    silver_ids = Counter(row["event_id"] for row in oracle.table("silver"))
+    assert silver_ids["bad-firmware"] == 1
+    assert [q["replayed"] for q in oracle.table("quarantine")] == [True]
+    assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
 
 
 def test_gold_windows_and_anomaly_flags(stack: LocalStack) -> None:

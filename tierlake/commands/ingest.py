@@ -171,6 +171,21 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if pid is not None else 3
 
 
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.replay import replay_quarantine  # noqa: PLC0415
+    from pipelines.session import spark_session  # noqa: PLC0415
+    from pipelines.silver import silver_tables  # noqa: PLC0415
+
+    silver_tables(settings, args.entity)
+    spark = spark_session(settings, app_name="tierlake-replay")
+    try:
+        result = replay_quarantine(spark, settings, entity=args.entity, rule=args.rule)
+    finally:
+        spark.stop()
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.demo import run_demo  # noqa: PLC0415
 
@@ -211,6 +226,12 @@ def register(sub: Subparsers) -> None:
     status = ingest.add_parser("status", help="is the streaming driver alive, and its last progress (exit 3 if not)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
+    replay = ingest.add_parser(
+        "replay-quarantine", help="re-check quarantined records after a fix; passing ones go to silver"
+    )
+    replay.add_argument("--entity", required=True, help="entity of conf/")
+    replay.add_argument("--rule", help="only records quarantined under this rule")
+    replay.set_defaults(handler=_replay)
     recon = ingest.add_parser(
         "reconcile", help="prove bronze = silver + quarantine + dropped per offset (exit 6 if not)"
     )

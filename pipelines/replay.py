@@ -1,0 +1,83 @@
+"""``tierlake ingest replay-quarantine``: after a fix (a schema or rule change in conf/), send quarantined
+records through the rules again; those that now pass go to silver and are marked ``replayed`` in quarantine.
+
+Each replayed record keeps its source topic/partition/offset, so reconciliation still balances: a quarantine row
+marked ``replayed`` counts as its silver row. Silver rows written by a replay carry ``_batch_id = -1``, so every
+later streaming batch sees them as history (for duplicates and lateness). Safe to run again after a crash: a
+record whose offset is already in silver is only marked, never written twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pipelines.lease import TableLease
+from pipelines.rules import classify
+from pipelines.silver import judge, outputs, silver_tables, table_exists
+from tierlake.config import Settings
+from tiers.s3 import s3_client
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+REPLAY_BATCH = -1
+_AFTER_EVERY_BATCH = 2**62
+
+
+def replay_quarantine(
+    spark: SparkSession, settings: Settings, *, entity: str, rule: str | None = None
+) -> dict[str, Any]:
+    """Re-check the quarantined records of ``entity`` (optionally one ``rule``); returns what moved and stayed."""
+    from delta.tables import DeltaTable  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    tables = silver_tables(settings, entity)
+    spec = settings.entities[entity]
+    if not table_exists(spark, tables.quarantine):
+        return {"entity": entity, "replayed": 0, "still_bad": 0}
+    with TableLease(s3_client(settings.s3), settings.s3.lake_bucket, f"ingest-{entity}"):
+        pending = spark.read.format("delta").load(tables.quarantine).where(~F.col("replayed"))
+        if rule is not None:
+            pending = pending.where(F.col("rule") == rule)
+        as_bronze = pending.select(
+            "key",
+            "value",
+            "topic",
+            "partition",
+            "offset",
+            "kafka_timestamp",
+            F.current_timestamp().alias("ingest_time"),
+        )
+        judged = judge(
+            spark, classify(as_bronze, spec), entity=spec, silver_uri=tables.silver, batch_id=_AFTER_EVERY_BATCH
+        ).persist()
+        try:
+            passing, still_bad, _ = outputs(judged, entity=spec, batch_id=REPLAY_BATCH)
+            key = ["topic", "partition", "offset"]
+            if table_exists(spark, tables.silver):
+                already = spark.read.format("delta").load(tables.silver).select(*key)
+                passing = passing.join(already, key, "left_anti")  # a crashed replay left these in silver
+            moved = passing.count()
+            if moved:
+                passing.write.format("delta").mode("append").option("mergeSchema", "true").save(tables.silver)
+            in_silver = (
+                spark.read.format("delta").load(tables.silver).select(*key)
+                if table_exists(spark, tables.silver)
+                else None
+            )
+            if in_silver is not None:
+                condition = " AND ".join(f"q.{k} = s.{k}" for k in key) + " AND NOT q.replayed"
+                (
+                    DeltaTable.forPath(spark, tables.quarantine)
+                    .alias("q")
+                    .merge(in_silver.alias("s"), condition)
+                    .whenMatchedUpdate(set={"replayed": "true"})
+                    .execute()
+                )
+            stayed = still_bad.count()
+        finally:
+            judged.unpersist()
+    logger.info("replayed %d quarantined %s records, %d still break a rule", moved, entity, stayed)
+    return {"entity": entity, "replayed": moved, "still_bad": stayed}
