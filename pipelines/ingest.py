@@ -9,6 +9,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,19 +27,46 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def run_until_caught_up(spark: SparkSession, settings: Settings, *, entities: list[str]) -> dict[str, Any]:
-    """Bronze then silver for each entity; returns per-entity row counts and seconds."""
+def entity_leases(settings: Settings, entities: list[str]) -> list[TableLease]:
+    """The writer lease of each entity's tables (not yet taken)."""
+    client = s3_client(settings.s3)
+    return [TableLease(client, settings.s3.lake_bucket, f"ingest-{entity}") for entity in entities]
+
+
+@contextmanager
+def holding(leases: list[TableLease]) -> Iterator[list[TableLease]]:
+    """Take every lease (refusing at once, naming the owner, if one is held) and renew them until the end."""
+    taken: list[TableLease] = []
+    try:
+        for lease in leases:
+            lease.acquire()
+            taken.append(lease)
+            lease.start_renewing()
+        yield leases
+    finally:
+        for lease in taken:
+            lease.release()
+
+
+def run_until_caught_up(
+    spark: SparkSession, settings: Settings, *, entities: list[str], leases: list[TableLease] | None = None
+) -> dict[str, Any]:
+    """Bronze then silver for each entity; returns per-entity row counts and seconds.
+
+    ``leases``: already held by the caller (the CLI takes them before it pays for a JVM); else taken here.
+    """
     for entity in entities:
         silver_tables(settings, entity)  # refuse unknown entities before any work
+    if leases is None:
+        with holding(entity_leases(settings, entities)) as held:
+            return run_until_caught_up(spark, settings, entities=entities, leases=held)
     report: dict[str, Any] = {}
-    client = s3_client(settings.s3)
     for entity in entities:
         started = time.monotonic()
-        with TableLease(client, settings.s3.lake_bucket, f"ingest-{entity}") as lease:
-            bronze = run_bronze_until_caught_up(spark, settings, topic=settings.entities[entity].topic)
-            _check(lease)
-            silver = run_silver_until_caught_up(spark, settings, entity=entity)
-            _check(lease)
+        bronze = run_bronze_until_caught_up(spark, settings, topic=settings.entities[entity].topic)
+        _check(leases)
+        silver = run_silver_until_caught_up(spark, settings, entity=entity)
+        _check(leases)
         report[entity] = {
             "bronze": bronze["rows"],
             **{k: silver[k] for k in ("silver", "quarantine", "dropped")},
@@ -47,9 +76,10 @@ def run_until_caught_up(spark: SparkSession, settings: Settings, *, entities: li
     return report
 
 
-def _check(lease: TableLease) -> None:
-    if lease.lost.is_set():
-        raise CommitConflict(f"lost the writer lease {lease.name!r} mid-run; another driver owns these tables now")
+def _check(leases: list[TableLease]) -> None:
+    for lease in leases:
+        if lease.lost.is_set():
+            raise CommitConflict(f"lost the writer lease {lease.name!r} mid-run; another driver owns these tables now")
 
 
 def run_continuous(
@@ -60,29 +90,30 @@ def run_continuous(
     trigger_s: float,
     stop: threading.Event,
     status_file: Path | None = None,
+    leases: list[TableLease] | None = None,
 ) -> dict[str, Any]:
     """Keep bronze and silver queries of ``entities`` running on a ``trigger_s`` trigger until ``stop`` is set.
 
-    Holds every entity's writer lease throughout; a lost lease or a failed query stops all queries and raises.
+    Holds every entity's writer lease throughout (``leases`` if the caller took them, else taken here); a lost
+    lease or a failed query stops all queries and raises.
     """
     from pipelines.bronze import bronze_table, ensure_bronze, start_bronze  # noqa: PLC0415
     from pipelines.silver import start_silver  # noqa: PLC0415
 
-    client = s3_client(settings.s3)
-    leases = [TableLease(client, settings.s3.lake_bucket, f"ingest-{entity}") for entity in entities]
+    if leases is None:
+        with holding(entity_leases(settings, entities)) as held:
+            return run_continuous(
+                spark, settings, entities=entities, trigger_s=trigger_s, stop=stop, status_file=status_file, leases=held
+            )
     queries = []
     try:
-        for lease in leases:
-            lease.acquire()
-            lease.start_renewing()
         for entity in entities:
             topic = settings.entities[entity].topic
             ensure_bronze(spark, bronze_table(settings, topic))
             queries.append(start_bronze(spark, settings, topic=topic, trigger_s=trigger_s))
             queries.append(start_silver(spark, settings, entity=entity, trigger_s=trigger_s))
         while not stop.wait(min(trigger_s, 2.0)):
-            for lease in leases:
-                _check(lease)
+            _check(leases)
             for query in queries:
                 if not query.isActive:
                     raise CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
@@ -91,8 +122,6 @@ def run_continuous(
     finally:
         for query in queries:
             query.stop()
-        for lease in leases:
-            lease.release()
     return {"stopped": [q.name for q in queries]}
 
 

@@ -6,10 +6,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
 from pipelines.demo import topic_record_count
+from tiers.s3 import delta_storage_options
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +98,34 @@ def test_unknown_topic_is_a_clear_error(stack: LocalStack) -> None:
     assert result.returncode == 2
     assert "topic 'no.such.topic' is not in kafka.topics" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ingest_start_status_stop_streams_new_records_into_silver(stack: LocalStack) -> None:
+    settings = stack.settings
+    uri = f"s3://{settings.s3.lake_bucket}/silver/corpus"
+
+    def silver_rows() -> int:
+        try:
+            return int(DeltaTable(uri, storage_options=delta_storage_options(settings.s3)).to_pyarrow_table().num_rows)
+        except TableNotFoundError:
+            return 0
+
+    before = silver_rows()
+    started = _tierlake("ingest", "start", "--entity", "corpus", "--trigger-s", "2")
+    assert started.returncode == 0, started.stderr
+    try:
+        assert _tierlake("ingest", "status", "--json").returncode == 0
+        second = _tierlake("ingest", "run", "--entity", "corpus")
+        assert second.returncode == 2, "a second writer must refuse while the streaming driver holds the lease"
+        assert "owned by writer" in second.stderr
+        produced = _tierlake("produce", "corpus", "--events", "40", "--json")
+        assert produced.returncode == 0, produced.stderr
+        deadline = time.monotonic() + 300
+        while silver_rows() < before + 40 and time.monotonic() < deadline:
+            time.sleep(2)
+        assert silver_rows() == before + 40
+    finally:
+        stopped = _tierlake("ingest", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "ingestion stopped" in stopped.stdout
+    assert _tierlake("ingest", "status", "--json").returncode == 3

@@ -50,18 +50,19 @@ def _entities(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.ingest import run_until_caught_up  # noqa: PLC0415
+    from pipelines.ingest import entity_leases, holding, run_until_caught_up  # noqa: PLC0415
     from pipelines.session import spark_session  # noqa: PLC0415
     from pipelines.silver import silver_tables  # noqa: PLC0415
 
     entities = _entities(args, settings)
     for entity in entities:
         silver_tables(settings, entity)  # refuse an unknown entity before paying for a JVM
-    spark = spark_session(settings, app_name="tierlake-ingest")
-    try:
-        report = run_until_caught_up(spark, settings, entities=entities)
-    finally:
-        spark.stop()
+    with holding(entity_leases(settings, entities)) as leases:  # a second writer is refused here, at once
+        spark = spark_session(settings, app_name="tierlake-ingest")
+        try:
+            report = run_until_caught_up(spark, settings, entities=entities, leases=leases)
+        finally:
+            spark.stop()
     sys.stdout.write(json.dumps(report, indent=None if args.json else 2) + "\n")
     return 0
 
@@ -105,7 +106,7 @@ def _driver(settings: Settings) -> tuple[Any, Path]:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.ingest import run_continuous  # noqa: PLC0415
+    from pipelines.ingest import entity_leases, holding, run_continuous  # noqa: PLC0415
     from pipelines.session import spark_session  # noqa: PLC0415
     from pipelines.silver import silver_tables  # noqa: PLC0415
 
@@ -114,13 +115,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         silver_tables(settings, entity)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    spark = spark_session(settings, app_name="tierlake-ingest-stream")
-    try:
-        run_continuous(
-            spark, settings, entities=entities, trigger_s=args.trigger_s, stop=stop, status_file=args.status_file
-        )
-    finally:
-        spark.stop()
+    with holding(entity_leases(settings, entities)) as leases:
+        spark = spark_session(settings, app_name="tierlake-ingest-stream")
+        try:
+            run_continuous(
+                spark,
+                settings,
+                entities=entities,
+                trigger_s=args.trigger_s,
+                stop=stop,
+                status_file=args.status_file,
+                leases=leases,
+            )
+        finally:
+            spark.stop()
     return 0
 
 
