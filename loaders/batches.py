@@ -36,7 +36,10 @@ _HANDLES_PER_THREAD = 16
 
 def numpy_column(name: str, column: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
     """A numeric, boolean or fixed-size-list column as a numpy array, without copying when it is one chunk."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):  # one chunk (the usual row group) is used in place, not concatenated
+        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    else:
+        array = column
     if array.null_count:
         raise SchemaMismatch(
             f"column {name!r} has {array.null_count} nulls in a row group; batches hold dense arrays. "

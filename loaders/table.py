@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -101,6 +101,38 @@ class ArrowFileSource:
             if self._s3 is None:
                 self._s3 = s3_filesystem(self._options)
             return self._s3
+
+
+class EdgeCacheSource:
+    """Reads S3 data files through the node's edge cache (``tiers.cache``): each file is fetched once per node and
+    then read from local disk; local paths pass through. ``make_cache`` (e.g.
+    ``functools.partial(tiers.cache.cache_from_settings, settings)``) builds the cache lazily in each process;
+    pickling drops the cache and keeps the factory.
+    """
+
+    def __init__(self, make_cache: Callable[[], Any]) -> None:
+        self._make_cache = make_cache
+        self._cache: Any = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"make_cache": self._make_cache}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["make_cache"])  # type: ignore[misc]
+
+    def open(self, uri: str) -> Any:
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            return unquote(parsed.path) if parsed.scheme else uri
+        with self._lock:
+            if self._cache is None:
+                self._cache = self._make_cache()
+            cache = self._cache
+        try:
+            return str(cache.get_path(parsed.netloc, unquote(parsed.path).lstrip("/")))
+        except FileNotFoundError as exc:
+            raise NotFound(f"data file {uri} is missing from the object store") from exc
 
 
 def s3_filesystem(options: Mapping[str, str]) -> pafs.S3FileSystem:
