@@ -10,9 +10,11 @@ dataset, after imports) and peak RSS (the process alone, and summed with its wor
 Paths: ``arrow_ceiling`` (pyarrow ``read_row_group`` + ``to_numpy`` in one process, no loader),
 ``tierlake`` (DeltaLoader, 2 threads, shuffled), ``tierlake_sequential`` (no shuffle, like the peers),
 ``tierlake_processes`` (the same batches through ``torch.utils.data.DataLoader`` with 2 worker processes: the
-per-batch pickling hand-off that the threads avoid), ``parquet_dataloader`` (row groups striped over 2 DataLoader
-workers, per-row samples, default collate), ``mosaic`` (StreamingDataset on MDS, 2 workers), ``litdata``
-(StreamingDataset on optimize() output, 2 workers). The last line printed is the JSON result. No asserts on time.
+per-batch pickling hand-off that the threads avoid), ``tierlake_slabs`` (2 worker processes writing into
+preallocated shared-memory slabs; only slab numbers cross processes), ``parquet_dataloader`` (row groups striped
+over 2 DataLoader workers, per-row samples, default collate), ``mosaic`` (StreamingDataset on MDS, 2 workers),
+``litdata`` (StreamingDataset on optimize() output, 2 workers). The last line printed is the JSON result.
+No asserts on time.
 
 Usage: ``.venv/bin/python bench/loader.py [--quick] [--workdir DIR] [--only a,b]``
 """
@@ -52,6 +54,7 @@ PATHS = (
     "tierlake",
     "tierlake_sequential",
     "tierlake_processes",
+    "tierlake_slabs",
     "parquet_dataloader",
     "mosaic",
     "litdata",
@@ -181,6 +184,14 @@ def run_tierlake_processes(data: Path) -> dict[str, Any]:
     return _consume(iter(loader), lambda b: b["id"].numpy(), started)
 
 
+def run_tierlake_slabs(data: Path) -> dict[str, Any]:
+    from loaders.slabs import SlabLoader  # noqa: PLC0415
+
+    started = time.perf_counter()
+    loader = SlabLoader(_tierlake_dataset(data, shuffle=True), batch_size=BATCH, num_workers=WORKERS, tail="pad")
+    return _consume(iter(loader), lambda b: b["id"].numpy(), started)
+
+
 def run_parquet_dataloader(data: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq  # noqa: PLC0415
     import torch  # noqa: PLC0415
@@ -232,6 +243,7 @@ RUNS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "tierlake": run_tierlake,
     "tierlake_sequential": lambda data: run_tierlake(data, shuffle=False),
     "tierlake_processes": run_tierlake_processes,
+    "tierlake_slabs": run_tierlake_slabs,
     "parquet_dataloader": run_parquet_dataloader,
     "mosaic": run_mosaic,
     "litdata": run_litdata,
@@ -369,6 +381,7 @@ def ratios_of(figures: dict[str, Any]) -> dict[str, float | None]:
         "vs_mosaic": ratio("tierlake", "mosaic"),
         "vs_parquet_dataloader": ratio("tierlake", "parquet_dataloader"),
         "threads_vs_processes": ratio("tierlake", "tierlake_processes"),
+        "threads_vs_slabs": ratio("tierlake", "tierlake_slabs"),
     }
 
 

@@ -243,13 +243,20 @@ def row_group_keys(sources: IntArray, rgs: IntArray) -> list[tuple[int, int]]:
 
 
 def assemble(
-    store: RowGroupStore, sources: npt.NDArray[np.int64], rgs: IntArray, offsets: IntArray
+    store: RowGroupStore,
+    sources: npt.NDArray[np.int64],
+    rgs: IntArray,
+    offsets: IntArray,
+    out: dict[str, npt.NDArray[Any]] | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
-    """Gather one batch: unit ``offsets[i]`` of row group ``rgs[i]`` of source ``sources[i]``, in that order."""
+    """Gather one batch: unit ``offsets[i]`` of row group ``rgs[i]`` of source ``sources[i]``, in that order.
+
+    ``out`` (e.g. views of a shared-memory slab) receives the batch in place when its shapes match.
+    """
     keys = sources * (1 << 40) + rgs
     unique = np.unique(keys)
     store.prefetch((int(k >> 40), int(k & ((1 << 40) - 1))) for k in unique)
-    out: dict[str, npt.NDArray[Any]] = {}
+    out = {} if out is None else out
     for key in unique:
         source, rg = int(key >> 40), int(key & ((1 << 40) - 1))
         units = store.get(source, rg)
@@ -258,10 +265,10 @@ def assemble(
         for name, array in units.items():
             if name not in out:
                 out[name] = np.empty((len(keys), *array.shape[1:]), dtype=array.dtype)
-            elif out[name].shape[1:] != array.shape[1:] or out[name].dtype != array.dtype:
+            elif out[name].shape != (len(keys), *array.shape[1:]) or out[name].dtype != array.dtype:
                 raise SchemaMismatch(
                     f"column {name!r}: row group {rg} of source {source} holds {array.dtype}{array.shape[1:]} but "
-                    f"the batch started as {out[name].dtype}{out[name].shape[1:]}. Fix: mix tables of one schema"
+                    f"the batch buffer is {out[name].dtype}{out[name].shape}. Fix: mix tables of one schema"
                 )
             if picked is None:
                 np.take(array, offsets, axis=0, out=out[name])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -189,21 +189,35 @@ class DeltaLoader:
         store.prefetch(row_group_keys(sources, rgs))
         return assemble(store, sources, rgs, offsets)
 
-    def _epoch_batches(self) -> Iterator[Batch]:
-        self._running = True
-        epoch, plan = self._epoch, self._slice()
+    def _produce(self, epoch: int, plan: RankSlice) -> Generator[dict[str, Any], None, None]:
+        """This rank's batches of ``plan`` as numpy arrays, in batch order (threads; subclasses may differ)."""
         store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=self.options.num_workers)
-        self.stats = LoaderStats(store=store.stats)
+        self.stats.store = store.stats
         pool = ThreadPoolExecutor(self.options.num_workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
         pending: deque[Future[dict[str, Any]]] = deque()
-        submitted = done = 0
+        submitted = 0
         try:
-            while done < plan.batches:
+            while pending or submitted < plan.batches:
                 while submitted < plan.batches and len(pending) < self.options.prefetch_batches:
                     pending.append(pool.submit(self._build, store, epoch, plan.positions(submitted)))
                     submitted += 1
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            store.close()
+
+    def _epoch_batches(self) -> Iterator[Batch]:
+        self._running = True
+        epoch, plan = self._epoch, self._slice()
+        self.stats = LoaderStats()
+        produced = self._produce(epoch, plan)
+        done = 0
+        try:
+            while done < plan.batches:
                 waited = time.perf_counter()
-                arrays = pending.popleft().result()
+                arrays = next(produced)
                 self.stats.wait_s += time.perf_counter() - waited
                 done += 1
                 self.stats.batches = done
@@ -214,10 +228,7 @@ class DeltaLoader:
             if plan.batches == 0 and self._epoch == epoch:
                 self._epoch, self._consumed = epoch + 1, 0
         finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-            store.close()
+            produced.close()
             self._running = False
             logger.debug("epoch %d on rank %d: %s", epoch, self.rank, asdict(self.stats))
 

@@ -215,3 +215,16 @@ def test_copy_of_table_reads_the_same(tmp_path: Path, table: Path) -> None:
     a = global_order(ids_by_rank([DeltaLoader(delta_dataset(table), batch_size=9)]))
     b = global_order(ids_by_rank([DeltaLoader(delta_dataset(copy), batch_size=9)]))
     assert a == b
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_slab_loader_yields_the_thread_loaders_batches_and_resumes(table: Path, workers: int) -> None:
+    from loaders.slabs import SlabLoader  # noqa: PLC0415 - worker processes only for this test
+
+    dataset = delta_dataset(table, order=OrderOptions(seed=21, window=2))
+    threads = global_order(ids_by_rank([DeltaLoader(dataset, batch_size=7)]))
+    slabs = SlabLoader(dataset, batch_size=7, num_workers=workers, slabs_per_worker=2)
+    first = ids_by_rank([slabs], 11)
+    resumed = SlabLoader(dataset, batch_size=7, num_workers=2)
+    resumed.load_state_dict(slabs.state_dict())
+    assert global_order(first) + global_order(ids_by_rank([resumed])) == threads
