@@ -187,6 +187,7 @@ class DeltaLoader:
         """On a worker thread: locate the batch, start reading its row groups, gather it."""
         sources, rgs, offsets = self.dataset.locate(epoch, positions)
         store.prefetch(row_group_keys(sources, rgs))
+        store.prefetch(self.dataset.upcoming(epoch, positions))
         return assemble(store, sources, rgs, offsets)
 
     def _produce(self, epoch: int, plan: RankSlice) -> Generator[dict[str, Any], None, None]:
