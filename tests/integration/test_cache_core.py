@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -246,6 +247,44 @@ def test_a_full_disk_evicts_or_fails_cleanly_never_a_partial_file(
     assert list((small_fs / "cache" / "tmp").iterdir()) == []
     for path in (small_fs / "cache" / "objects").glob("*/*"):
         assert path.stat().st_size == 2 * MIB, f"partial file {path}"
+    assert verify(cache, refetch=False).corrupt == []
+
+
+def test_a_disk_that_fills_during_a_fill_leads_to_eviction_not_a_partial_file(
+    settings: Settings, small_fs: Path, tmp_path: Path, prefix: str
+) -> None:
+    store = S3Store(settings.s3)
+    for i in range(3):
+        store.pipe_file(BUCKET, f"{prefix}small{i}.bin", bytes([i]) * MIB)
+    big = os.urandom(2 * MIB)
+    store.pipe_file(BUCKET, f"{prefix}big.bin", big)
+    started, log = tmp_path / "started", tmp_path / "gets.log"
+    slow = CountingStore(settings.s3, log=log, slow_s=0.02, started=started)
+    cache = EdgeCache(slow, CacheOptions(directory=small_fs / "cache", max_bytes=1024 * MIB, disk_fraction=1.0))
+    for i in range(3):
+        cache.cat(BUCKET, f"{prefix}small{i}.bin")
+    started.unlink()
+    results: list[bytes | BaseException] = []
+
+    def fill() -> None:
+        try:
+            results.append(cache.cat(BUCKET, f"{prefix}big.bin"))
+        except CacheFull as exc:
+            results.append(exc)
+
+    filler = threading.Thread(target=fill)
+    filler.start()
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the fill never started"
+        time.sleep(0.01)
+    disk = os.statvfs(small_fs)  # fill the file system behind the cache's back, mid-fill
+    (small_fs / "ballast").write_bytes(b"\0" * (disk.f_bavail * disk.f_frsize - 256 * 1024))
+    filler.join(timeout=60)
+    assert results == [big]
+    assert len(_gets(log)) == 5  # three small objects, then the big one twice: the first fill hit ENOSPC
+    assert cache.stats().counters["evictions"] >= 2
+    assert list((small_fs / "cache" / "tmp").iterdir()) == []
     assert verify(cache, refetch=False).corrupt == []
 
 

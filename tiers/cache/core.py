@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 WHOLE = -1  # the block number of a whole-object entry
 
 
+class DiskFull(CacheFull):
+    """The cache's file system ran out of space during a fill (the partial file is already gone)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class CacheOptions:
     """How big, where, and how careful. ``capacity`` is min(max_bytes, disk_fraction of the file system)."""
@@ -207,7 +211,11 @@ class EdgeCache:
             if (row := self._usable(entry, path, exclusive=True)) is not None:
                 self.index.hit(entry, row.nbytes, coalesced=True)
             else:
-                self._fill(info, block, entry, path)
+                try:
+                    self._fill(info, block, entry, path)
+                except DiskFull:  # the disk filled up under us: the next reservation evicts for room, once
+                    logger.warning("disk full while filling %s; evicting and trying once more", entry)
+                    self._fill(info, block, entry, path)
             lock.downgrade()
         except BaseException:
             lock.release()
@@ -243,18 +251,18 @@ class EdgeCache:
             fsync_dir(path.parent)
             self.index.publish(entry, checksum, hi - lo)
         except OSError as exc:
+            temp.unlink(missing_ok=True)  # first give the space back: the index may need it to record the failure
             self.index.delete([entry])
             if exc.errno == errno.ENOSPC:
-                raise CacheFull(
+                raise DiskFull(
                     f"cache directory {self.root}: the file system filled up while caching s3://{info.bucket}/"
                     f"{info.key} ({hi - lo} bytes). Fix: lower cache.max_bytes or cache.disk_fraction, or free space"
                 ) from exc
             raise StorageError(f"caching s3://{info.bucket}/{info.key} into {self.root} failed: {exc}") from exc
         except BaseException:
+            temp.unlink(missing_ok=True)
             self.index.delete([entry])
             raise
-        finally:
-            temp.unlink(missing_ok=True)
 
     def _download(self, info: ObjectInfo, lo: int, hi: int, temp: Path) -> str:
         """One GET of ``[lo, hi)`` pinned to the ETag, streamed into ``temp`` and fsynced. Returns its checksum."""
