@@ -1,0 +1,47 @@
+"""The ``cache:`` config section: defaults, environment overrides, and bad values named with the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tierlake.config import load_settings
+from tierlake.errors import ConfigError
+from tiers.cache import options_from_settings
+
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_defaults_follow_the_run_dir() -> None:
+    settings = load_settings("ci", conf_dir=REPO_CONF, env={"TIERLAKE_RUN_DIR": ".run-elsewhere"})
+    assert settings.cache.directory == settings.root / ".run-elsewhere" / "edge-cache"
+    assert settings.cache.site_credentials_file == settings.root / ".run-elsewhere" / "secrets" / "cache-site.env"
+    options = options_from_settings(settings)
+    assert (options.max_bytes, options.revalidate_s, options.block_bytes) == (10737418240, 0.0, 8388608)
+
+
+def test_environment_overrides() -> None:
+    env = {
+        "TIERLAKE_CACHE__MAX_BYTES": "1048576",
+        "TIERLAKE_CACHE__DIR": "/nvme/cache",
+        "TIERLAKE_CACHE__REVALIDATE_S": "30",
+    }
+    cache = load_settings("ci", conf_dir=REPO_CONF, env=env).cache
+    assert (cache.max_bytes, cache.directory, cache.revalidate_s) == (1048576, Path("/nvme/cache"), 30.0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TIERLAKE_CACHE__MAX_BYTES", "0", r"cache.max_bytes = 0 is invalid: must be at least 1\. Fix"),
+        ("TIERLAKE_CACHE__MAX_BYTES", "lots", r"cache.max_bytes = 'lots' is invalid: expected an integer"),
+        ("TIERLAKE_CACHE__DISK_FRACTION", "1.5", r"cache.disk_fraction = '1.5' is invalid.*Fix: e.g. 0.9"),
+        ("TIERLAKE_CACHE__BLOCK_BYTES", "512", r"cache.block_bytes = 512 is invalid: a block holds at least 4096"),
+        ("TIERLAKE_CACHE__FILL_TIMEOUT_S", "0", r"cache.fill_timeout_s = '0' is invalid"),
+        ("TIERLAKE_CACHE__SITE_PORT", "80", r"cache.site_port = 80 is invalid: must be a port"),
+    ],
+)
+def test_bad_values_name_variable_key_value_and_fix(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"environment variable {variable}: {message}"):
+        load_settings("ci", conf_dir=REPO_CONF, env={variable: value})
