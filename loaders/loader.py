@@ -192,7 +192,10 @@ class DeltaLoader:
 
     def _produce(self, epoch: int, plan: RankSlice) -> Generator[dict[str, Any], None, None]:
         """This rank's batches of ``plan`` as numpy arrays, in batch order (threads; subclasses may differ)."""
-        store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=self.options.num_workers)
+        # One reader per row group of a window, so the first batch of a shuffled epoch (which needs the whole
+        # first window) waits for one row-group read, not window / num_workers of them.
+        readers = max(self.options.num_workers, self.dataset.window_row_groups)
+        store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=readers)
         self.stats.store = store.stats
         pool = ThreadPoolExecutor(self.options.num_workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
         pending: deque[Future[dict[str, Any]]] = deque()
