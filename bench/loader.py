@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -65,7 +66,7 @@ PATHS = (
 # Data
 
 
-def token_chunks(rows: int, files: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def token_chunks(rows: int, files: int, seed: int = 0) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
     rng = np.random.default_rng(seed)
     per_file = rows // files
     for index in range(files):
@@ -94,7 +95,7 @@ def write_mds(path: Path, delta: Path) -> None:
                 writer.write({"id": int(ids[i]), "tokens": tokens[i]})
 
 
-def parquet_row_groups(delta: Path) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def parquet_row_groups(delta: Path) -> Iterator[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
     for file in sorted(delta.glob("*.parquet")):
@@ -118,7 +119,7 @@ def _litdata_rows(file: str) -> Iterator[dict[str, Any]]:
 
 
 def write_litdata(path: Path, delta: Path) -> None:
-    from litdata import optimize  # noqa: PLC0415
+    from litdata import optimize  # type: ignore[import-untyped]  # noqa: PLC0415
 
     files = [str(f) for f in sorted(delta.glob("*.parquet"))]
     optimize(

@@ -65,7 +65,8 @@ class ToyModel(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden = self.blocks(self.embed(tokens.long()))
-        return self.head(hidden).float().mean()
+        loss: torch.Tensor = self.head(hidden).float().mean()
+        return loss
 
 
 def train(
@@ -81,7 +82,8 @@ def train(
         tokens = batch["tokens"].to(device) if move else batch["tokens"]
         moved_bytes += tokens.numel() * tokens.element_size()
         if model is not None and optimizer is not None:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             begin.record()
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = model(tokens)
