@@ -228,3 +228,16 @@ def test_slab_loader_yields_the_thread_loaders_batches_and_resumes(table: Path, 
     resumed = SlabLoader(dataset, batch_size=7, num_workers=2)
     resumed.load_state_dict(slabs.state_dict())
     assert global_order(first) + global_order(ids_by_rank([resumed])) == threads
+
+
+def test_plain_dataloader_with_worker_processes_yields_the_same_batches(table: Path) -> None:
+    from torch.utils.data import DataLoader  # noqa: PLC0415
+
+    from loaders.workers import DeltaIterableDataset  # noqa: PLC0415
+
+    dataset = delta_dataset(table, order=OrderOptions(seed=13, window=2))
+    threads = global_order(ids_by_rank([DeltaLoader(dataset, batch_size=9, rank=1, world_size=2)]))
+    iterable = DeltaIterableDataset(dataset, batch_size=9, rank=1, world_size=2)
+    processes = [i for batch in DataLoader(iterable, batch_size=None, num_workers=2) for i in batch["id"].tolist()]
+    assert processes == threads
+    assert len(iterable) == len(processes) // 9
