@@ -64,7 +64,7 @@ def produce_events(
     rate: float = 0.0,
     bad_fraction: float = 0.0,
     progress: bool = True,
-    seed: int = 7,
+    seed: int | None = None,
 ) -> ProduceSummary:
     """Send ``events`` synthetic records of ``dataset``; returns the counted summary once all are acknowledged."""
     if dataset not in DATASET_ENTITIES:
@@ -76,6 +76,9 @@ def produce_events(
     if not 0 <= bad_fraction <= 0.5 or (bad_fraction and dataset != "ev"):
         raise ConfigError(f"--bad-fraction {bad_fraction} must be within [0, 0.5], and bad records exist for ev only")
     entity = settings.entities[DATASET_ENTITIES[dataset]]
+    # A new seed per run by default: the same seed twice sends the same event ids, which silver drops as duplicates.
+    seed = time.time_ns() % 2**31 if seed is None else seed
+    logger.info("producing %d %s records with seed %d", events, dataset, seed, extra={"topic": entity.topic})
     if dataset == "ev":
         start = recent_start(events, EV_SPACING_S)
         records = ev_stream(events, bad_fraction=bad_fraction, seed=seed, max_bytes=entity.max_bytes, start=start)

@@ -24,6 +24,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         events=args.events,
         rate=args.rate,
         bad_fraction=args.bad_fraction,
+        seed=args.seed,
         progress=not args.json,
     )
     sys.stdout.write((json.dumps(summary.as_dict()) if args.json else summary.describe()) + "\n")
@@ -208,6 +209,7 @@ def register(sub: Subparsers) -> None:
     produce.add_argument("--events", type=positive_int, default=1000)
     produce.add_argument("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible")
     produce.add_argument("--bad-fraction", type=float, default=0.0, help="share of bad records (ev), e.g. 0.02")
+    produce.add_argument("--seed", type=int, help="generator seed (default: new each run); equal seeds, equal records")
     produce.add_argument("--json", action="store_true")
     produce.set_defaults(handler=_produce)
 
