@@ -12,6 +12,10 @@ cd "$ROOT"
 CACHE=${TIERLAKE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tierlake}
 PYTHON=${PYTHON:-python3.11}
 T0=$(date +%s)
+mkdir -p "$CACHE"
+# One set-up at a time per user cache: two at once would race on the wheelhouse and the venv.
+exec 9>"$CACHE/.bootstrap.lock"
+flock 9
 log() { printf '[setup +%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 

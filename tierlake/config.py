@@ -28,6 +28,7 @@ ENV_PREFIX = "TIERLAKE_"
 ENV_NESTING = "__"
 PROFILES = ("local", "ci", "prod")
 SECRET_KEYS = frozenset({"s3.access_key", "s3.secret_key"})
+EPHEMERAL_PORTS_START = 32768
 _OPAQUE_KEYS = frozenset({"spark.extra_conf", "entities"})
 _ENV_NOT_KEYS = frozenset({"TIERLAKE_PROFILE", "TIERLAKE_CONF_DIR", "TIERLAKE_CACHE"})  # choose files, not values
 _T = TypeVar("_T")
@@ -355,13 +356,13 @@ def _build_kafka(values: _Values) -> KafkaSettings:
                 retention_ms=int(item["retention_ms"]),
             )
         )
-    return KafkaSettings(
+    kafka = KafkaSettings(
         managed=managed,
         nodes=nodes,
         bootstrap_servers=bootstrap,
         broker_port=values.get("kafka.broker_port", int, check=_port, fix="a free port, e.g. 19092"),
         controller_port=values.get("kafka.controller_port", int, check=_port, fix="a free port, e.g. 19093"),
-        port_stride=values.get("kafka.port_stride", int, check=_positive, fix="e.g. 10000: node 2 uses port+10000"),
+        port_stride=values.get("kafka.port_stride", int, check=_positive, fix="e.g. 10: node 2 uses port+10"),
         heap_mb=values.get(
             "kafka.heap_mb",
             int,
@@ -370,6 +371,28 @@ def _build_kafka(values: _Values) -> KafkaSettings:
         ),
         topics=tuple(topics),
     )
+    _check_kafka_ports(values, kafka)
+    return kafka
+
+
+def _check_kafka_ports(values: _Values, kafka: KafkaSettings) -> None:
+    """Broker and controller ports of up to 3 nodes must not collide, nor fall in the ephemeral range."""
+    ports = [p + i * kafka.port_stride for i in range(3) for p in (kafka.broker_port, kafka.controller_port)]
+    if len(set(ports)) != len(ports):
+        raise values.fail(
+            "kafka.port_stride",
+            kafka.port_stride,
+            f"node ports collide: {sorted(ports)}",
+            "use a stride larger than controller_port - broker_port",
+        )
+    if max(ports) >= EPHEMERAL_PORTS_START:
+        raise values.fail(
+            "kafka.broker_port",
+            kafka.broker_port,
+            f"node ports reach {max(ports)}, inside Linux's ephemeral range (32768-60999) where any "
+            "outgoing connection may take them",
+            "keep broker_port + 2 * port_stride + 1 below 32768",
+        )
 
 
 def _build_s3(values: _Values, root: Path) -> S3Settings:

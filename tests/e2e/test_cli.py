@@ -76,7 +76,7 @@ def test_stack_status_json_lists_pid_port_health(stack: LocalStack) -> None:
         assert {"service", "pid", "port", "health"} <= set(service)
         assert service["health"] == "ok"
     kafka = [s for s in status["services"] if s["service"].startswith("kafka-")]
-    assert [s["port"] for s in kafka] == [19192, 29192, 39192]
+    assert [s["port"] for s in kafka] == [19192, 19202, 19212]
 
 
 def test_produce_then_bronze_holds_every_record_of_the_topic(stack: LocalStack) -> None:

@@ -31,7 +31,7 @@ def test_every_shipped_profile_loads() -> None:
 def test_profile_overrides_base_and_env_overrides_profile(conf_dir: Path) -> None:
     ci = load_settings("ci", conf_dir=conf_dir, env={})
     assert ci.kafka.nodes == 3
-    assert ci.kafka.bootstrap() == "127.0.0.1:19192,127.0.0.1:29192,127.0.0.1:39192"
+    assert ci.kafka.bootstrap() == "127.0.0.1:19192,127.0.0.1:19202,127.0.0.1:19212"
     from_env = load_settings("ci", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__NODES": "1"})
     assert from_env.kafka.nodes == 1
     explicit = load_settings("ci", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__NODES": "1"}, overrides={"kafka.nodes": 3})
@@ -142,3 +142,10 @@ def test_top_level_key_from_env_and_unknown_env_key_is_refused(conf_dir: Path) -
         ConfigError, match=r"unknown config keys: kafka\.nodez \(environment variable TIERLAKE_KAFKA__NODEZ\)"
     ):
         load_settings("local", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__NODEZ": "3"})
+
+
+def test_kafka_ports_in_the_ephemeral_range_are_refused(conf_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.broker_port = 19092 is invalid: node ports reach 39093, inside"):
+        load_settings("local", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__PORT_STRIDE": "10000"})
+    with pytest.raises(ConfigError, match=r"kafka\.port_stride = 1 is invalid: node ports collide"):
+        load_settings("local", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__PORT_STRIDE": "1"})

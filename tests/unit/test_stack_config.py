@@ -35,8 +35,8 @@ def test_three_node_kafka_has_rf3_min_isr2_and_three_voters(tmp_path: Path) -> N
     cluster = KafkaCluster(_settings(tmp_path, "ci"), nodes=3)
     props = _props(cluster, 2)
     assert props["node.id"] == "2"
-    assert props["controller.quorum.voters"] == "1@127.0.0.1:19193,2@127.0.0.1:29193,3@127.0.0.1:39193"
-    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29192,CONTROLLER://127.0.0.1:29193"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19193,2@127.0.0.1:19203,3@127.0.0.1:19213"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19202,CONTROLLER://127.0.0.1:19203"
     assert props["default.replication.factor"] == "3"
     assert props["min.insync.replicas"] == "2"
     assert props["unclean.leader.election.enable"] == "false"
