@@ -148,6 +148,19 @@ def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[Da
     return silver, quarantine, dropped
 
 
+def outcome_counts(judged: DataFrame) -> dict[str, int]:
+    """Rows per outcome of a judged batch, in one pass."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    outcome = (
+        F.when(F.col("rule").isNotNull(), F.lit("quarantine"))
+        .when(F.col("dropped").isNotNull(), F.lit("dropped"))
+        .otherwise(F.lit("silver"))
+    )
+    found = {row["outcome"]: int(row["count"]) for row in judged.groupBy(outcome.alias("outcome")).count().collect()}
+    return {name: found.get(name, 0) for name in ("silver", "quarantine", "dropped")}
+
+
 def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables: SilverTables) -> dict[str, int]:
     """One micro-batch: classify, judge, write the three tables idempotently, then gold. Returns the row counts."""
     spark = batch.sparkSession
@@ -155,11 +168,12 @@ def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables
     try:
         judged = judge(spark, classified, entity=entity, silver_uri=tables.silver, batch_id=batch_id).persist()
         frames = outputs(judged, entity=entity, batch_id=batch_id)
-        counts: dict[str, int] = {}
+        counts = outcome_counts(judged)
         for name, frame, uri in zip(
             ("silver", "quarantine", "dropped"), frames, (tables.silver, tables.quarantine, tables.dropped), strict=True
         ):
-            counts[name] = frame.count()
+            if not counts[name]:
+                continue  # an empty write would still cost a job and a commit; skipping it is as deterministic
             (
                 frame.write.format("delta")
                 .mode("append")
