@@ -112,6 +112,8 @@ def run_continuous(
             ensure_bronze(spark, bronze_table(settings, topic))
             queries.append(start_bronze(spark, settings, topic=topic, trigger_s=trigger_s))
             queries.append(start_silver(spark, settings, entity=entity, trigger_s=trigger_s))
+        if status_file is not None:
+            _write_status(status_file, queries)  # tells `ingest start` that the queries are up
         while not stop.wait(min(trigger_s, 2.0)):
             _check(leases)
             for query in queries:

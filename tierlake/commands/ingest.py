@@ -96,6 +96,9 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(r["balanced"] for r in reports) else 6
 
 
+START_TIMEOUT_S = 300.0
+
+
 def _driver(settings: Settings) -> tuple[Any, Path]:
     from infra.procs import Daemon  # noqa: PLC0415
 
@@ -155,8 +158,19 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     ]
     for entity in args.entity or []:
         argv += ["--entity", entity]
+    status_file.unlink(missing_ok=True)
     pid = procs.spawn(daemon, argv)
-    sys.stdout.write(f"ingestion started, pid {pid}; log {daemon.log}; `tierlake ingest status` to follow\n")
+    # Return once the driver holds its leases and its queries run (it writes the status file then), so what
+    # follows `start` can rely on it; a driver that dies first is reported with its log.
+    procs.wait_until(
+        "ingestion driver",
+        status_file.exists,
+        timeout_s=START_TIMEOUT_S,
+        log=daemon.log,
+        alive=lambda: procs.alive(pid),
+        interval_s=0.5,
+    )
+    sys.stdout.write(f"ingestion running, pid {pid}; log {daemon.log}; `tierlake ingest status` to follow\n")
     return 0
 
 
