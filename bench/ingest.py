@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 from confluent_kafka import Consumer
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
 from pipelines.bronze import run_bronze_until_caught_up
@@ -35,6 +37,7 @@ from pipelines.session import spark_session
 from pipelines.silver import run_silver_until_caught_up, silver_tables
 from tierlake.config import Settings, load_settings
 from tierlake.logs import configure_logging
+from tiers.s3 import delta_storage_options
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +75,21 @@ def raw_consume(settings: Settings, topic: str, expected: int) -> float:
     if seen < expected:
         raise RuntimeError(f"raw consumer saw {seen} of {expected} records in 300 s")
     return time.monotonic() - started
+
+
+def wait_for_silver(settings: Settings, entity: str, rows: int, *, timeout_s: float) -> bool:
+    """Poll silver (through delta-rs, no JVM) until it holds ``rows`` rows; False on timeout."""
+    uri = silver_tables(settings, entity).silver.replace("s3a://", "s3://", 1)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            table = DeltaTable(uri, storage_options=delta_storage_options(settings.s3))
+            if table.to_pyarrow_table(columns=["event_id"]).num_rows >= rows:
+                return True
+        except TableNotFoundError:
+            pass
+        time.sleep(1)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         # Event times of the live records follow the throughput records' and end now: neither late nor future.
         live = good_records("ev", live_count, seed=2, start=recent_start(live_count, EV_SPACING_S))
         send_records(settings, topic, live, total=live_count, rate=args.rate, progress=False)
-        time.sleep(4 * args.trigger_s + 10)  # let the last records through both queries
+        # Stop only once every live record is in silver: a freshness taken over early arrivals alone flatters.
+        drained = wait_for_silver(settings, entity, events + live_count, timeout_s=300)
         stop.set()
         worker.join()
         fresh = freshness(spark, silver_tables(settings, entity).silver, since_epoch_s=since)
@@ -142,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             "p50_freshness_s": fresh["p50_s"],
             "p99_freshness_s": fresh["p99_s"],
             "freshness_rows": fresh["rows"],
+            "live_rows_sent": live_count,
+            "drained": drained,
             "trigger_s": args.trigger_s,
             "silver_rows": counts["silver"],
         },
