@@ -3,9 +3,12 @@
 Measured, all against the real local RGW (the bench starts Ceph only, through infra/, if it is not running):
 
 - the S3 client for the store: boto3 ``get_object`` vs ``pyarrow.fs.S3FileSystem`` on the same objects;
-- miss path: the cache filling each object (HEAD, one GET, MD5, temp file, fsync, rename) vs a direct boto3 GET;
-- hit path: reading an object through the cache (with the default HEAD revalidation, and with a known version)
-  vs a raw read of the same local file;
+- miss path: the cache filling each object it has never seen (one GET whose response names the version, no HEAD;
+  CRC-32C, temp file, one fsync, rename, fsync of the folder) vs a direct boto3 GET of the same objects;
+- hit path: reading an object through the cache vs a raw read of the same local file (both from the page cache,
+  read once before timing). The objects are Delta-style data files (``*.parquet``), which the default
+  ``cache.immutable_patterns`` opens without a HEAD; a mutable key (HEAD per open, ``revalidate_s: 0``) and an
+  open with the version given by the caller are measured too;
 - single-flight: backend GETs per object when 8 processes read the same cold objects at once, for tierlake's cache
   and for fsspec's ``filecache`` (over an fsspec file system on the same boto3 client; s3fs is not used because
   its aiobotocore pins an older botocore than the project's boto3);
@@ -42,15 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tierlake.config import S3Settings, Settings, load_settings  # noqa: E402
-from tiers.cache.core import CacheOptions, EdgeCache  # noqa: E402
+from tiers.cache.core import FILL_CHECKSUM, CacheOptions, EdgeCache  # noqa: E402
 from tiers.cache.policy import LRU, S3FIFO, scan_heavy_trace, simulate  # noqa: E402
 from tiers.cache.site import load_or_create_keys  # noqa: E402
 from tiers.s3 import s3_client  # noqa: E402
-from tiers.store import Body, S3Store  # noqa: E402
+from tiers.store import CHUNK, Body, ObjectInfo, S3Store  # noqa: E402
 
 BUCKET = "tierlake-lake"
 MIB = 1024 * 1024
-SITE_PORT = 7650
 
 
 def log(message: str) -> None:
@@ -87,6 +89,10 @@ class CountingStore(S3Store):
     def open(self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None) -> Body:
         _count(self.log_path, key)
         return super().open(bucket, key, start=start, end=end, etag=etag)
+
+    def open_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Body]:
+        _count(self.log_path, key)
+        return super().open_info(bucket, key)
 
 
 def _count(path: Path, key: str) -> None:
@@ -226,33 +232,47 @@ def miss_and_hit(settings: Settings, keys: list[str], work: Path) -> dict[str, f
 
         miss_runs.append(mb_s(*timed(fill_all)))
     figures["boto3_get_mb_s"], figures["cache_miss_mb_s"] = max(direct_runs), max(miss_runs)
-    cache = EdgeCache(S3Store(settings.s3), CacheOptions(directory=work / "miss-2", max_bytes=8192 * MIB))
-    infos = {key: cache.info(BUCKET, key) for key in keys}
+    # What a reader that wants the bytes sees: the fill, then reading the file back (O_DIRECT fills leave it out of
+    # the page cache, so this read comes from the disk).
+    then_read = EdgeCache(S3Store(settings.s3), CacheOptions(directory=work / "miss-read", max_bytes=8192 * MIB))
+    figures["cache_miss_then_read_mb_s"] = mb_s(
+        *timed(lambda: sum(len(then_read.get_path(BUCKET, key).read_bytes()) for key in keys))
+    )
+    figures["miss_rounds_cache_over_boto3"] = round(sum(miss_runs) / sum(direct_runs), 3)
+    # The same cache folder twice: default options (these *.parquet keys are immutable: no HEAD per open), and
+    # no immutable patterns (every open HEADs the origin, as for a Delta log file).
+    options = CacheOptions(directory=work / "miss-2", max_bytes=8192 * MIB)
+    cache = EdgeCache(S3Store(settings.s3), options)
+    mutable = EdgeCache(S3Store(settings.s3), dataclasses.replace(options, immutable_patterns=()))
+    infos = {key: mutable.info(BUCKET, key) for key in keys}
     paths = [cache.get_path(BUCKET, key) for key in keys]
 
     def local_read() -> int:
         return sum(len(path.read_bytes()) for path in paths)
 
-    def hit_read() -> int:
-        total = 0
-        for key in keys:
-            with cache.open_path(BUCKET, key) as path:
-                total += len(path.read_bytes())
-        return total
+    def through(edge: EdgeCache, given: dict[str, ObjectInfo] | None = None) -> Callable[[], int]:
+        def run() -> int:
+            total = 0
+            for key in keys:
+                with edge.open_path(BUCKET, key, info=given[key] if given else None) as path:
+                    total += len(path.read_bytes())
+            return total
 
-    def hit_known_version() -> int:
-        total = 0
-        for key in keys:
-            with cache.open_path(BUCKET, key, info=infos[key]) as path:
-                total += len(path.read_bytes())
-        return total
+        return run
 
-    local_read()
-    rounds: dict[str, list[float]] = {"local_read_mb_s": [], "cache_hit_mb_s": [], "cache_hit_known_version_mb_s": []}
+    local_read()  # every timed read below comes from the page cache, the same files, the same way
+    rounds: dict[str, list[float]] = {
+        "local_read_mb_s": [],
+        "cache_hit_mb_s": [],
+        "cache_hit_mutable_key_mb_s": [],
+        "cache_hit_known_version_mb_s": [],
+    }
+    readers = (local_read, through(cache), through(mutable), through(cache, infos))
     for _ in range(5):
-        for name, work_fn in zip(rounds, (local_read, hit_read, hit_known_version), strict=True):
+        for name, work_fn in zip(rounds, readers, strict=True):
             rounds[name].append(mb_s(*timed(work_fn)))
     figures |= {name: max(values) for name, values in rounds.items()}
+    figures["hit_rounds_cache_over_local"] = round(sum(rounds["cache_hit_mb_s"]) / sum(rounds["local_read_mb_s"]), 3)
     return figures
 
 
@@ -282,13 +302,13 @@ def site_mode(settings: Settings, keys: list[str], work: Path) -> dict[str, floa
         }
     )
     server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/tierlake"), "cache", "serve", "--port", str(SITE_PORT)],
+        [str(ROOT / ".venv/bin/tierlake"), "cache", "serve", "--port", str(settings.cache.site_port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{SITE_PORT}"
+    endpoint = f"http://127.0.0.1:{settings.cache.site_port}"
     try:
         _wait_healthy(endpoint, server)
         keys_site = load_or_create_keys(work / "site.env")
@@ -415,8 +435,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios = {
         "hit_vs_local_read": ratio("cache_hit_mb_s", "local_read_mb_s"),
+        "hit_mutable_key_vs_local_read": ratio("cache_hit_mutable_key_mb_s", "local_read_mb_s"),
         "hit_known_version_vs_local_read": ratio("cache_hit_known_version_mb_s", "local_read_mb_s"),
         "miss_vs_boto3_get": ratio("cache_miss_mb_s", "boto3_get_mb_s"),
+        "miss_then_read_vs_boto3_get": ratio("cache_miss_then_read_mb_s", "boto3_get_mb_s"),
         "fsspec_miss_vs_boto3_get": ratio("fsspec_filecache_miss_mb_s", "boto3_get_mb_s"),
         "hit_vs_fsspec_hit": ratio("cache_hit_mb_s", "fsspec_filecache_hit_mb_s"),
         "site_vs_rgw_direct_4_readers": ratio("site_mode_mb_s", "rgw_direct_4_readers_mb_s"),
@@ -431,6 +453,12 @@ def main(argv: list[str] | None = None) -> int:
         "origin": f"Ceph RGW {settings.s3.endpoint}",
         "cpus": os.cpu_count(),
         "revalidate_s": 0,
+        "immutable_patterns": list(CacheOptions(directory=work, max_bytes=1).immutable_patterns),
+        "fill_checksum": FILL_CHECKSUM,
+        "read_chunk_bytes": {"cache_fill": CHUNK, "boto3_peer": MIB, "fsspec_peer": MIB},
+        "ratio_method": "best of 3 interleaved rounds (miss) / 5 (hit) for each side; *_rounds_* figures: sums",
+        "hit_bytes": "the same cached files for cache and raw read, page cache warm, read_bytes() whole",
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "traces": "scan: 200 hot keys re-read between one-pass scans of 600, cache 400; zipf: 5000 keys, s=0.9, "
         "cache 1000",
         "fsspec_peer": "WholeFileCacheFileSystem (filecache, check_files=True) over a boto3 fsspec file system",

@@ -68,6 +68,10 @@ class ObjectStore(Protocol):
         self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None
     ) -> Body: ...
 
+    def open_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Body]:
+        """The whole current object in one request, and which version it is (no HEAD first)."""
+        ...
+
     def cat_file(
         self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None
     ) -> bytes: ...
@@ -150,6 +154,22 @@ class S3Store:
             raise self._error(exc, "GET", bucket, key) from exc
         body: Body = response["Body"]
         return body
+
+    def open_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Body]:
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "GET", bucket, key) from exc
+        modified = response.get("LastModified")
+        info = ObjectInfo(
+            bucket=bucket,
+            key=key,
+            size=int(response["ContentLength"]),
+            etag=str(response["ETag"]).strip('"'),
+            last_modified=modified.timestamp() if modified else 0.0,
+        )
+        body: Body = response["Body"]
+        return info, body
 
     def cat_file(
         self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None
@@ -244,6 +264,11 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _local_etag(stat: os.stat_result) -> str:
+    """Like nginx's ETag: changes whenever the file is rewritten (a new inode after os.replace), costs no read."""
+    return f"{stat.st_size:x}-{stat.st_mtime_ns:x}-{stat.st_ino:x}"
+
+
 class LocalStore:
     """``<root>/<bucket>/<key>`` on a local (or mounted) file system."""
 
@@ -267,9 +292,8 @@ class LocalStore:
             raise NotFound(f"file://{bucket}/{key}: no such object under {self.root}") from exc
         if not path.is_file():
             raise NotFound(f"file://{bucket}/{key}: not an object (a directory) under {self.root}")
-        # Like nginx's ETag: changes whenever the file is rewritten (a new inode after os.replace), costs no read.
-        tag = f"{stat.st_size:x}-{stat.st_mtime_ns:x}-{stat.st_ino:x}"
-        return ObjectInfo(bucket=bucket, key=key, size=stat.st_size, etag=tag, last_modified=stat.st_mtime)
+        etag = _local_etag(stat)
+        return ObjectInfo(bucket=bucket, key=key, size=stat.st_size, etag=etag, last_modified=stat.st_mtime)
 
     def info(self, bucket: str, key: str) -> ObjectInfo:
         return self._info(bucket, key, self._path(bucket, key))
@@ -286,6 +310,20 @@ class LocalStore:
             raise ObjectChanged(f"file://{bucket}/{key}: the object was replaced (ETag changed)")
         handle.seek(start)
         return _Window(handle, None if end is None else end - start)
+
+    def open_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Body]:
+        path = self._path(bucket, key)
+        try:
+            handle = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise NotFound(f"file://{bucket}/{key}: no such object under {self.root}") from exc
+        # The open handle keeps reading the file it opened, even if a writer replaces the path meanwhile; its
+        # fstat (not a second stat of the path) names that same version.
+        stat = os.fstat(handle.fileno())
+        tag = _local_etag(stat)
+        return ObjectInfo(bucket=bucket, key=key, size=stat.st_size, etag=tag, last_modified=stat.st_mtime), _Window(
+            handle, None
+        )
 
     def cat_file(
         self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None

@@ -22,12 +22,24 @@ class CountingStore(S3Store):
         super().__init__(s3)
         self.log, self.slow_s, self.started = log, slow_s, started
 
-    def open(self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None) -> Body:
+    def _count(self, line: str) -> None:
         fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.write(fd, f"GET {bucket}/{key} {start}-{end} pid={os.getpid()}\n".encode())
+        os.write(fd, f"{line} pid={os.getpid()}\n".encode())
         os.close(fd)
+
+    def open(self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None) -> Body:
+        self._count(f"GET {bucket}/{key} {start}-{end}")
         body = super().open(bucket, key, start=start, end=end, etag=etag)
         return _SlowBody(body, self.slow_s, self.started) if self.slow_s else body
+
+    def open_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Body]:
+        self._count(f"GET {bucket}/{key} whole")
+        info, body = super().open_info(bucket, key)
+        return info, (_SlowBody(body, self.slow_s, self.started) if self.slow_s else body)
+
+    def info(self, bucket: str, key: str) -> ObjectInfo:
+        self._count(f"HEAD {bucket}/{key}")
+        return super().info(bucket, key)
 
 
 class _SlowBody:
@@ -56,12 +68,16 @@ def read_object(  # noqa: PLR0917 - a multiprocessing target takes its arguments
     results: Any,
     slow_s: float = 0.0,
     started: Path | None = None,
+    known_version: bool = True,
 ) -> None:
-    """One reader process: wait for the others, read the object through the cache, report its SHA-256."""
+    """One reader process: wait for the others, read the object through the cache, report its SHA-256.
+
+    ``known_version``: pass ``info`` to the cache (as a Delta snapshot does), else let the cache find the version.
+    """
     cache = EdgeCache(CountingStore(s3, log=log, slow_s=slow_s, started=started), options)
     if barrier is not None:
         barrier.wait(timeout=60)
-    data = cache.cat(info.bucket, info.key, info=info)
+    data = cache.cat(info.bucket, info.key, info=info if known_version else None)
     results.put(hashlib.sha256(data).hexdigest())
 
 

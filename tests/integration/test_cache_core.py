@@ -33,8 +33,16 @@ def prefix() -> str:
     return f"tests/cache/{uuid.uuid4()}/"
 
 
+def _requests(log: Path, verb: str) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith(verb + " ")] if log.exists() else []
+
+
 def _gets(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
+    return _requests(log, "GET")
+
+
+def _heads(log: Path) -> list[str]:
+    return _requests(log, "HEAD")
 
 
 def _cache(settings: Settings, folder: Path, log: Path, **options: int | float) -> EdgeCache:
@@ -82,6 +90,53 @@ def test_a_replaced_object_is_never_served_stale(settings: Settings, tmp_path: P
     assert len(_gets(tmp_path / "gets.log")) == 2
 
 
+def test_delta_data_files_open_without_a_head(settings: Settings, tmp_path: Path, prefix: str) -> None:
+    store, key = S3Store(settings.s3), prefix + "table/date=2026-01-01/part-00000-1f2e.c000.snappy.parquet"
+    store.pipe_file(BUCKET, key, b"row groups v1" * 1000)
+    log = tmp_path / "gets.log"
+    cache = _cache(settings, tmp_path / "cache", log)
+    for _ in range(4):
+        assert cache.cat(BUCKET, key) == b"row groups v1" * 1000
+    assert cache.read_range(BUCKET, key, 0, 10) == b"row groups"
+    assert (len(_gets(log)), _heads(log)) == (1, [])  # one GET, and no HEAD on any open or range read
+    assert cache.stats().counters["backend_heads"] == 0
+    # The documented contract: a key matching immutable_patterns is never rewritten in place. If it is anyway,
+    # the cache keeps the version it holds until that entry is evicted; the next fill (If-Match) finds the change.
+    store.pipe_file(BUCKET, key, b"row groups v2" * 1000)
+    assert cache.cat(BUCKET, key) == b"row groups v1" * 1000
+    assert evict(cache, prefix=f"{BUCKET}/{prefix}table/").entries == 1
+    assert cache.cat(BUCKET, key) == b"row groups v2" * 1000
+    assert len(_gets(log)) == 3  # the fill pinned to v1 (refused: 412), then v2 after one HEAD
+    assert len(_heads(log)) == 1
+
+
+def test_delta_log_keys_are_revalidated_on_every_open(settings: Settings, tmp_path: Path, prefix: str) -> None:
+    store, log = S3Store(settings.s3), tmp_path / "gets.log"
+    cache = _cache(settings, tmp_path / "cache", log)
+    pointer, checkpoint = prefix + "t/_delta_log/_last_checkpoint", prefix + "t/_delta_log/00010.checkpoint.parquet"
+    store.pipe_file(BUCKET, pointer, b'{"version":10}')
+    store.pipe_file(BUCKET, checkpoint, b"checkpoint 10")
+    assert (cache.cat(BUCKET, pointer), cache.cat(BUCKET, checkpoint)) == (b'{"version":10}', b"checkpoint 10")
+    assert (len(_gets(log)), len(_heads(log))) == (2, 0)  # never seen: one GET each, no HEAD
+    store.pipe_file(BUCKET, pointer, b'{"version":20}')  # rewritten in place, as Delta does
+    assert cache.cat(BUCKET, pointer) == b'{"version":20}'
+    assert cache.cat(BUCKET, checkpoint) == b"checkpoint 10"
+    assert (len(_gets(log)), len(_heads(log))) == (3, 2)  # each open asked the origin; only the new version was got
+
+
+def test_with_no_immutable_patterns_a_rewritten_parquet_file_is_never_stale(
+    settings: Settings, tmp_path: Path, prefix: str
+) -> None:
+    store, key, log = S3Store(settings.s3), prefix + "part-0.parquet", tmp_path / "gets.log"
+    opts = CacheOptions(directory=tmp_path / "cache", max_bytes=64 * MIB, immutable_patterns=())
+    cache = EdgeCache(CountingStore(settings.s3, log=log), opts)
+    store.pipe_file(BUCKET, key, b"one" * 100)
+    assert cache.cat(BUCKET, key) == b"one" * 100
+    store.pipe_file(BUCKET, key, b"two" * 100)
+    assert cache.cat(BUCKET, key) == b"two" * 100
+    assert (len(_gets(log)), len(_heads(log))) == (2, 1)
+
+
 def test_a_fill_pinned_to_an_old_etag_refuses_new_bytes(settings: Settings, tmp_path: Path, prefix: str) -> None:
     store = S3Store(settings.s3)
     old = store.pipe_file(BUCKET, prefix + "race.bin", b"a" * 5000)
@@ -120,16 +175,18 @@ def test_flipped_and_truncated_bytes_are_detected_and_refetched(
     assert cache.stats().counters["corrupt"] == 2
 
 
-def test_eight_processes_reading_one_cold_object_cause_one_get(settings: Settings, tmp_path: Path, prefix: str) -> None:
+@pytest.mark.parametrize("known_version", [True, False], ids=["version-given", "version-unknown"])
+def test_eight_processes_reading_one_cold_object_cause_one_get(
+    settings: Settings, tmp_path: Path, prefix: str, known_version: bool
+) -> None:
     body = os.urandom(24 * MIB)
     info = S3Store(settings.s3).pipe_file(BUCKET, prefix + "cold.bin", body)
     options = CacheOptions(directory=tmp_path / "cache", max_bytes=256 * MIB)
     log = tmp_path / "gets.log"
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(8), ctx.Queue()
-    procs = [
-        ctx.Process(target=read_object, args=(settings.s3, options, info, log, barrier, results)) for _ in range(8)
-    ]
+    args = (settings.s3, options, info, log, barrier, results, 0.0, None, known_version)
+    procs = [ctx.Process(target=read_object, args=args) for _ in range(8)]
     for proc in procs:
         proc.start()
     digests = [results.get(timeout=120) for _ in procs]
@@ -138,25 +195,30 @@ def test_eight_processes_reading_one_cold_object_cause_one_get(settings: Setting
         assert proc.exitcode == 0
     assert digests == [hashlib.sha256(body).hexdigest()] * 8
     assert len(_gets(log)) == 1, _gets(log)
+    assert _heads(log) == []  # given the version, or a key never seen: the GET's response names it
     counters = EdgeCache(S3Store(settings.s3), options).stats().counters
     assert counters["misses"] == 1
     assert counters["hits"] == 7
 
 
-def test_a_filler_killed_mid_fill_does_not_wedge_the_others(settings: Settings, tmp_path: Path, prefix: str) -> None:
+@pytest.mark.parametrize("known_version", [True, False], ids=["version-given", "version-unknown"])
+def test_a_filler_killed_mid_fill_does_not_wedge_the_others(
+    settings: Settings, tmp_path: Path, prefix: str, known_version: bool
+) -> None:
     body = os.urandom(4 * MIB)
     info = S3Store(settings.s3).pipe_file(BUCKET, prefix + "killed.bin", body)
     options = CacheOptions(directory=tmp_path / "cache", max_bytes=64 * MIB, fill_timeout_s=60)
     log, started = tmp_path / "gets.log", tmp_path / "started"
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    filler = ctx.Process(target=read_object, args=(settings.s3, options, info, log, None, results, 0.05, started))
+    args = (settings.s3, options, info, log, None, results, 0.05, started, known_version)
+    filler = ctx.Process(target=read_object, args=args)
     filler.start()
     deadline = time.monotonic() + 60
     while not started.exists():
         assert time.monotonic() < deadline, "the slow filler never started"
         time.sleep(0.05)
-    waiter = ctx.Process(target=read_object, args=(settings.s3, options, info, log, None, results))
+    waiter = ctx.Process(target=read_object, args=(*args[:6], 0.0, None, known_version))
     waiter.start()
     time.sleep(0.5)  # the waiter is now blocked on the filler's lock
     assert filler.pid is not None

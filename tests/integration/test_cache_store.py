@@ -102,3 +102,17 @@ def test_empty_object(store: ObjectStore, prefix: str) -> None:
     store.pipe_file(BUCKET, prefix + "empty", b"")
     assert store.info(BUCKET, prefix + "empty").size == 0
     assert store.cat_file(BUCKET, prefix + "empty") == b""
+
+
+def test_open_info_names_the_version_it_streams(store: ObjectStore, prefix: str) -> None:
+    body = os.urandom(1_200_000)
+    put = store.pipe_file(BUCKET, prefix + "g.bin", body)
+    info, stream = store.open_info(BUCKET, prefix + "g.bin")
+    try:
+        assert stream.read() == body
+    finally:
+        stream.close()
+    assert (info.bucket, info.key, info.size, info.etag) == (BUCKET, prefix + "g.bin", len(body), put.etag)
+    assert info.etag == store.info(BUCKET, prefix + "g.bin").etag
+    with pytest.raises(NotFound, match="no such object"):
+        store.open_info(BUCKET, prefix + "missing.bin")

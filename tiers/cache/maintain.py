@@ -48,7 +48,7 @@ def _check(cache: EdgeCache, row: Entry) -> str | None:
         return "file missing"
     if size != row.nbytes:
         return f"truncated: {size} bytes, expected {row.nbytes}"
-    if (found := checksum_file(path)) != row.checksum:
+    if (found := checksum_file(path, row.checksum)) != row.checksum:
         return f"checksum mismatch: {found}, recorded {row.checksum}"
     return None
 
