@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "tierlake.commands.config",
     "tierlake.commands.ingest",
     "tierlake.commands.cache",
+    "tierlake.commands.archive",
 )
 
 

@@ -84,6 +84,17 @@ class Library:
 
     def ensure(self) -> None:
         """Create each site's pool on first use: slots with barcodes, formatted cartridges (virtual backend)."""
+        if all((self.root / site / "library.json").exists() for site in self.settings.sites):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".library.lock").open("a") as lock:  # two site writers may start the library at once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._create_pools()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _create_pools(self) -> None:
         for index, site in enumerate(self.settings.sites):
             manifest = self.root / site / "library.json"
             if manifest.exists():

@@ -23,7 +23,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,11 +38,44 @@ DATA_START = fmt.FIRST_INDEX_BLOCK - 1  # block 4: after the label construct
 
 @dataclass(frozen=True, kw_only=True)
 class FileToWrite:
-    """A file for the next generation: its name on the volume, its bytes (chunks) and its extended attributes."""
+    """A file for the next generation: its name on the volume, its bytes (chunks) and its extended attributes.
+
+    ``sha256``: when the caller already hashes the stream (one hash for several copies), a callable that returns
+    the hex digest once the chunks are exhausted; the volume then does not hash again (verify-after-write reads
+    the copy back and compares).
+    """
 
     name: str
     chunks: Iterable[bytes]
     xattrs: tuple[tuple[str, str], ...] = ()
+    sha256: Callable[[], str] | None = None
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Mode 0644: the reference backend opens every record read-write, so the checking user must own them."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _hexdigest(item: FileToWrite, digest: hashlib._Hash | None) -> str:
+    if digest is not None:
+        return digest.hexdigest()
+    if item.sha256 is None:
+        raise TapeError(f"{item.name}: no SHA-256 for the index")
+    return item.sha256()
 
 
 class VirtualCartridge:
@@ -68,13 +102,13 @@ class VirtualCartridge:
     def _put(self, part: int, block: int, kind: str, data: bytes = b"") -> None:
         for other in {"R", "F", "E"} - {kind}:
             self._record(part, block, other).unlink(missing_ok=True)
-        fd = os.open(self._record(part, block, kind), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
+        _write_file(self._record(part, block, kind), data)
+
+    def _put_new(self, part: int, block: int, data: bytes) -> Path:
+        """A data record past the end of data, where no other file exists for the block."""
+        path = self._record(part, block, "R")
+        _write_file(path, data)
+        return path
 
     def read_record(self, part: int, block: int) -> bytes:
         kind = self.kind(part, block)
@@ -215,9 +249,20 @@ class VirtualCartridge:
         """Write files and a new index generation. Returns the new index (its files carry their extents)."""
         barcode, label = self.labels()
         previous = self.last_index(DP)
-        blocksize = label.blocksize
         block = self.eod(DP)
         self._record(DP, block, "E").unlink()
+        self._drop_after(DP, block)  # leftovers of an earlier interrupted generation
+        # Records are fsynced by a helper thread while the next ones are written; the index waits for all of them.
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape-fsync")
+        self._synced: list[Future[None]] = []
+        try:
+            return self._append(files, barcode=barcode, blocksize=label.blocksize, previous=previous, block=block)
+        finally:
+            self._syncer.shutdown(wait=True)
+
+    def _append(
+        self, files: list[FileToWrite], *, barcode: str, blocksize: int, previous: fmt.Index, block: int
+    ) -> fmt.Index:
         written = 0
         uid = previous.highest_file_uid
         entries = []
@@ -225,7 +270,8 @@ class VirtualCartridge:
         for item in files:
             uid += 1
             now = fmt.ltfs_time()
-            first, length, digest = block, 0, hashlib.sha256()
+            first, length = block, 0
+            digest = None if item.sha256 is not None else hashlib.sha256()
             buffer = bytearray()
             for chunk in item.chunks:
                 if not buffer and len(chunk) == blocksize:  # the common case: no copy
@@ -261,7 +307,7 @@ class VirtualCartridge:
                     created=now,
                     modified=now,
                     extents=extents,
-                    xattrs=(*xattrs, ("ltfs.hash.sha256sum", digest.hexdigest())),
+                    xattrs=(*xattrs, ("ltfs.hash.sha256sum", _hexdigest(item, digest))),
                 )
             )
         kept = [f for f in previous.files if f.name not in {e.name for e in entries}]
@@ -273,16 +319,18 @@ class VirtualCartridge:
             previous=previous.location,
             files=(*kept, *entries),
         )
-        self._sync(DP, previous.location.block, block)
+        for future in self._synced:
+            future.result()
         self._write_index(DP, block, index, blocksize)
         self._sync(DP, block, block + 2 + len(index.to_xml()) // blocksize + 1)
         self._write_ip(index, blocksize)
         self._write_mam(index, barcode=barcode, vcr=self._vcr() + 1)
         return index
 
-    def _data_record(self, block: int, record: bytes, digest: hashlib._Hash, length: int) -> tuple[int, int]:
-        self._put(DP, block, "R", record)
-        digest.update(record)
+    def _data_record(self, block: int, record: bytes, digest: hashlib._Hash | None, length: int) -> tuple[int, int]:
+        self._synced.append(self._syncer.submit(_fsync, self._put_new(DP, block, record)))
+        if digest is not None:
+            digest.update(record)
         return block + 1, length + len(record)
 
     def _throttle(self, started: float, written: int) -> None:

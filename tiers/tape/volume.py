@@ -191,17 +191,19 @@ class LtfsVolume:
         written = []
         for item in files:
             final = self._path(item.name)
-            digest = hashlib.sha256()
+            digest = hashlib.sha256() if item.sha256 is None else None
             try:
                 with final.open("wb") as out:
                     for chunk in item.chunks:
                         out.write(chunk)
-                        digest.update(chunk)
+                        if digest is not None:
+                            digest.update(chunk)
                     out.flush()
                     os.fsync(out.fileno())
             except OSError as exc:
                 raise TapeError(f"writing {final} on the LTFS volume {self.barcode} failed: {exc}") from exc
-            for key, value in (*item.xattrs, (HASH_XATTR, digest.hexdigest())):
+            hexdigest = digest.hexdigest() if digest is not None else item.sha256() if item.sha256 else ""
+            for key, value in (*item.xattrs, (HASH_XATTR, hexdigest)):
                 set_xattr(final, key, value)
             written.append(self._describe(final))
         return written

@@ -1,0 +1,344 @@
+"""``archive run``: stage a partition's files, pack them into aggregates, write both sites in parallel, verify.
+
+Per run: every data file of the chosen partitions is copied to the staging folder (SHA-256, rows and the record
+key's min/max computed there) -> STAGED; aggregates go to one cartridge per site, both sites at once, each a new
+LTFS index generation -> WRITTEN; each copy is read back from tape and every member's SHA-256 compared ->
+VERIFIED. Catalog rows are appended only then, so a killed run leaves no row claiming data that was not verified;
+files already in the catalog with both copies are skipped, so re-running completes an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from tierlake.config import ArchiveTable, Settings
+from tierlake.errors import TapeError
+from tiers.archive import aggregate
+from tiers.archive.aggregate import Member
+from tiers.archive.catalog import Catalog
+from tiers.archive.policy import DataFile, snapshot
+from tiers.archive.state import FileState, advance
+from tiers.archive.tee import Tee
+from tiers.store import S3Store, publish_atomically
+from tiers.tape.library import Library
+from tiers.tape.virtual import FileToWrite
+from tiers.tape.volume import Volume, WrittenFile
+
+logger = logging.getLogger(__name__)
+CHUNK = 1024 * 1024
+
+
+@dataclass(kw_only=True)
+class RunReport:
+    table: str
+    version: int
+    partitions: list[str]
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    aggregates: int = 0
+    cartridges: dict[str, str] = field(default_factory=dict)
+    states: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_verified(self) -> bool:
+        return all(s == FileState.VERIFIED.value for s in self.states.values())
+
+
+def file_id(table: str, path: str) -> str:
+    return hashlib.sha256(f"{table}\0{path}".encode()).hexdigest()[:32]
+
+
+def _stage(store: S3Store, item: DataFile, folder: Path, policy: ArchiveTable) -> dict[str, Any]:
+    """Download one data file; its SHA-256, row count and key range."""
+    target = folder / hashlib.sha256(item.key.encode()).hexdigest()[:24]
+    digest = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        body = store.open(item.bucket, item.key)
+        try:
+            while piece := body.read(CHUNK):
+                digest.update(piece)
+                yield piece
+        finally:
+            body.close()
+
+    size = publish_atomically(target, chunks())
+    parquet = pq.ParquetFile(target)
+    rows = parquet.metadata.num_rows
+    key_min = key_max = ""
+    if policy.key_column in parquet.schema_arrow.names and rows:
+        column = parquet.read(columns=[policy.key_column]).column(0)
+        bounds = pc.min_max(column)
+        key_min, key_max = str(bounds["min"].as_py()), str(bounds["max"].as_py())
+    return {"source": str(target), "size": size, "sha256": digest.hexdigest(), "row_count": rows} | {
+        "key_min": key_min,
+        "key_max": key_max,
+    }
+
+
+def _members(
+    staged: list[tuple[DataFile, dict[str, Any]]], table: str, policy: ArchiveTable, version: int, *, now: datetime
+) -> list[Member]:
+    retention = now + timedelta(days=policy.retention_days)
+    members = []
+    for item, info in staged:
+        fields = {
+            "file_id": file_id(table, item.path),
+            "table": table,
+            "path": item.path,
+            "bucket": item.bucket,
+            "key": item.key,
+            "partition": item.partition,
+            "partition_values": json.dumps(item.partition_values, sort_keys=True),
+            "version_min": item.version_added,
+            "version_max": version,
+            "sha256": info["sha256"],
+            "row_count": info["row_count"],
+            "key_column": policy.key_column,
+            "key_min": info["key_min"],
+            "key_max": info["key_max"],
+            "archived_at": now.isoformat(),
+            "retention_until": retention.isoformat(),
+        }
+        members.append(Member(source=Path(info["source"]), size=info["size"], fields=fields))
+    return members
+
+
+def _pack(members: list[Member], limit: int) -> list[list[Member]]:
+    groups: list[list[Member]] = [[]]
+    total = 0
+    for member in members:
+        if groups[-1] and total + member.size > limit:
+            groups.append([])
+            total = 0
+        groups[-1].append(member)
+        total += member.size
+    return [g for g in groups if g]
+
+
+def catalog_rows(
+    header: dict[str, Any],
+    data_offset: int,
+    written: WrittenFile,
+    *,
+    site: str,
+    copy: int,
+    cartridge: str,
+    blocksize: int,
+) -> list[dict[str, Any]]:
+    """Catalog rows of one aggregate's members on one copy (also what rebuild-catalog derives from a cartridge)."""
+    rows = []
+    for member in header["members"]:
+        offset = data_offset + int(member["offset"])
+        fields = {k: v for k, v in member.items() if k not in ("offset",)}
+        fields["archived_at"] = datetime.fromisoformat(fields["archived_at"])
+        fields["retention_until"] = datetime.fromisoformat(fields["retention_until"])
+        rows.append(
+            fields
+            | {
+                "copy": copy,
+                "site": site,
+                "cartridge": cartridge,
+                "volume_uuid": written.volume_uuid,
+                "generation": written.generation,
+                "aggregate": written.name,
+                "member_offset": offset,
+                "extent_partition": written.partition,
+                "start_block": written.start_block + offset // blocksize if written.start_block >= 0 else -1,
+                "byte_offset": offset % blocksize,
+                "byte_count": int(member["size"]),
+                "state": FileState.VERIFIED.value,
+                "legal_hold": False,
+                "hold_reason": "",
+            }
+        )
+    return rows
+
+
+def verify_aggregate(volume: Volume, name: str, header: dict[str, Any], data_offset: int) -> list[str]:
+    """Read an aggregate back in one pass; the paths of members whose SHA-256 differs ("<aggregate>" if the header)."""
+    members = sorted(header["members"], key=lambda m: int(m["offset"]))
+    hashers = [hashlib.sha256() for _ in members]
+    position = 0
+    prefix = bytearray()
+    for chunk in volume.read(name):
+        lo, hi = position, position + len(chunk)
+        if lo < data_offset:
+            prefix += chunk[: data_offset - lo]
+        for member, hasher in zip(members, hashers, strict=True):
+            start = data_offset + int(member["offset"])
+            end = start + int(member["size"])
+            if start < hi and end > lo:
+                hasher.update(chunk[max(start, lo) - lo : min(end, hi) - lo])
+        position = hi
+    bad = [m["path"] for m, h in zip(members, hashers, strict=True) if h.hexdigest() != m["sha256"]]
+    try:
+        if aggregate.parse_header(bytes(prefix))[1] != header:
+            bad.insert(0, "<aggregate header>")
+    except TapeError:
+        bad.insert(0, "<aggregate header>")
+    return bad
+
+
+def _write_site(
+    library: Library,
+    site: str,
+    copy: int,
+    groups: list[tuple[str, bytes, list[Member]]],
+    tees: list[Tee],
+    *,
+    verify: bool,
+    blocksize: int,
+    bar: tqdm[Any],
+) -> tuple[str, list[dict[str, Any]]]:
+    try:
+        needed = sum(len(head) + sum(m.size for m in members) for _, head, members in groups)
+        barcode = library.choose(site, needed)
+        with library.mount(barcode) as volume:
+            files = [
+                FileToWrite(name=name, chunks=_counted(tee.branch(copy - 1), bar), sha256=tee.sha256)
+                for (name, _, _), tee in zip(groups, tees, strict=True)
+            ]
+            written = {w.name: w for w in volume.write_files(files)}
+            rows = _verified_rows(
+                volume, groups, written, barcode=barcode, site=site, copy=copy, verify=verify, blocksize=blocksize
+            )
+            return barcode, rows
+    except BaseException:
+        for tee in tees:  # the other site's writer must not wait for this one
+            tee.cancel()
+        raise
+
+
+def _verified_rows(
+    volume: Volume,
+    groups: list[tuple[str, bytes, list[Member]]],
+    written: dict[str, WrittenFile],
+    *,
+    barcode: str,
+    site: str,
+    copy: int,
+    verify: bool,
+    blocksize: int,
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name, head, _members_of in groups:
+        data_offset, parsed = aggregate.parse_header(head)
+        if verify and (bad := verify_aggregate(volume, name, parsed, data_offset)):
+            raise TapeError(f"verify after write failed on {barcode} ({site}): {name}: {bad[:3]}")
+        rows += catalog_rows(
+            parsed, data_offset, written[name], site=site, copy=copy, cartridge=barcode, blocksize=blocksize
+        )
+    return rows
+
+
+def _counted(chunks: Iterator[bytes], bar: tqdm[Any]) -> Iterator[bytes]:
+    for chunk in chunks:
+        bar.update(len(chunk))
+        yield chunk
+
+
+def run(settings: Settings, catalog: Catalog, table: str, partitions: list[str], *, progress: bool = True) -> RunReport:
+    from tiers.archive.policy import policy_for  # noqa: PLC0415
+
+    policy = policy_for(settings.archive.tables, table)
+    snap = snapshot(settings.s3, table)
+    known = snap.partitions()
+    if missing := [p for p in partitions if p not in known]:
+        raise TapeError(
+            f"partition(s) {missing} not in {snap.uri} at version {snap.version}. Fix: `archive select` lists them"
+        )
+    report = RunReport(table=table, version=snap.version, partitions=partitions)
+    done = {row["file_id"] for row in catalog.rows().select(["file_id", "copy"]).to_pylist()}
+    todo = [f for p in partitions for f in known[p] if file_id(table, f.path) not in done]
+    report.skipped = sum(len(known[p]) for p in partitions) - len(todo)
+    if not todo:
+        return report
+    run_id = uuid.uuid4().hex[:12]
+    staging = settings.archive.staging_dir / run_id
+    journal = staging / "journal.json"
+    states: dict[str, FileState] = {}
+    store = S3Store(settings.s3)
+    try:
+        staged = []
+        bar = tqdm(total=len(todo), unit="file", desc=f"stage {table}", disable=not progress)
+        for item in todo:
+            staged.append((item, _stage(store, item, staging, policy)))
+            states[item.path] = FileState.STAGED
+            bar.update(1)
+        bar.close()
+        _journal(journal, states)
+        members = _members(staged, table, policy, snap.version, now=datetime.now(UTC))
+        groups = _groups(members, run_id, settings.archive.aggregate_mb * 1024 * 1024)
+        total = sum(len(h) + sum(m.size for m in g) for _, h, g in groups)
+        bar = tqdm(total=2 * total, unit="B", unit_scale=True, desc=f"write 2 sites {table}", disable=not progress)
+        blocksize = settings.archive.block_size
+        tees = [
+            Tee(aggregate.chunks(head, members, blocksize), len(settings.archive.sites)) for _, head, members in groups
+        ]
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-site") as pool:
+            futures = [
+                pool.submit(
+                    _write_site,
+                    Library(settings.archive),
+                    site,
+                    copy,
+                    groups,
+                    tees,
+                    verify=settings.archive.verify_after_write,
+                    blocksize=blocksize,
+                    bar=bar,
+                )
+                for copy, site in enumerate(settings.archive.sites, start=1)
+            ]
+            results = [f.result() for f in futures]
+        bar.close()
+        for path, state in list(states.items()):
+            states[path] = advance(advance(state, FileState.WRITTEN), FileState.VERIFIED)
+        _journal(journal, states)
+        rows = [row for _, site_rows in results for row in site_rows]
+        catalog.append(rows)
+        report.files = len(todo)
+        report.bytes = sum(m.size for m in members)
+        report.aggregates = len(groups)
+        report.cartridges = {site: barcode for site, (barcode, _) in zip(settings.archive.sites, results, strict=True)}
+        catalog.record(
+            "archive",
+            table=table,
+            target=",".join(partitions),
+            files=len(todo),
+            bytes=report.bytes,
+            cartridges=report.cartridges,
+            version=snap.version,
+        )
+    finally:
+        report.states = {path: state.value for path, state in states.items()}
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _groups(members: list[Member], run_id: str, limit: int) -> list[tuple[str, bytes, list[Member]]]:
+    groups: list[tuple[str, bytes, list[Member]]] = []
+    for group in _pack(members, limit):
+        name = f"tlk-{run_id}-{len(groups):04d}.agg"
+        groups.append((name, aggregate.header(group, extra={"run": run_id, "name": name}), group))
+    return groups
+
+
+def _journal(path: Path, states: dict[str, FileState]) -> None:
+    publish_atomically(path, json.dumps({p: s.value for p, s in states.items()}, indent=1).encode())
