@@ -1,0 +1,222 @@
+"""Cold-tier benchmark, one run, same machine, same target file system.
+
+- write: tierlake archiving aggregates to two virtual LTFS cartridges at once (records, index generations, SHA-256
+  while writing, fsync before the index commits) vs ``dd conv=fsync`` writing the same bytes as two sequential
+  copies at once into the same folder (the raw ceiling: no format, no hash). Verify-after-write (read back, SHA-256)
+  is timed separately and reported as its own ratio. A second peer adds one ``sha256sum`` of the bytes beside the
+  two ``dd`` copies: the least work any copy that records a checksum must do.
+- key lookup: ``archive locate`` over a catalog of N generated rows (Delta table via delta-rs, DuckDB query).
+
+Usage: ``python bench/archive.py [--quick]``. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tiers.archive import aggregate
+from tiers.archive.aggregate import Member
+from tiers.archive.archiver import verify_aggregate
+from tiers.archive.catalog import CATALOG_SCHEMA, TS, Catalog, write_catalog
+from tiers.archive.compliance import locate
+from tiers.tape.virtual import FileToWrite, VirtualCartridge
+from tiers.tape.volume import VirtualVolume
+
+BLOCK = 524288
+
+
+def _sources(folder: Path, total_mb: int, file_mb: int) -> list[Member]:
+    members = []
+    for n in range(total_mb // file_mb):
+        path = folder / f"part-{n:05d}.parquet"
+        data = os.urandom(file_mb * 1024 * 1024)
+        path.write_bytes(data)
+        fields = {"path": path.name, "sha256": hashlib.sha256(data).hexdigest()}
+        members.append(Member(source=path, size=len(data), fields=fields))
+    return members
+
+
+def _tierlake_write(root: Path, members: list[Member]) -> tuple[float, float]:
+    head = aggregate.header(members, extra={"name": "bench.agg"})
+    cartridges = []
+    for site in ("site-a", "site-b"):
+        cartridge = VirtualCartridge(root / site, capacity_bytes=1 << 40)
+        cartridge.format(barcode="A00001" if site == "site-a" else "B00001", volume_name=site, blocksize=BLOCK)
+        cartridges.append(cartridge)
+
+    def write(cartridge: VirtualCartridge) -> None:
+        cartridge.append([FileToWrite(name="bench.agg", chunks=aggregate.chunks(head, members, BLOCK))])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(write, cartridges))
+    written = time.perf_counter() - start
+    data_offset, parsed = aggregate.parse_header(head)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        bad = list(
+            pool.map(
+                lambda c: verify_aggregate(VirtualVolume(c, "A00001"), "bench.agg", parsed, data_offset), cartridges
+            )
+        )
+    verified = time.perf_counter() - start
+    if any(bad):
+        raise SystemExit(f"verify failed: {bad}")
+    return written, verified
+
+
+def _raw_copy(root: Path, members: list[Member], *, with_hash: bool = False) -> float:
+    """Two ``dd`` copies at once; ``with_hash``: plus one ``sha256sum`` of the same bytes beside them."""
+    sources = " ".join(str(m.source) for m in members)
+    start = time.perf_counter()
+    commands = [f"cat {sources} | dd of={root / name} bs=4M conv=fsync status=none" for name in ("copy-a", "copy-b")]
+    if with_hash:
+        commands.append(f"cat {sources} | sha256sum > /dev/null")
+    copies = [subprocess.Popen(["bash", "-c", command]) for command in commands]
+    for proc in copies:
+        if proc.wait() != 0:
+            raise SystemExit("dd failed")
+    return time.perf_counter() - start
+
+
+def _drop(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _catalog(folder: Path, rows: int) -> Catalog:
+    """N generated rows (vectorised: the bench times lookups, not Python string formatting)."""
+    catalog = Catalog(str(folder / "catalog"), str(folder / "audit"))
+    now = datetime.now(UTC)
+    batch = 250_000
+    for start in range(0, rows, batch):
+        n = min(batch, rows - start)
+        ids = np.arange(start, start + n)
+        digits = np.char.zfill(ids.astype(str), 9)
+        files = np.char.add(np.char.add("day=2020-01-01/part-", digits), ".parquet")
+
+        def const(value: Any, kind: pa.DataType, n: int = n) -> pa.Array:
+            return pa.repeat(pa.scalar(value, kind), n)
+
+        columns: dict[str, Any] = {
+            "file_id": pa.array(np.char.add("f", digits)),
+            "table": const("silver/ev", pa.string()),
+            "path": pa.array(files),
+            "bucket": const("tierlake-lake", pa.string()),
+            "key": pa.array(np.char.add("silver/ev/", files)),
+            "partition": const("day=2020-01-01", pa.string()),
+            "partition_values": const('{"day": "2020-01-01"}', pa.string()),
+            "version_min": const(1, pa.int64()),
+            "version_max": const(2, pa.int64()),
+            "size": const(1 << 20, pa.int64()),
+            "sha256": pa.array(np.char.zfill(np.char.add("a", digits), 64)),
+            "row_count": const(1000, pa.int64()),
+            "key_column": const("station_id", pa.string()),
+            "key_min": pa.array(np.char.add(np.char.add("st-", digits), "-000")),
+            "key_max": pa.array(np.char.add(np.char.add("st-", digits), "-999")),
+            "copy": pa.array((1 + ids % 2).astype(np.int32)),
+            "site": pa.array(np.where(ids % 2 == 0, "site-a", "site-b")),
+            "cartridge": pa.array(np.char.add("A", np.char.zfill((ids // 10000).astype(str), 5))),
+            "volume_uuid": const("00000000-0000-4000-8000-000000000000", pa.string()),
+            "generation": const(2, pa.int64()),
+            "aggregate": pa.array(np.char.add(np.char.zfill((ids // 100).astype(str), 7), ".agg")),
+            "member_offset": pa.array((ids % 100) << 20),
+            "extent_partition": const("b", pa.string()),
+            "start_block": pa.array(7 + (ids % 100) * 2),
+            "byte_offset": const(0, pa.int64()),
+            "byte_count": const(1 << 20, pa.int64()),
+            "state": const("VERIFIED", pa.string()),
+            "archived_at": const(now, TS),
+            "retention_until": const(now + timedelta(days=30), TS),
+            "legal_hold": const(False, pa.bool_()),
+            "hold_reason": const("", pa.string()),
+        }
+        write_catalog(catalog.catalog_uri, pa.table(columns).cast(CATALOG_SCHEMA), {})
+    return catalog
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--dir", type=Path, help="target folder (default: a temp folder under .cache/)")
+    args = parser.parse_args()
+    total_mb, file_mb, rows, rounds = (192, 8, 1_000_000, 2) if args.quick else (768, 16, 2_000_000, 3)
+    base = args.dir or Path(".cache")
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-archive-", dir=base))
+    try:
+        (work / "src").mkdir()
+        members = _sources(work / "src", total_mb, file_mb)
+        nbytes = sum(m.size for m in members)
+        tier_w, tier_v, raw, hashed = [], [], [], []
+        for _ in range(rounds):  # interleaved, so drift on a shared machine hits both alike
+            _drop(work / "raw")
+            raw.append(_raw_copy(work / "raw", members))
+            _drop(work / "raw")
+            hashed.append(_raw_copy(work / "raw", members, with_hash=True))
+            _drop(work / "tape")
+            w, v = _tierlake_write(work / "tape", members)
+            tier_w.append(w)
+            tier_v.append(v)
+        _drop(work / "raw")
+        _drop(work / "tape")
+        catalog = _catalog(work, rows)
+        lookups = []
+        for i in (17, rows // 2, rows - 3):
+            start = time.perf_counter()
+            found = locate(catalog, "silver/ev", f"st-{i:09d}-500")
+            lookups.append(time.perf_counter() - start)
+            if len(found) != 1:
+                raise SystemExit(f"lookup of key {i} found {len(found)} rows")
+        best_w, best_v, best_raw, best_hashed = min(tier_w), min(tier_v), min(raw), min(hashed)
+        mb = nbytes / 1e6
+        result = {
+            "bench": "archive",
+            "figures": {
+                "tierlake_write_mb_s": round(2 * mb / best_w, 1),
+                "raw_dd_copy_mb_s": round(2 * mb / best_raw, 1),
+                "raw_dd_copy_plus_sha256_mb_s": round(2 * mb / best_hashed, 1),
+                "tierlake_write_and_verify_mb_s": round(2 * mb / (best_w + best_v), 1),
+                "key_lookup_s": round(sorted(lookups)[len(lookups) // 2], 3),
+                "key_lookup_max_s": round(max(lookups), 3),
+                "catalog_rows": rows,
+            },
+            "ratios": {
+                "write_vs_raw_copy": round(best_raw / best_w, 3),
+                "write_vs_raw_copy_plus_sha256": round(best_hashed / best_w, 3),
+                "write_and_verify_vs_raw_copy": round(best_raw / (best_w + best_v), 3),
+            },
+            "setup": {
+                "bytes_per_copy": nbytes,
+                "copies": 2,
+                "files": len(members),
+                "block_size": BLOCK,
+                "rounds": rounds,
+                "peers": "dd bs=4M conv=fsync, two copies in parallel; the same plus one sha256sum beside them",
+                "target": str(work),
+                "quick": args.quick,
+            },
+        }
+        sys.stdout.write(json.dumps(result) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
