@@ -40,17 +40,33 @@ def header(members: list[Member], *, extra: dict[str, Any]) -> bytes:
 
 
 def chunks(head: bytes, members: list[Member], chunk_bytes: int) -> Iterator[bytes]:
-    """The aggregate's bytes in ``chunk_bytes`` pieces (the volume's block size, so records need no re-slicing)."""
-    pending = bytearray(head)
+    """The aggregate's bytes in ``chunk_bytes`` pieces (the volume's block size, so records need no re-slicing).
+
+    Files are read with ``readinto`` straight into the block being filled: one copy per byte besides the read.
+    """
+    block = bytearray(chunk_bytes)
+    view = memoryview(block)
+    filled = 0
+    for piece in _head_pieces(head, chunk_bytes):
+        block[: len(piece)] = piece
+        filled = len(piece)
+        if filled == chunk_bytes:
+            yield bytes(block)
+            filled = 0
     for member in members:
-        with member.source.open("rb") as source:
-            while piece := source.read(chunk_bytes):
-                pending += piece
-                while len(pending) >= chunk_bytes:
-                    yield bytes(pending[:chunk_bytes])
-                    del pending[:chunk_bytes]
-    if pending:
-        yield bytes(pending)
+        with member.source.open("rb", buffering=0) as source:
+            while count := source.readinto(view[filled:]):
+                filled += count
+                if filled == chunk_bytes:
+                    yield bytes(block)
+                    filled = 0
+    if filled:
+        yield bytes(view[:filled])
+
+
+def _head_pieces(head: bytes, chunk_bytes: int) -> Iterator[bytes]:
+    for offset in range(0, len(head), chunk_bytes):
+        yield head[offset : offset + chunk_bytes]
 
 
 def parse_header(prefix: bytes) -> tuple[int, dict[str, Any]]:
