@@ -150,15 +150,16 @@ class EdgeCache:
         self.root = options.directory
         for folder in ("objects", "locks", "tmp"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        self._objects, self._locks = str(self.root / "objects"), str(self.root / "locks")
         self.index = Index(self.root / "index.sqlite")
 
     # -- paths ------------------------------------------------------------------------------------------
 
     def data_path(self, entry: str) -> Path:
-        return self.root / "objects" / entry[:2] / entry
+        return Path(f"{self._objects}/{entry[:2]}/{entry}")  # one Path, not three joins: this runs on every hit
 
     def lock_path(self, entry: str) -> Path:
-        return self.root / "locks" / entry[:2] / f"{entry}.lock"
+        return Path(f"{self._locks}/{entry[:2]}/{entry}.lock")
 
     def object_lock_path(self, bucket: str, key: str) -> Path:
         name = object_id(bucket, key)
@@ -183,10 +184,15 @@ class EdgeCache:
 
     def known(self, bucket: str, key: str) -> ObjectInfo | None:
         """The remembered version, if the freshness rule lets an open use it without asking the origin."""
+        found = self._known_entry(bucket, key)
+        return None if found is None else found[0]
+
+    def _known_entry(self, bucket: str, key: str) -> tuple[ObjectInfo, Entry | None] | None:
+        """:meth:`known` and that version's whole-object entry, in one index lookup."""
         if self.immutable(key):
-            return self.index.head(bucket, key, float("inf"))
+            return self.index.head_and_entry(bucket, key, float("inf"))
         if self.options.revalidate_s > 0:
-            return self.index.head(bucket, key, self.options.revalidate_s)
+            return self.index.head_and_entry(bucket, key, self.options.revalidate_s)
         return None
 
     @contextmanager
@@ -234,14 +240,14 @@ class EdgeCache:
 
     def _fresh(self, bucket: str, key: str, info: ObjectInfo | None, block: int) -> tuple[Path, EntryLock]:
         """:meth:`_ensure` for the current version; if the object is replaced mid-fill, HEAD again once."""
-        given = info
-        if info is None:
-            info = self.known(bucket, key)
+        given, row = info, None
+        if info is None and (found := self._known_entry(bucket, key)) is not None:
+            info, row = found
         if info is None and block == WHOLE and self.index.head(bucket, key, float("inf")) is None:
             return self._fill_unknown(bucket, key)  # never seen: nothing to revalidate, so no HEAD
         info = info or self.info(bucket, key)
         try:
-            return self._ensure(info, block)
+            return self._ensure(info, block, row=row if block == WHOLE else None)
         except ObjectChanged:
             if given is not None:
                 raise
@@ -291,13 +297,16 @@ class EdgeCache:
         finally:
             object_lock.release()
 
-    def _ensure(self, info: ObjectInfo, block: int) -> tuple[Path, EntryLock]:
-        """Return the published entry and its lock held shared. At most one process fills; the rest wait."""
+    def _ensure(self, info: ObjectInfo, block: int, *, row: Entry | None = None) -> tuple[Path, EntryLock]:
+        """Return the published entry and its lock held shared. At most one process fills; the rest wait.
+
+        ``row``: the entry's index row if the caller already read it (checked again against the file under the lock).
+        """
         entry = entry_id(info, block)
         path, lock = self.data_path(entry), EntryLock(self.lock_path(entry))
         timeout = self.options.fill_timeout_s
         lock.acquire(shared=True, timeout_s=timeout)
-        if (row := self._usable(entry, path, exclusive=False)) is not None:
+        if (row := self._usable(entry, path, exclusive=False, row=row)) is not None:
             self.index.hit(entry, row.nbytes, freq=row.freq)
             return path, lock
         lock.release()
@@ -318,9 +327,13 @@ class EdgeCache:
             raise
         return path, lock
 
-    def _usable(self, entry: str, path: Path, *, exclusive: bool) -> Entry | None:
-        """The READY row of a published, complete entry. Holding the lock exclusive, a bad entry is dropped."""
-        row = self.index.get(entry)
+    def _usable(self, entry: str, path: Path, *, exclusive: bool, row: Entry | None = None) -> Entry | None:
+        """The READY row of a published, complete entry. Holding the lock exclusive, a bad entry is dropped.
+
+        A ``row`` read before the lock was taken is trusted only with its file present at its size: an evictor
+        deletes the file (under the exclusive lock) before the row.
+        """
+        row = row if row is not None and row.id == entry else self.index.get(entry)
         if row is None or row.state is not EntryState.READY:
             return None
         try:
@@ -442,6 +455,7 @@ class EdgeCache:
         Raises CacheFull when fewer than ``required`` bytes could be freed. Call with the evict lock held.
         """
         held: dict[str, EntryLock] = {}
+        self.index.flush_hits()  # this process's recent hits count in the eviction order
         with self.index.transaction() as db:
             nodes, ghosts = self.index.policy_nodes(db)
             pinned = self.index.pinned_ids(db)

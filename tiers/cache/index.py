@@ -16,8 +16,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from multiprocessing.util import Finalize
 from pathlib import Path
 
 from tierlake.errors import CacheFull, StorageError
@@ -100,8 +101,68 @@ def _entry(row: tuple[object, ...]) -> Entry:
     )
 
 
+HIT_FLUSH_S = 1.0  # buffered hits reach the database at least this often...
+HIT_FLUSH_COUNT = 256  # ...or after this many
+
+
+class _HitBuffer:
+    """Hits of one process, counted in memory and written in one transaction (see :meth:`Index.hit`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.counters: dict[str, int] = {}
+        self.freq: dict[str, int] = {}
+        self.count = 0
+        self.flushed = 0.0  # the first hit of a process is written at once
+
+    def add(self, entry_id: str, nbytes: int, *, coalesced: bool, bump: bool) -> bool:
+        """Count one hit; True when the buffer is due to be written."""
+        with self.lock:
+            for name, value in (("hits", 1), ("bytes_hit", nbytes), ("coalesced", int(coalesced))):
+                self.counters[name] = self.counters.get(name, 0) + value
+            if bump:
+                self.freq[entry_id] = self.freq.get(entry_id, 0) + 1
+            self.count += 1
+            return self.count >= HIT_FLUSH_COUNT or time.monotonic() - self.flushed >= HIT_FLUSH_S
+
+    def take(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self.lock:
+            taken = self.counters, self.freq
+            self.counters, self.freq, self.count, self.flushed = {}, {}, 0, time.monotonic()
+            return taken
+
+
+def _write_hits(db: sqlite3.Connection, counters: dict[str, int], freq: dict[str, int]) -> None:
+    db.executemany("UPDATE entries SET freq = MIN(freq + ?, 3) WHERE id = ?", [(n, i) for i, n in freq.items()])
+    Index._add(db, **counters)
+
+
+def _flush_at_exit(hits: _HitBuffer) -> None:
+    """Run when the Index is collected or its process exits (multiprocessing children included)."""
+    if hits.pid != os.getpid():
+        return  # a forked child's copy of its parent's buffer: the parent writes those hits
+    counters, freq = hits.take()
+    if (not counters and not freq) or not hits.path.exists():  # nothing to write, or the cache was deleted
+        return
+    try:
+        with closing(sqlite3.connect(hits.path, timeout=30.0, isolation_level=None)) as db:
+            db.execute("BEGIN IMMEDIATE")
+            _write_hits(db, counters, freq)
+            db.execute("COMMIT")
+    except sqlite3.Error as exc:  # at exit there is nobody left to tell but the log
+        logger.warning("cache index %s: %d hits not recorded at exit: %s", hits.path, counters.get("hits", 0), exc)
+
+
 class Index:
-    """One connection per thread and process (SQLite connections must not cross a fork or a thread)."""
+    """One connection per thread and process (SQLite connections must not cross a fork or a thread).
+
+    Hits are buffered per process: a hit only reads the index, and the counters and S3-FIFO frequencies it
+    changes are written in one transaction at most every ``HIT_FLUSH_S`` seconds or ``HIT_FLUSH_COUNT`` hits,
+    before counters are read or an eviction runs, and when the process exits. So readers on many processes do not
+    queue for SQLite's write lock on every hit. A process killed with -9 loses at most that many hits' counts.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -109,6 +170,11 @@ class Index:
         self._connection().executescript(_SCHEMA)
         with self.transaction() as db:
             db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(name,) for name in COUNTERS])
+        self._new_hit_buffer()
+
+    def _new_hit_buffer(self) -> None:
+        self._hits = _HitBuffer(self.path)
+        Finalize(self, _flush_at_exit, args=(self._hits,), exitpriority=10)
 
     def __getstate__(self) -> dict[str, object]:
         return {"path": self.path}
@@ -116,6 +182,7 @@ class Index:
     def __setstate__(self, state: dict[str, object]) -> None:
         self.path = Path(str(state["path"]))
         self._local = threading.local()
+        self._new_hit_buffer()
 
     def _connection(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -208,10 +275,19 @@ class Index:
 
     def hit(self, entry_id: str, nbytes: int, *, coalesced: bool = False, freq: int = 0) -> None:
         """Count a hit; raise the entry's frequency unless the caller saw it at S3-FIFO's cap (3) already."""
-        with self.transaction() as db:
-            if freq < 3:
-                db.execute("UPDATE entries SET freq = MIN(freq + 1, 3) WHERE id = ?", (entry_id,))
-            self._add(db, hits=1, bytes_hit=nbytes, coalesced=int(coalesced))
+        if self._hits.pid != os.getpid():  # a forked child: its own buffer (the parent's copy stays the parent's)
+            self._new_hit_buffer()
+        if self._hits.add(entry_id, nbytes, coalesced=coalesced, bump=freq < 3):
+            self.flush_hits()
+
+    def flush_hits(self) -> None:
+        """Write this process's buffered hits now."""
+        if self._hits.pid != os.getpid():
+            return
+        counters, freq = self._hits.take()
+        if counters or freq:
+            with self.transaction() as db:
+                _write_hits(db, counters, freq)
 
     def used_bytes(self, db: sqlite3.Connection) -> tuple[int, int]:
         """(bytes of READY entries, bytes reserved by FILLING ones)."""
@@ -257,6 +333,24 @@ class Index:
             return None
         return ObjectInfo(bucket=bucket, key=key, etag=row[0], size=row[1], last_modified=row[2])
 
+    def head_and_entry(self, bucket: str, key: str, max_age_s: float) -> tuple[ObjectInfo, Entry | None] | None:
+        """The remembered version (if younger than ``max_age_s``) and its whole-object entry, in one query."""
+        columns = ", ".join(f"e.{c}" for c in _COLUMNS.split(", "))
+        row = (
+            self._connection()
+            .execute(
+                f"SELECT h.etag, h.size, h.modified, h.checked, {columns} FROM heads h "  # noqa: S608 - constants
+                "LEFT JOIN entries e ON e.bucket = h.bucket AND e.key = h.key AND e.etag = h.etag "
+                "AND e.size = h.size AND e.block = -1 WHERE h.bucket = ? AND h.key = ?",
+                (bucket, key),
+            )
+            .fetchone()
+        )
+        if row is None or time.time() - row[3] > max_age_s:
+            return None
+        info = ObjectInfo(bucket=bucket, key=key, etag=row[0], size=row[1], last_modified=row[2])
+        return info, (None if row[4] is None else _entry(row[4:]))
+
     def remember_head(self, info: ObjectInfo, *, from_get: bool = False) -> None:
         """Record the origin's current version (from a HEAD, or from a GET's response headers)."""
         with self.transaction() as db:
@@ -288,4 +382,5 @@ class Index:
             )
 
     def counters(self) -> dict[str, int]:
+        self.flush_hits()
         return {str(k): int(v) for k, v in self._connection().execute("SELECT name, value FROM counters")}
