@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tierlake.config import ArchiveTable, load_settings
-from tierlake.errors import ConfigError, TapeError
+from tierlake.errors import ConfigError, StorageError, TapeError
 from tiers.archive import aggregate
 from tiers.archive.aggregate import Member
+from tiers.archive.catalog import CATALOG_SCHEMA, Catalog, query
 from tiers.archive.compliance import safe_destination
 from tiers.archive.policy import DataFile, is_cold
 from tiers.archive.state import FileState, InvalidTransition, advance
@@ -146,3 +147,24 @@ def test_archive_config_section_is_validated() -> None:
     tables = "{silver/ev: {partition_column: day, key_column: k, cold_by: age, cold_after_days: 9, retention_days: 1}}"
     loaded = load_settings("ci", conf_dir=REPO / "conf", env={"TIERLAKE_ARCHIVE__TABLES": tables})
     assert loaded.archive.tables["silver/ev"].cold_after_days == 9
+
+
+def test_catalog_sql_reads_only_the_catalog_and_audit(tmp_path: Path) -> None:
+    catalog = Catalog(str(tmp_path / "catalog"), str(tmp_path / "audit"))
+    row: dict[str, object] = {f.name: None for f in CATALOG_SCHEMA}
+    row |= {"file_id": "a", "table": "t", "path": "p", "key_min": "a", "key_max": "m", "copy": 1, "legal_hold": False}
+    catalog.append([row, row | {"file_id": "b", "key_min": "n", "key_max": "z"}])
+    catalog.update("file_id = 'a'", {"state": "'PURGED'"})  # delta-rs rewrites that file with string_view columns
+    catalog.record("query", target="test")
+    found = query(
+        "SELECT file_id, state FROM catalog WHERE key_min <= 'c' AND 'c' <= key_max",
+        catalog=catalog.dataset(),
+        audit=catalog.audit_dataset(),
+    )
+    assert found.to_pylist() == [{"file_id": "a", "state": "PURGED"}]
+    assert query("SELECT action FROM audit", catalog=catalog.dataset(), audit=catalog.audit_dataset()).num_rows == 1
+    assert catalog.audit_chain_ok()
+    for sql in ("SELECT * FROM read_csv('/etc/hostname')", f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'"):
+        with pytest.raises(StorageError, match="disabled by configuration"):
+            query(sql, catalog=catalog.dataset(), audit=catalog.audit_dataset())
+    assert not (tmp_path / "x.csv").exists()

@@ -205,12 +205,17 @@ def query(sql: str, *, catalog: list[str] | pa.Table, audit: list[str] | pa.Tabl
     connection = duckdb.connect()
     try:
         connection.execute("SET TimeZone = 'UTC'")
+        files = [f for source in (catalog, audit) if isinstance(source, list) for f in source]
+        if files:
+            connection.execute(f"SET allowed_paths = [{', '.join(quote(f) for f in files)}]")
         for name, source in (("catalog", catalog), ("audit", audit)):
             if isinstance(source, list):
-                files = ", ".join(quote(f) for f in source)
-                connection.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")  # noqa: S608
+                listed = ", ".join(quote(f) for f in source)
+                connection.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{listed}])")  # noqa: S608
             else:
                 connection.register(name, source)
+        # The SQL a user types reads the catalog and the audit log, nothing else, and writes nowhere.
+        connection.execute("SET enable_external_access = false")
         result: pa.Table = connection.sql(sql).to_arrow_table()
     except duckdb.Error as exc:
         raise StorageError(f"query failed: {str(exc).splitlines()[0]}. Fix: tables are `catalog` and `audit`") from exc
