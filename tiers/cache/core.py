@@ -27,6 +27,8 @@ import hashlib
 import logging
 import mmap
 import os
+import queue
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -520,6 +522,7 @@ class EdgeCache:
         return stats
 
 
+_DIRECT_BUFFERS = 3  # one filling, up to two queued or being written
 _ALIGN = 4096  # O_DIRECT: buffer address, file offset and length aligned to the device's block (512 or 4096)
 
 
@@ -551,28 +554,58 @@ def _copy_buffered(body: Body, fd: int, update: Callable[[bytes, int], int]) -> 
 
 
 def _copy_direct(body: Body, fd: int, update: Callable[[bytes, int], int]) -> tuple[int, int]:
-    """Gather the stream into an aligned 1 MiB buffer and write it whole; pad the tail, then cut the padding."""
-    buffer = mmap.mmap(-1, CHUNK)  # anonymous mappings are page-aligned
-    view = memoryview(buffer)
-    crc, written, filled = 0, 0, 0
+    """Gather the stream into aligned 1 MiB buffers; a second thread writes full ones while the next one fills.
+
+    An O_DIRECT write waits for the device, so without the second thread the GET would stall on every write. The
+    tail is padded to the alignment and the padding cut off afterwards.
+    """
+    buffers = [mmap.mmap(-1, CHUNK) for _ in range(_DIRECT_BUFFERS)]  # anonymous mappings are page-aligned
+    free: queue.SimpleQueue[int] = queue.SimpleQueue()
+    full: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+    for index in range(_DIRECT_BUFFERS):
+        free.put(index)
+
+    def writer() -> None:
+        while (item := full.get()) is not None:
+            if not failed:
+                try:
+                    with memoryview(buffers[item[0]]) as whole:
+                        _write_direct(fd, whole[: item[1]])
+                except BaseException as exc:  # handed to the filling thread, which raises it
+                    failed.append(exc)
+            free.put(item[0])
+
+    thread = threading.Thread(target=writer, name="cache-fill-writer", daemon=True)
+    thread.start()
+    crc, written, filled, index = 0, 0, 0, free.get()
     try:
-        while chunk := body.read(CHUNK - filled):
+        view = memoryview(buffers[index])
+        while not failed and (chunk := body.read(CHUNK - filled)):
             view[filled : filled + len(chunk)] = chunk
             crc = update(chunk, crc)
             filled += len(chunk)
             if filled == CHUNK:
-                _write_direct(fd, view)
-                written, filled = written + CHUNK, 0
-        if filled:
+                view.release()
+                full.put((index, CHUNK))
+                written, filled, index = written + CHUNK, 0, free.get()
+                view = memoryview(buffers[index])
+        if filled and not failed:
             padded = filled + (-filled % _ALIGN)
             view[filled:padded] = bytes(padded - filled)
-            _write_direct(fd, view[:padded])
+            full.put((index, padded))
             written += filled
-            os.ftruncate(fd, written)
-    finally:
         view.release()
-        with suppress(BufferError):  # a slice kept alive by a traceback: the mapping goes with it
-            buffer.close()
+    finally:
+        full.put(None)
+        thread.join()
+        for buffer in buffers:
+            with suppress(BufferError):  # a slice kept alive by a traceback: the mapping goes with it
+                buffer.close()
+    if failed:
+        raise failed[0]
+    if written % CHUNK:
+        os.ftruncate(fd, written)
     return crc, written
 
 
