@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "tierlake.commands.ingest",
     "tierlake.commands.cache",
     "tierlake.commands.archive",
+    "tierlake.commands.table",
 )
 
 

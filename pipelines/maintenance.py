@@ -1,0 +1,385 @@
+"""Table maintenance: OPTIMIZE (compaction or Z-order clustering per ``conf/``), VACUUM with a 7-day floor,
+checkpoints, history, and table stats exported as Prometheus metrics; plus the health check of the ingestion driver
+that the ingest_supervisor DAG runs.
+
+Delta on S3 without DynamoDB loses commits when two drivers write one table, so OPTIMIZE, VACUUM and checkpoints
+run under the table's writer lease (``pipelines.lease``). A table that an ingestion entity writes has that entity's
+lease (``ingest-<entity>``): maintenance refuses, naming the driver, while ingestion runs, and ingestion refuses to
+start while maintenance holds it. Any other table has a lease of its own, ``table-<path>``.
+
+VACUUM runs in Spark (the engine that writes the tables; its retention takes fractions of an hour when
+overridden); OPTIMIZE, checkpoints, history and stats go through delta-rs and need no JVM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+
+from pipelines.lease import TableLease
+from tierlake.config import MIN_VACUUM_RETENTION_HOURS, Settings, check_table_path
+from tierlake.errors import CommitConflict, ConfigError, NotFound, RetentionViolation, StorageError
+from tiers.s3 import delta_storage_options, s3_client
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable as RustTable
+    from pyspark.sql import SparkSession
+
+logger = logging.getLogger(__name__)
+SMALL_FILE_FRACTION = 4  # a file under target_file_mb / 4 counts as small in the stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Naming: table paths, URIs and leases
+
+
+def table_name(settings: Settings, text: str) -> str:
+    """``silver/ev``, ``s3://<lake>/silver/ev`` or ``s3a://<lake>/silver/ev`` -> ``silver/ev``."""
+    name = text.strip()
+    if name.startswith(("s3://", "s3a://")):
+        bucket, _, name = name.split("://", 1)[1].partition("/")
+        if bucket != settings.s3.lake_bucket:
+            raise ConfigError(
+                f"table {text!r} is in bucket {bucket!r}, not the lake bucket {settings.s3.lake_bucket!r}. "
+                f"Fix: give a path in the lake such as silver/ev"
+            )
+    name = name.strip("/")
+    if (why := check_table_path(name)) is not None:
+        raise ConfigError(
+            f"table {text!r} is invalid: {why}. Fix: e.g. silver/ev or s3://{settings.s3.lake_bucket}/silver/ev"
+        )
+    return name
+
+
+def spark_uri(settings: Settings, table: str) -> str:
+    return f"s3a://{settings.s3.lake_bucket}/{table}"
+
+
+def rust_uri(settings: Settings, table: str) -> str:
+    return f"s3://{settings.s3.lake_bucket}/{table}"
+
+
+def lease_name(settings: Settings, table: str) -> str:
+    """The writer lease of ``table``: its ingestion entity's (``ingest-<entity>``), else ``table-<path>``."""
+    layer, _, rest = table.partition("/")
+    by_topic = {spec.topic.replace(".", "_"): name for name, spec in settings.entities.items()}
+    if layer == "bronze" and rest in by_topic:
+        return f"ingest-{by_topic[rest]}"
+    if layer in ("silver", "quarantine", "dropped") and rest in settings.entities:
+        return f"ingest-{rest}"
+    if layer == "gold":
+        for entity in settings.entities:
+            if rest.startswith(f"{entity}_"):
+                return f"ingest-{entity}"
+    return "table-" + table.replace("/", "-")
+
+
+@contextmanager
+def table_lease(settings: Settings, table: str, *, operation: str) -> Iterator[TableLease]:
+    """Hold the writer lease of ``table`` for ``operation``; refuse with :class:`CommitConflict` naming the holder."""
+    client = s3_client(settings.s3)
+    lease = TableLease(
+        client,
+        settings.s3.lake_bucket,
+        lease_name(settings, table),
+        ttl_s=settings.maintenance.lease_ttl_s,
+        owner=f"{operation} of {table} ({lease_owner()})",
+    )
+    try:
+        lease.acquire()
+    except CommitConflict as exc:
+        raise CommitConflict(f"{operation} of {table} refused: {exc}") from exc
+    lease.start_renewing()
+    try:
+        yield lease
+    finally:
+        lost = lease.lost.is_set()
+        lease.release()
+    if lost:
+        raise CommitConflict(f"{operation} of {table} lost the writer lease {lease.name!r} midway; check the table")
+
+
+def lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def open_table(settings: Settings, table: str, *, version: int | None = None) -> RustTable:
+    """The table through delta-rs, or :class:`NotFound` naming the path."""
+    from deltalake import DeltaTable  # noqa: PLC0415
+    from deltalake.exceptions import TableNotFoundError  # noqa: PLC0415
+
+    try:
+        return DeltaTable(
+            rust_uri(settings, table), version=version, storage_options=delta_storage_options(settings.s3)
+        )
+    except TableNotFoundError as exc:
+        raise NotFound(
+            f"no Delta table at {rust_uri(settings, table)} (table {table!r}). Fix: check the path; "
+            "`tierlake table history` lists only existing tables"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stats
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableStats:
+    table: str
+    version: int
+    files: int
+    bytes: int
+    rows: int
+    small_files: int
+    last_commit_s: float
+
+
+def table_stats(settings: Settings, table: str) -> TableStats:
+    dt = open_table(settings, table)
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pydict()
+    sizes = [int(s) for s in actions.get("size_bytes", [])]
+    rows = [int(n or 0) for n in actions.get("num_records", [])]
+    small = settings.maintenance.target_file_mb * 1024 * 1024 // SMALL_FILE_FRACTION
+    history = dt.history(1)
+    return TableStats(
+        table=table,
+        version=dt.version(),
+        files=len(sizes),
+        bytes=sum(sizes),
+        rows=sum(rows),
+        small_files=sum(1 for s in sizes if s < small),
+        last_commit_s=float(history[0].get("timestamp", 0)) / 1000 if history else 0.0,
+    )
+
+
+_METRICS = {
+    "version": "the table's latest Delta version",
+    "files": "data files in the latest snapshot",
+    "bytes": "bytes of data files in the latest snapshot",
+    "rows": "rows in the latest snapshot (from the add actions' stats)",
+    "small_files": "data files under a quarter of maintenance.target_file_mb (OPTIMIZE compacts them)",
+    "last_commit_s": "Unix time of the latest commit",
+}
+
+
+def export_metrics(stats: list[TableStats], path: Path) -> Path:
+    """Write the stats as a Prometheus text file (node-exporter textfile collector), atomically."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    gauges = {
+        name: Gauge(f"tierlake_table_{name}", text, ["table"], registry=registry) for name, text in _METRICS.items()
+    }
+    for entry in stats:
+        for name, gauge in gauges.items():
+            gauge.labels(table=entry.table).set(getattr(entry, name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)  # writes a temp file, then renames it over the old one
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OPTIMIZE, VACUUM, checkpoint, history
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizeReport:
+    table: str
+    mode: str
+    zorder_by: list[str]
+    version_before: int
+    version_after: int
+    files_before: int
+    files_after: int
+    rows_before: int
+    rows_after: int
+    seconds: float
+
+
+def optimize(settings: Settings, table: str) -> OptimizeReport:
+    """Compact (bin-pack) or Z-order ``table`` as ``maintenance.tables`` says, under the table's lease.
+
+    delta-rs rewrites the files (no JVM; its commits are marked ``dataChange: false``, so streaming readers of
+    the table skip them, as they skip Spark's OPTIMIZE).
+    """
+    from deltalake.exceptions import DeltaError  # noqa: PLC0415
+
+    layout = settings.maintenance.table(table)
+    before = table_stats(settings, table)
+    started = time.monotonic()
+    target = settings.maintenance.target_file_mb << 20
+    with table_lease(settings, table, operation="OPTIMIZE"):
+        dt = open_table(settings, table)
+        try:
+            if layout.optimize == "zorder":
+                dt.optimize.z_order(list(layout.zorder_by), target_size=target)
+            else:
+                dt.optimize.compact(target_size=target)
+        except DeltaError as exc:
+            raise StorageError(
+                f"OPTIMIZE ({layout.optimize}) of {table} failed: {exc}. Fix: check maintenance.tables in conf/ "
+                "(zorder_by must name columns of the table)"
+            ) from exc
+    after = table_stats(settings, table)
+    if after.rows != before.rows:
+        raise StorageError(f"OPTIMIZE of {table} changed the row count from {before.rows} to {after.rows}")
+    logger.info(
+        "optimized %s: %d -> %d files", table, before.files, after.files, extra={"table_version": after.version}
+    )
+    return OptimizeReport(
+        table=table,
+        mode=layout.optimize,
+        zorder_by=list(layout.zorder_by),
+        version_before=before.version,
+        version_after=after.version,
+        files_before=before.files,
+        files_after=after.files,
+        rows_before=before.rows,
+        rows_after=after.rows,
+        seconds=round(time.monotonic() - started, 2),
+    )
+
+
+def check_retention(hours: float, *, allow_short_retention: bool) -> None:
+    """Refuse a retention under 7 days unless explicitly overridden (old snapshots lose their files)."""
+    if hours < 0:
+        raise RetentionViolation(f"retention_hours={hours:g} is negative. Fix: give hours >= 0")
+    if hours < MIN_VACUUM_RETENTION_HOURS and not allow_short_retention:
+        raise RetentionViolation(
+            f"VACUUM retention of {hours:g} hours is under the {MIN_VACUUM_RETENTION_HOURS:g}-hour (7-day) minimum: "
+            "readers and writers of older snapshots (a pinned training run, a streaming query) would lose files. "
+            f"Fix: use --retention-hours {MIN_VACUUM_RETENTION_HOURS:g} or more, or add --allow-short-retention "
+            "if nothing reads older versions"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class VacuumReport:
+    table: str
+    retention_hours: float
+    dry_run: bool
+    objects_before: int
+    objects_after: int
+    deletable: list[str]  # a dry run: what would go; else what went
+
+    @property
+    def deleted(self) -> int:
+        return self.objects_before - self.objects_after
+
+
+def data_objects(settings: Settings, table: str) -> dict[str, int]:
+    """Every object under the table's folder outside ``_delta_log/`` and ``_checkpoints/`` -> size."""
+    client = s3_client(settings.s3)
+    found: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3.lake_bucket, Prefix=f"{table}/"):
+        for item in page.get("Contents", []):
+            key = item.get("Key", "")
+            relative = key[len(table) + 1 :]
+            if not relative.startswith(("_delta_log/", "_checkpoints/")):
+                found[relative] = int(item.get("Size", 0))
+    return found
+
+
+def vacuum(
+    spark: SparkSession,
+    settings: Settings,
+    table: str,
+    *,
+    retention_hours: float | None = None,
+    allow_short_retention: bool = False,
+    dry_run: bool = False,
+) -> VacuumReport:
+    """Delete files that left the table more than ``retention_hours`` ago (default ``maintenance``'s, 168 h)."""
+    hours = settings.maintenance.vacuum_retention_hours if retention_hours is None else retention_hours
+    check_retention(hours, allow_short_retention=allow_short_retention)
+    open_table(settings, table)  # NotFound before the lease and the JVM work
+    check_key = "spark.databricks.delta.retentionDurationCheck.enabled"
+    uri = spark_uri(settings, table)
+    with table_lease(settings, table, operation="VACUUM"):
+        before = data_objects(settings, table)
+        previous = spark.conf.get(check_key)
+        if hours < MIN_VACUUM_RETENTION_HOURS:
+            spark.conf.set(check_key, "false")  # our own check above was explicitly overridden
+        try:
+            listed = spark.sql(
+                f"VACUUM delta.`{uri}` RETAIN {hours:.6f} HOURS{' DRY RUN' if dry_run else ''}"
+            ).collect()
+        finally:
+            spark.conf.set(check_key, previous or "true")
+        after = data_objects(settings, table)
+    if dry_run:
+        prefix = f"{uri}/"
+        deletable = sorted(unquote(str(row[0])).removeprefix(prefix) for row in listed)
+    else:
+        deletable = sorted(set(before) - set(after))
+    logger.info("vacuumed %s: %d -> %d objects", table, len(before), len(after))
+    return VacuumReport(
+        table=table,
+        retention_hours=hours,
+        dry_run=dry_run,
+        objects_before=len(before),
+        objects_after=len(after),
+        deletable=deletable,
+    )
+
+
+def checkpoint(settings: Settings, table: str) -> dict[str, Any]:
+    """Write a checkpoint of the latest version (readers then replay fewer JSON commits), under the lease."""
+    open_table(settings, table)
+    with table_lease(settings, table, operation="checkpoint"):
+        dt = open_table(settings, table)
+        dt.create_checkpoint()
+    return {"table": table, "version": dt.version()}
+
+
+def history(settings: Settings, table: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """The table's commits, newest first: version, timestamp, operation, its parameters and metrics."""
+    entries = open_table(settings, table).history(limit)
+    keep = ("version", "timestamp", "operation", "operationParameters", "operationMetrics", "engineInfo")
+    return [{key: entry.get(key) for key in keep if key in entry} for entry in entries]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Supervision of the ingestion driver
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestHealth:
+    verdict: str  # "ok", "dead" (restart it) or "stale" (alive but no progress for too long)
+    running: bool
+    pid: int | None
+    staleness_s: float | None
+    reason: str
+
+
+def ingest_health(status: Mapping[str, Any], *, max_staleness_s: float) -> IngestHealth:
+    """Judge ``tierlake ingest status --json``: is the driver alive, and did its queries report lately?"""
+    running = bool(status.get("running"))
+    pid = status.get("pid")
+    staleness = status.get("seconds_since_update")
+    staleness_s = float(staleness) if isinstance(staleness, int | float) else None
+    if not running:
+        return IngestHealth(
+            verdict="dead", running=False, pid=None, staleness_s=staleness_s, reason="no driver process"
+        )
+    if staleness_s is None:
+        return IngestHealth(verdict="stale", running=True, pid=pid, staleness_s=None, reason="no progress reported yet")
+    if staleness_s > max_staleness_s:
+        return IngestHealth(
+            verdict="stale",
+            running=True,
+            pid=pid,
+            staleness_s=staleness_s,
+            reason=f"last progress {staleness_s:.0f} s ago > max_ingest_staleness_s {max_staleness_s:g}",
+        )
+    return IngestHealth(verdict="ok", running=True, pid=pid, staleness_s=staleness_s, reason="alive and fresh")
