@@ -382,11 +382,11 @@ class EdgeCache:
     def _download(self, info: ObjectInfo, lo: int, hi: int, body: Body, temp: Path) -> str:
         """Stream ``body`` (bytes ``[lo, hi)``) into ``temp``, checksummed on the way, fsynced once.
 
-        One pass of 1 MiB reads (measured against 256 KiB to 4 MiB, and against a writer thread, which lost on 2
-        busy cores). With ``direct_io`` the file is written with ``O_DIRECT`` from an aligned buffer: buffered
-        writes cost 4-8x the system CPU of the GET itself here (page-cache allocation and reclaim in a memory-
-        limited cgroup), and a fill is mostly read once by its asker, so it should not push hot pages out.
-        File systems without ``O_DIRECT`` get plain writes.
+        One pass of 1 MiB reads (measured against 256 KiB to 4 MiB). With ``direct_io`` the file is written with
+        ``O_DIRECT`` from aligned buffers by a second thread: buffered writes cost 4-8x the system CPU of the GET
+        itself here (page-cache allocation and reclaim in a memory-limited cgroup), and a fill is mostly read once
+        by its asker, so it should not push hot pages out. File systems without ``O_DIRECT`` get plain writes in
+        this thread (a writer thread for buffered writes lost on 2 busy cores: their cost is CPU, not waiting).
         """
         update = _CHECKSUMS[FILL_CHECKSUM]
         try:
