@@ -29,7 +29,7 @@ ENV_NESTING = "__"
 PROFILES = ("local", "ci", "prod")
 SECRET_KEYS = frozenset({"s3.access_key", "s3.secret_key"})
 EPHEMERAL_PORTS_START = 32768
-_OPAQUE_KEYS = frozenset({"spark.extra_conf", "entities", "archive.tables"})
+_OPAQUE_KEYS = frozenset({"spark.extra_conf", "entities", "maintenance.tables", "archive.tables"})
 _ENV_NOT_KEYS = frozenset({"TIERLAKE_PROFILE", "TIERLAKE_CONF_DIR", "TIERLAKE_CACHE"})  # choose files, not values
 _T = TypeVar("_T")
 
@@ -128,11 +128,56 @@ class CacheSettings:
     disk_fraction: float
     block_bytes: int
     revalidate_s: float
+    immutable_patterns: tuple[str, ...]
+    direct_io: bool
     fill_timeout_s: float
     warm_concurrency: int
     site_host: str
     site_port: int
     site_credentials_file: Path
+
+
+OPTIMIZE_MODES = ("compact", "zorder")
+MIN_VACUUM_RETENTION_HOURS = 168.0  # Delta's own floor (7 days): readers of older snapshots need those files
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableMaintenance:
+    """How OPTIMIZE lays out one table: ``compact`` (bin-packing) or ``zorder`` (clustered by ``zorder_by``)."""
+
+    table: str
+    optimize: str
+    zorder_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceSettings:
+    """Table maintenance (pipelines/maintenance.py): OPTIMIZE, VACUUM, checkpoints, stats."""
+
+    vacuum_retention_hours: float
+    target_file_mb: int
+    lease_ttl_s: float
+    metrics_file: Path
+    max_ingest_staleness_s: float
+    tables: tuple[TableMaintenance, ...]
+
+    def table(self, name: str) -> TableMaintenance:
+        """The configured layout of ``name``; a table not in conf/ is compacted."""
+        for entry in self.tables:
+            if entry.table == name:
+                return entry
+        return TableMaintenance(table=name, optimize="compact")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MirrorSettings:
+    """The second site (pipelines/mirror.py): an endpoint (empty: the lake's), a bucket, what to copy."""
+
+    endpoint: str
+    bucket: str
+    credentials_file: Path | None
+    tables: tuple[str, ...]
+    checkpoint_prefixes: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -182,6 +227,8 @@ class Settings:
     spark: SparkSettings
     cache: CacheSettings
     archive: ArchiveSettings
+    maintenance: MaintenanceSettings
+    mirror: MirrorSettings
     entities: Mapping[str, EntitySpec]
     sources: tuple[str, ...]
 
@@ -530,6 +577,8 @@ def _build(values: _Values, *, profile: str, root: Path, sources: tuple[str, ...
         spark=spark,
         cache=_build_cache(values, root, run_dir),
         archive=_build_archive(values, root, run_dir),
+        maintenance=_build_maintenance(values, root, run_dir),
+        mirror=_build_mirror(values, root, s3),
         entities=entities,
         sources=sources,
     )
@@ -560,17 +609,120 @@ def _build_cache(values: _Values, root: Path, run_dir: Path) -> CacheSettings:
         check=lambda n: None if n >= 4096 else "a block holds at least 4096 bytes",
     )
     site_keys = values.get("cache.site_credentials_file", str, default="", fix="empty, or a path for the keys file")
+    immutable = values.get(
+        "cache.immutable_patterns",
+        list,
+        fix="a list of key globs, e.g. ['*.parquet', '!*/_delta_log/*'], or [] to revalidate every key",
+        check=lambda globs: next(
+            (f"{g!r} is not a glob" for g in globs if not isinstance(g, str) or not g.removeprefix("!")), None
+        ),
+    )
     return CacheSettings(
         directory=(root / folder) if folder else run_dir / "edge-cache",
         max_bytes=values.get("cache.max_bytes", int, check=_positive, fix="a byte budget, e.g. 10737418240"),
         disk_fraction=disk_fraction,
         block_bytes=block_bytes,
         revalidate_s=timing["revalidate_s"],
+        immutable_patterns=tuple(immutable),
+        direct_io=values.get("cache.direct_io", bool, fix="true (O_DIRECT fills) or false (page-cache writes)"),
         fill_timeout_s=timing["fill_timeout_s"],
         warm_concurrency=values.get("cache.warm_concurrency", int, check=_positive, fix="parallel GETs, e.g. 4"),
         site_host=values.get("cache.site_host", str, fix="the address to listen on, e.g. 0.0.0.0 or 127.0.0.1"),
         site_port=values.get("cache.site_port", int, check=_port, fix="a free port, e.g. 7680"),
         site_credentials_file=(root / site_keys) if site_keys else run_dir / "secrets" / "cache-site.env",
+    )
+
+
+def _float(values: _Values, key: str, *, fix: str, minimum: float) -> float:
+    raw = values.get(key, str, fix=fix)
+    try:
+        number = float(raw)
+    except ValueError:
+        raise values.fail(key, raw, f"must be a number >= {minimum:g}", fix) from None
+    if number < minimum:
+        raise values.fail(key, number, f"must be a number >= {minimum:g}", fix)
+    return number
+
+
+def check_table_path(value: str) -> str | None:
+    ok = bool(re.fullmatch(r"[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*", value)) and not {".", ".."} & set(value.split("/"))
+    return None if ok else "a table is a path in the lake bucket such as silver/ev (no scheme, no leading /)"
+
+
+def _build_maintenance(values: _Values, root: Path, run_dir: Path) -> MaintenanceSettings:
+    retention = _float(
+        values,
+        "maintenance.vacuum_retention_hours",
+        fix=f"{MIN_VACUUM_RETENTION_HOURS:g} (7 days) or more",
+        minimum=MIN_VACUUM_RETENTION_HOURS,
+    )
+    raw_tables = values.get("maintenance.tables", dict, default={}, fix="a mapping of table path -> {optimize: ...}")
+    tables = []
+    for name, spec in raw_tables.items():
+        fix = "e.g. silver/ev: {optimize: zorder, zorder_by: [station_id]} or {optimize: compact}"
+        if (why := check_table_path(str(name))) is not None:
+            raise values.fail("maintenance.tables", name, why, fix)
+        if (
+            not isinstance(spec, dict)
+            or spec.get("optimize") not in OPTIMIZE_MODES
+            or set(spec)
+            - {
+                "optimize",
+                "zorder_by",
+            }
+        ):
+            raise values.fail(
+                "maintenance.tables",
+                {name: spec},
+                f"optimize must be one of {OPTIMIZE_MODES} (keys: optimize, zorder_by)",
+                fix,
+            )
+        columns = spec.get("zorder_by", [])
+        if not isinstance(columns, list) or (spec["optimize"] == "zorder") != bool(columns):
+            raise values.fail(
+                "maintenance.tables", {name: spec}, "zorder needs a non-empty zorder_by list; compact takes none", fix
+            )
+        tables.append(TableMaintenance(table=str(name), optimize=spec["optimize"], zorder_by=tuple(map(str, columns))))
+    metrics = values.get("maintenance.metrics_file", str, default="", fix="a path, or empty for the run dir")
+    return MaintenanceSettings(
+        vacuum_retention_hours=retention,
+        target_file_mb=values.get("maintenance.target_file_mb", int, check=_positive, fix="e.g. 128"),
+        lease_ttl_s=_float(values, "maintenance.lease_ttl_s", fix="seconds, at least 3, e.g. 30", minimum=3),
+        metrics_file=(root / metrics) if metrics else run_dir / "metrics" / "tierlake_tables.prom",
+        max_ingest_staleness_s=_float(values, "maintenance.max_ingest_staleness_s", fix="seconds, e.g. 300", minimum=1),
+        tables=tuple(tables),
+    )
+
+
+def _build_mirror(values: _Values, root: Path, s3: S3Settings) -> MirrorSettings:
+    endpoint = values.get("mirror.endpoint", str, default="", fix="empty (same endpoint) or e.g. https://rgw-b:443")
+    if endpoint and (why := _url(endpoint)) is not None:
+        raise values.fail("mirror.endpoint", endpoint, why, "empty (same endpoint) or e.g. https://rgw-b:443")
+    bucket = values.get("mirror.bucket", str, check=_bucket_name, fix="a bucket at the second site")
+    if not endpoint and bucket == s3.lake_bucket:
+        raise values.fail(
+            "mirror.bucket",
+            bucket,
+            "the mirror would overwrite the lake itself",
+            "use another bucket, e.g. tierlake-mirror",
+        )
+    keys = values.get("mirror.credentials_file", str, default="", fix="empty, or a file with access_key=/secret_key=")
+    tables = [str(t) for t in values.get("mirror.tables", list, default=[], fix="a list of table paths")]
+    for table in tables:
+        if (why := check_table_path(table)) is not None:
+            raise values.fail("mirror.tables", table, why, "e.g. [silver/ev, gold/ev_windows]")
+    prefixes = [str(p) for p in values.get("mirror.checkpoint_prefixes", list, default=[], fix="a list of prefixes")]
+    for prefix in prefixes:
+        if not prefix.endswith("/") or prefix.startswith("/"):
+            raise values.fail(
+                "mirror.checkpoint_prefixes", prefix, "a prefix is a folder ending in /", "e.g. training/ckpt/"
+            )
+    return MirrorSettings(
+        endpoint=endpoint.rstrip("/"),
+        bucket=bucket,
+        credentials_file=(root / keys) if keys else None,
+        tables=tuple(tables),
+        checkpoint_prefixes=tuple(prefixes),
     )
 
 
