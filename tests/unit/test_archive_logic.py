@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,6 +86,20 @@ def test_tee_stops_the_other_copy_when_one_fails() -> None:
     tee.cancel()
     with pytest.raises(TapeError, match="stopped"):
         list(tee.branch(1))
+    with pytest.raises(TapeError, match="no SHA-256"):
+        tee.sha256()
+
+
+def test_tee_gives_no_hash_for_a_source_that_failed() -> None:
+    def source() -> Iterator[bytes]:
+        yield b"a" * 100
+        raise OSError("disk gone")
+
+    tee = Tee(source(), 1, depth=1)
+    with pytest.raises(OSError, match="disk gone"):
+        list(tee.branch(0))
+    with pytest.raises(TapeError, match="no SHA-256"):
+        tee.sha256()
 
 
 def _files(day: str) -> list[DataFile]:

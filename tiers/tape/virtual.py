@@ -6,8 +6,9 @@ construct (VOL1, FM, LTFS label, FM) and end with an index construct (FM, index 
 
 Writing a generation (the order is what makes a crash recoverable):
 
-1. data partition: drop ``E``, write each file's records (``blocksize`` each, the last one short), FM, the index
-   (generation N+1, back pointer to the previous data-partition index), FM, ``E``; fsync;
+1. data partition: drop ``E``, write each file's records (``blocksize`` each, the last one short); wait until every
+   record is durable; then FM, the index (generation N+1, back pointer to the previous data-partition index), FM,
+   ``E``; fsync;
 2. index partition: rewritten from block 4 with the same generation, back pointer to the new data index;
 3. MAM: the volume change reference and both partitions' coherency information.
 
@@ -62,10 +63,17 @@ def _write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync(path: Path) -> None:
+SYNC_WORKERS = 8
+"""fdatasync calls in flight at once. One file per record means one flush per record; issued one after another
+each waits for its own journal commit, issued together the file system commits them as a group (ext4, xfs)."""
+
+
+def _fdatasync(path: Path) -> None:
+    """Data and size of a new record (fdatasync covers the metadata needed to read it back; the directory entry is
+    made durable by the directory's own fsync before the index)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 
@@ -135,6 +143,9 @@ class VirtualCartridge:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -252,8 +263,9 @@ class VirtualCartridge:
         block = self.eod(DP)
         self._record(DP, block, "E").unlink()
         self._drop_after(DP, block)  # leftovers of an earlier interrupted generation
-        # Records are fsynced by a helper thread while the next ones are written; the index waits for all of them.
-        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tape-fsync")
+        # Records are flushed by helper threads while the next ones are written (many at once, so the file system
+        # groups them into few journal commits); the index is written only once all of them are durable.
+        self._syncer = ThreadPoolExecutor(max_workers=SYNC_WORKERS, thread_name_prefix="tape-fsync")
         self._synced: list[Future[None]] = []
         try:
             return self._append(files, barcode=barcode, blocksize=label.blocksize, previous=previous, block=block)
@@ -321,6 +333,7 @@ class VirtualCartridge:
         )
         for future in self._synced:
             future.result()
+        self._sync_dir()  # the records' directory entries, before the index that names their blocks
         self._write_index(DP, block, index, blocksize)
         self._sync(DP, block, block + 2 + len(index.to_xml()) // blocksize + 1)
         self._write_ip(index, blocksize)
@@ -328,7 +341,7 @@ class VirtualCartridge:
         return index
 
     def _data_record(self, block: int, record: bytes, digest: hashlib._Hash | None, length: int) -> tuple[int, int]:
-        self._synced.append(self._syncer.submit(_fsync, self._put_new(DP, block, record)))
+        self._synced.append(self._syncer.submit(_fdatasync, self._put_new(DP, block, record)))
         if digest is not None:
             digest.update(record)
         return block + 1, length + len(record)
