@@ -19,6 +19,18 @@ def test_defaults_follow_the_run_dir() -> None:
     assert settings.cache.site_credentials_file == settings.root / ".run-elsewhere" / "secrets" / "cache-site.env"
     options = options_from_settings(settings)
     assert (options.max_bytes, options.revalidate_s, options.block_bytes) == (10737418240, 0.0, 8388608)
+    assert options.immutable_patterns == ("*.parquet", "!_delta_log/*", "!*/_delta_log/*")
+    assert options.direct_io is True
+
+
+def test_immutable_patterns_and_direct_io_from_the_environment() -> None:
+    env = {"TIERLAKE_CACHE__IMMUTABLE_PATTERNS": "['frozen/*', '!frozen/tmp/*']", "TIERLAKE_CACHE__DIRECT_IO": "false"}
+    options = options_from_settings(load_settings("ci", conf_dir=REPO_CONF, env=env))
+    assert (options.immutable_patterns, options.direct_io) == (("frozen/*", "!frozen/tmp/*"), False)
+    none = options_from_settings(
+        load_settings("ci", conf_dir=REPO_CONF, env={"TIERLAKE_CACHE__IMMUTABLE_PATTERNS": "[]"})
+    )
+    assert none.immutable_patterns == ()
 
 
 def test_environment_overrides() -> None:
@@ -40,6 +52,13 @@ def test_environment_overrides() -> None:
         ("TIERLAKE_CACHE__BLOCK_BYTES", "512", r"cache.block_bytes = 512 is invalid: a block holds at least 4096"),
         ("TIERLAKE_CACHE__FILL_TIMEOUT_S", "0", r"cache.fill_timeout_s = '0' is invalid"),
         ("TIERLAKE_CACHE__SITE_PORT", "80", r"cache.site_port = 80 is invalid: must be a port"),
+        (
+            "TIERLAKE_CACHE__IMMUTABLE_PATTERNS",
+            "'*.parquet'",
+            r"cache.immutable_patterns = '\*.parquet' is invalid: ex",
+        ),
+        ("TIERLAKE_CACHE__IMMUTABLE_PATTERNS", "['!']", r"cache.immutable_patterns = \['!'\] is invalid: '!' is not"),
+        ("TIERLAKE_CACHE__DIRECT_IO", "sometimes", r"cache.direct_io = 'sometimes' is invalid: expected true or"),
     ],
 )
 def test_bad_values_name_variable_key_value_and_fix(variable: str, value: str, message: str) -> None:

@@ -22,6 +22,8 @@ def options_from_settings(settings: Settings) -> CacheOptions:
         disk_fraction=cache.disk_fraction,
         block_bytes=cache.block_bytes,
         revalidate_s=cache.revalidate_s,
+        immutable_patterns=cache.immutable_patterns,
+        direct_io=cache.direct_io,
         fill_timeout_s=cache.fill_timeout_s,
     )
 
