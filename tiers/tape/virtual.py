@@ -278,6 +278,7 @@ class VirtualCartridge:
         written = 0
         uid = previous.highest_file_uid
         entries = []
+        digests: list[tuple[FileToWrite, hashlib._Hash | None]] = []
         started = time.monotonic()
         for item in files:
             uid += 1
@@ -319,9 +320,16 @@ class VirtualCartridge:
                     created=now,
                     modified=now,
                     extents=extents,
-                    xattrs=(*xattrs, ("ltfs.hash.sha256sum", _hexdigest(item, digest))),
+                    xattrs=xattrs,
                 )
             )
+            digests.append((item, digest))
+        # Digests are asked for only now: a hash computed beside the writes (FileToWrite.sha256) may still be
+        # catching up, and waiting for it per file would stall the next file's records.
+        entries = [
+            replace(entry, xattrs=(*entry.xattrs, ("ltfs.hash.sha256sum", _hexdigest(item, digest))))
+            for entry, (item, digest) in zip(entries, digests, strict=True)
+        ]
         kept = [f for f in previous.files if f.name not in {e.name for e in entries}]
         index = replace(
             previous,
