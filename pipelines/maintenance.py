@@ -252,8 +252,11 @@ def optimize(settings: Settings, table: str) -> OptimizeReport:
 
 def check_retention(hours: float, *, allow_short_retention: bool) -> None:
     """Refuse a retention under 7 days unless explicitly overridden (old snapshots lose their files)."""
-    if hours < 0:
-        raise RetentionViolation(f"retention_hours={hours:g} is negative. Fix: give hours >= 0")
+    if hours < 0 or hours != int(hours):
+        raise RetentionViolation(
+            f"retention_hours={hours:g} is not a whole number of hours >= 0 (Delta's VACUUM rounds the retention to "
+            "whole hours, so 0.5 would delete files removed a second ago). Fix: give whole hours, e.g. 168"
+        )
     if hours < MIN_VACUUM_RETENTION_HOURS and not allow_short_retention:
         raise RetentionViolation(
             f"VACUUM retention of {hours:g} hours is under the {MIN_VACUUM_RETENTION_HOURS:g}-hour (7-day) minimum: "

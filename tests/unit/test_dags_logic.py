@@ -48,9 +48,11 @@ def test_vacuum_under_seven_days_is_refused_unless_overridden() -> None:
     check_retention(168, allow_short_retention=False)
     with pytest.raises(RetentionViolation, match=r"under the 168-hour \(7-day\) minimum.*--allow-short-retention"):
         check_retention(167.5, allow_short_retention=False)
-    check_retention(0.5, allow_short_retention=True)
-    with pytest.raises(RetentionViolation, match="negative"):
+    check_retention(1, allow_short_retention=True)
+    with pytest.raises(RetentionViolation, match="not a whole number of hours"):
         check_retention(-1, allow_short_retention=True)
+    with pytest.raises(RetentionViolation, match="rounds the retention to whole hours"):
+        check_retention(0.5, allow_short_retention=True)
 
 
 def test_ingest_health_verdicts() -> None:
