@@ -2,7 +2,8 @@
 
 One run, one topic of its own, the same records for every contender:
 - ``raw_consume``: a plain confluent-kafka consumer reading the topic from the start (the ceiling of this machine);
-- ``bronze`` / ``silver``: tierlake's streaming jobs run until caught up (Spark started beforehand, not timed);
+- ``bronze`` / ``silver`` / ``gold``: tierlake's streaming jobs run until caught up (Spark started beforehand, not
+  timed); gold is its own query after silver, so ``silver_vs_raw_consume`` covers Kafka -> bronze -> silver;
 - freshness: the streaming queries kept running on a ``--trigger-s`` trigger while records arrive at ``--rate``;
   per record, silver commit time minus Kafka timestamp, p50 and p99.
 
@@ -31,6 +32,7 @@ from infra.stack import LocalStack
 from pipelines.bronze import run_bronze_until_caught_up
 from pipelines.datasets import EV_SPACING_S, good_records, recent_start
 from pipelines.demo import freshness
+from pipelines.gold import run_gold_until_caught_up
 from pipelines.ingest import run_continuous
 from pipelines.produce import send_records
 from pipelines.session import spark_session
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         counts = run_silver_until_caught_up(spark, settings, entity=entity)
         silver_s = time.monotonic() - began
+        began = time.monotonic()
+        run_gold_until_caught_up(spark, settings, entity=entity)
+        gold_s = time.monotonic() - began
 
         stop = threading.Event()
         worker = threading.Thread(
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             "bronze_eps": round(events / bronze_s),
             "silver_stage_eps": round(events / silver_s),
             "silver_end_to_end_eps": round(events / (bronze_s + silver_s)),
+            "gold_stage_eps": round(events / gold_s),
             "p50_freshness_s": fresh["p50_s"],
             "p99_freshness_s": fresh["p99_s"],
             "freshness_rows": fresh["rows"],

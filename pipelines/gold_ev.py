@@ -1,7 +1,8 @@
-"""gold for EV telemetry: per-station windows (1 and 15 minutes) and anomaly flags, in the silver micro-batch.
+"""gold for EV telemetry: per-station windows (1 and 15 minutes) and anomaly flags, per batch of new silver rows.
 
 Windows: for every (station, window) that a batch touches, the window is recomputed from silver and upserted
-(MERGE on station, window length, window start), so a replayed batch rewrites the same rows: idempotent.
+(MERGE on station, window length, window start), so a replayed batch rewrites the same rows: idempotent. Only
+silver files whose event times overlap the touched windows are read (Delta skips the others by their statistics).
 - ``energy_kwh``: power integrated over time, each sample held until the station's next one (at most 60 s);
 - ``mean_power_kw``, ``max_power_kw``, ``samples``;
 - ``sessions``: starts of charging (a ``charging`` sample whose previous sample of the station was not).
@@ -11,11 +12,13 @@ Anomalies, one row per flagged event with a ``score`` in [0, 1] and a ``reason``
 - ``dropout``: ``power_kw`` 0 with status ``dropout`` mid-session;
 - ``power_spike``: ``power_kw`` above 400 kW, beyond what the chargers are rated for (score grows to 1 at 700 kW).
 Thresholds are physical limits, not statistics, so one reading suffices and a flag is visible within the
-micro-batch that brought the reading.
+gold batch that reads the reading. Anomalies are appended with the gold batch id as Delta's ``txnVersion``, so a
+replayed batch is skipped rather than merged.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -56,14 +59,26 @@ def anomalies(silver_rows: DataFrame) -> DataFrame:
     )
 
 
-def windows(spark: SparkSession, silver_uri: str, touched: DataFrame, minutes: int) -> DataFrame:
-    """Recompute the ``minutes`` windows of the (station, window) pairs in ``touched`` from silver."""
+def windows(
+    spark: SparkSession, silver_uri: str, touched: DataFrame, minutes: int, span: tuple[datetime, datetime]
+) -> DataFrame:
+    """Recompute the ``minutes`` windows of the (station, window) pairs in ``touched`` from silver.
+
+    ``span``: the lowest and highest event time in ``touched``; silver is read only around it.
+    """
     from pyspark.sql import Window  # noqa: PLC0415
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     length = f"{minutes} minutes"
     keys = touched.select("station_id", F.window("ts", length).start.alias("window_start")).distinct()
-    history = spark.read.format("delta").load(silver_uri).select("station_id", "ts", "power_kw", "status")
+    # Windows are aligned to the epoch, so every row of a touched window lies within one length of the span.
+    reach = timedelta(minutes=minutes)
+    history = (
+        spark.read.format("delta")
+        .load(silver_uri)
+        .where((F.col("ts") > F.lit(span[0] - reach)) & (F.col("ts") < F.lit(span[1] + reach)))
+        .select("station_id", "ts", "power_kw", "status")
+    )
     rows = history.withColumn("window_start", F.window("ts", length).start).join(keys, ["station_id", "window_start"])
     by_station = Window.partitionBy("station_id").orderBy("ts")
     held = F.least(
@@ -88,18 +103,34 @@ def windows(spark: SparkSession, silver_uri: str, touched: DataFrame, minutes: i
     )
 
 
-def update_gold(spark: SparkSession, *, silver_uri: str, batch_rows: DataFrame, lake_bucket: str, entity: str) -> None:
-    """Upsert the windows a batch touched and its anomalies (both keyed, so a replay rewrites, never adds)."""
+def update_gold(
+    spark: SparkSession, *, silver_uri: str, batch_rows: DataFrame, lake_bucket: str, entity: str, batch_id: int
+) -> None:
+    """Upsert the windows a batch of silver rows touched and append its anomalies; a replay changes nothing."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
     windows_uri, anomalies_uri = gold_paths(lake_bucket, entity)
-    touched = batch_rows.select("station_id", "ts").persist()
+    touched = batch_rows.select("station_id", "ts", "temp_c", "power_kw", "status", "event_id").persist()
     try:
-        if touched.isEmpty():
+        span = touched.agg(F.min("ts"), F.max("ts")).first()
+        if span is None or span[0] is None:
             return
-        fresh = windows(spark, silver_uri, touched, WINDOWS_MIN[0])
+        fresh = windows(spark, silver_uri, touched, WINDOWS_MIN[0], (span[0], span[1]))
         for minutes in WINDOWS_MIN[1:]:
-            fresh = fresh.unionByName(windows(spark, silver_uri, touched, minutes))
+            fresh = fresh.unionByName(windows(spark, silver_uri, touched, minutes, (span[0], span[1])))
         _upsert(spark, windows_uri, fresh, ["station_id", "window_minutes", "window_start"])
-        _upsert(spark, anomalies_uri, anomalies(batch_rows), ["event_id", "reason"])
+        flagged = anomalies(touched).persist()
+        try:
+            if not flagged.isEmpty():
+                (
+                    flagged.write.format("delta")
+                    .mode("append")
+                    .option("txnAppId", f"tierlake-gold-{entity}-anomalies")
+                    .option("txnVersion", batch_id)
+                    .save(anomalies_uri)
+                )
+        finally:
+            flagged.unpersist()
     finally:
         touched.unpersist()
 

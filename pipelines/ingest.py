@@ -1,6 +1,7 @@
-"""``tierlake ingest run``: for each entity, Kafka -> bronze, then bronze -> silver/quarantine/dropped, until
-caught up. The driver holds the writer lease of each entity's tables while it writes them (``pipelines.lease``):
-Delta on S3 without DynamoDB needs a single writer, and a second driver refuses to start, naming the owner."""
+"""``tierlake ingest run``: for each entity, Kafka -> bronze, then bronze -> silver/quarantine/dropped, then
+silver -> gold, until caught up. The driver holds the writer lease of each entity's tables while it writes them
+(``pipelines.lease``): Delta on S3 without DynamoDB needs a single writer, and a second driver refuses to start,
+naming the owner."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.bronze import run_bronze_until_caught_up
+from pipelines.gold import run_gold_until_caught_up, schema_changed, start_gold
 from pipelines.lease import TableLease
 from pipelines.silver import run_silver_until_caught_up, silver_tables
 from tierlake.config import Settings
@@ -67,6 +69,8 @@ def run_until_caught_up(
         _check(leases)
         silver = run_silver_until_caught_up(spark, settings, entity=entity)
         _check(leases)
+        run_gold_until_caught_up(spark, settings, entity=entity)
+        _check(leases)
         report[entity] = {
             "bronze": bronze["rows"],
             **{k: silver[k] for k in ("silver", "quarantine", "dropped")},
@@ -92,10 +96,11 @@ def run_continuous(
     status_file: Path | None = None,
     leases: list[TableLease] | None = None,
 ) -> dict[str, Any]:
-    """Keep bronze and silver queries of ``entities`` running on a ``trigger_s`` trigger until ``stop`` is set.
+    """Keep bronze, silver and gold queries of ``entities`` running on a ``trigger_s`` trigger until ``stop`` is set.
 
     Holds every entity's writer lease throughout (``leases`` if the caller took them, else taken here); a lost
-    lease or a failed query stops all queries and raises.
+    lease or a failed query stops all queries and raises. A gold query starts once its silver table exists, and
+    starts again when a silver schema upgrade ends it (Delta stops readers of a table whose schema changed).
     """
     from pipelines.bronze import bronze_table, ensure_bronze, start_bronze  # noqa: PLC0415
     from pipelines.silver import start_silver  # noqa: PLC0415
@@ -106,25 +111,45 @@ def run_continuous(
                 spark, settings, entities=entities, trigger_s=trigger_s, stop=stop, status_file=status_file, leases=held
             )
     queries = []
+    gold: dict[str, Any] = {}  # entity -> its gold query, once started
     try:
         for entity in entities:
             topic = settings.entities[entity].topic
             ensure_bronze(spark, bronze_table(settings, topic))
             queries.append(start_bronze(spark, settings, topic=topic, trigger_s=trigger_s))
             queries.append(start_silver(spark, settings, entity=entity, trigger_s=trigger_s))
+        _start_gold(spark, settings, entities, trigger_s, gold)
         if status_file is not None:
-            _write_status(status_file, queries)  # tells `ingest start` that the queries are up
+            _write_status(status_file, [*queries, *gold.values()])  # tells `ingest start` that the queries are up
         while not stop.wait(min(trigger_s, 2.0)):
             _check(leases)
             for query in queries:
                 if not query.isActive:
                     raise CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
+            for entity, query in list(gold.items()):
+                if not query.isActive:
+                    if not schema_changed(query.exception()):
+                        raise CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
+                    logger.info("gold %s: silver's schema changed; starting the gold query again", entity)
+                    del gold[entity]
+            _start_gold(spark, settings, entities, trigger_s, gold)
             if status_file is not None:
-                _write_status(status_file, queries)
+                _write_status(status_file, [*queries, *gold.values()])
     finally:
-        for query in queries:
+        for query in [*queries, *gold.values()]:
             query.stop()
-    return {"stopped": [q.name for q in queries]}
+    return {"stopped": [q.name for q in [*queries, *gold.values()]]}
+
+
+def _start_gold(
+    spark: SparkSession, settings: Settings, entities: list[str], trigger_s: float, gold: dict[str, Any]
+) -> None:
+    """Start the gold query of each entity that has none yet and whose silver table exists."""
+    for entity in entities:
+        if entity not in gold:
+            query = start_gold(spark, settings, entity=entity, trigger_s=trigger_s)
+            if query is not None:
+                gold[entity] = query
 
 
 def _write_status(path: Path, queries: list[Any]) -> None:

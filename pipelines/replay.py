@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.lease import TableLease
 from pipelines.rules import classify
-from pipelines.silver import judge, outputs, silver_tables, table_exists
+from pipelines.silver import HighWater, judge, outputs, silver_tables, table_exists
 from tierlake.config import Settings
 from tiers.s3 import s3_client
 
@@ -51,7 +51,12 @@ def replay_quarantine(
             F.current_timestamp().alias("ingest_time"),
         )
         judged = judge(
-            spark, classify(as_bronze, spec), entity=spec, silver_uri=tables.silver, batch_id=_AFTER_EVERY_BATCH
+            spark,
+            classify(as_bronze, spec),
+            entity=spec,
+            silver_uri=tables.silver,
+            batch_id=_AFTER_EVERY_BATCH,
+            high_water=HighWater(spark, tables.silver, spec.event_time).before(_AFTER_EVERY_BATCH),
         ).persist()
         try:
             passing, still_bad, _ = outputs(judged, entity=spec, batch_id=REPLAY_BATCH)

@@ -7,17 +7,21 @@ Each micro-batch of bronze is classified by the rules (``pipelines.rules``), the
 Exactly once: every write carries Delta's ``txnAppId``/``txnVersion`` (the batch id), so a batch replayed after
 a crash skips the tables it already committed. History is read as of *earlier* batches only (``_batch_id <
 batch_id``), so a replay classifies every row exactly as the first attempt did.
+
+Cost per batch stays flat as silver grows: the high-water mark comes from :class:`HighWater` (silver's maximum
+event time per batch, read once when the query starts and then kept as batches commit), and the duplicate check
+reads only silver files whose event times fall within the watermark (Delta skips the rest by their statistics).
+Gold is a query of its own that reads silver (``pipelines.gold``), so a silver batch never waits for gold.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines.bronze import bronze_table
-from pipelines.gold_corpus import gold_tokens_uri, packed_rows
-from pipelines.gold_ev import update_gold
 from pipelines.rules import classify
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
@@ -61,10 +65,60 @@ def table_exists(spark: SparkSession, uri: str) -> bool:
     return bool(DeltaTable.isDeltaTable(spark, uri))
 
 
+class HighWater:
+    """Silver's maximum event time per streaming batch, for the ``late_event`` rule.
+
+    Loaded from silver once (one aggregate over ``_batch_id``) the first time it is asked, then kept up to date by
+    :meth:`record` as the query commits batches; so a batch costs no scan of silver, however large silver grows.
+    A driver restarted after a crash loads the committed batches again and so judges a replayed batch exactly as
+    the first attempt did.
+    """
+
+    def __init__(self, spark: SparkSession, silver_uri: str, event_time: str) -> None:
+        self._spark, self._uri, self._event_time = spark, silver_uri, event_time
+        self._by_batch: dict[int, datetime] | None = None
+
+    def _load(self) -> dict[int, datetime]:
+        from pyspark.sql import functions as F  # noqa: PLC0415
+
+        if self._by_batch is None:
+            self._by_batch = {}
+            if table_exists(self._spark, self._uri):
+                rows = (
+                    self._spark.read.format("delta")
+                    .load(self._uri)
+                    .groupBy("_batch_id")
+                    .agg(F.max(self._event_time).alias("high"))
+                    .collect()
+                )
+                self._by_batch = {int(r["_batch_id"]): r["high"] for r in rows if r["high"] is not None}
+        return self._by_batch
+
+    def before(self, batch_id: int) -> datetime | None:
+        """The highest event time in silver from batches earlier than ``batch_id`` (None: no history)."""
+        earlier = [high for batch, high in self._load().items() if batch < batch_id]
+        return max(earlier) if earlier else None
+
+    def record(self, batch_id: int, high: datetime | None) -> None:
+        """Note the highest event time that batch ``batch_id`` committed to silver."""
+        if high is not None:
+            by_batch = self._load()
+            by_batch[batch_id] = max(high, by_batch.get(batch_id, high))
+
+
 def judge(
-    spark: SparkSession, classified: DataFrame, *, entity: EntitySpec, silver_uri: str, batch_id: int
+    spark: SparkSession,
+    classified: DataFrame,
+    *,
+    entity: EntitySpec,
+    silver_uri: str,
+    batch_id: int,
+    high_water: datetime | None,
 ) -> DataFrame:
-    """Add the history rules: ``late_event`` (rule) and ``duplicate_event_id`` (column ``dropped``)."""
+    """Add the history rules: ``late_event`` (rule) and ``duplicate_event_id`` (column ``dropped``).
+
+    ``high_water``: the highest event time of earlier batches (:meth:`HighWater.before`); None, no lateness.
+    """
     from pyspark.sql import Window  # noqa: PLC0415
     from pyspark.sql import functions as F  # noqa: PLC0415
 
@@ -72,12 +126,9 @@ def judge(
     valid = classified.where(F.col("rule").isNull())
     # As in Spark's own watermark, the high-water mark comes from earlier batches only: a batch spanning more
     # event time than the watermark is not late, and a replayed batch sees the same mark as its first attempt.
-    high_water = None
     prior = None
     if table_exists(spark, silver_uri):
         prior = spark.read.format("delta").load(silver_uri).where(F.col("_batch_id") < batch_id)
-        prior_max = prior.agg(F.max(entity.event_time)).first()
-        high_water = prior_max[0] if prior_max else None
     late = F.lit(False)
     if high_water is not None:
         late = ts < F.lit(high_water) - F.expr(f"INTERVAL {entity.watermark_s} SECONDS")
@@ -148,8 +199,8 @@ def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[Da
     return silver, quarantine, dropped
 
 
-def outcome_counts(judged: DataFrame) -> dict[str, int]:
-    """Rows per outcome of a judged batch, in one pass."""
+def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> tuple[dict[str, int], datetime | None]:
+    """Rows per outcome of a judged batch and the highest event time going to silver, in one pass."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     outcome = (
@@ -157,18 +208,33 @@ def outcome_counts(judged: DataFrame) -> dict[str, int]:
         .when(F.col("dropped").isNotNull(), F.lit("dropped"))
         .otherwise(F.lit("silver"))
     )
-    found = {row["outcome"]: int(row["count"]) for row in judged.groupBy(outcome.alias("outcome")).count().collect()}
-    return {name: found.get(name, 0) for name in ("silver", "quarantine", "dropped")}
+    rows = (
+        judged.groupBy(outcome.alias("outcome"))
+        .agg(F.count(F.lit(1)).alias("rows"), F.max(f"_rec.`{entity.event_time}`").alias("high"))
+        .collect()
+    )
+    found = {row["outcome"]: row for row in rows}
+    counts = {name: int(found[name]["rows"]) if name in found else 0 for name in ("silver", "quarantine", "dropped")}
+    return counts, found["silver"]["high"] if "silver" in found else None
 
 
-def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables: SilverTables) -> dict[str, int]:
-    """One micro-batch: classify, judge, write the three tables idempotently, then gold. Returns the row counts."""
+def process_batch(
+    batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables: SilverTables, high_water: HighWater
+) -> dict[str, int]:
+    """One micro-batch: classify, judge, write the three tables idempotently. Returns the row counts."""
     spark = batch.sparkSession
     classified = classify(batch, entity).persist()
     try:
-        judged = judge(spark, classified, entity=entity, silver_uri=tables.silver, batch_id=batch_id).persist()
+        judged = judge(
+            spark,
+            classified,
+            entity=entity,
+            silver_uri=tables.silver,
+            batch_id=batch_id,
+            high_water=high_water.before(batch_id),
+        ).persist()
         frames = outputs(judged, entity=entity, batch_id=batch_id)
-        counts = outcome_counts(judged)
+        counts, high = outcome_counts(judged, entity=entity)
         for name, frame, uri in zip(
             ("silver", "quarantine", "dropped"), frames, (tables.silver, tables.quarantine, tables.dropped), strict=True
         ):
@@ -182,24 +248,7 @@ def process_batch(batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables
                 .option("txnVersion", batch_id)
                 .save(uri)
             )
-        if entity.gold == "ev" and counts["silver"]:
-            update_gold(
-                spark,
-                silver_uri=tables.silver,
-                batch_rows=frames[0],
-                lake_bucket=tables.lake_bucket,
-                entity=entity.name,
-            )
-        if entity.gold == "corpus" and counts["silver"]:
-            packed = packed_rows(frames[0], batch_id=batch_id)
-            (
-                spark.createDataFrame(packed)
-                .write.format("delta")
-                .mode("append")
-                .option("txnAppId", f"tierlake-gold-{entity.name}")
-                .option("txnVersion", batch_id)
-                .save(gold_tokens_uri(tables.lake_bucket, entity.name))
-            )
+        high_water.record(batch_id, high)
         judged.unpersist()
     finally:
         classified.unpersist()
@@ -215,8 +264,10 @@ def start_silver(spark: SparkSession, settings: Settings, *, entity: str, trigge
     if not table_exists(spark, bronze.table_uri):
         raise ConfigError(f"bronze table {bronze.table_uri} does not exist yet. Fix: run `tierlake ingest run` first")
 
+    high_water = HighWater(spark, tables.silver, spec.event_time)
+
     def handle(batch: DataFrame, batch_id: int) -> None:
-        process_batch(batch, batch_id, entity=spec, tables=tables)
+        process_batch(batch, batch_id, entity=spec, tables=tables, high_water=high_water)
 
     writer = (
         spark.readStream.format("delta")

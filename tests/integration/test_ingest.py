@@ -134,6 +134,12 @@ class Oracle:
         rows: list[dict[str, Any]] = table.to_pyarrow_table().to_pylist()
         return rows
 
+    def gold(self, suffix: str) -> list[dict[str, Any]]:
+        uri = f"s3://{self.stack.settings.s3.lake_bucket}/gold/{self.entity}_{suffix}"
+        table = DeltaTable(uri, storage_options=delta_storage_options(self.stack.settings.s3))
+        rows: list[dict[str, Any]] = table.to_pyarrow_table().to_pylist()
+        return rows
+
 
 def _phase_two(count: int, seed: int) -> list[Record]:
     """Good and bad records; every bad kind appears (the generator cycles through them in turn)."""
@@ -181,6 +187,20 @@ def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: 
     report = reconcile(spark, oracle.settings(), entity=oracle.entity)
     assert report["balanced"], json.dumps(report, indent=2)
     assert sum(p["bronze"] for p in report["partitions"]) == len(oracle.expect)
+
+    # Gold, its own query, went through the same kills: every silver row sits in exactly one window of each
+    # length, and every flagged reading is flagged exactly once.
+    windows = oracle.gold("windows")
+    for minutes in (1, 15):
+        assert sum(w["samples"] for w in windows if w["window_minutes"] == minutes) == len(silver), minutes
+    flagged = Counter(a["event_id"] for a in oracle.gold("anomalies"))
+    hot = {
+        row["event_id"]
+        for row in silver
+        if (row["temp_c"] or 0) > 80 or row["power_kw"] > 400 or (row["status"] == "dropout" and row["power_kw"] == 0)
+    }
+    assert set(flagged) == hot
+    assert max(flagged.values()) == 1
 
 
 def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack, spark: SparkSession) -> None:

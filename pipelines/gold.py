@@ -1,0 +1,118 @@
+"""gold.<entity>: a streaming query of its own that reads new silver rows and updates the entity's gold tables.
+
+Gold used to run inside the silver micro-batch, so every silver batch waited for two MERGEs before the next one
+could start. As its own query (checkpoint ``gold/_checkpoints/<entity>``) it runs beside silver: silver's
+freshness no longer pays for gold, and gold catches up from its checkpoint after a crash. Which gold an entity
+has comes from ``gold:`` in conf/: ``ev`` (windows and anomalies, ``pipelines.gold_ev``) or ``corpus`` (packed
+token rows, ``pipelines.gold_corpus``).
+
+Exactly once: EV windows are MERGEd by key (a replay rewrites the same rows); anomalies and token rows are
+appended with the gold batch id as Delta's ``txnVersion``, so a replayed batch is skipped.
+
+A silver schema upgrade (an optional field added in conf/) ends a stream that reads silver: Delta stops readers
+when the schema changes. :func:`schema_changed` recognises that end, and the ingest driver starts the gold query
+again, which then reads the new schema.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pipelines.gold_corpus import gold_tokens_uri, packed_rows
+from pipelines.gold_ev import update_gold
+from pipelines.silver import silver_tables, table_exists
+from tierlake.config import Settings
+from tierlake.errors import SchemaMismatch
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming.query import StreamingQuery
+
+logger = logging.getLogger(__name__)
+
+
+def gold_checkpoint(settings: Settings, entity: str) -> str:
+    return f"s3a://{settings.s3.lake_bucket}/gold/_checkpoints/{entity}"
+
+
+def has_gold(settings: Settings, entity: str) -> bool:
+    return settings.entities[entity].gold is not None
+
+
+def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, entity: str) -> None:
+    """One batch of new silver rows into the entity's gold tables."""
+    spec = settings.entities[entity]
+    spark = rows.sparkSession
+    if spec.gold == "ev":
+        update_gold(
+            spark,
+            silver_uri=silver_tables(settings, entity).silver,
+            batch_rows=rows,
+            lake_bucket=settings.s3.lake_bucket,
+            entity=entity,
+            batch_id=batch_id,
+        )
+    elif spec.gold == "corpus":
+        packed = packed_rows(rows, batch_id=batch_id)
+        if packed.num_rows:
+            (
+                spark.createDataFrame(packed)
+                .write.format("delta")
+                .mode("append")
+                .option("txnAppId", f"tierlake-gold-{entity}-tokens")
+                .option("txnVersion", batch_id)
+                .save(gold_tokens_uri(settings.s3.lake_bucket, entity))
+            )
+    logger.info("gold %s batch %d done", entity, batch_id, extra={"entity": entity})
+
+
+def start_gold(
+    spark: SparkSession, settings: Settings, *, entity: str, trigger_s: float | None
+) -> StreamingQuery | None:
+    """Start the silver -> gold query (``trigger_s`` None = until caught up). None: no gold, or no silver yet."""
+    silver_uri = silver_tables(settings, entity).silver
+    if not has_gold(settings, entity) or not table_exists(spark, silver_uri):
+        return None
+
+    def handle(batch: DataFrame, batch_id: int) -> None:
+        process_gold_batch(batch, batch_id, settings=settings, entity=entity)
+
+    writer = (
+        spark.readStream.format("delta")
+        .load(silver_uri)
+        .writeStream.foreachBatch(handle)
+        .option("checkpointLocation", gold_checkpoint(settings, entity))
+        .queryName(f"gold_{entity}")
+    )
+    writer = (
+        writer.trigger(availableNow=True)
+        if trigger_s is None
+        else writer.trigger(processingTime=f"{trigger_s} seconds")
+    )
+    return writer.start()
+
+
+def run_gold_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
+    """Bring gold up to date with silver, then stop. A silver schema upgrade ends the first pass; run again."""
+    for _ in range(3):
+        query = start_gold(spark, settings, entity=entity, trigger_s=None)
+        if query is None:
+            return {"entity": entity, "gold": None}
+        try:
+            query.awaitTermination()
+            return {"entity": entity, "gold": settings.entities[entity].gold}
+        except Exception as exc:
+            if not schema_changed(exc):
+                raise
+            logger.info("gold %s: silver's schema changed; starting again on the new schema", entity)
+    raise SchemaMismatch(
+        f"gold {entity}: silver's schema changed three times under the gold query. Fix: look for an incompatible "
+        "change of the entity's fields in conf/ (a type change or a removed field), then run `tierlake ingest run`"
+    )
+
+
+def schema_changed(exc: BaseException | None) -> bool:
+    """Whether a streaming query ended because the Delta table it reads changed its schema."""
+    text = str(exc or "")
+    return "DELTA_SCHEMA_CHANGED" in text or "schema change" in text.lower()
