@@ -92,6 +92,7 @@ def send_records(
 ) -> ProduceSummary:
     """Produce ``records`` to ``topic`` (idempotent, acks=all), waiting until every one is acknowledged or failed."""
     from confluent_kafka import KafkaError, Message, Producer  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
 
     summary = ProduceSummary(topic=topic)
     producer = Producer(producer_config(settings))
@@ -104,17 +105,20 @@ def send_records(
             summary.errors[error.name()] = summary.errors.get(error.name(), 0) + 1
 
     started = time.monotonic()
+    bar = tqdm(total=total, unit="rec", desc=f"produce {topic}", disable=not progress, file=sys.stderr)
     for record in records:
         _send(producer, topic, record, delivered)
         summary.sent += 1
         if rate:
             time.sleep(max(0.0, started + summary.sent / rate - time.monotonic()))
-        if progress and summary.sent % 1000 == 0:
-            sys.stderr.write(f"\rproduced {summary.sent}/{total} (acknowledged {summary.acknowledged})")
+        if summary.sent % 500 == 0:
+            bar.update(500)
+            bar.set_postfix(acked=summary.acknowledged, failed=summary.failed, refresh=False)
     remaining = producer.flush(120)
     summary.seconds = time.monotonic() - started
-    if progress:
-        sys.stderr.write(f"\rproduced {summary.sent}/{total} (acknowledged {summary.acknowledged})\n")
+    bar.update(summary.sent - bar.n)
+    bar.set_postfix(acked=summary.acknowledged, failed=summary.failed)
+    bar.close()
     if remaining:
         raise TierlakeError(
             f"{remaining} records still unacknowledged after 120 s; see the Kafka logs under "
