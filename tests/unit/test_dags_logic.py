@@ -47,7 +47,7 @@ def test_table_names_accept_paths_and_lake_uris_only() -> None:
 def test_vacuum_under_seven_days_is_refused_unless_overridden() -> None:
     check_retention(168, allow_short_retention=False)
     with pytest.raises(RetentionViolation, match=r"under the 168-hour \(7-day\) minimum.*--allow-short-retention"):
-        check_retention(167.5, allow_short_retention=False)
+        check_retention(167, allow_short_retention=False)
     check_retention(1, allow_short_retention=True)
     with pytest.raises(RetentionViolation, match="not a whole number of hours"):
         check_retention(-1, allow_short_retention=True)
