@@ -20,7 +20,9 @@ from dags.common import DEFAULT_ARGS, run_tierlake
     tags=["tierlake", "archive"],
     params={
         "tables": Param(["silver/ev"], type="array", minItems=1, description="tables whose cold partitions move"),
-        "purge": Param(True, type="boolean", description="purge archived partitions when policy allows"),
+        # A dry run by default, as `tierlake archive purge` is: deleting the lake's copy is opted into, per run
+        # or by changing this default, never implied by scheduling the DAG.
+        "purge": Param(False, type="boolean", description="purge archived partitions when policy allows"),
     },
 )
 def tiering() -> None:
