@@ -8,10 +8,13 @@ exit 2; anything unexpected prints one line naming the log file that holds the t
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from tierlake.commands import Handler
 from tierlake.config import load_settings
@@ -41,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, load the settings and run the subcommand; returns the exit code."""
     args = build_parser().parse_args(argv)
     log_file: Path | None = None
     try:
@@ -63,5 +67,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The ``tierlake`` console entry point: :func:`run_command`, then exit without finalizing native threads.
+
+    delta-rs and pyarrow keep native threads whose destructors can race when the interpreter finalizes, aborting
+    a process that has already done its work and printed its result (SIGABRT, "terminate called without an active
+    exception"; delta-io/delta-rs#2184). CI saw it once in a few hundred commands. So the exit handlers (log
+    flushing, the edge cache's hit counters) run here, the streams are flushed, and the process ends at once.
+    """
+    try:
+        code = run_command(argv)
+    except SystemExit as exc:  # argparse: --help, or a usage error (already printed)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
