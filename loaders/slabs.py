@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import signal
 from collections.abc import Generator
 from typing import Any
 
@@ -41,6 +42,10 @@ def _slab_worker(
     free: Any,
     ready: Any,
 ) -> None:
+    # A forked worker inherits the parent's Python signal handlers (an Airflow task, for one, handles SIGTERM); a
+    # handler that returns would make the worker ignore the terminate() that ends it, and exit would wait forever.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle; it then ends us
     store = RowGroupStore(dataset.sources, 2 * dataset.window_row_groups + 1, io_threads=1)
     try:
         for batch in worker_batches(plan, worker=worker, num_workers=workers):

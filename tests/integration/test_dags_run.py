@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,13 @@ def _cli(*args: str, ok: tuple[int, ...] = (0,)) -> Any:
 
 
 @pytest.fixture(scope="module")
-def airflow_dags(settings: Settings) -> dict[str, Any]:
-    """A migrated sqlite metadata DB under the run dir (the stack fixture wiped it), and the parsed DAGs."""
+def airflow_dags(settings: Settings) -> Iterator[dict[str, Any]]:
+    """A migrated sqlite metadata DB under the run dir (the stack fixture wiped it), and the parsed DAGs.
+
+    ``dag.test()`` runs tasks in this process and installs Airflow's signal handlers here; they are put back
+    afterwards, so later tests (and processes they fork) see the default SIGTERM again.
+    """
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     _HOME.mkdir(parents=True, exist_ok=True)
     migrate = subprocess.run(
         [str(Path(sys.executable).with_name("airflow")), "db", "migrate"], capture_output=True, text=True, check=False
@@ -56,7 +62,9 @@ def airflow_dags(settings: Settings) -> dict[str, Any]:
     for dag in bag.dags.values():
         for task in dag.tasks:
             task.retries = 0
-    return dict(bag.dags)
+    yield dict(bag.dags)
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def _run(dag: Any, conf: dict[str, Any] | None = None) -> dict[str, str]:
