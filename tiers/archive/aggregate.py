@@ -39,10 +39,12 @@ def header(members: list[Member], *, extra: dict[str, Any]) -> bytes:
     return MAGIC + struct.pack(">Q", len(body)) + body
 
 
-def chunks(head: bytes, members: list[Member], chunk_bytes: int) -> Iterator[bytes]:
+def chunks(head: bytes, members: list[Member], chunk_bytes: int) -> Iterator[bytes | bytearray]:
     """The aggregate's bytes in ``chunk_bytes`` pieces (the volume's block size, so records need no re-slicing).
 
-    Files are read with ``readinto`` straight into the block being filled: one copy per byte besides the read.
+    Files are read with ``readinto`` straight into the block being filled, and a full block is handed on as it is
+    (a fresh buffer is taken for the next one): no copy besides the read. The blocks are ``bytearray``; callers
+    must not change them (several copies and the hasher share each one).
     """
     block = bytearray(chunk_bytes)
     view = memoryview(block)
@@ -58,7 +60,10 @@ def chunks(head: bytes, members: list[Member], chunk_bytes: int) -> Iterator[byt
             while count := source.readinto(view[filled:]):
                 filled += count
                 if filled == chunk_bytes:
-                    yield bytes(block)
+                    view.release()
+                    yield block
+                    block = bytearray(chunk_bytes)
+                    view = memoryview(block)
                     filled = 0
     if filled:
         yield bytes(view[:filled])

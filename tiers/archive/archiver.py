@@ -247,7 +247,7 @@ def _verified_rows(
     return rows
 
 
-def _counted(chunks: Iterator[bytes], bar: tqdm[Any]) -> Iterator[bytes]:
+def _counted(chunks: Iterator[bytes | bytearray], bar: tqdm[Any]) -> Iterator[bytes | bytearray]:
     for chunk in chunks:
         bar.update(len(chunk))
         yield chunk

@@ -1,5 +1,6 @@
 """One read of the source, several copies written at once: a producer thread reads the stream once and hands every
-chunk (immutable ``bytes``, shared, not copied) to one bounded queue per copy and to a hasher thread.
+chunk (shared, not copied; the source never changes a chunk once handed on) to one bounded queue per copy and to a
+hasher thread.
 
 The hash is off the copies' path: writers get each chunk as soon as it is read, and the SHA-256 (hashlib releases
 the GIL on large buffers) runs on another core at the same time; only :meth:`Tee.sha256` waits for it, which the
@@ -21,7 +22,7 @@ _DONE = object()
 
 
 class Tee:
-    def __init__(self, source: Iterable[bytes], copies: int, *, depth: int = 8) -> None:
+    def __init__(self, source: Iterable[bytes | bytearray], copies: int, *, depth: int = 8) -> None:
         self._source = source
         self._queues: list[queue.Queue[object]] = [queue.Queue(maxsize=depth) for _ in range(copies)]
         # The hasher may lag the writers by more chunks than the writers lag the reader (it catches up while they
@@ -57,7 +58,7 @@ class Tee:
                 if item is _DONE:
                     self._whole = self._error is None
                     return
-                self._digest.update(cast(bytes, item))
+                self._digest.update(cast(bytes | bytearray, item))
         finally:
             self._hashed.set()
 
@@ -83,7 +84,7 @@ class Tee:
             for target in (self._to_hash, *self._queues):
                 self._put(target, _DONE)
 
-    def branch(self, copy: int) -> Iterator[bytes]:
+    def branch(self, copy: int) -> Iterator[bytes | bytearray]:
         self._start()
         target = self._queues[copy]
         complete = False
@@ -100,7 +101,7 @@ class Tee:
                         raise self._error
                     complete = True
                     return
-                yield cast(bytes, item)
+                yield cast(bytes | bytearray, item)
         finally:
             if not complete:
                 self._cancelled.set()

@@ -47,12 +47,12 @@ class FileToWrite:
     """
 
     name: str
-    chunks: Iterable[bytes]
+    chunks: Iterable[bytes | bytearray]
     xattrs: tuple[tuple[str, str], ...] = ()
     sha256: Callable[[], str] | None = None
 
 
-def _write_file(path: Path, data: bytes) -> None:
+def _write_file(path: Path, data: bytes | bytearray) -> None:
     """Mode 0644: the reference backend opens every record read-write, so the checking user must own them."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -112,7 +112,7 @@ class VirtualCartridge:
             self._record(part, block, other).unlink(missing_ok=True)
         _write_file(self._record(part, block, kind), data)
 
-    def _put_new(self, part: int, block: int, data: bytes) -> Path:
+    def _put_new(self, part: int, block: int, data: bytes | bytearray) -> Path:
         """A data record past the end of data, where no other file exists for the block."""
         path = self._record(part, block, "R")
         _write_file(path, data)
@@ -348,7 +348,9 @@ class VirtualCartridge:
         self._write_mam(index, barcode=barcode, vcr=self._vcr() + 1)
         return index
 
-    def _data_record(self, block: int, record: bytes, digest: hashlib._Hash | None, length: int) -> tuple[int, int]:
+    def _data_record(
+        self, block: int, record: bytes | bytearray, digest: hashlib._Hash | None, length: int
+    ) -> tuple[int, int]:
         self._synced.append(self._syncer.submit(_fdatasync, self._put_new(DP, block, record)))
         if digest is not None:
             digest.update(record)
