@@ -163,7 +163,21 @@ class CephCluster:
         down = [i for i in self.osd_ids() if self._daemon(f"osd.{i}").running_pid() is None]
         self._start_osds(down)
         if self._daemon("client.rgw.gw").running_pid() is None:
+            self._refresh_rgw_frontends()
             self._start_rgw()
+
+    def _rgw_frontends(self) -> str:
+        """Beast on loopback with TCP_NODELAY. Without it a GET or LIST answer waits on Nagle's algorithm for the
+        client's delayed ACK: ~48 ms per GET and LIST here, against ~5 and ~10 ms with it (measured with boto3);
+        a Delta commit on s3a makes dozens of such calls."""
+        return f"beast endpoint=127.0.0.1:{self.ceph.rgw_port} tcp_nodelay=1"
+
+    def _refresh_rgw_frontends(self) -> None:
+        """A cluster made by an older tierlake gets the current frontend line before RGW starts again."""
+        lines = self.conf.read_text(encoding="utf-8").splitlines()
+        fresh = [f"rgw_frontends = {self._rgw_frontends()}" if ln.startswith("rgw_frontends =") else ln for ln in lines]
+        if fresh != lines:
+            self.conf.write_text("\n".join(fresh) + "\n", encoding="utf-8")
 
     def _make_mon(self, fsid: str) -> None:
         home, log = str(self.home), self.setup_log
@@ -479,6 +493,6 @@ keyring = {home}/keyring
 [client.rgw.gw]
 rgw_data = {home}/rgw/gw
 keyring = {home}/rgw/gw/keyring
-rgw_frontends = beast endpoint=127.0.0.1:{self.ceph.rgw_port}
+rgw_frontends = {self._rgw_frontends()}
 rgw_thread_pool_size = 32
 """
