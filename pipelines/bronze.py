@@ -1,22 +1,22 @@
 """bronze.<topic>: every Kafka record as it arrived (key, raw value, topic, partition, offset, timestamps).
 
-The Delta sink with a checkpoint beside the table gives exactly-once across restarts: Spark records the offsets
-of each micro-batch in the checkpoint and Delta records the batch id in its commit, so a replayed batch is
-skipped. ``run_bronze_until_caught_up`` processes what is in the topic now and stops (``availableNow``).
+Written by the ingest query of the topic (``pipelines.stream``), which appends each micro-batch here and to silver.
+Exactly once across restarts: Spark records each micro-batch's offsets in the checkpoint beside this table
+(``bronze/_checkpoints/<topic>``) before running it, and :func:`write_bronze` commits with the batch id as Delta's
+``txnVersion``, so a batch replayed after a crash is skipped here if it was already committed.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.streaming.query import StreamingQuery
 
 logger = logging.getLogger(__name__)
 BRONZE_DDL = (
@@ -78,33 +78,12 @@ def ensure_bronze(spark: SparkSession, table: BronzeTable) -> None:
         empty.write.format("delta").mode("ignore").save(table.table_uri)
 
 
-def start_bronze(spark: SparkSession, settings: Settings, *, topic: str, trigger_s: float | None) -> StreamingQuery:
-    """Start the Kafka -> bronze query: ``trigger_s`` None = until caught up, else a processing-time trigger."""
-    table = bronze_table(settings, topic)
-    writer = (
-        to_bronze(kafka_source(spark, settings, topic))
-        .writeStream.format("delta")
-        .option("checkpointLocation", table.checkpoint_uri)
-        .outputMode("append")
-        .queryName(f"bronze_{topic.replace('.', '_')}")
+def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable) -> None:
+    """Append one micro-batch to bronze; Delta skips it if this batch id was already committed (a replay)."""
+    (
+        batch.write.format("delta")
+        .mode("append")
+        .option("txnAppId", f"tierlake-bronze-{table.topic}")
+        .option("txnVersion", batch_id)
+        .save(table.table_uri)
     )
-    writer = (
-        writer.trigger(availableNow=True)
-        if trigger_s is None
-        else writer.trigger(processingTime=f"{trigger_s} seconds")
-    )
-    return writer.start(table.table_uri)
-
-
-def run_bronze_until_caught_up(spark: SparkSession, settings: Settings, *, topic: str) -> dict[str, Any]:
-    """Ingest everything now in ``topic`` into bronze, then stop. Returns the table's row count and version."""
-    table = bronze_table(settings, topic)
-    ensure_bronze(spark, table)
-    start_bronze(spark, settings, topic=topic, trigger_s=None).awaitTermination()
-    from delta.tables import DeltaTable  # noqa: PLC0415
-
-    history = DeltaTable.forPath(spark, table.table_uri).history(1).collect()
-    rows = spark.read.format("delta").load(table.table_uri).count()
-    version = int(history[0]["version"]) if history else -1
-    logger.info("bronze %s: %d rows at version %d", table.table_uri, rows, version, extra={"topic": topic})
-    return {"topic": topic, "table": table.table_uri, "rows": rows, "version": version}

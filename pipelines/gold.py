@@ -17,11 +17,13 @@ again, which then reads the new schema.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from pipelines.gold_corpus import gold_tokens_uri, packed_rows
 from pipelines.gold_ev import update_gold
 from pipelines.silver import silver_tables, table_exists
+from pipelines.stream import with_trigger
 from tierlake.config import Settings
 from tierlake.errors import SchemaMismatch
 
@@ -44,6 +46,7 @@ def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, en
     """One batch of new silver rows into the entity's gold tables."""
     spec = settings.entities[entity]
     spark = rows.sparkSession
+    began = time.monotonic()
     if spec.gold == "ev":
         update_gold(
             spark,
@@ -64,7 +67,7 @@ def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, en
                 .option("txnVersion", batch_id)
                 .save(gold_tokens_uri(settings.s3.lake_bucket, entity))
             )
-    logger.info("gold %s batch %d done", entity, batch_id, extra={"entity": entity})
+    logger.info("gold %s batch %d done in %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
 
 
 def start_gold(
@@ -85,12 +88,7 @@ def start_gold(
         .option("checkpointLocation", gold_checkpoint(settings, entity))
         .queryName(f"gold_{entity}")
     )
-    writer = (
-        writer.trigger(availableNow=True)
-        if trigger_s is None
-        else writer.trigger(processingTime=f"{trigger_s} seconds")
-    )
-    return writer.start()
+    return with_trigger(writer, trigger_s).start()
 
 
 def run_gold_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
-"""``tierlake ingest run``: for each entity, Kafka -> bronze, then bronze -> silver/quarantine/dropped, then
-silver -> gold, until caught up. The driver holds the writer lease of each entity's tables while it writes them
-(``pipelines.lease``): Delta on S3 without DynamoDB needs a single writer, and a second driver refuses to start,
-naming the owner."""
+"""``tierlake ingest run``: for each entity, Kafka -> bronze and silver/quarantine/dropped in one query
+(``pipelines.stream``), then silver -> gold, until caught up. The driver holds the writer lease of each entity's
+tables while it writes them (``pipelines.lease``): Delta on S3 without DynamoDB needs a single writer, and a second
+driver refuses to start, naming the owner."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.bronze import run_bronze_until_caught_up
 from pipelines.gold import run_gold_until_caught_up, schema_changed, start_gold
 from pipelines.lease import TableLease
-from pipelines.silver import run_silver_until_caught_up, silver_tables
+from pipelines.silver import silver_tables
+from pipelines.stream import run_ingest_until_caught_up, start_ingest
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict
 from tiers.s3 import s3_client
@@ -53,7 +53,7 @@ def holding(leases: list[TableLease]) -> Iterator[list[TableLease]]:
 def run_until_caught_up(
     spark: SparkSession, settings: Settings, *, entities: list[str], leases: list[TableLease] | None = None
 ) -> dict[str, Any]:
-    """Bronze then silver for each entity; returns per-entity row counts and seconds.
+    """Bronze and silver, then gold, for each entity; returns per-entity row counts and seconds.
 
     ``leases``: already held by the caller (the CLI takes them before it pays for a JVM); else taken here.
     """
@@ -65,15 +65,12 @@ def run_until_caught_up(
     report: dict[str, Any] = {}
     for entity in entities:
         started = time.monotonic()
-        bronze = run_bronze_until_caught_up(spark, settings, topic=settings.entities[entity].topic)
-        _check(leases)
-        silver = run_silver_until_caught_up(spark, settings, entity=entity)
+        counts = run_ingest_until_caught_up(spark, settings, entity=entity)
         _check(leases)
         run_gold_until_caught_up(spark, settings, entity=entity)
         _check(leases)
         report[entity] = {
-            "bronze": bronze["rows"],
-            **{k: silver[k] for k in ("silver", "quarantine", "dropped")},
+            **{k: counts[k] for k in ("bronze", "silver", "quarantine", "dropped")},
             "seconds": round(time.monotonic() - started, 1),
         }
         logger.info("ingest %s: %s", entity, report[entity], extra={"entity": entity})
@@ -96,15 +93,13 @@ def run_continuous(
     status_file: Path | None = None,
     leases: list[TableLease] | None = None,
 ) -> dict[str, Any]:
-    """Keep bronze, silver and gold queries of ``entities`` running on a ``trigger_s`` trigger until ``stop`` is set.
+    """Keep the ingest (bronze + silver) and gold queries of ``entities`` running on a ``trigger_s`` trigger until
+    ``stop`` is set.
 
     Holds every entity's writer lease throughout (``leases`` if the caller took them, else taken here); a lost
     lease or a failed query stops all queries and raises. A gold query starts once its silver table exists, and
     starts again when a silver schema upgrade ends it (Delta stops readers of a table whose schema changed).
     """
-    from pipelines.bronze import bronze_table, ensure_bronze, start_bronze  # noqa: PLC0415
-    from pipelines.silver import start_silver  # noqa: PLC0415
-
     if leases is None:
         with holding(entity_leases(settings, entities)) as held:
             return run_continuous(
@@ -114,10 +109,7 @@ def run_continuous(
     gold: dict[str, Any] = {}  # entity -> its gold query, once started
     try:
         for entity in entities:
-            topic = settings.entities[entity].topic
-            ensure_bronze(spark, bronze_table(settings, topic))
-            queries.append(start_bronze(spark, settings, topic=topic, trigger_s=trigger_s))
-            queries.append(start_silver(spark, settings, entity=entity, trigger_s=trigger_s))
+            queries.append(start_ingest(spark, settings, entity=entity, trigger_s=trigger_s))
         _start_gold(spark, settings, entities, trigger_s, gold)
         if status_file is not None:
             _write_status(status_file, [*queries, *gold.values()])  # tells `ingest start` that the queries are up

@@ -1,6 +1,7 @@
-"""silver.<entity>, quarantine.<entity> and dropped.<entity> from bronze.<topic>, exactly once per micro-batch.
+"""silver.<entity>, quarantine.<entity> and dropped.<entity> from the bronze rows of a micro-batch, exactly once.
 
-Each micro-batch of bronze is classified by the rules (``pipelines.rules``), then judged against history:
+The ingest query (``pipelines.stream``) hands each micro-batch, as written to bronze, to :func:`process_batch`.
+It is classified by the rules (``pipelines.rules``), then judged against history:
 ``late_event`` (event time older than the high-water mark minus the watermark) goes to quarantine, a repeated
 ``event_id`` within the watermark goes to dropped. Every bronze row lands in exactly one of the three tables.
 
@@ -10,18 +11,20 @@ batch_id``), so a replay classifies every row exactly as the first attempt did.
 
 Cost per batch stays flat as silver grows: the high-water mark comes from :class:`HighWater` (silver's maximum
 event time per batch, read once when the query starts and then kept as batches commit), and the duplicate check
-reads only silver files whose event times fall within the watermark (Delta skips the rest by their statistics).
+reads only silver files whose event times reach within two watermarks of that mark (Delta skips the rest by their
+statistics). A batch is a handful of Spark jobs: the rules and history in one pass (counts per outcome), then one
+append per table that gets rows.
 Gold is a query of its own that reads silver (``pipelines.gold``), so a silver batch never waits for gold.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from pipelines.bronze import bronze_table
 from pipelines.rules import classify
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
@@ -29,7 +32,6 @@ from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.streaming.query import StreamingQuery
 
 logger = logging.getLogger(__name__)
 SOURCE_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "ingest_time")
@@ -123,15 +125,10 @@ def judge(
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     ts, eid = F.col(f"_rec.`{entity.event_time}`"), F.col(f"_rec.`{entity.event_id}`")
-    valid = classified.where(F.col("rule").isNull())
+    watermark = F.expr(f"INTERVAL {entity.watermark_s} SECONDS")
     # As in Spark's own watermark, the high-water mark comes from earlier batches only: a batch spanning more
     # event time than the watermark is not late, and a replayed batch sees the same mark as its first attempt.
-    prior = None
-    if table_exists(spark, silver_uri):
-        prior = spark.read.format("delta").load(silver_uri).where(F.col("_batch_id") < batch_id)
-    late = F.lit(False)
-    if high_water is not None:
-        late = ts < F.lit(high_water) - F.expr(f"INTERVAL {entity.watermark_s} SECONDS")
+    late = F.lit(False) if high_water is None else ts < F.lit(high_water) - watermark
     judged = classified.withColumn(
         "rule", F.when(F.col("rule").isNull() & late, F.lit("late_event")).otherwise(F.col("rule"))
     ).withColumn(
@@ -148,19 +145,24 @@ def judge(
     first = Window.partitionBy(eid).orderBy("partition", "offset")
     is_valid = F.col("rule").isNull()
     judged = judged.withColumn("_rank", F.when(is_valid, F.row_number().over(first)))
-    if prior is not None:
-        lower = valid.agg(F.min(ts)).first()
-        window_start = (
-            F.lit(lower[0]) - F.expr(f"INTERVAL {entity.watermark_s} SECONDS") if lower and lower[0] else None
-        )
-        seen = prior.select(F.col(entity.event_id).alias("_seen_id"))
-        if window_start is not None:
-            seen = prior.where(F.col(entity.event_time) >= window_start).select(
-                F.col(entity.event_id).alias("_seen_id")
-            )
-        judged = judged.join(seen.distinct(), judged["_rec"][entity.event_id] == F.col("_seen_id"), "left")
-    else:
+    if high_water is None:
+        # No earlier batch put a row in silver (every silver row has an event time), so nothing to be a copy of.
         judged = judged.withColumn("_seen_id", F.lit(None).cast("string"))
+    else:
+        # A row still valid here is not late: its event time is at least high_water - watermark. Its earlier
+        # copies are looked for among silver rows of earlier batches from one more watermark back; Delta skips
+        # every file whose event times end before that by its statistics.
+        seen = (
+            spark.read.format("delta")
+            .load(silver_uri)
+            .where(
+                (F.col("_batch_id") < batch_id)
+                & (F.col(entity.event_time) >= F.lit(high_water) - watermark - watermark)
+            )
+            .select(F.col(entity.event_id).alias("_seen_id"))
+            .distinct()
+        )
+        judged = judged.join(seen, judged["_rec"][entity.event_id] == F.col("_seen_id"), "left")
     duplicate = is_valid & ((F.col("_rank") > 1) | F.col("_seen_id").isNotNull())
     return judged.withColumn("dropped", F.when(duplicate, F.lit("duplicate_event_id")))
 
@@ -222,19 +224,19 @@ def process_batch(
     batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables: SilverTables, high_water: HighWater
 ) -> dict[str, int]:
     """One micro-batch: classify, judge, write the three tables idempotently. Returns the row counts."""
-    spark = batch.sparkSession
-    classified = classify(batch, entity).persist()
+    judged = judge(
+        batch.sparkSession,
+        classify(batch, entity),
+        entity=entity,
+        silver_uri=tables.silver,
+        batch_id=batch_id,
+        high_water=high_water.before(batch_id),
+    ).persist()  # computed once by the counts, then read by each table's write
     try:
-        judged = judge(
-            spark,
-            classified,
-            entity=entity,
-            silver_uri=tables.silver,
-            batch_id=batch_id,
-            high_water=high_water.before(batch_id),
-        ).persist()
         frames = outputs(judged, entity=entity, batch_id=batch_id)
+        began = time.monotonic()
         counts, high = outcome_counts(judged, entity=entity)
+        judged_s = time.monotonic() - began
         for name, frame, uri in zip(
             ("silver", "quarantine", "dropped"), frames, (tables.silver, tables.quarantine, tables.dropped), strict=True
         ):
@@ -249,47 +251,15 @@ def process_batch(
                 .save(uri)
             )
         high_water.record(batch_id, high)
-        judged.unpersist()
     finally:
-        classified.unpersist()
-    logger.info("silver %s batch %d: %s", entity.name, batch_id, counts, extra={"entity": entity.name})
+        judged.unpersist()
+    logger.info(
+        "silver %s batch %d: %s (rules and history %.1f s, writes %.1f s)",
+        entity.name,
+        batch_id,
+        counts,
+        judged_s,
+        time.monotonic() - began - judged_s,
+        extra={"entity": entity.name},
+    )
     return counts
-
-
-def start_silver(spark: SparkSession, settings: Settings, *, entity: str, trigger_s: float | None) -> StreamingQuery:
-    """Start the bronze -> silver query: ``trigger_s`` None = until caught up, else a processing-time trigger."""
-    tables = silver_tables(settings, entity)  # refuses an unknown entity
-    spec = settings.entities[entity]
-    bronze = bronze_table(settings, spec.topic)
-    if not table_exists(spark, bronze.table_uri):
-        raise ConfigError(f"bronze table {bronze.table_uri} does not exist yet. Fix: run `tierlake ingest run` first")
-
-    high_water = HighWater(spark, tables.silver, spec.event_time)
-
-    def handle(batch: DataFrame, batch_id: int) -> None:
-        process_batch(batch, batch_id, entity=spec, tables=tables, high_water=high_water)
-
-    writer = (
-        spark.readStream.format("delta")
-        .load(bronze.table_uri)
-        .writeStream.foreachBatch(handle)
-        .option("checkpointLocation", tables.checkpoint)
-        .queryName(f"silver_{entity}")
-    )
-    writer = (
-        writer.trigger(availableNow=True)
-        if trigger_s is None
-        else writer.trigger(processingTime=f"{trigger_s} seconds")
-    )
-    return writer.start()
-
-
-def run_silver_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
-    """Process every bronze row not yet seen into silver/quarantine/dropped, then stop (``availableNow``)."""
-    tables = silver_tables(settings, entity)
-    start_silver(spark, settings, entity=entity, trigger_s=None).awaitTermination()
-    counts = {
-        name: spark.read.format("delta").load(uri).count() if table_exists(spark, uri) else 0
-        for name, uri in (("silver", tables.silver), ("quarantine", tables.quarantine), ("dropped", tables.dropped))
-    }
-    return {"entity": entity, **counts}

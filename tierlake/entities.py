@@ -53,7 +53,15 @@ def build_entities(raw: object, source: str, topics: set[str]) -> dict[str, Enti
     """Validate the ``entities`` mapping; every error names the source, the key path, the value and the fix."""
     if not isinstance(raw, dict):
         raise _fail(source, "entities", raw, "expected a mapping of entity name -> spec", "see conf/base.yaml")
-    return {str(name): _entity(str(name), spec, source, topics) for name, spec in raw.items()}
+    entities = {str(name): _entity(str(name), spec, source, topics) for name, spec in raw.items()}
+    by_topic: dict[str, list[str]] = {}
+    for entity in entities.values():
+        by_topic.setdefault(entity.topic, []).append(entity.name)
+    for topic, names in by_topic.items():
+        if len(names) > 1:
+            # One ingest query per topic writes its entity's tables; two entities would share a checkpoint.
+            raise _fail(source, "entities", names, f"two entities read topic {topic!r}", "give each its own topic")
+    return entities
 
 
 def _fail(source: str, key: str, value: object, why: str, fix: str) -> ConfigError:

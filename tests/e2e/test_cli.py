@@ -79,24 +79,25 @@ def test_stack_status_json_lists_pid_port_health(stack: LocalStack) -> None:
     assert [s["port"] for s in kafka] == [19192, 19202, 19212]
 
 
-def test_produce_then_bronze_holds_every_record_of_the_topic(stack: LocalStack) -> None:
-    produced = _tierlake("produce", "ev", "--events", "700", "--json")
+def test_produce_then_ingest_run_lands_every_record_of_the_topic(stack: LocalStack) -> None:
+    produced = _tierlake("produce", "ev", "--events", "700", "--bad-fraction", "0.05", "--json")
     assert produced.returncode == 0, produced.stderr
     summary = json.loads(produced.stdout.strip().splitlines()[-1])
     assert summary == {**summary, "sent": 700, "acknowledged": 700, "failed": 0}
 
     in_topic = topic_record_count(stack.settings, "ev.telemetry")
-    bronze = _tierlake("ingest", "bronze", "--topic", "ev.telemetry", "--json")
-    assert bronze.returncode == 0, bronze.stderr[-2000:]
-    result = json.loads(bronze.stdout.strip().splitlines()[-1])
-    assert result["rows"] == in_topic
-    assert result["table"] == "s3a://tierlake-lake/bronze/ev_telemetry"
+    ingested = _tierlake("ingest", "run", "--entity", "ev", "--json")
+    assert ingested.returncode == 0, ingested.stderr[-2000:]
+    report = json.loads(ingested.stdout.strip().splitlines()[-1])["ev"]
+    assert report["bronze"] == in_topic
+    assert report["silver"] + report["quarantine"] + report["dropped"] == in_topic
+    assert report["quarantine"] > 0
 
 
-def test_unknown_topic_is_a_clear_error(stack: LocalStack) -> None:
-    result = _tierlake("ingest", "bronze", "--topic", "no.such.topic")
+def test_unknown_entity_is_a_clear_error(stack: LocalStack) -> None:
+    result = _tierlake("ingest", "run", "--entity", "no_such")
     assert result.returncode == 2
-    assert "topic 'no.such.topic' is not in kafka.topics" in result.stderr
+    assert "entity 'no_such' is not in entities" in result.stderr
     assert "Traceback" not in result.stderr
 
 

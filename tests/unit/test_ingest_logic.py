@@ -52,6 +52,12 @@ def test_bad_entity_specs_name_key_value_and_fix(change: dict[str, object], mess
         build_entities({"ev": {**EV, **change}}, "conf/base.yaml", {"ev.telemetry"})
 
 
+def test_two_entities_on_one_topic_are_refused() -> None:
+    """One ingest query per topic writes its entity's tables (and owns the checkpoint beside bronze)."""
+    with pytest.raises(ConfigError, match=r"two entities read topic 'ev.telemetry'. Fix: give each its own topic"):
+        build_entities({"ev": EV, "ev_copy": EV}, "conf/base.yaml", {"ev.telemetry"})
+
+
 def test_generators_are_pure_functions_of_the_seed() -> None:
     assert list(good_records("ev", 50, seed=1)) == list(good_records("ev", 50, seed=1))
     assert list(good_records("ev", 50, seed=1)) != list(good_records("ev", 50, seed=2))

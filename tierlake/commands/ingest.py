@@ -31,21 +31,6 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if summary.failed == 0 else 4
 
 
-def _bronze(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.bronze import bronze_table, run_bronze_until_caught_up  # noqa: PLC0415
-    from pipelines.session import spark_session  # noqa: PLC0415
-
-    bronze_table(settings, args.topic)  # refuse an unknown topic before paying for a JVM
-    spark = spark_session(settings, app_name="tierlake-bronze")
-    try:
-        result = run_bronze_until_caught_up(spark, settings, topic=args.topic)
-    finally:
-        spark.stop()
-    text = f"bronze table {result['table']}: {result['rows']} rows (version {result['version']})"
-    sys.stdout.write((json.dumps(result) if args.json else text) + "\n")
-    return 0
-
-
 def _entities(args: argparse.Namespace, settings: Settings) -> list[str]:
     return list(args.entity or settings.entities)
 
@@ -228,12 +213,9 @@ def register(sub: Subparsers) -> None:
     produce.set_defaults(handler=_produce)
 
     ingest = sub.add_parser("ingest", help="streaming ingestion").add_subparsers(dest="action", required=True)
-    bronze = ingest.add_parser("bronze", help="Kafka topic -> Delta bronze table until caught up, then exit")
-    bronze.add_argument("--topic", default="ev.telemetry")
-    bronze.add_argument("--json", action="store_true")
-    bronze.set_defaults(handler=_bronze)
-
-    run = ingest.add_parser("run", help="Kafka -> bronze -> silver/quarantine/dropped until caught up, then exit")
+    run = ingest.add_parser(
+        "run", help="Kafka -> bronze and silver/quarantine/dropped, then gold, until caught up, then exit"
+    )
     run.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_run)
