@@ -2,8 +2,9 @@
 
 Written by the ingest query of the topic (``pipelines.stream``), which appends each micro-batch here and to silver.
 Exactly once across restarts: Spark records each micro-batch's offsets in the checkpoint beside this table
-(``bronze/_checkpoints/<topic>``) before running it, and :func:`write_bronze` commits with the batch id as Delta's
-``txnVersion``, so a batch replayed after a crash is skipped here if it was already committed.
+(``bronze/_checkpoints/<topic>``) before running it, and :func:`write_bronze` tags the rows with the batch id and
+skips a batch that bronze already holds (``pipelines.ledger``), so a batch replayed after a crash is not appended
+twice.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pipelines.ledger import CommitLedger
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 BRONZE_DDL = (
     "key binary, value binary, topic string, partition int, offset long, kafka_timestamp timestamp, "
-    "ingest_time timestamp"
+    "ingest_time timestamp, _batch_id long"
 )
 
 
@@ -78,12 +80,8 @@ def ensure_bronze(spark: SparkSession, table: BronzeTable) -> None:
         empty.write.format("delta").mode("ignore").save(table.table_uri)
 
 
-def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable) -> None:
-    """Append one micro-batch to bronze; Delta skips it if this batch id was already committed (a replay)."""
-    (
-        batch.write.format("delta")
-        .mode("append")
-        .option("txnAppId", f"tierlake-bronze-{table.topic}")
-        .option("txnVersion", batch_id)
-        .save(table.table_uri)
-    )
+def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable, ledger: CommitLedger) -> None:
+    """Append one micro-batch to bronze, its rows tagged with the batch id; skipped if bronze already holds it."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    ledger.append(batch.withColumn("_batch_id", F.lit(batch_id).cast("long")), table.table_uri, batch_id)

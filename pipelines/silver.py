@@ -5,9 +5,10 @@ It is classified by the rules (``pipelines.rules``), then judged against history
 ``late_event`` (event time older than the high-water mark minus the watermark) goes to quarantine, a repeated
 ``event_id`` within the watermark goes to dropped. Every bronze row lands in exactly one of the three tables.
 
-Exactly once: every write carries Delta's ``txnAppId``/``txnVersion`` (the batch id), so a batch replayed after
-a crash skips the tables it already committed. History is read as of *earlier* batches only (``_batch_id <
-batch_id``), so a replay classifies every row exactly as the first attempt did.
+Exactly once: every row carries its batch id (``_batch_id``) and :class:`pipelines.ledger.CommitLedger` skips a
+table that already holds the batch, so a batch replayed after a crash skips the tables it already committed.
+History is read as of *earlier* batches only (``_batch_id < batch_id``), so a replay classifies every row exactly
+as the first attempt did.
 
 Cost per batch stays flat as silver grows: the high-water mark comes from :class:`HighWater` (silver's maximum
 event time per batch, read once when the query starts and then kept as batches commit), and the duplicate check
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from pipelines.ledger import CommitLedger
 from pipelines.rules import classify
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
@@ -221,7 +223,13 @@ def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> tuple[dict[str, 
 
 
 def process_batch(
-    batch: DataFrame, batch_id: int, *, entity: EntitySpec, tables: SilverTables, high_water: HighWater
+    batch: DataFrame,
+    batch_id: int,
+    *,
+    entity: EntitySpec,
+    tables: SilverTables,
+    high_water: HighWater,
+    ledger: CommitLedger,
 ) -> dict[str, int]:
     """One micro-batch: classify, judge, write the three tables idempotently. Returns the row counts."""
     judged = judge(
@@ -240,16 +248,8 @@ def process_batch(
         for name, frame, uri in zip(
             ("silver", "quarantine", "dropped"), frames, (tables.silver, tables.quarantine, tables.dropped), strict=True
         ):
-            if not counts[name]:
-                continue  # an empty write would still cost a job and a commit; skipping it is as deterministic
-            (
-                frame.write.format("delta")
-                .mode("append")
-                .option("mergeSchema", "true")
-                .option("txnAppId", f"tierlake-silver-{entity.name}-{name}")
-                .option("txnVersion", batch_id)
-                .save(uri)
-            )
+            if counts[name]:  # an empty write would still cost a job and a commit; skipping it is as deterministic
+                ledger.append(frame, uri, batch_id, merge_schema=True)
         high_water.record(batch_id, high)
     finally:
         judged.unpersist()

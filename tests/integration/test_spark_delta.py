@@ -16,7 +16,7 @@ from tierlake.config import Settings
 from tiers.s3 import delta_storage_options
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def _table_uri(settings: Settings, name: str) -> str:
@@ -91,3 +91,25 @@ def test_stream_from_kafka_into_delta_holds_exactly_the_records(spark: SparkSess
     )
     again.awaitTermination()
     assert spark.read.format("delta").load(uri).count() == 400
+
+
+def test_commit_ledger_appends_each_batch_once_across_driver_restarts(spark: SparkSession, settings: Settings) -> None:
+    """A replayed batch skips a table that holds it; a new ledger (a restarted driver) learns that from the table."""
+    from pipelines.ledger import CommitLedger  # noqa: PLC0415
+
+    uri = _table_uri(settings, "ledger")
+    ledger = CommitLedger(spark)
+    assert ledger.last(uri) == -1
+
+    def batch(batch_id: int) -> DataFrame:
+        return spark.createDataFrame([(batch_id * 10 + i, batch_id) for i in range(3)], "id long, _batch_id long")
+
+    assert ledger.append(batch(0), uri, 0)
+    assert ledger.append(batch(1), uri, 1)
+    assert not ledger.append(batch(1), uri, 1)  # the same driver replays batch 1
+    restarted = CommitLedger(spark)
+    assert restarted.last(uri) == 1
+    assert not restarted.append(batch(1), uri, 1)  # a restarted driver replays batch 1
+    assert restarted.append(batch(2), uri, 2)
+    ids = sorted(r["id"] for r in spark.read.format("delta").load(uri).collect())
+    assert ids == [0, 1, 2, 10, 11, 12, 20, 21, 22]

@@ -1,0 +1,63 @@
+"""Which micro-batch each table last committed: exactly-once appends without Delta's per-commit ``txnVersion`` check.
+
+Delta's idempotent writes (``txnAppId``/``txnVersion``) look the application's last version up in the table's state
+on every commit; measured on this stack that added ~1.4 s to an append of a few hundred rows (0.7 s -> 2.1 s, the
+same table shape, one JVM, RGW on loopback), and an ingest batch makes two to four appends.
+
+tierlake has one writing driver per table (``pipelines.lease``), and a query runs its batches one after another, so
+the driver can keep the answer itself. Every row an ingest batch appends carries the batch id in ``_batch_id``.
+When a query starts, the ledger reads each table's highest ``_batch_id`` once (a MAX that Delta answers from its
+file statistics); afterwards it notes each append. A batch replayed after a crash skips the tables that already
+hold its rows and writes the others, as Delta's transaction ids would.
+
+Rows written outside the streaming batches carry a negative ``_batch_id`` (``replay-quarantine`` writes -1) and never
+count as a committed batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+logger = logging.getLogger(__name__)
+
+
+class CommitLedger:
+    """The last streaming batch committed to each table this driver writes."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self._spark = spark
+        self._last: dict[str, int] = {}
+
+    def last(self, uri: str) -> int:
+        """The highest batch id in the table (-1: no batch yet, or no table)."""
+        if uri not in self._last:
+            from delta.tables import DeltaTable  # noqa: PLC0415
+            from pyspark.sql import functions as F  # noqa: PLC0415
+
+            last = -1
+            if DeltaTable.isDeltaTable(self._spark, uri):
+                table = self._spark.read.format("delta").load(uri)
+                if "_batch_id" in table.columns:  # a table made before the column existed holds no batch of ours
+                    row = table.agg(F.max("_batch_id")).first()
+                    last = int(row[0]) if row is not None and row[0] is not None else -1
+            self._last[uri] = last
+        return self._last[uri]
+
+    def append(self, frame: DataFrame, uri: str, batch_id: int, *, merge_schema: bool = False) -> bool:
+        """Append ``frame`` (its rows carry ``_batch_id`` = ``batch_id``) unless the table already holds the batch.
+
+        Returns whether it wrote.
+        """
+        if batch_id <= self.last(uri):
+            logger.info("batch %d is already in %s (a replay after a crash); not written again", batch_id, uri)
+            return False
+        writer = frame.write.format("delta").mode("append")
+        if merge_schema:
+            writer = writer.option("mergeSchema", "true")
+        writer.save(uri)
+        self._last[uri] = batch_id
+        return True
