@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
-import pyarrow as pa
-from deltalake import write_deltalake
-
-from pipelines import maintenance
+from tests.lake_tables import small_table
 from tierlake.config import Settings
-from tiers.s3 import delta_storage_options
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,16 +20,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _table(settings: Settings, appends: int) -> str:
-    table = f"scratch/cli_{uuid.uuid4().hex[:8]}"
-    for i in range(appends):
-        batch = pa.table({"station_id": [f"st-{i}"] * 10, "power_kw": [float(j) for j in range(10)]})
-        write_deltalake(
-            maintenance.rust_uri(settings, table),
-            batch,
-            mode="append",
-            storage_options=delta_storage_options(settings.s3),
-        )
-    return table
+    return small_table(settings, "cli", appends=appends, rows=10)
 
 
 def test_vacuum_under_seven_days_is_refused_with_the_fix(settings: Settings) -> None:

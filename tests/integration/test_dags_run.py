@@ -23,6 +23,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from pipelines import maintenance
+from tests.lake_tables import small_table
 from tierlake.config import Settings, load_settings
 from tiers.s3 import delta_storage_options, s3_client
 
@@ -79,16 +80,7 @@ def _run(dag: Any, conf: dict[str, Any] | None = None) -> dict[str, str]:
 
 
 def _small_table(settings: Settings, prefix: str, appends: int) -> str:
-    table = f"scratch/{prefix}_{uuid.uuid4().hex[:8]}"
-    for i in range(appends):
-        batch = pa.table({"station_id": [f"st-{i}"] * 20, "power_kw": [float(i * 20 + j) for j in range(20)]})
-        write_deltalake(
-            maintenance.rust_uri(settings, table),
-            batch,
-            mode="append",
-            storage_options=delta_storage_options(settings.s3),
-        )
-    return table
+    return small_table(settings, prefix, appends=appends, rows=20)
 
 
 def test_lake_maintenance_compacts_vacuums_checkpoints_and_exports_stats(

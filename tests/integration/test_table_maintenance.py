@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -12,6 +11,7 @@ from deltalake import DeltaTable, write_deltalake
 
 from pipelines import maintenance
 from pipelines.lease import TableLease
+from tests.lake_tables import small_table
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict, RetentionViolation
 from tiers.s3 import delta_storage_options, s3_client
@@ -21,17 +21,7 @@ if TYPE_CHECKING:
 
 
 def _table(settings: Settings, appends: int, rows: int = 40) -> str:
-    """A fresh table of ``appends`` small files, written by delta-rs."""
-    name = f"scratch/maint_{uuid.uuid4().hex[:8]}"
-    for i in range(appends):
-        batch = pa.table({"station_id": [f"st-{i % 3}"] * rows, "power_kw": [float(i * rows + j) for j in range(rows)]})
-        write_deltalake(
-            maintenance.rust_uri(settings, name),
-            batch,
-            mode="append",
-            storage_options=delta_storage_options(settings.s3),
-        )
-    return name
+    return small_table(settings, "maint", appends=appends, rows=rows)
 
 
 def _rows(settings: Settings, table: str) -> list[tuple[str, float]]:
