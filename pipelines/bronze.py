@@ -57,6 +57,10 @@ def kafka_source(spark: SparkSession, settings: Settings, topic: str) -> DataFra
     )
 
 
+BRONZE_COLUMNS = ("key", "value", "topic", "partition", "offset", "kafka_timestamp", "ingest_time")
+"""A bronze row as the ingest query sees it (bronze itself adds ``_batch_id``)."""
+
+
 def to_bronze(records: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F  # noqa: PLC0415 - Spark's own convention
 
@@ -81,7 +85,11 @@ def ensure_bronze(spark: SparkSession, table: BronzeTable) -> None:
 
 
 def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable, ledger: CommitLedger) -> None:
-    """Append one micro-batch to bronze, its rows tagged with the batch id; skipped if bronze already holds it."""
+    """Append one micro-batch to bronze, its rows tagged with the batch id; skipped if bronze already holds it.
+
+    ``batch`` may carry more columns (the ingest query's classified rows); bronze keeps :data:`BRONZE_COLUMNS`.
+    """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    ledger.append(batch.withColumn("_batch_id", F.lit(batch_id).cast("long")), table.table_uri, batch_id)
+    rows = batch.select(*BRONZE_COLUMNS, F.lit(batch_id).cast("long").alias("_batch_id"))
+    ledger.append(rows, table.table_uri, batch_id)

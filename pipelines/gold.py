@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.gold_corpus import gold_tokens_uri, packed_rows
 from pipelines.gold_ev import update_gold
+from pipelines.session import use_pool
 from pipelines.silver import silver_tables, table_exists
 from pipelines.stream import with_trigger
 from tierlake.config import Settings
@@ -79,6 +80,7 @@ def start_gold(
         return None
 
     def handle(batch: DataFrame, batch_id: int) -> None:
+        use_pool(batch.sparkSession, "gold")
         process_gold_batch(batch, batch_id, settings=settings, entity=entity)
 
     writer = (

@@ -1,7 +1,7 @@
 """silver.<entity>, quarantine.<entity> and dropped.<entity> from the bronze rows of a micro-batch, exactly once.
 
-The ingest query (``pipelines.stream``) hands each micro-batch, as written to bronze, to :func:`process_batch`.
-It is classified by the rules (``pipelines.rules``), then judged against history:
+The ingest query (``pipelines.stream``) classifies its records by the rules (``pipelines.rules``) in the streaming
+plan and hands each micro-batch to :func:`process_batch`, which judges it against history:
 ``late_event`` (event time older than the high-water mark minus the watermark) goes to quarantine, a repeated
 ``event_id`` within the watermark goes to dropped. Every bronze row lands in exactly one of the three tables.
 
@@ -27,7 +27,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from pipelines.ledger import CommitLedger
-from pipelines.rules import classify
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
 from tierlake.errors import ConfigError
@@ -223,7 +222,7 @@ def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> tuple[dict[str, 
 
 
 def process_batch(
-    batch: DataFrame,
+    classified: DataFrame,
     batch_id: int,
     *,
     entity: EntitySpec,
@@ -231,10 +230,12 @@ def process_batch(
     high_water: HighWater,
     ledger: CommitLedger,
 ) -> dict[str, int]:
-    """One micro-batch: classify, judge, write the three tables idempotently. Returns the row counts."""
+    """One micro-batch, classified by the rules (:func:`pipelines.rules.classify`): judge it against history, write
+    the three tables idempotently. Returns the row counts."""
+    planning = time.monotonic()
     judged = judge(
-        batch.sparkSession,
-        classify(batch, entity),
+        classified.sparkSession,
+        classified,
         entity=entity,
         silver_uri=tables.silver,
         batch_id=batch_id,
@@ -243,6 +244,7 @@ def process_batch(
     try:
         frames = outputs(judged, entity=entity, batch_id=batch_id)
         began = time.monotonic()
+        plan_s = began - planning
         counts, high = outcome_counts(judged, entity=entity)
         judged_s = time.monotonic() - began
         for name, frame, uri in zip(
@@ -254,10 +256,11 @@ def process_batch(
     finally:
         judged.unpersist()
     logger.info(
-        "silver %s batch %d: %s (rules and history %.1f s, writes %.1f s)",
+        "silver %s batch %d: %s (plan %.1f s, rules and history %.1f s, writes %.1f s)",
         entity.name,
         batch_id,
         counts,
+        plan_s,
         judged_s,
         time.monotonic() - began - judged_s,
         extra={"entity": entity.name},

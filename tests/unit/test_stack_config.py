@@ -6,13 +6,14 @@ import shutil
 import stat
 from dataclasses import replace
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 from infra.ceph import CephCluster
 from infra.kafka import KafkaCluster
 from infra.stack import ensure_credentials
-from pipelines.session import spark_conf
+from pipelines.session import POOLS, pools_file, spark_conf
 from tierlake.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -81,6 +82,23 @@ def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
     assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert conf["spark.x"] == "y"
     assert conf["spark.driver.host"] == "127.0.0.1"
+
+
+def test_ingest_jobs_get_a_core_before_gold_jobs(tmp_path: Path) -> None:
+    """Fair scheduling: the ingest pool has a guaranteed core and four times gold's weight."""
+    settings = _settings(tmp_path, TIERLAKE_S3__ACCESS_KEY="AK", TIERLAKE_S3__SECRET_KEY="SK")
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "a-1.jar").write_bytes(b"PK")
+    settings = replace(settings, spark=replace(settings.spark, jars_dir=jars))
+    conf = spark_conf(settings, app_name="unit")
+    assert conf["spark.scheduler.mode"] == "FAIR"
+    assert conf["spark.scheduler.allocation.file"] == str(pools_file(settings))
+    pools = {
+        pool.get("name"): (pool.findtext("weight"), pool.findtext("minShare"))
+        for pool in ElementTree.fromstring(POOLS).iter("pool")  # noqa: S314 - our own constant
+    }
+    assert pools == {"ingest": ("4", "1"), "gold": ("1", "0")}
 
 
 def test_spark_master_comes_from_config(tmp_path: Path) -> None:
