@@ -2,9 +2,13 @@
 
 One run, one topic of its own, the same records for every contender:
 - ``raw_consume``: a plain confluent-kafka consumer reading the topic from the start (the ceiling of this machine);
-- ``ingest`` / ``gold``: tierlake's streaming jobs run until caught up (Spark started beforehand, not timed). The
-  ingest query writes bronze and silver in one micro-batch, so ``silver_vs_raw_consume`` covers Kafka -> bronze
-  + silver; gold is its own query after it;
+- ``ingest`` / ``gold``: tierlake's streaming jobs run until caught up (Spark started beforehand, not timed), each
+  timed from the query's start to its end (the table counts printed afterwards are not ingestion). The ingest
+  query writes bronze and silver in one micro-batch, so ``silver_vs_raw_consume`` covers Kafka -> bronze + silver;
+  gold is its own query after it;
+- ``spark_read``: Spark itself reading the same topic as a batch (``spark.read.format("kafka")``, count only, warm,
+  best of two): the ceiling of any Spark job on this machine, so ``silver_vs_spark_read`` says how much of the gap
+  to the raw consumer is tierlake's work and how much is Spark's;
 - freshness: the streaming queries kept running on a ``--trigger-s`` trigger while records arrive at ``--rate``;
   per record, silver commit time minus Kafka timestamp, p50 and p99.
 
@@ -38,7 +42,7 @@ from pipelines.ingest import run_continuous
 from pipelines.produce import send_records
 from pipelines.session import spark_session
 from pipelines.silver import silver_tables
-from pipelines.stream import run_ingest_until_caught_up
+from pipelines.stream import ingest_counts, start_ingest
 from tierlake.config import Settings, load_settings
 from tierlake.logs import configure_logging
 from tiers.s3 import delta_storage_options
@@ -84,6 +88,25 @@ def raw_consume(settings: Settings, topic: str, expected: int) -> float:
     if seen < expected:
         raise RuntimeError(f"raw consumer saw {seen} of {expected} records in 300 s")
     return time.monotonic() - started
+
+
+def spark_read(spark: Any, settings: Settings, topic: str, expected: int) -> float:
+    """Seconds for Spark to read (count) every record of ``topic`` as a batch job, best of two."""
+    source = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka.bootstrap())
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .load()
+    )
+    times = []
+    for _ in range(2):
+        began = time.monotonic()
+        seen = source.count()
+        times.append(time.monotonic() - began)
+        if seen != expected:
+            raise RuntimeError(f"Spark read {seen} of {expected} records of {topic}")
+    return min(times)
 
 
 def batch_phases(spark: Any) -> dict[str, dict[str, float]]:
@@ -140,11 +163,15 @@ def main(argv: list[str] | None = None) -> int:
     spark = spark_session(settings, app_name="tierlake-bench-ingest")
     try:
         began = time.monotonic()
-        counts = run_ingest_until_caught_up(spark, settings, entity=entity)
+        query = start_ingest(spark, settings, entity=entity, trigger_s=None)
+        query.awaitTermination()
         silver_s = time.monotonic() - began
+        backlog = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]]
+        counts = ingest_counts(spark, settings, entity=entity)
         began = time.monotonic()
         run_gold_until_caught_up(spark, settings, entity=entity)
         gold_s = time.monotonic() - began
+        spark_read_s = spark_read(spark, settings, topic, events)
 
         stop = threading.Event()
         worker = threading.Thread(
@@ -179,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         "figures": {
             "raw_consume_eps": round(raw_eps),
             "silver_end_to_end_eps": round(events / silver_s),
+            "spark_read_eps": round(events / spark_read_s),
+            "backlog_batches": len(backlog),
+            "backlog_batches_s": round(sum(backlog), 1),
+            "backlog_query_s": round(silver_s, 1),
             "gold_stage_eps": round(events / gold_s),
             "p50_freshness_s": fresh["p50_s"],
             "p99_freshness_s": fresh["p99_s"],
@@ -190,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "ratios": {
             "silver_vs_raw_consume": round(events / silver_s / raw_eps, 4),
+            "silver_vs_spark_read": round(spark_read_s / silver_s, 4),
+            "spark_read_vs_raw_consume": round(events / spark_read_s / raw_eps, 4),
             "p99_freshness_vs_trigger": round(fresh["p99_s"] / args.trigger_s, 2) if fresh["p99_s"] else None,
         },
         "setup": {

@@ -157,7 +157,12 @@ def checks(entity: EntitySpec) -> list[Check]:
 
 
 def classify(bronze: DataFrame, entity: EntitySpec) -> DataFrame:
-    """Bronze rows with ``rule`` and ``error`` (both null for a valid record) and the parsed columns."""
+    """Bronze rows with ``rule`` and ``error`` (both null for a valid record), ``_rec`` (the typed record) and
+    ``extra_fields``.
+
+    The parse helpers ``_text`` and ``_map`` are dropped: the ingest query persists each classified batch, and
+    without them a cached row is about a third narrower (the 200,000-record batch of the bench caches ~1 s faster).
+    """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     ordered = checks(entity)
@@ -165,4 +170,10 @@ def classify(bronze: DataFrame, entity: EntitySpec) -> DataFrame:
     error = F.coalesce(*(F.when(c.broken, c.error) for c in ordered))
     known = F.array(*(F.lit(name) for name in entity.field_names))
     extra = F.map_filter(F.col("_map"), lambda k, _v: ~F.array_contains(known, k))
-    return parse(bronze, entity).withColumn("rule", rule).withColumn("error", error).withColumn("extra_fields", extra)
+    return (
+        parse(bronze, entity)
+        .withColumn("rule", rule)
+        .withColumn("error", error)
+        .withColumn("extra_fields", extra)
+        .drop("_text", "_map")
+    )

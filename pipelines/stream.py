@@ -92,9 +92,14 @@ def run_ingest_until_caught_up(spark: SparkSession, settings: Settings, *, entit
 
     Returns the tables' row counts and bronze's version.
     """
+    start_ingest(spark, settings, entity=entity, trigger_s=None).awaitTermination()
+    return ingest_counts(spark, settings, entity=entity)
+
+
+def ingest_counts(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
+    """The row counts of ``entity``'s bronze, silver, quarantine and dropped tables, and bronze's version."""
     from delta.tables import DeltaTable  # noqa: PLC0415
 
-    start_ingest(spark, settings, entity=entity, trigger_s=None).awaitTermination()
     bronze = bronze_table(settings, settings.entities[entity].topic)
     tables = silver_tables(settings, entity)
     history = DeltaTable.forPath(spark, bronze.table_uri).history(1).collect()
