@@ -10,7 +10,8 @@ One run, one topic of its own, the same records for every contender:
   best of two): the ceiling of any Spark job on this machine, so ``silver_vs_spark_read`` says how much of the gap
   to the raw consumer is tierlake's work and how much is Spark's;
 - freshness: the streaming queries kept running on a ``--trigger-s`` trigger while records arrive at ``--rate``;
-  per record, silver commit time minus Kafka timestamp, p50 and p99.
+  per record, silver commit time minus Kafka timestamp, p50 and p99; per flagged reading, the gold anomaly's
+  commit time (``flagged_at``) minus Kafka timestamp (how soon gold shows it).
 
 Prints one JSON object as its last line (DESIGN.md): ``{"bench", "figures", "ratios", "setup"}``.
 Usage: ``.venv/bin/python bench/ingest.py [--quick]`` with the local stack (it brings it up if needed).
@@ -35,9 +36,10 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
-from pipelines.datasets import EV_SPACING_S, good_records, recent_start
-from pipelines.demo import freshness
+from pipelines.datasets import EV_SPACING_S, Record, good_records, recent_start
+from pipelines.demo import anomaly_freshness, freshness
 from pipelines.gold import run_gold_until_caught_up
+from pipelines.gold_ev import OVERHEAT_C, SPIKE_KW, gold_paths
 from pipelines.ingest import run_continuous
 from pipelines.produce import send_records
 from pipelines.session import spark_session
@@ -137,6 +139,61 @@ def wait_for_silver(settings: Settings, entity: str, rows: int, *, timeout_s: fl
     return False
 
 
+def flagged_count(settings: Settings, entity: str, event_ids: set[str]) -> int:
+    """How many of ``event_ids`` the gold anomalies table holds (through delta-rs, no JVM)."""
+    uri = gold_paths(settings.s3.lake_bucket, entity)[1].replace("s3a://", "s3://", 1)
+    try:
+        table = DeltaTable(uri, storage_options=delta_storage_options(settings.s3))
+    except TableNotFoundError:
+        return 0
+    return len(event_ids.intersection(table.to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()))
+
+
+def is_anomaly(record: Record) -> bool:
+    """Whether gold will flag this EV reading (``pipelines.gold_ev.anomalies``, the same thresholds)."""
+    reading = json.loads(record.value)
+    power = reading["power_kw"]
+    return (reading["temp_c"] or 0) > OVERHEAT_C or power > SPIKE_KW or (reading["status"] == "dropout" and power == 0)
+
+
+def live_run(
+    spark: Any, settings: Settings, entity: str, *, events: int, rate: float, seconds: float, trigger_s: float
+) -> dict[str, Any]:
+    """Records at ``rate`` for ``seconds`` into the running queries; freshness of silver and of gold's flags."""
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=run_continuous,
+        kwargs={"spark": spark, "settings": settings, "entities": [entity], "trigger_s": trigger_s, "stop": stop},
+    )
+    worker.start()
+    time.sleep(10)  # queries up and idle before the clock starts
+    since = time.time()
+    count = int(seconds * rate)
+    # Event times of the live records follow the throughput records' and end now: neither late nor future.
+    records = list(good_records("ev", count, seed=2, start=recent_start(count, EV_SPACING_S)))
+    hot = {str(r.event_id) for r in records if is_anomaly(r)}
+    send_records(settings, settings.entities[entity].topic, iter(records), total=count, rate=rate, progress=False)
+    # Stop only once every live record is in silver and every flag in gold: a freshness taken over early arrivals
+    # alone flatters.
+    drained = wait_for_silver(settings, entity, events + count, timeout_s=300)
+    deadline = time.monotonic() + 120
+    while flagged_count(settings, entity, hot) < len(hot) and time.monotonic() < deadline:
+        time.sleep(1)
+    phases = batch_phases(spark)
+    stop.set()
+    worker.join()
+    silver_uri = silver_tables(settings, entity).silver
+    anomalies_uri = gold_paths(settings.s3.lake_bucket, entity)[1]
+    return {
+        "count": count,
+        "drained": drained,
+        "anomalies_expected": len(hot),
+        "phases": phases,
+        "silver": freshness(spark, silver_uri, since_epoch_s=since),
+        "flags": anomaly_freshness(spark, silver_uri=silver_uri, anomalies_uri=anomalies_uri, since_epoch_s=since),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes: finishes in a few minutes on 2 cores")
@@ -173,30 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         gold_s = time.monotonic() - began
         spark_read_s = spark_read(spark, settings, topic, events)
 
-        stop = threading.Event()
-        worker = threading.Thread(
-            target=run_continuous,
-            kwargs={
-                "spark": spark,
-                "settings": settings,
-                "entities": [entity],
-                "trigger_s": args.trigger_s,
-                "stop": stop,
-            },
+        live = live_run(
+            spark, settings, entity, events=events, rate=args.rate, seconds=seconds, trigger_s=args.trigger_s
         )
-        worker.start()
-        time.sleep(10)  # queries up and idle before the clock starts
-        since = time.time()
-        live_count = int(seconds * args.rate)
-        # Event times of the live records follow the throughput records' and end now: neither late nor future.
-        live = good_records("ev", live_count, seed=2, start=recent_start(live_count, EV_SPACING_S))
-        send_records(settings, topic, live, total=live_count, rate=args.rate, progress=False)
-        # Stop only once every live record is in silver: a freshness taken over early arrivals alone flatters.
-        drained = wait_for_silver(settings, entity, events + live_count, timeout_s=300)
-        phases = batch_phases(spark)
-        stop.set()
-        worker.join()
-        fresh = freshness(spark, silver_tables(settings, entity).silver, since_epoch_s=since)
     finally:
         spark.stop()
 
@@ -211,11 +247,15 @@ def main(argv: list[str] | None = None) -> int:
             "backlog_batches_s": round(sum(backlog), 1),
             "backlog_query_s": round(silver_s, 1),
             "gold_stage_eps": round(events / gold_s),
-            "p50_freshness_s": fresh["p50_s"],
-            "p99_freshness_s": fresh["p99_s"],
-            "freshness_rows": fresh["rows"],
-            "live_rows_sent": live_count,
-            "drained": drained,
+            "p50_freshness_s": live["silver"]["p50_s"],
+            "p99_freshness_s": live["silver"]["p99_s"],
+            "freshness_rows": live["silver"]["rows"],
+            "p50_anomaly_freshness_s": live["flags"]["p50_s"],
+            "p99_anomaly_freshness_s": live["flags"]["p99_s"],
+            "anomaly_rows": live["flags"]["rows"],
+            "anomalies_expected": live["anomalies_expected"],
+            "live_rows_sent": live["count"],
+            "drained": live["drained"],
             "trigger_s": args.trigger_s,
             "silver_rows": counts["silver"],
         },
@@ -223,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
             "silver_vs_raw_consume": round(events / silver_s / raw_eps, 4),
             "silver_vs_spark_read": round(spark_read_s / silver_s, 4),
             "spark_read_vs_raw_consume": round(events / spark_read_s / raw_eps, 4),
-            "p99_freshness_vs_trigger": round(fresh["p99_s"] / args.trigger_s, 2) if fresh["p99_s"] else None,
+            "p99_freshness_vs_trigger": (
+                round(live["silver"]["p99_s"] / args.trigger_s, 2) if live["silver"]["p99_s"] else None
+            ),
         },
         "setup": {
             "events": events,
@@ -236,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             "profile": settings.profile,
             "raw_consume": "assign() to every partition from the beginning, best of three",
         },
-        "diagnostics": {"live_batch_phases_ms_median": phases},
+        "diagnostics": {"live_batch_phases_ms_median": live["phases"]},
     }
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

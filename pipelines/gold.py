@@ -3,11 +3,11 @@
 Gold used to run inside the silver micro-batch, so every silver batch waited for two MERGEs before the next one
 could start. As its own query (checkpoint ``gold/_checkpoints/<entity>``) it runs beside silver: silver's
 freshness no longer pays for gold, and gold catches up from its checkpoint after a crash. Which gold an entity
-has comes from ``gold:`` in conf/: ``ev`` (windows and anomalies, ``pipelines.gold_ev``) or ``corpus`` (packed
-token rows, ``pipelines.gold_corpus``).
+has comes from ``gold:`` in conf/: ``ev`` (windows, ``pipelines.gold_ev``; its anomaly flags are written by the
+ingest batch itself, so they are visible with silver) or ``corpus`` (packed token rows, ``pipelines.gold_corpus``).
 
-Exactly once: EV windows are MERGEd by key (a replay rewrites the same rows); anomalies and token rows are
-appended with the gold batch id as Delta's ``txnVersion``, so a replayed batch is skipped.
+Exactly once: EV windows are MERGEd by key (a replay rewrites the same rows); token rows are appended with the gold
+batch id as Delta's ``txnVersion``, so a replayed batch is skipped.
 
 A silver schema upgrade (an optional field added in conf/) ends a stream that reads silver: Delta stops readers
 when the schema changes. :func:`schema_changed` recognises that end, and the ingest driver starts the gold query
@@ -55,7 +55,6 @@ def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, en
             batch_rows=rows,
             lake_bucket=settings.s3.lake_bucket,
             entity=entity,
-            batch_id=batch_id,
         )
     elif spec.gold == "corpus":
         packed = packed_rows(rows, batch_id=batch_id)

@@ -11,9 +11,11 @@ Anomalies, one row per flagged event with a ``score`` in [0, 1] and a ``reason``
 - ``overheating``: ``temp_c`` above 80 °C (score grows to 1 at 110 °C);
 - ``dropout``: ``power_kw`` 0 with status ``dropout`` mid-session;
 - ``power_spike``: ``power_kw`` above 400 kW, beyond what the chargers are rated for (score grows to 1 at 700 kW).
-Thresholds are physical limits, not statistics, so one reading suffices and a flag is visible within the
-gold batch that reads the reading. Anomalies are appended with the gold batch id as Delta's ``txnVersion``, so a
-replayed batch is skipped rather than merged.
+Thresholds are physical limits, not statistics, so one reading suffices: the ingest batch that puts a reading in
+silver flags it (:func:`append_anomalies`, called from ``pipelines.silver.process_batch``), so a flag is visible
+when its reading is, not a gold batch later. Flags carry the ingest batch id (``_batch_id``) and go through the
+same commit ledger as silver, so a replayed batch writes them once; ``flagged_at`` is their commit time.
+``replay-quarantine`` flags the records it moves into silver (:func:`append_replayed_anomalies`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+
+    from pipelines.ledger import CommitLedger
 
 WINDOWS_MIN = (1, 15)
 HOLD_CAP_S = 60
@@ -36,7 +40,7 @@ def gold_paths(lake_bucket: str, entity: str) -> tuple[str, str]:
 
 
 def anomalies(silver_rows: DataFrame) -> DataFrame:
-    """Flag events of a batch: event_id, station_id, ts, score, reason."""
+    """Flag events of a batch: event_id, station_id, ts, score, reason, temp_c, power_kw."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     def ramp(value: str, low: float, high: float) -> Column:
@@ -103,14 +107,45 @@ def windows(
     )
 
 
-def update_gold(
-    spark: SparkSession, *, silver_uri: str, batch_rows: DataFrame, lake_bucket: str, entity: str, batch_id: int
-) -> None:
-    """Upsert the windows a batch of silver rows touched and append its anomalies; a replay changes nothing."""
+def append_anomalies(silver_rows: DataFrame, *, uri: str, batch_id: int, ledger: CommitLedger) -> int:
+    """Flag the readings of an ingest batch's silver rows into the anomalies table ``uri``, once per batch
+    (``ledger``). Returns the number of flags (0: nothing written)."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    windows_uri, anomalies_uri = gold_paths(lake_bucket, entity)
-    touched = batch_rows.select("station_id", "ts", "temp_c", "power_kw", "status", "event_id").persist()
+    flagged = (
+        anomalies(silver_rows)
+        .withColumn("flagged_at", F.current_timestamp())
+        .withColumn("_batch_id", F.lit(batch_id).cast("long"))
+        .persist()
+    )
+    try:
+        count = flagged.count()
+        if count:
+            ledger.append(flagged, uri, batch_id, merge_schema=True)  # lakes from before flagged_at and _batch_id
+        return count
+    finally:
+        flagged.unpersist()
+
+
+def append_replayed_anomalies(spark: SparkSession, moved: DataFrame, *, uri: str, batch_id: int) -> None:
+    """Flag the readings ``replay-quarantine`` moves into silver, skipping events already flagged (a re-run after a
+    crash between the flags and silver's append)."""
+    from delta.tables import DeltaTable  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    flagged = anomalies(moved)
+    if DeltaTable.isDeltaTable(spark, uri):
+        flagged = flagged.join(spark.read.format("delta").load(uri).select("event_id"), "event_id", "left_anti")
+    rows = flagged.withColumn("flagged_at", F.current_timestamp()).withColumn("_batch_id", F.lit(batch_id).cast("long"))
+    rows.write.format("delta").mode("append").option("mergeSchema", "true").save(uri)
+
+
+def update_gold(spark: SparkSession, *, silver_uri: str, batch_rows: DataFrame, lake_bucket: str, entity: str) -> None:
+    """Upsert the windows a batch of silver rows touched; a replay rewrites the same rows."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    windows_uri = gold_paths(lake_bucket, entity)[0]
+    touched = batch_rows.select("station_id", "ts", "power_kw", "status").persist()
     try:
         span = touched.agg(F.min("ts"), F.max("ts")).first()
         if span is None or span[0] is None:
@@ -119,18 +154,6 @@ def update_gold(
         for minutes in WINDOWS_MIN[1:]:
             fresh = fresh.unionByName(windows(spark, silver_uri, touched, minutes, (span[0], span[1])))
         _upsert(spark, windows_uri, fresh, ["station_id", "window_minutes", "window_start"])
-        flagged = anomalies(touched).persist()
-        try:
-            if not flagged.isEmpty():
-                (
-                    flagged.write.format("delta")
-                    .mode("append")
-                    .option("txnAppId", f"tierlake-gold-{entity}-anomalies")
-                    .option("txnVersion", batch_id)
-                    .save(anomalies_uri)
-                )
-        finally:
-            flagged.unpersist()
     finally:
         touched.unpersist()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pipelines.gold_ev import append_replayed_anomalies, gold_paths
 from pipelines.lease import TableLease
 from pipelines.rules import classify
 from pipelines.silver import HighWater, judge, outputs, silver_tables, table_exists
@@ -65,6 +66,10 @@ def replay_quarantine(
                 already = spark.read.format("delta").load(tables.silver).select(*key)
                 passing = passing.join(already, key, "left_anti")  # a crashed replay left these in silver
             moved = passing.count()
+            if moved and spec.gold == "ev":  # flagged before silver's append: a re-run skips what is flagged
+                append_replayed_anomalies(
+                    spark, passing, uri=gold_paths(settings.s3.lake_bucket, entity)[1], batch_id=REPLAY_BATCH
+                )
             if moved:
                 passing.write.format("delta").mode("append").option("mergeSchema", "true").save(tables.silver)
             in_silver = (

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -229,9 +230,14 @@ def process_batch(
     tables: SilverTables,
     high_water: HighWater,
     ledger: CommitLedger,
+    flag: Callable[[DataFrame, int], int] | None = None,
 ) -> dict[str, int]:
     """One micro-batch, classified by the rules (:func:`pipelines.rules.classify`): judge it against history, write
-    the three tables idempotently. Returns the row counts."""
+    the three tables idempotently. Returns the row counts.
+
+    ``flag``: called with the batch's silver rows and the batch id once they are in silver (EV anomaly flags,
+    :func:`pipelines.gold_ev.append_anomalies`); returns how many rows it wrote (``flagged`` in the counts).
+    """
     planning = time.monotonic()
     judged = judge(
         classified.sparkSession,
@@ -252,6 +258,8 @@ def process_batch(
         ):
             if counts[name]:  # an empty write would still cost a job and a commit; skipping it is as deterministic
                 ledger.append(frame, uri, batch_id, merge_schema=True)
+        if flag is not None and counts["silver"]:
+            counts["flagged"] = flag(frames[0], batch_id)
         high_water.record(batch_id, high)
     finally:
         judged.unpersist()

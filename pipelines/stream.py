@@ -27,6 +27,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pipelines.bronze import bronze_table, ensure_bronze, kafka_source, to_bronze, write_bronze
+from pipelines.gold_ev import append_anomalies, gold_paths
 from pipelines.ledger import CommitLedger
 from pipelines.rules import classify
 from pipelines.session import use_pool
@@ -56,6 +57,10 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
     ensure_bronze(spark, bronze)  # the table exists before the first batch: readers and reconcile can start
     high_water = HighWater(spark, tables.silver, spec.event_time)
     ledger = CommitLedger(spark)
+    anomalies_uri = gold_paths(settings.s3.lake_bucket, entity)[1]
+
+    def flag(silver_rows: DataFrame, batch_id: int) -> int:
+        return append_anomalies(silver_rows, uri=anomalies_uri, batch_id=batch_id, ledger=ledger)
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         began = time.monotonic()
@@ -64,7 +69,15 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
         try:
             write_bronze(batch, batch_id, bronze, ledger)
             bronze_s = time.monotonic() - began
-            process_batch(batch, batch_id, entity=spec, tables=tables, high_water=high_water, ledger=ledger)
+            process_batch(
+                batch,
+                batch_id,
+                entity=spec,
+                tables=tables,
+                high_water=high_water,
+                ledger=ledger,
+                flag=flag if spec.gold == "ev" else None,  # EV anomaly flags, visible with their readings
+            )
         finally:
             batch.unpersist()
         logger.info(

@@ -217,7 +217,8 @@ def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack, spa
         event = json.loads(record.value)
         event["firmware"] = f"7.{i % 4}.0"
         after.append(Record(record.key, json.dumps(event).encode(), "silver", event["event_id"]))
-    incompatible = {**json.loads(after[0].value), "event_id": "bad-firmware", "firmware": "x" * 40}
+    # Too hot as well: once replayed into silver it must be flagged, once.
+    incompatible = {**json.loads(after[0].value), "event_id": "bad-firmware", "firmware": "x" * 40, "temp_c": 95.0}
     after.append(Record(b"st-0001", json.dumps(incompatible).encode(), "quarantine:too_long", "bad-firmware"))
     oracle.produce(after)
     assert (second := oracle.ingest()) is not None
@@ -240,6 +241,8 @@ def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack, spa
     assert silver_ids["bad-firmware"] == 1
     assert [q["replayed"] for q in oracle.table("quarantine")] == [True]
     assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
+    flags = Counter(a["event_id"] for a in oracle.gold("anomalies"))
+    assert flags["bad-firmware"] == 1, "a replayed reading is flagged like any other, and only once"
 
 
 def test_gold_windows_and_anomaly_flags(stack: LocalStack) -> None:
@@ -269,6 +272,7 @@ def test_gold_windows_and_anomaly_flags(stack: LocalStack) -> None:
             "status": status,
         }
         records.append(Record(b"st-9999", json.dumps(event).encode(), "silver", f"gold-{i}"))
+    produced = datetime.now(UTC)
     oracle.produce(records)
     assert (result := oracle.ingest()) is not None
     assert result.returncode == 0, result.stderr[-3000:]
@@ -285,11 +289,11 @@ def test_gold_windows_and_anomaly_flags(stack: LocalStack) -> None:
     assert first["energy_kwh"] == pytest.approx((100 * 10 + 100 * 10 + 0 + 100 * 40) / 3600, abs=1e-4)
     quarter = [w for w in windows if w["window_minutes"] == 15]
     assert sum(w["samples"] for w in quarter) == 6
-    flagged = {
-        a["event_id"]: (a["reason"], a["score"])
-        for a in DeltaTable(f"{root}_anomalies", storage_options=options).to_pyarrow_table().to_pylist()
-    }
+    anomalies = DeltaTable(f"{root}_anomalies", storage_options=options).to_pyarrow_table().to_pylist()
+    flagged = {a["event_id"]: (a["reason"], a["score"]) for a in anomalies}
     assert flagged == {"gold-4": ("overheating", 0.75), "gold-5": ("power_spike", pytest.approx(0.667, abs=1e-3))}
+    # Each flag carries its commit time, after the reading was produced (how soon gold showed it).
+    assert all(a["flagged_at"] is not None and a["flagged_at"].replace(tzinfo=UTC) > produced for a in anomalies)
 
 
 def test_corpus_gold_packs_every_document_into_fixed_length_token_rows(stack: LocalStack) -> None:
