@@ -46,7 +46,6 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         "spark.master": spark.master,
         "spark.driver.memory": spark.driver_memory,
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
-        "spark.jars": ",".join(str(jar) for jar in jar_paths(spark.jars_dir)),
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         # Delta replays its log with this many partitions (default 50): sized to the cluster, not to a data centre.
@@ -71,6 +70,7 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         "spark.scheduler.mode": "FAIR",
         "spark.scheduler.allocation.file": str(pools_file(settings)),
     }
+    conf.update(_jar_conf(spark.master, jar_paths(spark.jars_dir)))
     if s3.endpoint.startswith("http://"):
         # Over plain http the AWS SDK v2 signs each upload chunk (aws-chunked); RGW 16.2 rejects the last chunk
         # of a zero-byte PUT ("chunk signature mismatch" -> XAmzContentSHA256Mismatch). Unsigned payloads avoid it;
@@ -81,6 +81,18 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         conf["spark.driver.bindAddress"] = spark.local_ip
     conf.update(spark.extra_conf)
     return conf
+
+
+def _jar_conf(master: str, jars: list[Path]) -> dict[str, str]:
+    """How the jar set reaches the JVM.
+
+    A ``local[...]`` driver is its own executor, so the jars go straight onto its classpath. With ``spark.jars``
+    Spark copies every jar (~680 MB with the AWS SDK bundle) into a ``/tmp/spark-*/userFiles-*`` folder per
+    session, and a driver that dies by kill -9 never removes it. A cluster's executors need ``spark.jars``.
+    """
+    if master.startswith("local"):
+        return {"spark.driver.extraClassPath": os.pathsep.join(str(jar) for jar in jars)}
+    return {"spark.jars": ",".join(str(jar) for jar in jars)}
 
 
 def spark_session(settings: Settings, *, app_name: str = "tierlake") -> SparkSession:

@@ -78,7 +78,9 @@ def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert conf["spark.hadoop.fs.s3a.signing-algorithm"] == "AWS4UnsignedPayloadSignerType"
-    assert conf["spark.jars"].endswith("delta-spark_4.2_2.13-4.4.0.jar")
+    # local[2]: the jars go on the driver's classpath, not copied into a per-session temp folder
+    assert conf["spark.driver.extraClassPath"].endswith("delta-spark_4.2_2.13-4.4.0.jar")
+    assert "spark.jars" not in conf
     assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert conf["spark.x"] == "y"
     assert conf["spark.driver.host"] == "127.0.0.1"
@@ -113,6 +115,9 @@ def test_spark_master_comes_from_config(tmp_path: Path) -> None:
     (jars / "a-1.jar").write_bytes(b"PK")
     conf = spark_conf(replace(settings, spark=replace(settings.spark, jars_dir=jars)), app_name="unit")
     assert conf["spark.master"] == "spark://head:7077"
+    # a cluster's executors fetch the jars from the driver
+    assert conf["spark.jars"] == str(jars / "a-1.jar")
+    assert "spark.driver.extraClassPath" not in conf
 
 
 def test_rgw_answers_without_nagle_on_a_new_and_on_an_older_cluster(tmp_path: Path) -> None:
