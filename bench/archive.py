@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tierlake.config import load_settings
 from tiers.archive import aggregate
 from tiers.archive.aggregate import Member
 from tiers.archive.archiver import verify_aggregate
@@ -42,8 +43,6 @@ from tiers.archive.compliance import locate
 from tiers.archive.tee import Tee
 from tiers.tape.virtual import FileToWrite, VirtualCartridge
 from tiers.tape.volume import VirtualVolume
-
-BLOCK = 524288
 
 
 def _sources(folder: Path, total_mb: int, file_mb: int) -> list[Member]:
@@ -166,10 +165,12 @@ def main() -> int:
     parser.add_argument(
         "--block-size",
         type=int,
-        default=BLOCK,
-        help="LTFS volume block size in bytes, as archive.block_size (default: %(default)s, mkltfs's and conf's)",
+        default=None,
+        help="LTFS volume block size in bytes (default: archive.block_size of conf/)",
     )
     args = parser.parse_args()
+    if args.block_size is None:
+        args.block_size = load_settings().archive.block_size  # what `archive run` writes with
     total_mb, file_mb, rows, rounds = (192, 8, 1_000_000, 3) if args.quick else (768, 16, 2_000_000, 5)
     base = args.dir or Path(".cache")
     base.mkdir(parents=True, exist_ok=True)

@@ -785,7 +785,7 @@ def _build_archive(values: _Values, root: Path, run_dir: Path) -> ArchiveSetting
         block_size=values.get(
             "archive.block_size",
             int,
-            fix="524288 (mkltfs's default)",
+            fix="1048576 (1 MiB; mkltfs's default is 524288)",
             check=lambda n: None if 4096 <= n <= 4 * 1024 * 1024 else "LTFS blocks are 4 KiB to 4 MiB",
         ),
         aggregate_mb=values.get("archive.aggregate_mb", int, check=_positive, fix="e.g. 256"),

@@ -110,10 +110,12 @@ def test_archive_purge_restore_by_key_spark_and_delta_rs_agree(
     assert all(r["state"] == "VERIFIED" and r["start_block"] >= 7 and len(r["volume_uuid"]) == 36 for r in rows)
     assert compliance.select(cold, catalog, table) == []  # archived partitions are no longer candidates
 
-    # A catalog rebuilt from the two cartridges alone equals the catalog.
+    # A catalog rebuilt from the two cartridges alone equals the catalog, even after archive.block_size changed:
+    # extents count in the records of each cartridge's own label.
     rebuilt = Catalog(str(tmp_path / "rebuilt"), str(tmp_path / "audit"))
+    resized = dataclasses.replace(cold, archive=dataclasses.replace(cold.archive, block_size=4096))
     for barcode in report.cartridges.values():
-        compliance.rebuild(cold, catalog, barcode, into=rebuilt)
+        compliance.rebuild(resized, catalog, barcode, into=rebuilt)
 
     def comparable(source: Catalog) -> list[dict[str, Any]]:
         kept = [c for c in source.rows().column_names if c not in MUTABLE]

@@ -149,7 +149,7 @@ def test_restore_destination_stays_under_its_root(tmp_path: Path) -> None:
 def test_archive_config_section_is_validated() -> None:
     settings = load_settings("ci", conf_dir=REPO / "conf", env={})
     assert settings.archive.sites == ("site-a", "site-b")
-    assert settings.archive.block_size == 524288
+    assert settings.archive.block_size == 1048576
     bad = {
         "TIERLAKE_ARCHIVE__SITES": "[one]",
         "TIERLAKE_ARCHIVE__BLOCK_SIZE": "100",

@@ -29,8 +29,11 @@ def test_ltfs_volume_on_a_plain_directory(tmp_path: Path) -> None:
     assert os.getxattr(tmp_path / "agg-1", f"user.{HASH_XATTR}").decode() == written.sha256
     assert get_xattr(tmp_path / "agg-1", "k") == "v"
     assert (written.start_block, written.volume_uuid) == (-1, "")  # not an LTFS mount: extent unknown
+    assert volume.block_size() is None
     # What LTFS exposes on a real mount, emulated: the extent and identity are read back.
     set_xattr(tmp_path, "ltfs.volumeUUID", "6b3cb9c2-0000-4000-8000-000000000000")
+    set_xattr(tmp_path, "ltfs.volumeBlocksize", "262144")
+    assert volume.block_size() == 262144
     set_xattr(tmp_path / "agg-1", "ltfs.startblock", "7")
     set_xattr(tmp_path / "agg-1", "ltfs.partition", "b")
     [listed] = volume.ls()
@@ -77,6 +80,7 @@ def test_virtual_library_pools_and_choice(tmp_path: Path) -> None:
     with pytest.raises(TapeError, match="in no pool"):
         library.find("Z00001")
     with library.mount("A00001") as volume:
+        assert volume.block_size() == 4096  # from the cartridge's label
         volume.write_files([FileToWrite(name="big", chunks=[os.urandom(1024 * 1024 - 10_000)])])
     assert library.choose("site-a", 100_000) == "A00002"  # A00001 is nearly full
     with pytest.raises(TapeError, match="no cartridge at site-a"):

@@ -216,7 +216,14 @@ def _write_site(
             ]
             written = {w.name: w for w in volume.write_files(files)}
             rows = _verified_rows(
-                volume, groups, written, barcode=barcode, site=site, copy=copy, verify=verify, blocksize=blocksize
+                volume,
+                groups,
+                written,
+                barcode=barcode,
+                site=site,
+                copy=copy,
+                verify=verify,
+                blocksize=volume.block_size() or blocksize,  # the cartridge's own, if formatted at another size
             )
             return barcode, rows
     except BaseException:

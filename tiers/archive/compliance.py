@@ -300,7 +300,7 @@ def rebuild(settings: Settings, catalog: Catalog, barcode: str, *, into: Catalog
                 site=slot.site,
                 copy=copy,
                 cartridge=barcode,
-                blocksize=settings.archive.block_size,
+                blocksize=volume.block_size() or settings.archive.block_size,  # extents in the label's records
             ):
                 if (row["file_id"], row["copy"]) not in existing:
                     rows.append(row)

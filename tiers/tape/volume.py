@@ -65,6 +65,10 @@ class Volume(Protocol):
 
     def recover(self) -> int | None: ...
 
+    def block_size(self) -> int | None:
+        """The volume's LTFS record size, from its label; None where the volume does not say (a plain folder)."""
+        ...
+
 
 def _written(entry: fmt.IndexFile, index: fmt.Index) -> WrittenFile:
     first = entry.extents[0] if entry.extents else None
@@ -113,6 +117,9 @@ class VirtualVolume:
     def recover(self) -> int | None:
         index = self.cartridge.recover()
         return None if index is None else index.generation
+
+    def block_size(self) -> int | None:
+        return self.cartridge.blocksize
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,6 +174,10 @@ class LtfsVolume:
     def generation(self) -> int:
         value = get_xattr(self.mount, "ltfs.indexGeneration")
         return int(value) if value and value.isdigit() else 0
+
+    def block_size(self) -> int | None:
+        value = get_xattr(self.mount, "ltfs.volumeBlocksize")  # set by mkltfs, exposed by ltfs on the mount
+        return int(value) if value and value.isdigit() else None
 
     def free_bytes(self) -> int:
         stat = os.statvfs(self.mount)
