@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = uuid.uuid4().hex[:8]
     settings = bench_settings(args.profile, tag)
     configure_logging(settings.run_dir / "logs" / "bench-ingest.log")
-    settings = LocalStack(settings).up()
+    stack = LocalStack(settings)
+    settings = stack.up()
     entity = f"bench_{tag}"
     topic = settings.entities[entity].topic
 
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "cores": os.cpu_count(),
             "spark_master": settings.spark.master,
-            "kafka_nodes": settings.kafka.nodes,
+            "kafka_nodes": stack.kafka_nodes,  # the running cluster's, which may differ from the profile's
             "profile": settings.profile,
             "raw_consume": "assign() to every partition from the beginning, best of three",
         },

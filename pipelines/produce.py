@@ -46,11 +46,14 @@ class ProduceSummary:
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
+    """Idempotent, ``acks=all``. ``linger.ms`` 100: at 200 records/s a 20 ms linger sent requests of one or two
+    records, and three brokers spent ~0.4 of a core more on them than idle (0.43-0.57 cores against 0.20); with
+    100 ms they stayed at idle (0.19), for at most 0.1 s more before a record leaves."""
     return {
         "bootstrap.servers": settings.kafka.bootstrap(),
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 20,
+        "linger.ms": 100,
         "compression.type": "lz4",
         "delivery.timeout.ms": 120_000,
     }
