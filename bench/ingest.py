@@ -124,6 +124,13 @@ def batch_phases(spark: Any) -> dict[str, dict[str, float]]:
     return phases
 
 
+def codegen_compiles(spark: Any) -> dict[str, float]:
+    """Spark's generated-code compilations so far (Janino; a class whose source is cached is not compiled again)
+    and the mean compile time of the recent ones, in ms (Spark's ``CodegenMetrics``)."""
+    timer = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    return {"compiles": int(timer.getCount()), "mean_ms": round(float(timer.getSnapshot().getMean()), 1)}
+
+
 def wait_for_silver(settings: Settings, entity: str, rows: int, *, timeout_s: float) -> bool:
     """Poll silver (through delta-rs, no JVM) until it holds ``rows`` rows; False on timeout."""
     uri = silver_tables(settings, entity).silver.replace("s3a://", "s3://", 1)
@@ -168,6 +175,7 @@ def live_run(
     worker.start()
     time.sleep(10)  # queries up and idle before the clock starts
     since = time.time()
+    compiled_before = codegen_compiles(spark)
     count = int(seconds * rate)
     # Event times of the live records follow the throughput records' and end now: neither late nor future.
     records = list(good_records("ev", count, seed=2, start=recent_start(count, EV_SPACING_S)))
@@ -180,6 +188,8 @@ def live_run(
     while flagged_count(settings, entity, hot) < len(hot) and time.monotonic() < deadline:
         time.sleep(1)
     phases = batch_phases(spark)
+    compiled = codegen_compiles(spark)
+    compiled["compiles"] -= compiled_before["compiles"]
     stop.set()
     worker.join()
     silver_uri = silver_tables(settings, entity).silver
@@ -189,6 +199,7 @@ def live_run(
         "drained": drained,
         "anomalies_expected": len(hot),
         "phases": phases,
+        "codegen": compiled,
         "silver": freshness(spark, silver_uri, since_epoch_s=since),
         "flags": anomaly_freshness(spark, silver_uri=silver_uri, anomalies_uri=anomalies_uri, since_epoch_s=since),
     }
@@ -279,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
             "profile": settings.profile,
             "raw_consume": "assign() to every partition from the beginning, best of three",
         },
-        "diagnostics": {"live_batch_phases_ms_median": live["phases"]},
+        "diagnostics": {
+            "live_batch_phases_ms_median": live["phases"],
+            "live_codegen_compiles": live["codegen"],
+        },
     }
     sys.stdout.write(json.dumps(result) + "\n")
     return 0

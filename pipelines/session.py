@@ -69,6 +69,11 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         # The ingest and gold queries share the cores: with FIFO an ingest batch's tasks queued behind gold's.
         "spark.scheduler.mode": "FAIR",
         "spark.scheduler.allocation.file": str(pools_file(settings)),
+        # Generated classes are cached by their source. A streaming ingest batch, a gold batch and Delta's commits
+        # and reads together make more than the default 100 distinct classes, so the cache cycled and the same
+        # classes were compiled again every batch: 663 compilations (~22 ms each, on 2 cores) in a 30 s live
+        # part of bench/ingest.py --quick, 163 with 1000 entries. A class is a few tens of KB.
+        "spark.sql.codegen.cache.maxEntries": "1000",
     }
     conf.update(_jar_conf(spark.master, jar_paths(spark.jars_dir)))
     if s3.endpoint.startswith("http://"):

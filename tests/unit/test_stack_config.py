@@ -103,6 +103,16 @@ def test_ingest_jobs_get_a_core_before_gold_jobs(tmp_path: Path) -> None:
     assert pools == {"ingest": ("4", "1"), "gold": ("1", "0")}
 
 
+def test_generated_classes_are_cached_beyond_one_batch_of_each_query(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, TIERLAKE_S3__ACCESS_KEY="AK", TIERLAKE_S3__SECRET_KEY="SK")
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    (jars / "a-1.jar").write_bytes(b"PK")
+    settings = replace(settings, spark=replace(settings.spark, jars_dir=jars))
+    conf = spark_conf(settings, app_name="unit")
+    assert int(conf["spark.sql.codegen.cache.maxEntries"]) >= 1000  # Spark's default, 100, cycled every batch
+
+
 def test_spark_master_comes_from_config(tmp_path: Path) -> None:
     settings = _settings(
         tmp_path,
