@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.gold_corpus import gold_tokens_uri, packed_rows
 from pipelines.gold_ev import update_gold
-from pipelines.session import use_pool
+from pipelines.session import codegen_after_batch, use_pool
 from pipelines.silver import silver_tables, table_exists
 from pipelines.stream import with_trigger
 from tierlake.config import Settings
@@ -43,13 +43,14 @@ def has_gold(settings: Settings, entity: str) -> bool:
     return settings.entities[entity].gold is not None
 
 
-def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, entity: str) -> None:
-    """One batch of new silver rows into the entity's gold tables."""
+def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, entity: str) -> int:
+    """One batch of new silver rows into the entity's gold tables. Returns how many silver rows it held."""
     spec = settings.entities[entity]
     spark = rows.sparkSession
     began = time.monotonic()
+    read = 0
     if spec.gold == "ev":
-        update_gold(
+        read = update_gold(
             spark,
             silver_uri=silver_tables(settings, entity).silver,
             batch_rows=rows,
@@ -58,6 +59,7 @@ def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, en
         )
     elif spec.gold == "corpus":
         packed = packed_rows(rows, batch_id=batch_id)
+        read = len({doc for docs in packed.column("doc_ids").to_pylist() for doc in docs})
         if packed.num_rows:
             (
                 spark.createDataFrame(packed)
@@ -68,6 +70,7 @@ def process_gold_batch(rows: DataFrame, batch_id: int, *, settings: Settings, en
                 .save(gold_tokens_uri(settings.s3.lake_bucket, entity))
             )
     logger.info("gold %s batch %d done in %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
+    return read
 
 
 def start_gold(
@@ -80,7 +83,8 @@ def start_gold(
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         use_pool(batch.sparkSession, "gold")
-        process_gold_batch(batch, batch_id, settings=settings, entity=entity)
+        rows = process_gold_batch(batch, batch_id, settings=settings, entity=entity)
+        codegen_after_batch(batch.sparkSession, settings, rows)
 
     writer = (
         spark.readStream.format("delta")

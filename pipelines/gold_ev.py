@@ -140,20 +140,21 @@ def append_replayed_anomalies(spark: SparkSession, moved: DataFrame, *, uri: str
     rows.write.format("delta").mode("append").option("mergeSchema", "true").save(uri)
 
 
-def update_gold(spark: SparkSession, *, silver_uri: str, batch_rows: DataFrame, lake_bucket: str, entity: str) -> None:
-    """Upsert the windows a batch of silver rows touched; a replay rewrites the same rows."""
+def update_gold(spark: SparkSession, *, silver_uri: str, batch_rows: DataFrame, lake_bucket: str, entity: str) -> int:
+    """Upsert the windows a batch of silver rows touched; a replay rewrites the same rows. Returns the batch's rows."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     windows_uri = gold_paths(lake_bucket, entity)[0]
     touched = batch_rows.select("station_id", "ts", "power_kw", "status").persist()
     try:
-        span = touched.agg(F.min("ts"), F.max("ts")).first()
+        span = touched.agg(F.min("ts"), F.max("ts"), F.count(F.lit(1))).first()
         if span is None or span[0] is None:
-            return
+            return 0
         fresh = windows(spark, silver_uri, touched, WINDOWS_MIN[0], (span[0], span[1]))
         for minutes in WINDOWS_MIN[1:]:
             fresh = fresh.unionByName(windows(spark, silver_uri, touched, minutes, (span[0], span[1])))
         _upsert(spark, windows_uri, fresh, ["station_id", "window_minutes", "window_start"])
+        return int(span[2])
     finally:
         touched.unpersist()
 

@@ -7,8 +7,11 @@ no network. ``spark.master`` decides where it runs: ``local[2]`` here, ``spark:/
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from infra.jars import jar_paths
 from tierlake.config import Settings
@@ -35,6 +38,52 @@ def pools_file(settings: Settings) -> Path:
 def use_pool(spark: SparkSession, pool: str) -> None:
     """Jobs this thread starts from now on run in scheduler pool ``pool`` (``ingest`` or ``gold``)."""
     spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)
+
+
+def codegen_after_batch(spark: SparkSession, settings: Settings, rows: int) -> None:
+    """Plan the next batch of a stream compiled or interpreted, by the size of this one (``rows``).
+
+    Spark generates Java source for every query and for every file a scan reads (a projection per file), then
+    compiles it, cached by source. Delta reads its log with wide nested schemas at each batch, and generating
+    those projections' source is slow (regular expressions over the code): in a profile of the ingest bench's
+    live part ~30 % of the driver's samples were there. A batch of a few hundred rows gains little from compiled
+    code, a backlog batch of 200,000 a third of its time. A stream's batches come in runs (a backlog drains in
+    large ones, live traffic arrives in small ones), so the last batch's size decides; ``spark`` is the stream's
+    own session (``batch.sparkSession``), which plans its batches. A stream's first batch is compiled.
+    ``NO_CODEGEN`` also turns off whole-stage codegen (Spark's ``CollapseCodegenStages`` reads it).
+    """
+    compiled = rows >= settings.spark.codegen_min_batch_rows
+    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK" if compiled else "NO_CODEGEN")
+
+
+T = TypeVar("T")
+_writers: ThreadPoolExecutor | None = None
+_writers_lock = threading.Lock()
+
+
+def run_together(spark: SparkSession, pool: str, calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run ``calls`` at the same time, their Spark jobs in scheduler pool ``pool``; their results, in order.
+
+    A Delta append of a micro-batch spends much of its time waiting (object-store requests, the commit), so the
+    appends of one batch to different tables overlap well. Every call ends before this returns; then the first
+    failure, in order, is raised. The threads are kept for the next batch: with pyspark's pinned threads each new
+    Python thread would get a JVM thread of its own.
+    """
+    global _writers  # noqa: PLW0603 - one pool of threads per driver
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with _writers_lock:
+        if _writers is None:
+            _writers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tierlake-write")
+        writers = _writers
+
+    def in_pool(call: Callable[[], T]) -> T:
+        use_pool(spark, pool)
+        return call()
+
+    futures = [writers.submit(in_pool, call) for call in calls]
+    wait(futures)
+    return [future.result() for future in futures]
 
 
 def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:

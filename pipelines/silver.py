@@ -13,8 +13,8 @@ as the first attempt did.
 Cost per batch stays flat as silver grows: the high-water mark comes from :class:`HighWater` (silver's maximum
 event time per batch, read once when the query starts and then kept as batches commit), and the duplicate check
 reads only silver files whose event times reach within two watermarks of that mark (Delta skips the rest by their
-statistics). A batch is a handful of Spark jobs: the rules and history in one pass (counts per outcome), then one
-append per table that gets rows.
+statistics). A batch is a handful of Spark jobs: the rules and history in one pass (counts per outcome), then the
+appends of the tables that get rows, at the same time.
 Gold is a query of its own that reads silver (``pipelines.gold``), so a silver batch never waits for gold.
 """
 
@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, cast
 
 from pipelines.ledger import CommitLedger
+from pipelines.session import run_together
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
 from tierlake.errors import ConfigError
@@ -231,12 +233,16 @@ def process_batch(
     high_water: HighWater,
     ledger: CommitLedger,
     flag: Callable[[DataFrame, int], int] | None = None,
+    alongside: Sequence[Callable[[], object]] = (),
 ) -> dict[str, int]:
     """One micro-batch, classified by the rules (:func:`pipelines.rules.classify`): judge it against history, write
     the three tables idempotently. Returns the row counts.
 
-    ``flag``: called with the batch's silver rows and the batch id once they are in silver (EV anomaly flags,
+    ``flag``: called with the batch's silver rows and the batch id (EV anomaly flags,
     :func:`pipelines.gold_ev.append_anomalies`); returns how many rows it wrote (``flagged`` in the counts).
+    ``alongside``: other writes of the batch (the ingest query's bronze append), run with this batch's appends.
+    The appends run at the same time (:func:`pipelines.session.run_together`), once the counts have read the
+    batch; each table's append is exactly once on its own (the ledger), so their order does not matter.
     """
     planning = time.monotonic()
     judged = judge(
@@ -253,13 +259,21 @@ def process_batch(
         plan_s = began - planning
         counts, high = outcome_counts(judged, entity=entity)
         judged_s = time.monotonic() - began
-        for name, frame, uri in zip(
-            ("silver", "quarantine", "dropped"), frames, (tables.silver, tables.quarantine, tables.dropped), strict=True
-        ):
-            if counts[name]:  # an empty write would still cost a job and a commit; skipping it is as deterministic
-                ledger.append(frame, uri, batch_id, merge_schema=True)
+        writes: list[Callable[[], object]] = [
+            partial(ledger.append, frame, uri, batch_id, merge_schema=True)
+            for name, frame, uri in zip(
+                ("silver", "quarantine", "dropped"),
+                frames,
+                (tables.silver, tables.quarantine, tables.dropped),
+                strict=True,
+            )
+            if counts[name]  # an empty write would still cost a job and a commit; skipping it is as deterministic
+        ]
         if flag is not None and counts["silver"]:
-            counts["flagged"] = flag(frames[0], batch_id)
+            writes.append(partial(flag, frames[0], batch_id))
+        results = run_together(classified.sparkSession, "ingest", [*writes, *alongside])
+        if flag is not None and counts["silver"]:
+            counts["flagged"] = int(cast(int, results[len(writes) - 1]))
         high_water.record(batch_id, high)
     finally:
         judged.unpersist()

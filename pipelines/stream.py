@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pipelines.bronze import bronze_table, ensure_bronze, kafka_source, to_bronze, write_bronze
 from pipelines.gold_ev import append_anomalies, gold_paths
 from pipelines.ledger import CommitLedger
 from pipelines.rules import classify
-from pipelines.session import use_pool
+from pipelines.session import codegen_after_batch, use_pool
 from pipelines.silver import HighWater, process_batch, silver_tables, table_exists
 from tierlake.config import Settings
 
@@ -67,9 +68,9 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
         use_pool(batch.sparkSession, "ingest")
         batch = batch.persist()  # read from Kafka and parsed once, for bronze and for silver
         try:
-            write_bronze(batch, batch_id, bronze, ledger)
-            bronze_s = time.monotonic() - began
-            process_batch(
+            # Bronze is appended together with silver's tables, once silver's counts have read the batch: before
+            # that, two jobs would each read it from Kafka.
+            counts = process_batch(
                 batch,
                 batch_id,
                 entity=spec,
@@ -77,17 +78,12 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
                 high_water=high_water,
                 ledger=ledger,
                 flag=flag if spec.gold == "ev" else None,  # EV anomaly flags, visible with their readings
+                alongside=[partial(write_bronze, batch, batch_id, bronze, ledger)],
             )
         finally:
             batch.unpersist()
-        logger.info(
-            "ingest %s batch %d: %.1f s (bronze %.1f s)",
-            entity,
-            batch_id,
-            time.monotonic() - began,
-            bronze_s,
-            extra={"entity": entity},
-        )
+        codegen_after_batch(batch.sparkSession, settings, counts["silver"] + counts["quarantine"] + counts["dropped"])
+        logger.info("ingest %s batch %d: %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
 
     # The rules are part of the streaming plan: Spark analyses them once when the query starts, not per batch
     # from Python (that cost ~0.7 s of every batch here), and the persisted batch holds the parsed rows.

@@ -116,6 +116,7 @@ class SparkSettings:
     shuffle_partitions: int
     local_ip: str
     jars_dir: Path
+    codegen_min_batch_rows: int
     extra_conf: Mapping[str, str]
 
 
@@ -562,6 +563,12 @@ def _build(values: _Values, *, profile: str, root: Path, sources: tuple[str, ...
         shuffle_partitions=values.get("spark.shuffle_partitions", int, check=_positive, fix="e.g. 2 on 2 cores"),
         local_ip=values.get("spark.local_ip", str, fix="127.0.0.1 for the local stack"),
         jars_dir=root / values.get("spark.jars_dir", str, fix="where infra/bootstrap.sh puts the jars"),
+        codegen_min_batch_rows=values.get(
+            "spark.codegen_min_batch_rows",
+            int,
+            check=lambda n: None if n >= 0 else "must be 0 or more",
+            fix="e.g. 20000; 0 compiles every batch",
+        ),
         extra_conf={str(k): str(v) for k, v in extra.items()},
     )
     kafka = _build_kafka(values)

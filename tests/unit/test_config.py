@@ -26,6 +26,8 @@ def test_every_shipped_profile_loads() -> None:
         settings = load_settings(profile, conf_dir=REPO_CONF, env={})
         assert settings.profile == profile
         assert settings.kafka.topics, "topics come from conf/base.yaml"
+        # small live batches interpreted on 2 cores; a cluster compiles every batch
+        assert settings.spark.codegen_min_batch_rows == (0 if profile == "prod" else 20_000)
 
 
 def test_profile_overrides_base_and_env_overrides_profile(conf_dir: Path) -> None:

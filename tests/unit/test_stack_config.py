@@ -13,7 +13,7 @@ import pytest
 from infra.ceph import CephCluster
 from infra.kafka import KafkaCluster
 from infra.stack import ensure_credentials
-from pipelines.session import POOLS, pools_file, spark_conf
+from pipelines.session import POOLS, codegen_after_batch, pools_file, spark_conf
 from tierlake.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -111,6 +111,29 @@ def test_generated_classes_are_cached_beyond_one_batch_of_each_query(tmp_path: P
     settings = replace(settings, spark=replace(settings.spark, jars_dir=jars))
     conf = spark_conf(settings, app_name="unit")
     assert int(conf["spark.sql.codegen.cache.maxEntries"]) >= 1000  # Spark's default, 100, cycled every batch
+
+
+def test_a_stream_plans_its_next_batch_interpreted_after_a_small_one(tmp_path: Path) -> None:
+    class Conf:
+        def __init__(self) -> None:
+            self.values: dict[str, str] = {}
+
+        def set(self, key: str, value: str) -> None:
+            self.values[key] = value
+
+    class Session:
+        conf = Conf()
+
+    settings = _settings(tmp_path)
+    session = Session()
+    threshold = settings.spark.codegen_min_batch_rows
+    codegen_after_batch(session, settings, threshold - 1)  # type: ignore[arg-type]
+    assert session.conf.values["spark.sql.codegen.factoryMode"] == "NO_CODEGEN"
+    codegen_after_batch(session, settings, threshold)  # type: ignore[arg-type]
+    assert session.conf.values["spark.sql.codegen.factoryMode"] == "FALLBACK"  # Spark's default: compiled
+    always = replace(settings, spark=replace(settings.spark, codegen_min_batch_rows=0))
+    codegen_after_batch(session, always, 0)  # type: ignore[arg-type]
+    assert session.conf.values["spark.sql.codegen.factoryMode"] == "FALLBACK"
 
 
 def test_spark_master_comes_from_config(tmp_path: Path) -> None:
