@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.gold_corpus import gold_tokens_uri, packed_rows
 from pipelines.gold_ev import update_gold
-from pipelines.session import codegen_after_batch, use_pool
+from pipelines.session import batch_codegen, use_pool
 from pipelines.silver import silver_tables, table_exists
 from pipelines.stream import with_trigger
 from tierlake.config import Settings
@@ -81,10 +81,12 @@ def start_gold(
     if not has_gold(settings, entity) or not table_exists(spark, silver_uri):
         return None
 
+    previous_rows: list[int] = []  # the size of the query's last batch (batch_codegen)
+
     def handle(batch: DataFrame, batch_id: int) -> None:
         use_pool(batch.sparkSession, "gold")
-        rows = process_gold_batch(batch, batch_id, settings=settings, entity=entity)
-        codegen_after_batch(batch.sparkSession, settings, rows)
+        with batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None):
+            previous_rows[:] = [process_gold_batch(batch, batch_id, settings=settings, entity=entity)]
 
     writer = (
         spark.readStream.format("delta")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -35,25 +36,38 @@ def pools_file(settings: Settings) -> Path:
     return settings.run_dir / "spark" / "pools.xml"
 
 
+_CODEGEN_MODE = "spark.sql.codegen.factoryMode"
+
+
 def use_pool(spark: SparkSession, pool: str) -> None:
     """Jobs this thread starts from now on run in scheduler pool ``pool`` (``ingest`` or ``gold``)."""
     spark.sparkContext.setLocalProperty("spark.scheduler.pool", pool)
 
 
-def codegen_after_batch(spark: SparkSession, settings: Settings, rows: int) -> None:
-    """Plan the next batch of a stream compiled or interpreted, by the size of this one (``rows``).
+@contextmanager
+def batch_codegen(spark: SparkSession, settings: Settings, rows_before: int | None) -> Iterator[None]:
+    """Run a streaming batch's own jobs (those of ``foreachBatch``) interpreted when the stream's previous batch
+    had fewer than ``spark.codegen_min_batch_rows`` rows (``rows_before``; None, the first batch: compiled).
 
     Spark generates Java source for every query and for every file a scan reads (a projection per file), then
     compiles it, cached by source. Delta reads its log with wide nested schemas at each batch, and generating
     those projections' source is slow (regular expressions over the code): in a profile of the ingest bench's
     live part ~30 % of the driver's samples were there. A batch of a few hundred rows gains little from compiled
-    code, a backlog batch of 200,000 a third of its time. A stream's batches come in runs (a backlog drains in
-    large ones, live traffic arrives in small ones), so the last batch's size decides; ``spark`` is the stream's
-    own session (``batch.sparkSession``), which plans its batches. A stream's first batch is compiled.
-    ``NO_CODEGEN`` also turns off whole-stage codegen (Spark's ``CollapseCodegenStages`` reads it).
+    code, a backlog batch of 200,000 a third of its time; a stream's batches come in runs (a backlog drains in
+    large ones, live traffic arrives in small ones), so the previous batch's size decides.
+
+    Only the block is interpreted: ``spark`` is the stream's own session (``batch.sparkSession``), and the stream
+    plans its next batch (the Kafka read and the rules, one compiled class reused by every batch) after the block
+    has restored Spark's default. ``NO_CODEGEN`` also turns off whole-stage codegen (``CollapseCodegenStages``).
     """
-    compiled = rows >= settings.spark.codegen_min_batch_rows
-    spark.conf.set("spark.sql.codegen.factoryMode", "FALLBACK" if compiled else "NO_CODEGEN")
+    interpreted = rows_before is not None and rows_before < settings.spark.codegen_min_batch_rows
+    if interpreted:
+        spark.conf.set(_CODEGEN_MODE, "NO_CODEGEN")
+    try:
+        yield
+    finally:
+        if interpreted:
+            spark.conf.unset(_CODEGEN_MODE)
 
 
 T = TypeVar("T")

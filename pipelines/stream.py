@@ -31,7 +31,7 @@ from pipelines.bronze import bronze_table, ensure_bronze, kafka_source, to_bronz
 from pipelines.gold_ev import append_anomalies, gold_paths
 from pipelines.ledger import CommitLedger
 from pipelines.rules import classify
-from pipelines.session import codegen_after_batch, use_pool
+from pipelines.session import batch_codegen, use_pool
 from pipelines.silver import HighWater, process_batch, silver_tables, table_exists
 from tierlake.config import Settings
 
@@ -63,26 +63,29 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
     def flag(silver_rows: DataFrame, batch_id: int) -> int:
         return append_anomalies(silver_rows, uri=anomalies_uri, batch_id=batch_id, ledger=ledger)
 
+    previous_rows: list[int] = []  # the size of the query's last batch (batch_codegen)
+
     def handle(batch: DataFrame, batch_id: int) -> None:
         began = time.monotonic()
         use_pool(batch.sparkSession, "ingest")
         batch = batch.persist()  # read from Kafka and parsed once, for bronze and for silver
         try:
-            # Bronze is appended together with silver's tables, once silver's counts have read the batch: before
-            # that, two jobs would each read it from Kafka.
-            counts = process_batch(
-                batch,
-                batch_id,
-                entity=spec,
-                tables=tables,
-                high_water=high_water,
-                ledger=ledger,
-                flag=flag if spec.gold == "ev" else None,  # EV anomaly flags, visible with their readings
-                alongside=[partial(write_bronze, batch, batch_id, bronze, ledger)],
-            )
+            with batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None):
+                # Bronze is appended together with silver's tables, once silver's counts have read the batch:
+                # before that, two jobs would each read it from Kafka.
+                counts = process_batch(
+                    batch,
+                    batch_id,
+                    entity=spec,
+                    tables=tables,
+                    high_water=high_water,
+                    ledger=ledger,
+                    flag=flag if spec.gold == "ev" else None,  # EV anomaly flags, visible with their readings
+                    alongside=[partial(write_bronze, batch, batch_id, bronze, ledger)],
+                )
         finally:
             batch.unpersist()
-        codegen_after_batch(batch.sparkSession, settings, counts["silver"] + counts["quarantine"] + counts["dropped"])
+        previous_rows[:] = [counts["silver"] + counts["quarantine"] + counts["dropped"]]
         logger.info("ingest %s batch %d: %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
 
     # The rules are part of the streaming plan: Spark analyses them once when the query starts, not per batch

@@ -13,7 +13,7 @@ import pytest
 from infra.ceph import CephCluster
 from infra.kafka import KafkaCluster
 from infra.stack import ensure_credentials
-from pipelines.session import POOLS, codegen_after_batch, pools_file, spark_conf
+from pipelines.session import POOLS, batch_codegen, pools_file, spark_conf
 from tierlake.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -113,7 +113,7 @@ def test_generated_classes_are_cached_beyond_one_batch_of_each_query(tmp_path: P
     assert int(conf["spark.sql.codegen.cache.maxEntries"]) >= 1000  # Spark's default, 100, cycled every batch
 
 
-def test_a_stream_plans_its_next_batch_interpreted_after_a_small_one(tmp_path: Path) -> None:
+def test_a_batch_runs_interpreted_after_a_small_one_and_the_stream_plans_compiled(tmp_path: Path) -> None:
     class Conf:
         def __init__(self) -> None:
             self.values: dict[str, str] = {}
@@ -121,19 +121,28 @@ def test_a_stream_plans_its_next_batch_interpreted_after_a_small_one(tmp_path: P
         def set(self, key: str, value: str) -> None:
             self.values[key] = value
 
+        def unset(self, key: str) -> None:
+            self.values.pop(key, None)
+
     class Session:
         conf = Conf()
 
     settings = _settings(tmp_path)
     session = Session()
+    key = "spark.sql.codegen.factoryMode"
     threshold = settings.spark.codegen_min_batch_rows
-    codegen_after_batch(session, settings, threshold - 1)  # type: ignore[arg-type]
-    assert session.conf.values["spark.sql.codegen.factoryMode"] == "NO_CODEGEN"
-    codegen_after_batch(session, settings, threshold)  # type: ignore[arg-type]
-    assert session.conf.values["spark.sql.codegen.factoryMode"] == "FALLBACK"  # Spark's default: compiled
+    with batch_codegen(session, settings, threshold - 1):  # type: ignore[arg-type]
+        assert session.conf.values[key] == "NO_CODEGEN"
+    assert key not in session.conf.values  # Spark's default again: the stream plans its next batch compiled
+    for rows_before in (None, threshold):  # a stream's first batch; a batch after a large one
+        with batch_codegen(session, settings, rows_before):  # type: ignore[arg-type]
+            assert key not in session.conf.values
     always = replace(settings, spark=replace(settings.spark, codegen_min_batch_rows=0))
-    codegen_after_batch(session, always, 0)  # type: ignore[arg-type]
-    assert session.conf.values["spark.sql.codegen.factoryMode"] == "FALLBACK"
+    with batch_codegen(session, always, 0):  # type: ignore[arg-type]
+        assert key not in session.conf.values
+    with pytest.raises(RuntimeError), batch_codegen(session, settings, 1):  # type: ignore[arg-type]
+        raise RuntimeError("a failed batch")
+    assert key not in session.conf.values
 
 
 def test_spark_master_comes_from_config(tmp_path: Path) -> None:
