@@ -66,12 +66,18 @@ def test_credentials_file_is_created_once_private_and_reused(tmp_path: Path) -> 
     assert mode == 0o600
 
 
-def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
+def _spark_settings(tmp_path: Path, jar: str) -> Settings:
+    """Settings with credentials and a jar folder holding one (empty) jar named ``jar``: enough for spark_conf."""
     settings = _settings(tmp_path, TIERLAKE_S3__ACCESS_KEY="AK", TIERLAKE_S3__SECRET_KEY="SK")
     jars = tmp_path / "jars"
     jars.mkdir()
-    (jars / "delta-spark_4.2_2.13-4.4.0.jar").write_bytes(b"PK")
-    settings = replace(settings, spark=replace(settings.spark, jars_dir=jars, extra_conf={"spark.x": "y"}))
+    (jars / jar).write_bytes(b"PK")
+    return replace(settings, spark=replace(settings.spark, jars_dir=jars))
+
+
+def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
+    settings = _spark_settings(tmp_path, "delta-spark_4.2_2.13-4.4.0.jar")
+    settings = replace(settings, spark=replace(settings.spark, extra_conf={"spark.x": "y"}))
     conf = spark_conf(settings, app_name="unit")
     assert conf["spark.master"] == "local[2]"
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:7480"
@@ -88,11 +94,7 @@ def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
 
 def test_ingest_jobs_get_a_core_before_gold_jobs(tmp_path: Path) -> None:
     """Fair scheduling: the ingest pool has a guaranteed core and four times gold's weight."""
-    settings = _settings(tmp_path, TIERLAKE_S3__ACCESS_KEY="AK", TIERLAKE_S3__SECRET_KEY="SK")
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "a-1.jar").write_bytes(b"PK")
-    settings = replace(settings, spark=replace(settings.spark, jars_dir=jars))
+    settings = _spark_settings(tmp_path, "a-1.jar")
     conf = spark_conf(settings, app_name="unit")
     assert conf["spark.scheduler.mode"] == "FAIR"
     assert conf["spark.scheduler.allocation.file"] == str(pools_file(settings))
@@ -104,11 +106,7 @@ def test_ingest_jobs_get_a_core_before_gold_jobs(tmp_path: Path) -> None:
 
 
 def test_generated_classes_are_cached_beyond_one_batch_of_each_query(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, TIERLAKE_S3__ACCESS_KEY="AK", TIERLAKE_S3__SECRET_KEY="SK")
-    jars = tmp_path / "jars"
-    jars.mkdir()
-    (jars / "a-1.jar").write_bytes(b"PK")
-    settings = replace(settings, spark=replace(settings.spark, jars_dir=jars))
+    settings = _spark_settings(tmp_path, "a-1.jar")
     conf = spark_conf(settings, app_name="unit")
     assert int(conf["spark.sql.codegen.cache.maxEntries"]) >= 1000  # Spark's default, 100, cycled every batch
 
