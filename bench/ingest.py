@@ -10,8 +10,9 @@ One run, one topic of its own, the same records for every contender:
   best of two): the ceiling of any Spark job on this machine, so ``silver_vs_spark_read`` says how much of the gap
   to the raw consumer is tierlake's work and how much is Spark's;
 - freshness: the streaming queries kept running on a ``--trigger-s`` trigger while records arrive at ``--rate``;
-  per record, silver commit time minus Kafka timestamp, p50 and p99; per flagged reading, the gold anomaly's
-  commit time (``flagged_at``) minus Kafka timestamp (how soon gold shows it).
+  per record, the time of the silver commit that made it visible minus its Kafka timestamp, p50 and p99; per flagged
+  reading, the same to the commit of its anomaly flag (how soon gold shows it). Commit times come from the tables'
+  logs (``pipelines.freshness``), not from ``silver_time``/``flagged_at``, which are taken before the write.
 
 Prints one JSON object as its last line (DESIGN.md): ``{"bench", "figures", "ratios", "setup"}``.
 Usage: ``.venv/bin/python bench/ingest.py [--quick]`` with the local stack (it brings it up if needed).
@@ -37,7 +38,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
 from pipelines.datasets import EV_SPACING_S, Record, good_records, recent_start
-from pipelines.demo import anomaly_freshness, freshness
+from pipelines.freshness import anomaly_freshness, freshness
 from pipelines.gold import run_gold_until_caught_up
 from pipelines.gold_ev import OVERHEAT_C, SPIKE_KW, gold_paths
 from pipelines.ingest import run_continuous

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tierlake.config import Settings
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 logger = logging.getLogger(__name__)
 
@@ -41,44 +41,6 @@ def topic_record_count(settings: Settings, topic: str) -> int:
         consumer.close()
 
 
-def freshness(spark: SparkSession, silver_uri: str, *, since_epoch_s: float) -> dict[str, Any]:
-    """Seconds from Kafka's timestamp to the silver commit, p50/p99, over the rows produced since ``since``."""
-    from pyspark.sql import functions as F  # noqa: PLC0415
-
-    rows = spark.read.format("delta").load(silver_uri).where(F.col("kafka_timestamp").cast("double") >= since_epoch_s)
-    return _lag_percentiles(rows, "silver_time")
-
-
-def anomaly_freshness(
-    spark: SparkSession, *, silver_uri: str, anomalies_uri: str, since_epoch_s: float
-) -> dict[str, Any]:
-    """Seconds from Kafka's timestamp to the gold anomaly flag (``flagged_at``), p50/p99, over the readings produced
-    since ``since`` that gold flagged: how soon gold shows what happened."""
-    from delta.tables import DeltaTable  # noqa: PLC0415
-    from pyspark.sql import functions as F  # noqa: PLC0415
-
-    if not DeltaTable.isDeltaTable(spark, anomalies_uri):
-        return {"p50_s": None, "p99_s": None, "rows": 0}
-    sent = (
-        spark.read.format("delta")
-        .load(silver_uri)
-        .where(F.col("kafka_timestamp").cast("double") >= since_epoch_s)
-        .select("event_id", "kafka_timestamp")
-    )
-    flagged = spark.read.format("delta").load(anomalies_uri).where(F.col("flagged_at").isNotNull())
-    return _lag_percentiles(flagged.join(sent, "event_id"), "flagged_at")
-
-
-def _lag_percentiles(rows: DataFrame, until: str) -> dict[str, Any]:
-    """p50/p99 of ``until`` minus ``kafka_timestamp`` in seconds, and the row count."""
-    from pyspark.sql import functions as F  # noqa: PLC0415
-
-    lag = F.col(until).cast("double") - F.col("kafka_timestamp").cast("double")
-    row = rows.select(F.percentile_approx(lag, [0.5, 0.99]).alias("p"), F.count(F.lit(1)).alias("n")).first()
-    p50, p99 = (row["p"] if row is not None and row["p"] else None) or (None, None)
-    return {"p50_s": p50, "p99_s": p99, "rows": int(row["n"]) if row is not None else 0}
-
-
 def top_anomalies(spark: SparkSession, lake_bucket: str, entity: str, *, limit: int = 5) -> list[dict[str, Any]]:
     from delta.tables import DeltaTable  # noqa: PLC0415
 
@@ -93,6 +55,7 @@ def top_anomalies(spark: SparkSession, lake_bucket: str, entity: str, *, limit: 
 
 def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
     from infra.stack import LocalStack  # noqa: PLC0415
+    from pipelines.freshness import anomaly_freshness, freshness  # noqa: PLC0415
     from pipelines.gold_ev import gold_paths  # noqa: PLC0415
     from pipelines.ingest import run_until_caught_up  # noqa: PLC0415
     from pipelines.produce import produce_events  # noqa: PLC0415

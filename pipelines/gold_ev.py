@@ -14,7 +14,8 @@ Anomalies, one row per flagged event with a ``score`` in [0, 1] and a ``reason``
 Thresholds are physical limits, not statistics, so one reading suffices: the ingest batch that puts a reading in
 silver flags it (:func:`append_anomalies`, called from ``pipelines.silver.process_batch``), so a flag is visible
 when its reading is, not a gold batch later. Flags carry the ingest batch id (``_batch_id``) and go through the
-same commit ledger as silver, so a replayed batch writes them once; ``flagged_at`` is their commit time.
+same commit ledger as silver, so a replayed batch writes them once. ``flagged_at`` is when the batch flagged them,
+just before their append; the commit that makes them visible comes after it (``pipelines.freshness`` measures to it).
 ``replay-quarantine`` flags the records it moves into silver (:func:`append_replayed_anomalies`).
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -113,3 +114,34 @@ def test_commit_ledger_appends_each_batch_once_across_driver_restarts(spark: Spa
     assert restarted.append(batch(2), uri, 2)
     ids = sorted(r["id"] for r in spark.read.format("delta").load(uri).collect())
     assert ids == [0, 1, 2, 10, 11, 12, 20, 21, 22]
+
+
+def test_commit_times_say_when_each_row_became_visible(spark: SparkSession, settings: Settings) -> None:
+    """Each row gets the time its commit file appeared in the log (what freshness measures to), not the write's
+    start; rows of files rewritten by compaction are left out rather than given the rewrite's time."""
+    from delta.tables import DeltaTable as SparkDeltaTable  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    from pipelines.freshness import with_commit_time  # noqa: PLC0415
+    from tiers.s3 import s3_client  # noqa: PLC0415
+
+    uri = _table_uri(settings, "committed")
+    frame = spark.createDataFrame([(i, f"station-{i % 3}") for i in range(30)], "id long, station string")
+    frame.where("id < 10").write.format("delta").partitionBy("station").save(uri)
+    began = time.time()
+    frame.where("id >= 10").write.format("delta").mode("append").partitionBy("station").save(uri)
+    ended = time.time()
+
+    key = uri.removeprefix(f"s3a://{settings.s3.lake_bucket}/") + "/_delta_log/00000000000000000001.json"
+    visible = s3_client(settings.s3).head_object(Bucket=settings.s3.lake_bucket, Key=key)["LastModified"].timestamp()
+    rows = with_commit_time(spark, uri).select("id", F.col("committed_at").cast("double").alias("at")).collect()
+    assert sorted(r["id"] for r in rows) == list(range(30))  # every row, once
+    second = {r["at"] for r in rows if r["id"] >= 10}
+    assert len(second) == 1  # one commit, one time, over its three files
+    (at,) = second
+    assert began - 1 <= at <= ended + 1  # taken during the append (HEAD gives whole seconds, the listing ms)
+    assert abs(at - visible) < 1
+    assert all(r["at"] < at for r in rows if r["id"] < 10)
+
+    SparkDeltaTable.forPath(spark, uri).optimize().executeCompaction()
+    assert with_commit_time(spark, uri).count() == 0  # every file rewritten: no row claims the compaction's time
