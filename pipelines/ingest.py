@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.gold import run_gold_until_caught_up, schema_changed, start_gold
 from pipelines.lease import TableLease
 from pipelines.silver import silver_tables
-from pipelines.stream import run_ingest_until_caught_up, start_ingest
+from pipelines.stream import data_loss, run_ingest_until_caught_up, start_ingest
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict
 from tiers.s3 import s3_client
@@ -115,9 +115,10 @@ def run_continuous(
             _write_status(status_file, [*queries, *gold.values()])  # tells `ingest start` that the queries are up
         while not stop.wait(min(trigger_s, 2.0)):
             _check(leases)
-            for query in queries:
+            for entity, query in zip(entities, queries, strict=True):
                 if not query.isActive:
-                    raise CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
+                    lost = data_loss(query.exception(), settings, entity=entity)
+                    raise lost or CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
             for entity, query in list(gold.items()):
                 if not query.isActive:
                     if not schema_changed(query.exception()):

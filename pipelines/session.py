@@ -36,6 +36,35 @@ def pools_file(settings: Settings) -> Path:
     return settings.run_dir / "spark" / "pools.xml"
 
 
+# Spark's own log (log4j) goes to a file, not to the console: a failed query would otherwise print a JVM stack
+# trace and its whole plan above tierlake's one-line error. Rolled at 50 MB, three files kept.
+LOG4J = """# Written by tierlake (pipelines/session.py): Spark's log to {path}
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = {path}
+appender.file.filePattern = {path}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n%ex
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 50MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+"""
+
+
+def spark_log(settings: Settings) -> Path:
+    """Where Spark's own log goes: ``logs/spark.log`` under the run folder."""
+    return settings.run_dir / "logs" / "spark.log"
+
+
+def log4j_file(settings: Settings) -> Path:
+    """Spark's log4j configuration (``LOG4J``), a file under the run folder."""
+    return settings.run_dir / "spark" / "log4j2.properties"
+
+
 _CODEGEN_MODE = "spark.sql.codegen.factoryMode"
 
 
@@ -138,6 +167,7 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         # classes were compiled again every batch: 663 compilations (~22 ms each, on 2 cores) in a 30 s live
         # part of bench/ingest.py --quick, 163 with 1000 entries. A class is a few tens of KB.
         "spark.sql.codegen.cache.maxEntries": "1000",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j_file(settings)}",
     }
     conf.update(_jar_conf(spark.master, jar_paths(spark.jars_dir)))
     if s3.endpoint.startswith("http://"):
@@ -174,6 +204,8 @@ def spark_session(settings: Settings, *, app_name: str = "tierlake") -> SparkSes
     pools = pools_file(settings)
     pools.parent.mkdir(parents=True, exist_ok=True)
     pools.write_text(POOLS, encoding="utf-8")
+    log4j_file(settings).write_text(LOG4J.format(path=spark_log(settings)), encoding="utf-8")
+    spark_log(settings).parent.mkdir(parents=True, exist_ok=True)
     builder = SparkSession.builder
     for key, value in spark_conf(settings, app_name=app_name).items():
         builder = builder.config(key, value)

@@ -23,6 +23,7 @@ The checkpoint sits beside the bronze table (``bronze/_checkpoints/<topic>``).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from pipelines.rules import classify
 from pipelines.session import batch_codegen, use_pool
 from pipelines.silver import HighWater, process_batch, silver_tables, table_exists
 from tierlake.config import Settings
+from tierlake.errors import DataLoss
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -104,8 +106,50 @@ def run_ingest_until_caught_up(spark: SparkSession, settings: Settings, *, entit
 
     Returns the tables' row counts and bronze's version.
     """
-    start_ingest(spark, settings, entity=entity, trigger_s=None).awaitTermination()
+    from pyspark.errors import StreamingQueryException  # noqa: PLC0415
+
+    try:
+        start_ingest(spark, settings, entity=entity, trigger_s=None).awaitTermination()
+    except StreamingQueryException as exc:
+        raise data_loss(exc, settings, entity=entity) or exc from exc
     return ingest_counts(spark, settings, entity=entity)
+
+
+# Spark's Kafka source fails a query with this when offsets it read or must read are gone (``failOnDataLoss``).
+_DATA_LOSS = "Some data may have been lost"
+_OFFSET_BACK = re.compile(r"Partition (?P<partition>\S+) offset was changed from (?P<read>\d+) to (?P<now>\d+)")
+_REASON = re.compile(r"^Reason: (?P<reason>.+)$", re.MULTILINE)
+
+
+def data_loss(exc: BaseException | None, settings: Settings, *, entity: str) -> DataLoss | None:
+    """The clear error for an ingest query that Spark stopped because Kafka lost records; None for other failures.
+
+    Spark's own message holds the whole query plan; this one says what happened, where, and what to do.
+    """
+    message = str(exc) if exc is not None else ""
+    if _DATA_LOSS not in message:
+        return None
+    checkpoint = bronze_table(settings, settings.entities[entity].topic).checkpoint_uri
+    back = _OFFSET_BACK.search(message)
+    reason = _REASON.search(message)
+    if back:
+        what = (
+            f"partition {back['partition']} ends at offset {back['now']}, but the checkpoint {checkpoint} has read "
+            f"up to {back['read']}: the topic was deleted and re-created, or Kafka's data was reset, while the lake "
+            "kept its tables"
+        )
+    else:
+        detail = reason["reason"].strip() if reason else message.splitlines()[0]
+        what = (
+            f"records the checkpoint {checkpoint} has not read yet are gone ({detail}): "
+            "Kafka's retention aged them out, or the topic was re-created"
+        )
+    return DataLoss(
+        f"ingest {entity}: Kafka no longer holds what the lake expects: {what}. "
+        "The query stopped before writing past its last committed batch. "
+        "Fix: restore Kafka's data (or raise the topic's retention); to start a local lake over instead, "
+        f"`tierlake stack down`, delete {settings.run_dir} (the data of every local service), then `tierlake stack up`"
+    )
 
 
 def ingest_counts(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:

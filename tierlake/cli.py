@@ -62,9 +62,19 @@ def run_command(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: a one-line message, the traceback in the log
         logger.exception("unexpected error")
         sys.stderr.write(
-            f"tierlake: unexpected error: {type(exc).__name__}: {exc} (traceback in {log_file or 'no log yet'})\n"
+            f"tierlake: unexpected error: {type(exc).__name__}: {first_line(exc)} "
+            f"(the whole message and the traceback in {log_file or 'no log yet'})\n"
         )
         return 1
+
+
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message, at most ``limit`` characters: some (Spark's streaming failures)
+    carry a whole query plan."""
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else ""
+    more = len(lines) > 1 or len(line) > limit
+    return line[:limit] + (" ..." if more else "")
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

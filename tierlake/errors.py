@@ -25,6 +25,10 @@ class CommitConflict(TierlakeError):
     """A Delta commit lost a race or a second writer tried to claim a table."""
 
 
+class DataLoss(TierlakeError):
+    """A source no longer holds records that the lake has read or has yet to read (the message says which)."""
+
+
 class SchemaMismatch(TierlakeError):
     """A record or table does not match the declared schema."""
 

@@ -11,9 +11,11 @@ import functools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import yaml
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from deltalake import DeltaTable
@@ -243,6 +245,42 @@ def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack, spa
     assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
     flags = Counter(a["event_id"] for a in oracle.gold("anomalies"))
     assert flags["bad-firmware"] == 1, "a replayed reading is flagged like any other, and only once"
+
+
+def test_a_topic_recreated_under_the_lake_stops_ingest_with_one_clear_line(stack: LocalStack) -> None:
+    """Kafka going back behind what the checkpoint read (the topic re-created, or its data reset) is data loss:
+    ingest refuses with what happened and the fix, in one line, and writes nothing more."""
+    oracle = Oracle(stack)
+    oracle.produce(list(good_records("ev", 300, seed=11, start=recent_start(300, EV_SPACING_S))))
+    first = oracle.ingest()
+    assert first is not None
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    admin = AdminClient({"bootstrap.servers": stack.settings.kafka.bootstrap()})
+    admin.delete_topics([oracle.topic])[oracle.topic].result(30)
+    deadline = time.monotonic() + 60
+    while True:  # the deletion finishes in the background; creating too soon is refused
+        try:
+            admin.create_topics([NewTopic(oracle.topic, num_partitions=3, replication_factor=3)])[oracle.topic].result(
+                30
+            )
+            break
+        except KafkaException:
+            assert time.monotonic() < deadline, "the deleted topic never went away"
+            time.sleep(1)
+    oracle.produce(list(good_records("ev", 10, seed=12, start=recent_start(10, EV_SPACING_S))))
+
+    second = oracle.ingest()
+    assert second is not None
+    assert second.returncode == 2, second.stderr[-3000:]
+    # tierlake's own INFO lines and the JVM's start-up notes may come first; no stack trace, no query plan.
+    *before, line = second.stderr.strip().splitlines()
+    assert not [seen for seen in before if seen.lstrip().startswith("at ") or "Exception" in seen], before
+    assert "Logical Plan" not in second.stderr
+    assert f"tierlake: error: ingest {oracle.entity}: Kafka no longer holds what the lake expects" in line
+    assert re.search(rf"partition {re.escape(oracle.topic)}-\d ends at offset \d+, but the checkpoint", line)
+    assert "Fix: restore Kafka's data" in line
+    assert len(oracle.table("silver")) == 300  # nothing of the new topic was written
 
 
 def test_gold_windows_and_anomaly_flags(stack: LocalStack) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.datasets import BAD_KINDS, ev_event, ev_stream, good_records
 from pipelines.rules import RULES
+from tierlake.config import load_settings
 from tierlake.entities import build_entities
 from tierlake.errors import ConfigError
 
@@ -92,3 +93,48 @@ def test_readme_documents_every_rule_and_outcome() -> None:
     for name in {*RULES, *BAD_KINDS, "late_event"} - {"unknown_fields"}:
         assert f"`{name}`" in readme, f"README's ingestion rules table does not document {name}"
     assert "`extra_fields`" in readme
+
+
+# What Spark's Kafka source said when a local stack's Kafka was reset under a lake that kept its checkpoint
+# (the query plan that follows it in the real message is cut here).
+SPARK_OFFSETS_BACK = (
+    "[STREAM_FAILED] Query [id = 97b5, runId = 04f1] terminated with exception: Some data may have been lost "
+    "because they are not available in Kafka any more;\neither the data was aged out by Kafka or the topic may have "
+    "been deleted before all the data in the\ntopic was processed.\nIf you don't want your streaming query to fail "
+    "on such cases, set the source option failOnDataLoss to false.\nReason: Partition ev.telemetry-1 offset was "
+    "changed from 4531 to 561.\nThis could be either 1) a user error ...\n=== Streaming Query ===\nLogical Plan:\n"
+)
+
+
+def test_kafka_data_loss_becomes_one_clear_error_with_the_fix() -> None:
+    from pipelines.stream import data_loss  # noqa: PLC0415
+
+    settings = load_settings("ci", conf_dir=REPO / "conf", env={})
+    error = data_loss(RuntimeError(SPARK_OFFSETS_BACK), settings, entity="ev")
+    assert error is not None
+    message = str(error)
+    assert "partition ev.telemetry-1 ends at offset 561" in message
+    assert "has read up to 4531" in message
+    assert "bronze/_checkpoints/ev_telemetry" in message
+    assert "Fix: restore Kafka's data" in message
+    assert "\n" not in message
+    assert "Logical Plan" not in message
+
+    aged = SPARK_OFFSETS_BACK.replace(
+        "Partition ev.telemetry-1 offset was changed from 4531 to 561.", "Cannot fetch offset 12 of ev.telemetry-0."
+    )
+    aged_message = str(data_loss(RuntimeError(aged), settings, entity="ev"))
+    assert "are gone (Cannot fetch offset 12 of ev.telemetry-0.)" in aged_message
+    assert "retention" in aged_message
+
+    assert data_loss(RuntimeError("[STREAM_FAILED] something else"), settings, entity="ev") is None
+    assert data_loss(None, settings, entity="ev") is None
+
+
+def test_an_unexpected_error_prints_its_first_line_only() -> None:
+    from tierlake.cli import first_line  # noqa: PLC0415
+
+    assert first_line(RuntimeError(SPARK_OFFSETS_BACK)).endswith("not available in Kafka any more; ...")
+    assert first_line(RuntimeError("short")) == "short"
+    assert first_line(RuntimeError("x" * 500)) == "x" * 400 + " ..."
+    assert first_line(RuntimeError("")) == ""

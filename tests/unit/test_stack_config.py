@@ -13,7 +13,7 @@ import pytest
 from infra.ceph import CephCluster
 from infra.kafka import KafkaCluster
 from infra.stack import ensure_credentials
-from pipelines.session import POOLS, batch_codegen, pools_file, spark_conf
+from pipelines.session import LOG4J, POOLS, batch_codegen, log4j_file, pools_file, spark_conf, spark_log
 from tierlake.config import Settings, load_settings
 
 pytestmark = pytest.mark.unit
@@ -103,6 +103,19 @@ def test_ingest_jobs_get_a_core_before_gold_jobs(tmp_path: Path) -> None:
         for pool in ElementTree.fromstring(POOLS).iter("pool")  # noqa: S314 - our own constant
     }
     assert pools == {"ingest": ("4", "1"), "gold": ("1", "0")}
+
+
+def test_sparks_own_log_goes_to_a_file_under_the_run_folder(tmp_path: Path) -> None:
+    """Not to the console, where a failed query's stack trace and plan would bury tierlake's one-line error."""
+    settings = _spark_settings(tmp_path, "a-1.jar")
+    conf = spark_conf(settings, app_name="unit")
+    assert conf["spark.driver.extraJavaOptions"] == f"-Dlog4j2.configurationFile={log4j_file(settings)}"
+    properties = dict(
+        line.split(" = ", 1) for line in LOG4J.format(path=spark_log(settings)).splitlines() if " = " in line
+    )
+    assert properties["rootLogger.appenderRef.file.ref"] == properties["appender.file.name"]
+    assert properties["appender.file.fileName"] == str(settings.run_dir / "logs" / "spark.log")
+    assert not any(key.startswith("appender.console") for key in properties)
 
 
 def test_generated_classes_are_cached_beyond_one_batch_of_each_query(tmp_path: Path) -> None:
