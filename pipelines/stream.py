@@ -134,9 +134,9 @@ def data_loss(exc: BaseException | None, settings: Settings, *, entity: str) -> 
     reason = _REASON.search(message)
     if back:
         what = (
-            f"partition {back['partition']} ends at offset {back['now']}, but the checkpoint {checkpoint} has read "
-            f"up to {back['read']}: the topic was deleted and re-created, or Kafka's data was reset, while the lake "
-            "kept its tables"
+            f"partition {back['partition']} went back to offset {back['now']}, behind the {back['read']} that the "
+            f"checkpoint {checkpoint} has read: the topic was deleted and re-created, or Kafka's data was reset, "
+            "while the lake kept its tables"
         )
     else:
         detail = reason["reason"].strip() if reason else message.splitlines()[0]

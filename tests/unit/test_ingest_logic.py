@@ -113,8 +113,7 @@ def test_kafka_data_loss_becomes_one_clear_error_with_the_fix() -> None:
     error = data_loss(RuntimeError(SPARK_OFFSETS_BACK), settings, entity="ev")
     assert error is not None
     message = str(error)
-    assert "partition ev.telemetry-1 ends at offset 561" in message
-    assert "has read up to 4531" in message
+    assert "partition ev.telemetry-1 went back to offset 561, behind the 4531 that the checkpoint" in message
     assert "bronze/_checkpoints/ev_telemetry" in message
     assert "Fix: restore Kafka's data" in message
     assert "\n" not in message
