@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from tierlake.config import Settings
@@ -50,7 +51,12 @@ def top_anomalies(spark: SparkSession, lake_bucket: str, entity: str, *, limit: 
     if not DeltaTable.isDeltaTable(spark, uri):
         return []
     rows = spark.read.format("delta").load(uri).orderBy("score", ascending=False).limit(limit).collect()
-    return [{**row.asDict(), "ts": str(row["ts"])} for row in rows]
+    return [json_safe(row.asDict()) for row in rows]
+
+
+def json_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row for the JSON report: times as ISO 8601 text (``ts``, ``flagged_at``), the rest as it is."""
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in row.items()}
 
 
 def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:

@@ -9,6 +9,15 @@ from pathlib import Path
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class _NoTraceback(logging.Formatter):
+    """The message only: tracebacks go to the log file, never to the console (the CLI prints one line instead)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info, bare.exc_text, bare.stack_info = None, None, None
+        return super().format(bare)
+
+
 def configure_logging(log_file: Path, *, verbose: bool = False) -> Path:
     """INFO (or DEBUG) to ``log_file``; warnings and tierlake's own INFO lines to stderr. Returns the file."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -20,7 +29,7 @@ def configure_logging(log_file: Path, *, verbose: bool = False) -> Path:
     to_file.setFormatter(logging.Formatter(_FORMAT))
     root.addHandler(to_file)
     to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    to_stderr.setFormatter(_NoTraceback("%(levelname)s %(name)s: %(message)s"))
     to_stderr.addFilter(
         lambda record: (
             record.levelno >= logging.WARNING
