@@ -233,14 +233,15 @@ def process_batch(
     high_water: HighWater,
     ledger: CommitLedger,
     flag: Callable[[DataFrame, int], int] | None = None,
-    alongside: Sequence[Callable[[], object]] = (),
+    alongside: Sequence[Callable[[DataFrame], object]] = (),
 ) -> dict[str, int]:
     """One micro-batch, classified by the rules (:func:`pipelines.rules.classify`): judge it against history, write
     the three tables idempotently. Returns the row counts.
 
     ``flag``: called with the batch's silver rows and the batch id (EV anomaly flags,
     :func:`pipelines.gold_ev.append_anomalies`); returns how many rows it wrote (``flagged`` in the counts).
-    ``alongside``: other writes of the batch (the ingest query's bronze append), run with this batch's appends.
+    ``alongside``: other writes of the batch (the ingest query's bronze append), run with this batch's appends and
+    called with the judged batch: every row and column of ``classified`` (plus the judgement), already cached.
     The appends run at the same time (:func:`pipelines.session.run_together`), once the counts have read the
     batch; each table's append is exactly once on its own (the ledger), so their order does not matter.
     """
@@ -269,11 +270,14 @@ def process_batch(
             )
             if counts[name]  # an empty write would still cost a job and a commit; skipping it is as deterministic
         ]
+        flag_at = None
         if flag is not None and counts["silver"]:
+            flag_at = len(writes)
             writes.append(partial(flag, frames[0], batch_id))
-        results = run_together(classified.sparkSession, "ingest", [*writes, *alongside])
-        if flag is not None and counts["silver"]:
-            counts["flagged"] = int(cast(int, results[len(writes) - 1]))
+        writes += [partial(write, judged) for write in alongside]
+        results = run_together(classified.sparkSession, "ingest", writes)
+        if flag_at is not None:
+            counts["flagged"] = int(cast(int, results[flag_at]))
         high_water.record(batch_id, high)
     finally:
         judged.unpersist()

@@ -70,23 +70,20 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
     def handle(batch: DataFrame, batch_id: int) -> None:
         began = time.monotonic()
         use_pool(batch.sparkSession, "ingest")
-        batch = batch.persist()  # read from Kafka and parsed once, for bronze and for silver
-        try:
-            with batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None):
-                # Bronze is appended together with silver's tables, once silver's counts have read the batch:
-                # before that, two jobs would each read it from Kafka.
-                counts = process_batch(
-                    batch,
-                    batch_id,
-                    entity=spec,
-                    tables=tables,
-                    high_water=high_water,
-                    ledger=ledger,
-                    flag=flag if spec.gold == "ev" else None,  # EV anomaly flags, visible with their readings
-                    alongside=[partial(write_bronze, batch, batch_id, bronze, ledger)],
-                )
-        finally:
-            batch.unpersist()
+        with batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None):
+            # Bronze is written from the judged batch that silver's counts cache (it holds every column of the
+            # Kafka record), together with silver's tables: the batch is read from Kafka and parsed once, and
+            # cached once.
+            counts = process_batch(
+                batch,
+                batch_id,
+                entity=spec,
+                tables=tables,
+                high_water=high_water,
+                ledger=ledger,
+                flag=flag if spec.gold == "ev" else None,  # EV anomaly flags, visible with their readings
+                alongside=[partial(write_bronze, batch_id=batch_id, table=bronze, ledger=ledger)],
+            )
         previous_rows[:] = [counts["silver"] + counts["quarantine"] + counts["dropped"]]
         logger.info("ingest %s batch %d: %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
 
