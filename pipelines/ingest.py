@@ -20,7 +20,7 @@ from pipelines.lease import TableLease
 from pipelines.silver import silver_tables
 from pipelines.stream import data_loss, run_ingest_until_caught_up, start_ingest
 from tierlake.config import Settings
-from tierlake.errors import CommitConflict
+from tierlake.errors import CommitConflict, first_line
 from tiers.s3 import s3_client
 
 if TYPE_CHECKING:
@@ -117,12 +117,11 @@ def run_continuous(
             _check(leases)
             for entity, query in zip(entities, queries, strict=True):
                 if not query.isActive:
-                    lost = data_loss(query.exception(), settings, entity=entity)
-                    raise lost or CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
+                    raise data_loss(query.exception(), settings, entity=entity) or _stopped(query)
             for entity, query in list(gold.items()):
                 if not query.isActive:
                     if not schema_changed(query.exception()):
-                        raise CommitConflict(f"streaming query {query.name} stopped: {query.exception()}")
+                        raise _stopped(query)
                     logger.info("gold %s: silver's schema changed; starting the gold query again", entity)
                     del gold[entity]
             _start_gold(spark, settings, entities, trigger_s, gold)
@@ -132,6 +131,14 @@ def run_continuous(
         for query in [*queries, *gold.values()]:
             query.stop()
     return {"stopped": [q.name for q in [*queries, *gold.values()]]}
+
+
+def _stopped(query: Any) -> CommitConflict:
+    """The error for a streaming query that stopped: the first line of Spark's message (the rest, a query plan,
+    goes to the log)."""
+    error = query.exception()
+    logger.error("streaming query %s stopped", query.name, exc_info=error)  # the whole error: log file only
+    return CommitConflict(f"streaming query {query.name} stopped: {first_line(error)} (the whole error is in the log)")
 
 
 def _start_gold(

@@ -108,7 +108,10 @@ def run_ingest_until_caught_up(spark: SparkSession, settings: Settings, *, entit
     try:
         start_ingest(spark, settings, entity=entity, trigger_s=None).awaitTermination()
     except StreamingQueryException as exc:
-        raise data_loss(exc, settings, entity=entity) or exc from exc
+        lost = data_loss(exc, settings, entity=entity)
+        if lost is None:
+            raise
+        raise lost from exc
     return ingest_counts(spark, settings, entity=entity)
 
 

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from tierlake.commands import Handler
 from tierlake.config import load_settings
-from tierlake.errors import TierlakeError
+from tierlake.errors import TierlakeError, first_line
 from tierlake.logs import configure_logging
 
 logger = logging.getLogger("tierlake.cli")
@@ -66,15 +66,6 @@ def run_command(argv: list[str] | None = None) -> int:
             f"(the whole message and the traceback in {log_file or 'no log yet'})\n"
         )
         return 1
-
-
-def first_line(exc: BaseException, limit: int = 400) -> str:
-    """The first line of an exception's message, at most ``limit`` characters: some (Spark's streaming failures)
-    carry a whole query plan."""
-    lines = str(exc).strip().splitlines()
-    line = lines[0] if lines else ""
-    more = len(lines) > 1 or len(line) > limit
-    return line[:limit] + (" ..." if more else "")
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

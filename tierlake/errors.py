@@ -47,3 +47,12 @@ class RetentionViolation(TierlakeError):
 
 class DependencyMissing(TierlakeError):
     """A tool or optional package is not installed (the message says how to install it)."""
+
+
+def first_line(exc: BaseException | None, limit: int = 400) -> str:
+    """The first line of an exception's message, at most ``limit`` characters: some (Spark's streaming failures)
+    carry a whole query plan."""
+    lines = str(exc).strip().splitlines() if exc is not None else []
+    line = lines[0] if lines else ""
+    more = len(lines) > 1 or len(line) > limit
+    return line[:limit] + (" ..." if more else "")

@@ -131,9 +131,10 @@ def test_kafka_data_loss_becomes_one_clear_error_with_the_fix() -> None:
 
 
 def test_an_unexpected_error_prints_its_first_line_only() -> None:
-    from tierlake.cli import first_line  # noqa: PLC0415
+    from tierlake.errors import first_line  # noqa: PLC0415
 
     assert first_line(RuntimeError(SPARK_OFFSETS_BACK)).endswith("not available in Kafka any more; ...")
     assert first_line(RuntimeError("short")) == "short"
     assert first_line(RuntimeError("x" * 500)) == "x" * 400 + " ..."
     assert first_line(RuntimeError("")) == ""
+    assert first_line(None) == ""
