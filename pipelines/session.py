@@ -7,6 +7,7 @@ no network. ``spark.master`` decides where it runs: ``local[2]`` here, ``spark:/
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -168,6 +169,9 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         # part of bench/ingest.py --quick, 163 with 1000 entries. A class is a few tens of KB.
         "spark.sql.codegen.cache.maxEntries": "1000",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j_file(settings)}",
+        # The ingest rules run in Python workers (mapInArrow, pipelines.rules): the driver's own interpreter,
+        # so the workers import the same tierlake and pyarrow. A cluster sets its executors' path in extra_conf.
+        "spark.pyspark.python": sys.executable,
     }
     conf.update(_jar_conf(spark.master, jar_paths(spark.jars_dir)))
     if s3.endpoint.startswith("http://"):
@@ -201,6 +205,9 @@ def spark_session(settings: Settings, *, app_name: str = "tierlake") -> SparkSes
     if settings.spark.local_ip:
         # Spark reads this before any conf: without it the driver binds the host's address, not loopback.
         os.environ.setdefault("SPARK_LOCAL_IP", settings.spark.local_ip)
+    # pyspark starts its Python workers with PYSPARK_PYTHON (default: whatever python3 is on PATH), not with
+    # spark.pyspark.python: the ingest rules need this interpreter's packages there.
+    os.environ.setdefault("PYSPARK_PYTHON", settings.spark.extra_conf.get("spark.pyspark.python", sys.executable))
     pools = pools_file(settings)
     pools.parent.mkdir(parents=True, exist_ok=True)
     pools.write_text(POOLS, encoding="utf-8")

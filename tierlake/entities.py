@@ -15,6 +15,8 @@ from typing import Any
 from tierlake.errors import ConfigError
 
 FIELD_TYPES = ("string", "int", "long", "double", "boolean", "timestamp")
+TIMESTAMP_FORMATS = ("iso8601", "epoch_s", "epoch_ms")
+"""How a timestamp field may be written: ISO 8601 with a zone (the default), or integer epoch seconds/millis."""
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -26,6 +28,7 @@ class FieldSpec:
     min: float | None = None
     max: float | None = None
     max_length: int | None = None
+    formats: tuple[str, ...] = ("iso8601",)  # timestamp fields only: the accepted ways to write one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,13 +117,22 @@ def _entity(name: str, spec: object, source: str, topics: set[str]) -> EntitySpe
 def _field(where: str, item: object, source: str) -> FieldSpec:
     if not isinstance(item, Mapping) or "name" not in item or "type" not in item:
         raise _fail(source, where, item, "a field needs at least name and type", "e.g. {name: ts, type: timestamp}")
-    allowed = {"name", "type", "required", "min", "max", "max_length"}
+    allowed = {"name", "type", "required", "min", "max", "max_length", "formats"}
     if unknown := sorted(set(item) - allowed):
         raise _fail(source, where, unknown, "unknown field keys", f"use only {sorted(allowed)}")
     if item["type"] not in FIELD_TYPES:
         raise _fail(source, f"{where}.type", item["type"], "unknown type", f"use one of {FIELD_TYPES}")
     if not _NAME.match(str(item["name"])):
         raise _fail(source, f"{where}.name", item["name"], "field names are lower_snake_case", "rename it")
+    formats = item.get("formats", ["iso8601"])
+    if item["type"] != "timestamp" and "formats" in item:
+        raise _fail(source, f"{where}.formats", formats, "only timestamp fields take formats", "remove it")
+    if not isinstance(formats, list) or not formats or any(f not in TIMESTAMP_FORMATS for f in formats):
+        raise _fail(
+            source, f"{where}.formats", formats, "unknown timestamp format", f"list some of {TIMESTAMP_FORMATS}"
+        )
+    if "epoch_s" in formats and "epoch_ms" in formats:
+        raise _fail(source, f"{where}.formats", formats, "an integer cannot be both seconds and millis", "keep one")
     numbers: dict[str, Any] = {k: item.get(k) for k in ("min", "max")}
     for key, value in numbers.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -132,4 +144,5 @@ def _field(where: str, item: object, source: str) -> FieldSpec:
         min=numbers["min"],
         max=numbers["max"],
         max_length=item.get("max_length"),
+        formats=tuple(str(f) for f in formats),
     )
