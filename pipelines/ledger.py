@@ -31,6 +31,11 @@ class CommitLedger:
     def __init__(self, spark: SparkSession) -> None:
         self._spark = spark
         self._last: dict[str, int] = {}
+        self._metadata: dict[int, str] = {}
+
+    def describe(self, batch_id: int, metadata: str) -> None:
+        """What every commit of batch ``batch_id`` records as Delta ``userMetadata`` (query, batch, offsets)."""
+        self._metadata = {batch_id: metadata}  # one batch at a time per query: earlier ones are done
 
     def last(self, uri: str) -> int:
         """The highest batch id in the table (-1: no batch yet, or no table)."""
@@ -56,6 +61,8 @@ class CommitLedger:
             logger.info("batch %d is already in %s (a replay after a crash); not written again", batch_id, uri)
             return False
         writer = frame.write.format("delta").mode("append")
+        if batch_id in self._metadata:
+            writer = writer.option("userMetadata", self._metadata[batch_id])
         if merge_schema:
             writer = writer.option("mergeSchema", "true")
         writer.save(uri)

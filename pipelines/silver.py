@@ -20,11 +20,12 @@ Gold is a query of its own that reads silver (``pipelines.gold``), so a silver b
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -94,10 +95,10 @@ class HighWater:
                     self._spark.read.format("delta")
                     .load(self._uri)
                     .groupBy("_batch_id")
-                    .agg(F.max(self._event_time).alias("high"))
+                    .agg(F.max(F.unix_micros(F.col(self._event_time))).alias("high"))
                     .collect()
                 )
-                self._by_batch = {int(r["_batch_id"]): r["high"] for r in rows if r["high"] is not None}
+                self._by_batch = {int(r["_batch_id"]): from_micros(r["high"]) for r in rows if r["high"] is not None}
         return self._by_batch
 
     def before(self, batch_id: int) -> datetime | None:
@@ -110,6 +111,18 @@ class HighWater:
         if high is not None:
             by_batch = self._load()
             by_batch[batch_id] = max(high, by_batch.get(batch_id, high))
+
+
+_MAX_MICROS = int((datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**6
+
+
+def from_micros(micros: int) -> datetime:
+    """Microseconds since the epoch as an aware datetime, held within the years 1970-9999.
+
+    Spark timestamps reach past Python's year 9999; a value there (only a table written before strict parsing can
+    hold one) must not stop a batch: it is clamped, and so judges every later event as not late.
+    """
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=min(max(int(micros), 0), _MAX_MICROS))
 
 
 def judge(
@@ -146,7 +159,9 @@ def judge(
             ),
         ).otherwise(F.col("error")),
     )
-    first = Window.partitionBy(eid).orderBy("partition", "offset")
+    # The first copy of an id is the one Kafka received first (its timestamp), then partition and offset: a
+    # pure function of the records, so a replayed batch keeps the same copy.
+    first = Window.partitionBy(eid).orderBy("kafka_timestamp", "partition", "offset")
     is_valid = F.col("rule").isNull()
     judged = judged.withColumn("_rank", F.when(is_valid, F.row_number().over(first)))
     if high_water is None:
@@ -205,8 +220,21 @@ def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[Da
     return silver, quarantine, dropped
 
 
-def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> tuple[dict[str, int], datetime | None]:
-    """Rows per outcome of a judged batch and the highest event time going to silver, in one pass."""
+@dataclass(frozen=True)
+class BatchSummary:
+    """Rows per outcome of a judged batch, silver's highest event time, and the Kafka offsets it covers."""
+
+    counts: dict[str, int]
+    high: datetime | None
+    offsets: dict[str, dict[int, tuple[int, int]]]  # topic -> partition -> (first, last offset)
+
+
+def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> BatchSummary:
+    """Rows per outcome, silver's highest event time and each partition's offset range, in one pass.
+
+    The event time is taken as microseconds of silver rows only: any value a rule quarantined (a year 58899, say)
+    never reaches a Python datetime, so no value in a batch can stop it.
+    """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     outcome = (
@@ -214,14 +242,34 @@ def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> tuple[dict[str, 
         .when(F.col("dropped").isNotNull(), F.lit("dropped"))
         .otherwise(F.lit("silver"))
     )
+    silver_time = F.when(outcome == "silver", F.unix_micros(F.col(f"_rec.`{entity.event_time}`")))
     rows = (
-        judged.groupBy(outcome.alias("outcome"))
-        .agg(F.count(F.lit(1)).alias("rows"), F.max(f"_rec.`{entity.event_time}`").alias("high"))
+        judged.groupBy(outcome.alias("outcome"), "topic", "partition")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.max(silver_time).alias("high"),
+            F.min("offset").alias("first"),
+            F.max("offset").alias("last"),
+        )
         .collect()
     )
-    found = {row["outcome"]: row for row in rows}
-    counts = {name: int(found[name]["rows"]) if name in found else 0 for name in ("silver", "quarantine", "dropped")}
-    return counts, found["silver"]["high"] if "silver" in found else None
+    counts = dict.fromkeys(("silver", "quarantine", "dropped"), 0)
+    offsets: dict[str, dict[int, tuple[int, int]]] = {}
+    highs = []
+    for row in rows:
+        counts[row["outcome"]] += int(row["rows"])
+        if row["high"] is not None:
+            highs.append(int(row["high"]))
+        part = offsets.setdefault(row["topic"], {})
+        first, last = part.get(row["partition"], (row["first"], row["last"]))
+        part[int(row["partition"])] = (min(first, row["first"]), max(last, row["last"]))
+    return BatchSummary(counts, from_micros(max(highs)) if highs else None, offsets)
+
+
+def commit_metadata(entity: str, batch_id: int, offsets: dict[str, dict[int, tuple[int, int]]]) -> str:
+    """What each Delta commit of an ingest batch says about itself (``userMetadata`` in the table's history)."""
+    ranges = {topic: {str(p): [lo, hi] for p, (lo, hi) in sorted(parts.items())} for topic, parts in offsets.items()}
+    return json.dumps({"writer": "tierlake", "query": f"ingest_{entity}", "batch_id": batch_id, "offsets": ranges})
 
 
 def process_batch(
@@ -258,7 +306,9 @@ def process_batch(
         frames = outputs(judged, entity=entity, batch_id=batch_id)
         began = time.monotonic()
         plan_s = began - planning
-        counts, high = outcome_counts(judged, entity=entity)
+        summary = outcome_counts(judged, entity=entity)
+        counts, high = summary.counts, summary.high
+        ledger.describe(batch_id, commit_metadata(entity.name, batch_id, summary.offsets))
         judged_s = time.monotonic() - began
         writes: list[Callable[[], object]] = [
             partial(ledger.append, frame, uri, batch_id, merge_schema=True)
