@@ -20,11 +20,16 @@ from pipelines.lease import TableLease
 from pipelines.silver import silver_tables
 from pipelines.stream import data_loss, run_ingest_until_caught_up, start_ingest
 from tierlake.config import Settings
-from tierlake.errors import CommitConflict, first_line
+from tierlake.errors import CommitConflict, IngestFailed, TierlakeError, first_line
 from tiers.s3 import s3_client
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+try:  # pyspark is installed with tierlake; the import only names the error a failed query raises
+    from pyspark.errors import StreamingQueryException as StreamingQueryError
+except ImportError:  # pragma: no cover
+    StreamingQueryError = RuntimeError  # type: ignore[misc,assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +68,19 @@ def run_until_caught_up(
         with holding(entity_leases(settings, entities)) as held:
             return run_until_caught_up(spark, settings, entities=entities, leases=held)
     report: dict[str, Any] = {}
+    errors: list[TierlakeError] = []
     for entity in entities:
         started = time.monotonic()
-        counts = run_ingest_until_caught_up(spark, settings, entity=entity)
+        failures: dict[str, dict[str, Any]] = {}
+        try:
+            counts = run_ingest_until_caught_up(spark, settings, entity=entity, failures=failures)
+        except (TierlakeError, StreamingQueryError) as exc:
+            # One entity's failure does not stop the others; the run ends with its error once they are done.
+            error = exc if isinstance(exc, TierlakeError) else IngestFailed(f"ingest {entity}: {first_line(exc)}")
+            errors.append(error)
+            report[entity] = {"failed": str(error), **failures.get(entity, {})}
+            logger.error("ingest %s failed: %s", entity, error, extra={"entity": entity})
+            continue
         _check(leases)
         run_gold_until_caught_up(spark, settings, entity=entity)
         _check(leases)
@@ -74,6 +89,8 @@ def run_until_caught_up(
             "seconds": round(time.monotonic() - started, 1),
         }
         logger.info("ingest %s: %s", entity, report[entity], extra={"entity": entity})
+    if errors:
+        raise IngestFailed("; ".join(str(e) for e in errors), report=report) from errors[0]
     return report
 
 
@@ -105,19 +122,17 @@ def run_continuous(
             return run_continuous(
                 spark, settings, entities=entities, trigger_s=trigger_s, stop=stop, status_file=status_file, leases=held
             )
-    queries = []
+    ingest = IngestQueries(spark, settings, trigger_s=trigger_s)
     gold: dict[str, Any] = {}  # entity -> its gold query, once started
     try:
         for entity in entities:
-            queries.append(start_ingest(spark, settings, entity=entity, trigger_s=trigger_s))
+            ingest.start(entity)
         _start_gold(spark, settings, entities, trigger_s, gold)
         if status_file is not None:
-            _write_status(status_file, [*queries, *gold.values()])  # tells `ingest start` that the queries are up
+            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
         while not stop.wait(min(trigger_s, 2.0)):
             _check(leases)
-            for entity, query in zip(entities, queries, strict=True):
-                if not query.isActive:
-                    raise data_loss(query.exception(), settings, entity=entity) or _stopped(query)
+            ingest.watch()
             for entity, query in list(gold.items()):
                 if not query.isActive:
                     if not schema_changed(query.exception()):
@@ -126,11 +141,57 @@ def run_continuous(
                     del gold[entity]
             _start_gold(spark, settings, entities, trigger_s, gold)
             if status_file is not None:
-                _write_status(status_file, [*queries, *gold.values()])
+                _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
     finally:
-        for query in [*queries, *gold.values()]:
+        if status_file is not None:  # a driver that ends on failures leaves them for `ingest status`
+            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
+        for query in [*ingest.queries.values(), *gold.values()]:
             query.stop()
-    return {"stopped": [q.name for q in [*queries, *gold.values()]]}
+    return {"stopped": [q.name for q in [*ingest.queries.values(), *gold.values()]], "failed": ingest.failed}
+
+
+class IngestQueries:
+    """The running ingest queries of a driver. A query that stops is started again from its checkpoint (exactly
+    once: the ledger skips what its failed batch already wrote), at most :attr:`RESTARTS` times in a row with a
+    growing pause; then its entity is marked failed (batch, offsets, reason: ``ingest status`` shows it) and the
+    other entities run on. Data loss is not retried. When no entity is left running, :meth:`watch` raises.
+    """
+
+    RESTARTS = 3
+
+    def __init__(self, spark: SparkSession, settings: Settings, *, trigger_s: float) -> None:
+        self._spark, self._settings, self._trigger_s = spark, settings, trigger_s
+        self.queries: dict[str, Any] = {}
+        self.failed: dict[str, dict[str, Any]] = {}
+        self._batch_failures: dict[str, dict[str, Any]] = {}
+        self._restarts: dict[str, int] = {}
+
+    def start(self, entity: str) -> None:
+        self.queries[entity] = start_ingest(
+            self._spark, self._settings, entity=entity, trigger_s=self._trigger_s, failures=self._batch_failures
+        )
+
+    def watch(self) -> None:
+        """Restart or mark failed each stopped query; raise when none is left running."""
+        for entity, query in list(self.queries.items()):
+            if query.isActive:
+                if (query.lastProgress or {}).get("numInputRows"):
+                    self._restarts.pop(entity, None)  # it got past the batch that failed
+                continue
+            lost = data_loss(query.exception(), self._settings, entity=entity)
+            error = lost or _stopped(query)
+            del self.queries[entity]
+            tries = self._restarts.get(entity, 0)
+            if lost is None and tries < self.RESTARTS:
+                self._restarts[entity] = tries + 1
+                logger.warning("ingest %s stopped (%s); restart %d of %d", entity, error, tries + 1, self.RESTARTS)
+                time.sleep(2.0**tries)
+                self.start(entity)
+                continue
+            self.failed[entity] = {"error": str(error), **self._batch_failures.get(entity, {})}
+            logger.error("ingest %s failed for good: %s", entity, self.failed[entity], extra={"entity": entity})
+        if not self.queries:
+            raise IngestFailed("; ".join(f["error"] for f in self.failed.values()))
 
 
 def _stopped(query: Any) -> CommitConflict:
@@ -152,10 +213,11 @@ def _start_gold(
                 gold[entity] = query
 
 
-def _write_status(path: Path, queries: list[Any]) -> None:
+def _write_status(path: Path, queries: list[Any], failed: dict[str, dict[str, Any]] | None = None) -> None:
     progress = {q.name: (q.lastProgress or {}) for q in queries}
     status = {
         "updated": time.time(),
+        "failed": failed or {},
         "queries": {
             name: {
                 k: p.get(k)

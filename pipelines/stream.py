@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,7 @@ from pipelines.rules import classify
 from pipelines.session import batch_codegen, use_pool
 from pipelines.silver import HighWater, process_batch, silver_tables, table_exists
 from tierlake.config import Settings
-from tierlake.errors import DataLoss
+from tierlake.errors import DataLoss, first_line
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -52,8 +54,36 @@ def with_trigger(writer: DataStreamWriter, trigger_s: float | None) -> DataStrea
     return writer.trigger(processingTime=f"{trigger_s} seconds")
 
 
-def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigger_s: float | None) -> StreamingQuery:
-    """Start the Kafka -> bronze + silver query of ``entity``'s topic (``trigger_s`` None = until caught up)."""
+def batch_offsets(batch: DataFrame) -> dict[str, list[int]]:
+    """``"<topic>-<partition>"`` -> [first, last] Kafka offset of a micro-batch (to name a failed batch)."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    rows = batch.groupBy("topic", "partition").agg(F.min("offset").alias("lo"), F.max("offset").alias("hi")).collect()
+    return {f"{r['topic']}-{r['partition']}": [int(r["lo"]), int(r["hi"])] for r in sorted(rows, key=str)}
+
+
+def describe_failure(batch: DataFrame, batch_id: int, exc: BaseException) -> dict[str, Any]:
+    """What ``ingest status`` says of a batch that could not commit: its id, offset ranges and the reason."""
+    try:
+        offsets: dict[str, list[int]] | str = batch_offsets(batch)
+    except Exception as inner:  # the batch may be unreadable too; the failure is still reported
+        offsets = f"unknown ({first_line(inner)})"
+    return {"batch_id": batch_id, "offsets": offsets, "reason": first_line(exc), "at": time.time()}
+
+
+def start_ingest(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    entity: str,
+    trigger_s: float | None,
+    failures: dict[str, dict[str, Any]] | None = None,
+) -> StreamingQuery:
+    """Start the Kafka -> bronze + silver query of ``entity``'s topic (``trigger_s`` None = until caught up).
+
+    ``failures``: where a batch that cannot commit is described (entity -> batch id, offsets, reason) before the
+    query stops with its error.
+    """
     spec = settings.entities[entity]
     tables = silver_tables(settings, entity)  # refuses an unknown entity
     bronze = bronze_table(settings, spec.topic)
@@ -70,7 +100,10 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
     def handle(batch: DataFrame, batch_id: int) -> None:
         began = time.monotonic()
         use_pool(batch.sparkSession, "ingest")
-        with batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None):
+        with (
+            batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None),
+            _noting_failure(failures, entity, batch, batch_id),
+        ):
             # Bronze is written from the judged batch that silver's counts cache (it holds every column of the
             # Kafka record), together with silver's tables: the batch is read from Kafka and parsed once, and
             # cached once.
@@ -98,7 +131,22 @@ def start_ingest(spark: SparkSession, settings: Settings, *, entity: str, trigge
     return with_trigger(writer, trigger_s).start()
 
 
-def run_ingest_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
+@contextmanager
+def _noting_failure(
+    failures: dict[str, dict[str, Any]] | None, entity: str, batch: DataFrame, batch_id: int
+) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        logger.exception("ingest %s batch %d could not commit", entity, batch_id, extra={"entity": entity})
+        if failures is not None:
+            failures[entity] = describe_failure(batch, batch_id, exc)
+        raise
+
+
+def run_ingest_until_caught_up(
+    spark: SparkSession, settings: Settings, *, entity: str, failures: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Everything now in ``entity``'s topic into bronze and silver/quarantine/dropped, then stop.
 
     Returns the tables' row counts and bronze's version.
@@ -106,7 +154,7 @@ def run_ingest_until_caught_up(spark: SparkSession, settings: Settings, *, entit
     from pyspark.errors import StreamingQueryException  # noqa: PLC0415
 
     try:
-        start_ingest(spark, settings, entity=entity, trigger_s=None).awaitTermination()
+        start_ingest(spark, settings, entity=entity, trigger_s=None, failures=failures).awaitTermination()
     except StreamingQueryException as exc:
         lost = data_loss(exc, settings, entity=entity)
         if lost is None:

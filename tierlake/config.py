@@ -351,6 +351,8 @@ def load_settings(
     env = dict(os.environ) if env is None else env
     conf_dir = conf_dir or (Path(env["TIERLAKE_CONF_DIR"]) if "TIERLAKE_CONF_DIR" in env else None)
     conf_dir = (conf_dir or find_conf_dir(Path.cwd())).resolve()
+    if profile is not None and not profile.strip():
+        raise ConfigError(f"--profile {profile!r} is empty. Fix: give one of {PROFILES}, or leave the flag out (local)")
     profile = profile or env.get("TIERLAKE_PROFILE") or "local"
     if profile not in PROFILES:
         raise ConfigError(

@@ -29,6 +29,14 @@ class DataLoss(TierlakeError):
     """A source no longer holds records that the lake has read or has yet to read (the message says which)."""
 
 
+class IngestFailed(TierlakeError):
+    """An entity's ingestion stopped on a batch it could not commit (``report``: what each entity did)."""
+
+    def __init__(self, message: str, *, report: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}
+
+
 class SchemaMismatch(TierlakeError):
     """A record or table does not match the declared schema."""
 

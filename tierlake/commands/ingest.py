@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tierlake.commands import Subparsers, positive_int
+from pipelines.rules import RULES
+from tierlake.commands import Subparsers, fraction, non_negative_float, positive_float, positive_int
 from tierlake.config import Settings
+from tierlake.errors import IngestFailed
 
 
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,6 +49,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         spark = spark_session(settings, app_name="tierlake-ingest")
         try:
             report = run_until_caught_up(spark, settings, entities=entities, leases=leases)
+        except IngestFailed as failed:  # what the other entities did still goes to stdout; the error to stderr
+            sys.stdout.write(json.dumps(failed.report, indent=None if args.json else 2) + "\n")
+            raise
         finally:
             spark.stop()
     sys.stdout.write(json.dumps(report, indent=None if args.json else 2) + "\n")
@@ -63,7 +68,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
         silver_tables(settings, entity)
     spark = spark_session(settings, app_name="tierlake-reconcile")
     try:
-        reports = [reconcile(spark, settings, entity=entity) for entity in entities]
+        reports = [reconcile(spark, settings, entity=entity, stuck_after_s=args.stuck_after_s) for entity in entities]
     finally:
         spark.stop()
     if args.json:
@@ -77,6 +82,12 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
                     f"  partition {p['partition']}: bronze {p['bronze']} = silver {p['silver']} + quarantine "
                     f"{p['quarantine']} + dropped {p['dropped']}; missing {p['missing']} {p['missing_offsets']}, "
                     f"unexpected {p['unexpected']}, repeated {p['repeated']} {p['other_offsets']}\n"
+                )
+            for k in report.get("kafka", []):
+                age = "" if k["oldest_behind_age_s"] is None else f", oldest {k['oldest_behind_age_s']} s old"
+                sys.stdout.write(
+                    f"  kafka partition {k['partition']}: holds {k['earliest']}..{k['end'] - 1}; "
+                    f"{k['state']}: {k['behind']} not in bronze{age}; holes in bronze {k['holes']}\n"
                 )
     return 0 if all(r["balanced"] for r in reports) else 6
 
@@ -176,7 +187,15 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         status.update(json.loads(status_file.read_text(encoding="utf-8")))
         status["seconds_since_update"] = round(time.time() - status["updated"], 1)
     sys.stdout.write(json.dumps(status, indent=None if args.json else 2) + "\n")
-    return 0 if pid is not None else 3
+    for entity, failure in (status.get("failed") or {}).items():
+        sys.stderr.write(
+            f"tierlake: ingest {entity} FAILED at batch {failure.get('batch_id', '?')} "
+            f"(offsets {failure.get('offsets', '?')}): {failure.get('error')}. Fix: see the log {daemon.log}, "
+            "correct the cause, then `tierlake ingest stop` and `tierlake ingest start`\n"
+        )
+    if pid is None:
+        return 3
+    return 7 if status.get("failed") else 0
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -206,8 +225,10 @@ def register(sub: Subparsers) -> None:
     produce = sub.add_parser("produce", help="send synthetic events to Kafka (idempotent, acks=all)")
     produce.add_argument("dataset", choices=("ev", "corpus"), help="ev: EV charging telemetry; corpus: documents")
     produce.add_argument("--events", type=positive_int, default=1000)
-    produce.add_argument("--rate", type=float, default=0.0, help="events per second; 0 = as fast as possible")
-    produce.add_argument("--bad-fraction", type=float, default=0.0, help="share of bad records (ev), e.g. 0.02")
+    produce.add_argument(
+        "--rate", type=non_negative_float, default=0.0, help="events per second; 0 = as fast as possible"
+    )
+    produce.add_argument("--bad-fraction", type=fraction, default=0.0, help="share of bad records (ev), e.g. 0.02")
     produce.add_argument("--seed", type=int, help="generator seed (default: new each run); equal seeds, equal records")
     produce.add_argument("--json", action="store_true")
     produce.set_defaults(handler=_produce)
@@ -221,12 +242,12 @@ def register(sub: Subparsers) -> None:
     run.set_defaults(handler=_run)
     serve = ingest.add_parser("serve", help="run the streaming queries in the foreground until SIGTERM")
     serve.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
-    serve.add_argument("--trigger-s", type=float, default=2.0, help="micro-batch interval in seconds")
+    serve.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
     serve.add_argument("--status-file", type=Path, help="where to write the queries' progress")
     serve.set_defaults(handler=_serve)
     start = ingest.add_parser("start", help="start the streaming queries in the background (pid under run_dir)")
     start.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
-    start.add_argument("--trigger-s", type=float, default=2.0, help="micro-batch interval in seconds")
+    start.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
     start.set_defaults(handler=_start)
     ingest.add_parser("stop", help="stop the background streaming queries (SIGTERM by pid)").set_defaults(handler=_stop)
     status = ingest.add_parser("status", help="is the streaming driver alive, and its last progress (exit 3 if not)")
@@ -236,12 +257,20 @@ def register(sub: Subparsers) -> None:
         "replay-quarantine", help="re-check quarantined records after a fix; passing ones go to silver"
     )
     replay.add_argument("--entity", required=True, help="entity of conf/")
-    replay.add_argument("--rule", help="only records quarantined under this rule")
+    replay.add_argument(
+        "--rule", choices=RULES, metavar="RULE", help=f"only records quarantined under this rule: {RULES}"
+    )
     replay.set_defaults(handler=_replay)
     recon = ingest.add_parser(
         "reconcile", help="prove bronze = silver + quarantine + dropped per offset (exit 6 if not)"
     )
     recon.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
+    recon.add_argument(
+        "--stuck-after-s",
+        type=positive_float,
+        default=120.0,
+        help="records Kafka holds that bronze lacks are 'stuck' (not balanced) once the oldest is this old",
+    )
     recon.add_argument("--json", action="store_true")
     recon.set_defaults(handler=_reconcile)
 
