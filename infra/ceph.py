@@ -360,7 +360,12 @@ class CephCluster:
         admin = ["radosgw-admin", "-c", str(self.conf)]
         try:
             info = json.loads(
-                procs.run([*admin, "user", "info", f"--uid={RGW_USER}"], log=self.setup_log, what="rgw user info")
+                procs.run(
+                    [*admin, "user", "info", f"--uid={RGW_USER}"],
+                    log=self.setup_log,
+                    what="rgw user info",
+                    secrets=[secret_key],
+                )
             )
         except StackError:
             procs.run(
@@ -375,6 +380,7 @@ class CephCluster:
                 ],
                 log=self.setup_log,
                 what="rgw user create",
+                secrets=[secret_key],
             )
             return
         if not any(k.get("access_key") == access_key for k in info.get("keys", [])):
@@ -390,6 +396,7 @@ class CephCluster:
                 ],
                 log=self.setup_log,
                 what="rgw key create",
+                secrets=[secret_key],
             )
 
     # ----------------------------------------------------------------------------------------------------

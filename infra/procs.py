@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -83,8 +84,23 @@ def spawn(daemon: Daemon, argv: Sequence[str], *, env: Mapping[str, str] | None 
     return process.pid
 
 
-def run(argv: Sequence[str], *, log: Path, timeout_s: float = 120, what: str) -> str:
-    """Run a set-up command to completion; its output goes to ``log``. A failure names the log."""
+_SECRET_FLAG = re.compile(r"(--secret(?:-key)?=)\S+")
+_SECRET_JSON = re.compile(r'("secret_key"\s*:\s*")[^"]*(")')
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with every secret in it replaced: the given values, ``--secret-key=...`` flags and the
+    ``"secret_key": "..."`` fields that ``radosgw-admin`` prints."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    text = _SECRET_FLAG.sub(r"\1<redacted>", text)
+    return _SECRET_JSON.sub(r"\1<redacted>\2", text)
+
+
+def run(argv: Sequence[str], *, log: Path, timeout_s: float = 120, what: str, secrets: Sequence[str] = ()) -> str:
+    """Run a set-up command to completion; its output goes to ``log`` with ``secrets`` (and anything shaped like
+    an S3 secret key) redacted. A failure names the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -93,9 +109,9 @@ def run(argv: Sequence[str], *, log: Path, timeout_s: float = 120, what: str) ->
     except FileNotFoundError as exc:
         raise StackError(f"{what}: command {argv[0]!r} not found. Fix: run `make setup`") from exc
     with log.open("a", encoding="utf-8") as out:
-        out.write(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}\n")
+        out.write(redact(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}\n", secrets))
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        tail = redact(result.stderr or result.stdout, secrets).strip().splitlines()[-3:]
         raise StackError(f"{what} failed (exit {result.returncode}): {' | '.join(tail)}; see {log}")
     return result.stdout
 

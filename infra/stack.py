@@ -47,6 +47,8 @@ class LocalStack:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        # Only its owner may enter: the services' data (RGW's users in the OSD files, the S3 key file) lives here.
+        self.settings.run_dir.chmod(0o700)
         with (self.settings.run_dir / "stack.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:

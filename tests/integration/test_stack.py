@@ -67,3 +67,26 @@ def test_down_stops_every_process_and_up_restores_the_data(stack: LocalStack) ->
     body = s3_client(stack.settings.s3).get_object(Bucket="tierlake-lake", Key=key)["Body"].read()
     assert body == b"still here"
     assert stack.kafka.brokers() == [1, 2, 3]
+
+
+LAST = "test_no_secret_in_any_file_of_the_run_folder"  # tests/conftest.py runs it after every other test
+_GREP_LIMIT = 64 * 2**20  # OSD block files and Kafka segments are larger; the folder's mode guards them
+
+
+def test_no_secret_in_any_file_of_the_run_folder(stack: LocalStack) -> None:
+    """After everything else ran (stack set-up, ingestion, Spark, the cache, the archive), the S3 secret key is in
+    its private key file and nowhere else under the run folder, and the folder is its owner's alone."""
+    run_dir = stack.settings.run_dir
+    secret = stack.settings.s3.require_credentials()[1].encode()
+    key_file = stack.settings.s3.credentials_file
+    assert run_dir.stat().st_mode & 0o077 == 0, oct(run_dir.stat().st_mode)
+    leaks, grepped = [], 0
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and not p.is_symlink()):
+        if path.stat().st_size > _GREP_LIMIT:
+            continue
+        grepped += 1
+        if secret in path.read_bytes() and path != key_file:
+            leaks.append(f"{path} (mode {oct(path.stat().st_mode & 0o777)})")
+    assert grepped > 20, "the run folder holds the services' logs and state"
+    assert not leaks, leaks
+    assert key_file.stat().st_mode & 0o077 == 0
