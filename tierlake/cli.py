@@ -33,6 +33,24 @@ COMMAND_MODULES = (
 )
 
 
+# Commands that read or write the object store, by (command, action); None: every action. Before paying for a JVM
+# or a long run, each checks that the endpoint accepts the S3 keys (tiers.s3.check_credentials), so wrong keys are
+# one line with the fix in well under a second, not a Java stack trace or "unexpected error" later.
+S3_COMMANDS: dict[str, frozenset[str] | None] = {
+    "ingest": frozenset({"run", "serve", "start", "replay-quarantine", "reconcile"}),
+    "table": None,
+    "cache": frozenset({"warm", "verify", "serve"}),
+    "archive": None,
+}
+
+
+def uses_s3(args: argparse.Namespace) -> bool:
+    if args.command not in S3_COMMANDS:
+        return False
+    actions = S3_COMMANDS[args.command]
+    return actions is None or getattr(args, "action", None) in actions
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierlake", description="tierlake: a tiered lake from Kafka to GPUs")
     parser.add_argument("--profile", help="config profile: local (default), ci or prod (or TIERLAKE_PROFILE)")
@@ -51,6 +69,10 @@ def run_command(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(args.profile, conf_dir=args.conf_dir)
         log_file = configure_logging(settings.run_dir / "logs" / "tierlake.log", verbose=args.verbose)
+        if uses_s3(args):
+            from tiers.s3 import check_credentials  # noqa: PLC0415 - boto3 only for commands that use S3
+
+            check_credentials(settings.s3)
         handler: Handler = args.handler
         return handler(args, settings)
     except TierlakeError as exc:

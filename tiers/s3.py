@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tierlake.config import S3Settings
-from tierlake.errors import StorageError
+from tierlake.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -39,6 +39,48 @@ def s3_client(s3: S3Settings, *, access_key: str | None = None, secret_key: str 
         config=config,
     )
     return client
+
+
+_REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
+
+
+def check_credentials(s3: S3Settings) -> None:
+    """Refuse at once, with the fix, when ``s3.endpoint`` refuses the configured keys.
+
+    One HEAD of the lake bucket with a 2 s budget and no retries. Only a refusal of the keys raises: an endpoint
+    that does not answer, a missing bucket or absent keys are left to the command, which says so in its own terms.
+    """
+    if not s3.has_credentials():
+        return
+    access_key, secret_key = s3.require_credentials()
+    config = Config(
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+        connect_timeout=2,
+        read_timeout=2,
+        retries={"max_attempts": 1, "mode": "standard"},
+    )
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint,
+        region_name=s3.region,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=config,
+    )
+    try:
+        client.head_bucket(Bucket=s3.lake_bucket)
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = exc.response.get("Error", {}).get("Code", "?")
+        if code in _REFUSED or status == 403:
+            raise ConfigError(
+                f"the S3 keys were refused by {s3.endpoint} ({code if code != '403' else 'HTTP 403'} on bucket "
+                f"{s3.lake_bucket!r}, access key {access_key[:4]}...). Fix: set TIERLAKE_S3__ACCESS_KEY and "
+                f"TIERLAKE_S3__SECRET_KEY, or correct {s3.credentials_file}, to keys that endpoint knows"
+            ) from exc
+    except BotoCoreError:
+        return  # unreachable or slow: not a verdict on the keys
 
 
 def ensure_buckets(client: S3Client, buckets: tuple[str, ...]) -> list[str]:

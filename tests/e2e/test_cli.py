@@ -150,3 +150,34 @@ def test_ingest_start_status_stop_streams_new_records_into_silver(stack: LocalSt
     assert stopped.returncode == 0, stopped.stderr
     assert "ingestion stopped" in stopped.stdout
     assert _tierlake("ingest", "status", "--json").returncode == 3
+
+
+def test_wrong_s3_keys_are_one_line_naming_the_endpoint_for_every_s3_command(stack: LocalStack) -> None:
+    wrong = {"TIERLAKE_S3__ACCESS_KEY": "NOSUCHKEY0000", "TIERLAKE_S3__SECRET_KEY": "not-the-secret-e2e"}
+    commands = [
+        ("ingest", "run", "--entity", "ev"),
+        ("ingest", "reconcile", "--entity", "ev"),
+        ("ingest", "replay-quarantine", "--entity", "ev"),
+        ("table", "history", "silver/ev"),
+        ("cache", "warm", "silver/ev"),
+        ("archive", "verify"),
+    ]
+    for command in commands:
+        result = _tierlake(*command, env=wrong)
+        assert result.returncode == 2, (command, result.stderr)
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"tierlake: error: the S3 keys were refused by {stack.settings.s3.endpoint}"), line
+        assert "InvalidAccessKeyId" in line
+        assert "Fix: set TIERLAKE_S3__ACCESS_KEY" in line
+        assert "not-the-secret-e2e" not in result.stderr
+
+
+def test_bad_arguments_are_refused_before_any_work() -> None:
+    for args, expected in [
+        (("ingest", "replay-quarantine", "--entity", "ev", "--rule", "nosuch_rule"), "invalid choice: 'nosuch_rule'"),
+        (("ingest", "start", "--trigger-s", "-1"), "-1.0 must be a finite number above 0"),
+        (("--profile", "", "ingest", "status"), "--profile '' is empty"),
+    ]:
+        result = _tierlake(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr, result.stderr
