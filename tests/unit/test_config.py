@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tierlake.commands import fraction, non_negative_float, positive_float
 from tierlake.config import Secret, load_settings, masked
 from tierlake.errors import ConfigError
 
@@ -151,3 +154,29 @@ def test_kafka_ports_in_the_ephemeral_range_are_refused(conf_dir: Path) -> None:
         load_settings("local", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__PORT_STRIDE": "10000"})
     with pytest.raises(ConfigError, match=r"kafka\.port_stride = 1 is invalid: node ports collide"):
         load_settings("local", conf_dir=conf_dir, env={"TIERLAKE_KAFKA__PORT_STRIDE": "1"})
+
+
+@pytest.mark.parametrize(
+    ("parse", "text", "message"),
+    [
+        (positive_float, "-1", "must be a finite number above 0"),
+        (positive_float, "0", "must be a finite number above 0"),
+        (positive_float, "inf", "must be a finite number above 0"),
+        (positive_float, "nan", "must be a finite number above 0"),
+        (positive_float, "soon", "is not a number"),
+        (fraction, "1.5", "must be at most 1"),
+        (non_negative_float, "-2", "must be a finite number above 0"),
+    ],
+)
+def test_cli_number_flags_refuse_with_the_reason(parse: Callable[[str], float], text: str, message: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse(text)
+
+
+def test_cli_number_flags_accept_their_range() -> None:
+    assert (positive_float("2.5"), fraction("0"), fraction("0.02"), non_negative_float("0")) == (2.5, 0.0, 0.02, 0.0)
+
+
+def test_an_empty_profile_is_refused_not_taken_as_local() -> None:
+    with pytest.raises(ConfigError, match=r"--profile '' is empty"):
+        load_settings("", env={})

@@ -88,3 +88,16 @@ def test_run_failure_quotes_the_output_and_names_the_log(tmp_path: Path) -> None
 def test_run_of_a_missing_tool_says_run_setup(tmp_path: Path) -> None:
     with pytest.raises(StackError, match=r"command 'no-such-tool-xyz' not found\. Fix: run `make setup`"):
         procs.run(["no-such-tool-xyz"], log=tmp_path / "x.log", what="probe")
+
+
+def test_redact_hides_given_secrets_flags_and_radosgw_json() -> None:
+    logged = procs.redact(
+        '$ radosgw-admin user create --access-key=AK1 --secret-key=s3cr/et+==\n{"keys": [{"access_key": "AK1", '
+        '"secret_key": "older-secret"}]}\nthe key s3cr/et+== again',
+        ["s3cr/et+=="],
+    )
+    assert "s3cr/et+==" not in logged
+    assert "older-secret" not in logged
+    assert "--secret-key=<redacted>" in logged
+    assert '"secret_key": "<redacted>"' in logged
+    assert '"access_key": "AK1"' in logged, "only secrets are hidden"
