@@ -29,7 +29,7 @@ def ingest_supervisor() -> None:
         from pipelines.maintenance import ingest_health  # noqa: PLC0415 - DAG files parse fast
         from tierlake.config import load_settings  # noqa: PLC0415
 
-        status = run_tierlake("ingest", "status", "--json", ok_codes=(0, 3))
+        status = run_tierlake("ingest", "status", "--json", ok_codes=(0, 3, 7))
         limit = load_settings().maintenance.max_ingest_staleness_s
         return asdict(ingest_health(status, max_staleness_s=limit))
 
@@ -42,8 +42,8 @@ def ingest_supervisor() -> None:
 
     @task
     def freshness(verdict: dict[str, Any]) -> str:
-        if verdict["verdict"] == "stale":
-            raise AirflowFailException(f"ingestion is stale: {verdict['reason']}")
+        if verdict["verdict"] in ("stale", "failed"):
+            raise AirflowFailException(f"ingestion is {verdict['verdict']}: {verdict['reason']}")
         return str(verdict["reason"])
 
     @task(inlets=[GOLD_VERSION_LANDED], outlets=[GOLD_VERSION_LANDED])

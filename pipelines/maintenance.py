@@ -358,7 +358,7 @@ def history(settings: Settings, table: str, *, limit: int | None = None) -> list
 
 @dataclass(frozen=True, kw_only=True)
 class IngestHealth:
-    verdict: str  # "ok", "dead" (restart it) or "stale" (alive but no progress for too long)
+    verdict: str  # "ok", "dead" (restart it), "stale" (no progress for too long) or "failed" (an entity gave up)
     running: bool
     pid: int | None
     staleness_s: float | None
@@ -375,6 +375,12 @@ def ingest_health(status: Mapping[str, Any], *, max_staleness_s: float) -> Inges
         return IngestHealth(
             verdict="dead", running=False, pid=None, staleness_s=staleness_s, reason="no driver process"
         )
+    if failed := status.get("failed"):
+        what = "; ".join(
+            f"{entity} at batch {f.get('batch_id', '?')} (offsets {f.get('offsets', '?')}): {f.get('error')}"
+            for entity, f in sorted(failed.items())
+        )
+        return IngestHealth(verdict="failed", running=True, pid=pid, staleness_s=staleness_s, reason=what)
     if staleness_s is None:
         return IngestHealth(verdict="stale", running=True, pid=pid, staleness_s=None, reason="no progress reported yet")
     if staleness_s > max_staleness_s:

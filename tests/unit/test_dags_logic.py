@@ -63,6 +63,17 @@ def test_ingest_health_verdicts() -> None:
     assert stale.verdict == "stale"
     assert "61 s ago" in stale.reason
     assert ingest_health({"running": True, "pid": 7}, max_staleness_s=60).verdict == "stale"
+    failed = ingest_health(
+        {
+            "running": True,
+            "pid": 7,
+            "seconds_since_update": 1.0,
+            "failed": {"ev": {"batch_id": 4, "offsets": {"ev.telemetry-0": [10, 19]}, "error": "boom"}},
+        },
+        max_staleness_s=60,
+    )
+    assert failed.verdict == "failed"
+    assert "ev at batch 4 (offsets {'ev.telemetry-0': [10, 19]}): boom" in failed.reason
 
 
 def test_maintenance_and_mirror_sections() -> None:
