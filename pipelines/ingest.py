@@ -139,10 +139,11 @@ def run_continuous(
                         raise _stopped(query)
                     logger.info("gold %s: silver's schema changed; starting the gold query again", entity)
                     del gold[entity]
-            _start_gold(spark, settings, entities, trigger_s, gold)
+            _start_gold(spark, settings, [e for e in entities if e not in ingest.failed], trigger_s, gold)
             if status_file is not None:
                 _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
     finally:
+        logger.info("stopping the streaming queries of %s", entities)
         if status_file is not None:  # a driver that ends on failures leaves them for `ingest status`
             _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
         for query in [*ingest.queries.values(), *gold.values()]:
@@ -205,10 +206,18 @@ def _stopped(query: Any) -> CommitConflict:
 def _start_gold(
     spark: SparkSession, settings: Settings, entities: list[str], trigger_s: float, gold: dict[str, Any]
 ) -> None:
-    """Start the gold query of each entity that has none yet and whose silver table exists."""
+    """Start the gold query of each entity that has none yet and whose silver table exists.
+
+    A gold query that cannot start (its silver table unreadable) is logged and tried again on the next round: it
+    never takes the driver, and so the other entities' ingestion, down with it.
+    """
     for entity in entities:
         if entity not in gold:
-            query = start_gold(spark, settings, entity=entity, trigger_s=trigger_s)
+            try:
+                query = start_gold(spark, settings, entity=entity, trigger_s=trigger_s)
+            except Exception as exc:  # one entity's gold must not stop the others
+                logger.warning("gold %s cannot start yet: %s", entity, first_line(exc), extra={"entity": entity})
+                continue
             if query is not None:
                 gold[entity] = query
 

@@ -1,5 +1,9 @@
 """The error hierarchy. Callers catch the subclass they can act on; the CLI prints the message, no traceback."""
 
+from __future__ import annotations
+
+import re
+
 
 class TierlakeError(Exception):
     """Root of every error tierlake raises on purpose. Messages name the parameter, the value and the fix."""
@@ -57,10 +61,23 @@ class DependencyMissing(TierlakeError):
     """A tool or optional package is not installed (the message says how to install it)."""
 
 
+_WRAPPERS = ("An error occurred while calling", "An exception was raised by the Python Proxy")
+
+
 def first_line(exc: BaseException | None, limit: int = 400) -> str:
     """The first line of an exception's message, at most ``limit`` characters: some (Spark's streaming failures)
-    carry a whole query plan."""
+    carry a whole query plan.
+
+    Py4J wraps a JVM error as "An error occurred while calling X." and a failed ``foreachBatch`` as "An exception
+    was raised by the Python Proxy. ... Traceback"; their first line says nothing, so the JVM cause (the first line
+    that starts with ": ") or else the last ``SomethingError: ...`` line of the traceback is taken instead.
+    """
     lines = str(exc).strip().splitlines() if exc is not None else []
+    if lines and lines[0].startswith(_WRAPPERS):
+        causes = [line[2:] for line in lines if line.startswith(": ")]
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Loss|Conflict): ", line)]
+        inner = causes[:1] or raised[-1:]
+        lines = inner + lines[1:] if inner else lines
     line = lines[0] if lines else ""
     more = len(lines) > 1 or len(line) > limit
     return line[:limit] + (" ..." if more else "")

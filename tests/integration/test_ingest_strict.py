@@ -178,7 +178,9 @@ def test_an_entity_whose_batch_cannot_commit_is_marked_failed_and_the_other_runs
         deadline = time.monotonic() + 300
         while True:
             status = cli("ingest", "status", "--json")
-            failed = json.loads(status.stdout).get("failed", {})
+            state = json.loads(status.stdout)
+            assert state["running"], f"the driver died: {status.stderr} (log {state['log']})"
+            failed = state.get("failed", {})
             if broken.entity in failed and _exists(healthy, "silver") and len(healthy.table("silver")) == 30:
                 break
             assert time.monotonic() < deadline, (status.stdout, status.stderr)

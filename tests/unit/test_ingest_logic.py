@@ -138,3 +138,18 @@ def test_an_unexpected_error_prints_its_first_line_only() -> None:
     assert first_line(RuntimeError("x" * 500)) == "x" * 400 + " ..."
     assert first_line(RuntimeError("")) == ""
     assert first_line(None) == ""
+
+
+def test_py4j_wrappers_give_way_to_the_error_inside() -> None:
+    from tierlake.errors import first_line  # noqa: PLC0415
+
+    proxy = (
+        "An exception was raised by the Python Proxy. Return Message: Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in handle\n'
+        "py4j.protocol.Py4JJavaError: An error occurred while calling z:io.delta.tables.DeltaTable.isDeltaTable.\n"
+        ": org.apache.spark.SparkException: [FAILED_READ_FILE.NO_HINT] Encountered error while reading file s3a://b/k\n"
+        "\tat org.apache.spark.X"
+    )
+    assert first_line(RuntimeError(proxy)).startswith("org.apache.spark.SparkException: [FAILED_READ_FILE.NO_HINT]")
+    python_only = "An exception was raised by the Python Proxy. Return Message: Traceback\n  File x\nValueError: bad"
+    assert first_line(RuntimeError(python_only)) == "ValueError: bad ..."
