@@ -356,6 +356,29 @@ class CephCluster:
         except (urllib.error.URLError, OSError):
             return False
 
+    def create_buckets(self, buckets: tuple[str, ...], *, access_key: str, secret_key: str, region: str) -> list[str]:
+        """Create the buckets RGW does not have yet (through its S3 API, as the tierlake user); returns those made."""
+        import boto3  # noqa: PLC0415 - only when Ceph is ours
+        from botocore.exceptions import ClientError  # noqa: PLC0415
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{self.ceph.rgw_port}",
+            region_name=region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+        )
+        created = []
+        for bucket in buckets:
+            try:
+                client.create_bucket(Bucket=bucket)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    continue
+                raise StackError(f"creating bucket {bucket!r} on RGW failed: {exc}; see {self.setup_log}") from exc
+            created.append(bucket)
+        return created
+
     def _ensure_user(self, access_key: str, secret_key: str) -> None:
         admin = ["radosgw-admin", "-c", str(self.conf)]
         try:

@@ -20,6 +20,7 @@ from infra import procs
 from infra.jars import jar_paths
 from tierlake.config import KafkaSettings, Settings
 from tierlake.errors import DependencyMissing, StackError
+from tierlake.host import alive
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class KafkaCluster:
                 functools.partial(procs.port_open, node.broker_port),
                 timeout_s=START_TIMEOUT_S,
                 log=node.daemon.log,
-                alive=functools.partial(procs.alive, pid),
+                alive=functools.partial(alive, pid),
             )
         if started:
             self.wait_brokers(timeout_s=START_TIMEOUT_S)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tierlake.errors import StackError
+from tierlake.host import alive
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +56,6 @@ def is_ours(pid: int, marker: str) -> bool:
             return marker in cmdline and alive(pid)
         time.sleep(0.05)
     return False
-
-
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie (``kill -0`` is true for zombies, so read its state)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def spawn(daemon: Daemon, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> int:

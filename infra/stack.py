@@ -64,9 +64,9 @@ class LocalStack:
             if settings.ceph.managed:
                 access_key, secret_key = settings.s3.require_credentials()
                 self.ceph.up(access_key=access_key, secret_key=secret_key)
-                from tiers.s3 import ensure_buckets, s3_client  # noqa: PLC0415 - boto3 only when Ceph is ours
-
-                created = ensure_buckets(s3_client(settings.s3), settings.s3.buckets)
+                created = self.ceph.create_buckets(
+                    settings.s3.buckets, access_key=access_key, secret_key=secret_key, region=settings.s3.region
+                )
                 if created:
                     logger.info("created buckets %s", ", ".join(created))
             if settings.kafka.managed:

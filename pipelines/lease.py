@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from infra.procs import alive
 from tierlake.errors import CommitConflict, ConfigError
+from tierlake.host import alive
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
 
 logger = logging.getLogger(__name__)
 PREFIX = "_leases"

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from infra.jars import jar_paths
 from tierlake.config import Settings
+from tierlake.errors import DependencyMissing
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -173,7 +173,7 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         # so the workers import the same tierlake and pyarrow. A cluster sets its executors' path in extra_conf.
         "spark.pyspark.python": sys.executable,
     }
-    conf.update(_jar_conf(spark.master, jar_paths(spark.jars_dir)))
+    conf.update(_jar_conf(spark.master, session_jars(spark.jars_dir)))
     if s3.endpoint.startswith("http://"):
         # Over plain http the AWS SDK v2 signs each upload chunk (aws-chunked); RGW 16.2 rejects the last chunk
         # of a zero-byte PUT ("chunk signature mismatch" -> XAmzContentSHA256Mismatch). Unsigned payloads avoid it;
@@ -184,6 +184,14 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         conf["spark.driver.bindAddress"] = spark.local_ip
     conf.update(spark.extra_conf)
     return conf
+
+
+def session_jars(folder: Path) -> list[Path]:
+    """The jar set a session needs (Delta, the Kafka source, s3a), sorted; a clear error when set-up has not run."""
+    jars = sorted(folder.glob("*.jar"))
+    if not jars:
+        raise DependencyMissing(f"no Spark jars in {folder}. Fix: run `make setup` (infra/bootstrap.sh) once, online")
+    return jars
 
 
 def _jar_conf(master: str, jars: list[Path]) -> dict[str, str]:

@@ -10,6 +10,7 @@ import pytest
 
 from infra import procs
 from tierlake.errors import StackError
+from tierlake.host import alive
 
 pytestmark = pytest.mark.unit
 
@@ -44,9 +45,9 @@ def test_a_pid_running_something_else_is_not_ours(tmp_path: Path) -> None:
 def test_a_zombie_is_not_alive(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     # Not reaped yet: the kernel keeps a zombie entry, which kill -0 would still report as alive.
-    while procs.alive(child.pid):
+    while alive(child.pid):
         pass
-    assert not procs.alive(child.pid)
+    assert not alive(child.pid)
     child.wait()
 
 

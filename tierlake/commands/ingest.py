@@ -134,6 +134,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _start(args: argparse.Namespace, settings: Settings) -> int:
     from infra import procs  # noqa: PLC0415
+    from tierlake.host import alive  # noqa: PLC0415
 
     daemon, status_file = _driver(settings)
     if (pid := daemon.running_pid()) is not None:
@@ -163,7 +164,7 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
         status_file.exists,
         timeout_s=START_TIMEOUT_S,
         log=daemon.log,
-        alive=lambda: procs.alive(pid),
+        alive=lambda: alive(pid),
         interval_s=0.5,
     )
     sys.stdout.write(f"ingestion running, pid {pid}; log {daemon.log}; `tierlake ingest status` to follow\n")
