@@ -39,7 +39,8 @@ def lake_maintenance() -> None:
         params = _params()
         extra = [] if params["retention_hours"] is None else ["--retention-hours", str(params["retention_hours"])]
         extra += ["--allow-short-retention"] if params["allow_short_retention"] else []
-        return run_tierlake("table", "vacuum", *table_args(params), *extra, "--json")
+        # Scheduled maintenance deletes (--execute); the retention floor (168 h) still holds unless a run says so.
+        return run_tierlake("table", "vacuum", *table_args(params), *extra, "--execute", "--json")
 
     @task
     def checkpoint() -> Any:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from tierlake.commands import Handler
+from tierlake.commands import ExitCode, Handler, exit_codes_help
 from tierlake.config import load_settings
 from tierlake.errors import TierlakeError, first_line
 from tierlake.logs import configure_logging
@@ -52,7 +52,12 @@ def uses_s3(args: argparse.Namespace) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tierlake", description="tierlake: a tiered lake from Kafka to GPUs")
+    parser = argparse.ArgumentParser(
+        prog="tierlake",
+        description="tierlake: a tiered lake from Kafka to GPUs",
+        epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--profile", help="config profile: local (default), ci or prod (or TIERLAKE_PROFILE)")
     parser.add_argument("--conf-dir", type=Path, help="folder with base.yaml and the profiles (default: ./conf)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG")
@@ -77,7 +82,7 @@ def run_command(argv: list[str] | None = None) -> int:
         return handler(args, settings)
     except TierlakeError as exc:
         sys.stderr.write(f"tierlake: error: {exc}\n")
-        return 2
+        return ExitCode.ERROR
     except KeyboardInterrupt:
         sys.stderr.write("tierlake: interrupted\n")
         return 130
@@ -87,7 +92,7 @@ def run_command(argv: list[str] | None = None) -> int:
             f"tierlake: unexpected error: {type(exc).__name__}: {first_line(exc)} "
             f"(the whole message and the traceback in {log_file or 'no log yet'})\n"
         )
-        return 1
+        return ExitCode.UNEXPECTED
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -181,3 +181,17 @@ def test_bad_arguments_are_refused_before_any_work() -> None:
         result = _tierlake(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert expected in result.stderr, result.stderr
+
+
+def test_help_lists_every_exit_code() -> None:
+    from tierlake.commands import ExitCode  # noqa: PLC0415
+
+    shown = _tierlake("--help").stdout
+    for code in ExitCode:
+        assert f"  {code.value}  {code.name.lower()}: " in shown, code
+
+
+def test_vacuum_is_a_dry_run_unless_told_to_execute() -> None:
+    shown = _tierlake("table", "vacuum", "--help").stdout
+    assert "--execute" in shown
+    assert "--dry-run" not in shown

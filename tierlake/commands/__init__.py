@@ -4,12 +4,59 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import TypeAlias
+import enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TypeAlias
 
 from tierlake.config import Settings
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+@contextmanager
+def spark_for(settings: Settings, app: str) -> Iterator[SparkSession]:
+    """The Spark session of one command, stopped when it ends (pyspark is imported only by commands that use it)."""
+    from pipelines.session import spark_session  # noqa: PLC0415 - importing pyspark costs ~1 s
+
+    session = spark_session(settings, app_name=app)
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+class ExitCode(enum.IntEnum):
+    """What ``tierlake`` exits with, the same for every command (listed in ``tierlake --help``)."""
+
+    OK = 0
+    UNEXPECTED = 1  # a defect: one line here, the traceback in the log file it names
+    ERROR = 2  # bad input, configuration or a refused operation: one line with the fix
+    NOT_RUNNING = 3  # the stack or the ingest driver is not running, or nothing matched
+    INCOMPLETE = 4  # some items failed: unacknowledged records, bad or unverified copies, failed cache fills
+    DEMO_FAILED = 5  # the demo's report found a problem
+    NOT_BALANCED = 6  # reconcile: Kafka, bronze and the outputs do not account for every record
+    DEGRADED = 7  # a part failed while the rest ran: an ingest entity gave up, a mirrored copy differs
+
+
+def exit_codes_help() -> str:
+    """The exit codes as lines for ``--help``."""
+    meaning = {
+        ExitCode.OK: "success",
+        ExitCode.UNEXPECTED: "unexpected error (a defect; the traceback is in the log file named)",
+        ExitCode.ERROR: "bad input, configuration or refused operation (the message says the fix)",
+        ExitCode.NOT_RUNNING: "not running, or nothing matched",
+        ExitCode.INCOMPLETE: "some items failed (records, copies, fills)",
+        ExitCode.DEMO_FAILED: "the demo found a problem",
+        ExitCode.NOT_BALANCED: "reconcile: not every record is accounted for",
+        ExitCode.DEGRADED: "part failed while the rest ran (an ingest entity, a mirror copy)",
+    }
+    return "exit codes:\n" + "\n".join(f"  {code.value}  {code.name.lower()}: {text}" for code, text in meaning.items())
+
+
 # argparse has no public name for what add_subparsers() returns.
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from tierlake.commands import Subparsers
+from tierlake.commands import ExitCode, Subparsers
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
@@ -61,7 +61,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         f"{args.table}@{report.version}: {report.files} files ({report.bytes / 1e6:.1f} MB) in {report.aggregates} "
         f"aggregates to {report.cartridges}, {report.skipped} already archived; all verified: {report.all_verified}",
     )
-    return 0 if report.all_verified else 1
+    return ExitCode.OK if report.all_verified else ExitCode.INCOMPLETE
 
 
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
@@ -112,7 +112,7 @@ def _locate(args: argparse.Namespace, settings: Settings) -> int:
         for f in found
     ]
     _out(args, {"table": args.table, "key": args.key, "locations": found}, "\n".join(lines) or "not archived")
-    return 0 if found else 3
+    return ExitCode.OK if found else ExitCode.NOT_RUNNING
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
@@ -134,7 +134,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
     ]
     text += [f"  BAD {b['cartridge']} {b['aggregate']} {b['path']}" for b in result["bad"]]
     _out(args, result, "\n".join(text))
-    return 4 if result["bad"] else 0
+    return ExitCode.INCOMPLETE if result["bad"] else ExitCode.OK
 
 
 def _hold(args: argparse.Namespace, settings: Settings) -> int:

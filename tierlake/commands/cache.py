@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from tierlake.commands import Subparsers, positive_int
+from tierlake.commands import ExitCode, Subparsers, positive_int
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
@@ -55,7 +55,7 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
         )
         for failure in report.failed:
             sys.stdout.write(f"  failed: {failure}\n")
-    return 1 if report.failed else 0
+    return ExitCode.INCOMPLETE if report.failed else ExitCode.OK
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
@@ -117,7 +117,7 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
         )
         for line in report.corrupt:
             sys.stdout.write(f"  bad: {line}\n")
-    return 0 if report.clean else 1
+    return ExitCode.OK if report.clean else ExitCode.INCOMPLETE
 
 
 def _pin(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.rules import RULES
-from tierlake.commands import Subparsers, fraction, non_negative_float, positive_float, positive_int
+from tierlake.commands import (
+    ExitCode,
+    Subparsers,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    spark_for,
+)
 from tierlake.config import Settings
 from tierlake.errors import IngestFailed
 
@@ -30,7 +38,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         progress=not args.json,
     )
     sys.stdout.write((json.dumps(summary.as_dict()) if args.json else summary.describe()) + "\n")
-    return 0 if summary.failed == 0 else 4
+    return ExitCode.OK if summary.failed == 0 else ExitCode.INCOMPLETE
 
 
 def _entities(args: argparse.Namespace, settings: Settings) -> list[str]:
@@ -39,38 +47,31 @@ def _entities(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.ingest import entity_leases, holding, run_until_caught_up  # noqa: PLC0415
-    from pipelines.session import spark_session  # noqa: PLC0415
     from pipelines.silver import silver_tables  # noqa: PLC0415
 
     entities = _entities(args, settings)
     for entity in entities:
         silver_tables(settings, entity)  # refuse an unknown entity before paying for a JVM
-    with holding(entity_leases(settings, entities)) as leases:  # a second writer is refused here, at once
-        spark = spark_session(settings, app_name="tierlake-ingest")
+    # The leases first: a second writer is refused at once, before a JVM starts.
+    with holding(entity_leases(settings, entities)) as leases, spark_for(settings, "tierlake-ingest") as spark:
         try:
             report = run_until_caught_up(spark, settings, entities=entities, leases=leases)
         except IngestFailed as failed:  # what the other entities did still goes to stdout; the error to stderr
             sys.stdout.write(json.dumps(failed.report, indent=None if args.json else 2) + "\n")
             raise
-        finally:
-            spark.stop()
     sys.stdout.write(json.dumps(report, indent=None if args.json else 2) + "\n")
     return 0
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.reconcile import reconcile  # noqa: PLC0415
-    from pipelines.session import spark_session  # noqa: PLC0415
     from pipelines.silver import silver_tables  # noqa: PLC0415
 
     entities = _entities(args, settings)
     for entity in entities:
         silver_tables(settings, entity)
-    spark = spark_session(settings, app_name="tierlake-reconcile")
-    try:
+    with spark_for(settings, "tierlake-reconcile") as spark:
         reports = [reconcile(spark, settings, entity=entity, stuck_after_s=args.stuck_after_s) for entity in entities]
-    finally:
-        spark.stop()
     if args.json:
         sys.stdout.write(json.dumps(reports) + "\n")
     else:
@@ -89,7 +90,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
                     f"  kafka partition {k['partition']}: holds {k['earliest']}..{k['end'] - 1}; "
                     f"{k['state']}: {k['behind']} not in bronze{age}; holes in bronze {k['holes']}\n"
                 )
-    return 0 if all(r["balanced"] for r in reports) else 6
+    return ExitCode.OK if all(r["balanced"] for r in reports) else ExitCode.NOT_BALANCED
 
 
 START_TIMEOUT_S = 300.0
@@ -107,7 +108,6 @@ def _driver(settings: Settings) -> tuple[Any, Path]:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.ingest import entity_leases, holding, run_continuous  # noqa: PLC0415
-    from pipelines.session import spark_session  # noqa: PLC0415
     from pipelines.silver import silver_tables  # noqa: PLC0415
 
     entities = _entities(args, settings)
@@ -115,20 +115,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         silver_tables(settings, entity)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with holding(entity_leases(settings, entities)) as leases:
-        spark = spark_session(settings, app_name="tierlake-ingest-stream")
-        try:
-            run_continuous(
-                spark,
-                settings,
-                entities=entities,
-                trigger_s=args.trigger_s,
-                stop=stop,
-                status_file=args.status_file,
-                leases=leases,
-            )
-        finally:
-            spark.stop()
+    with holding(entity_leases(settings, entities)) as leases, spark_for(settings, "tierlake-ingest-stream") as spark:
+        run_continuous(
+            spark,
+            settings,
+            entities=entities,
+            trigger_s=args.trigger_s,
+            stop=stop,
+            status_file=args.status_file,
+            leases=leases,
+        )
     return 0
 
 
@@ -195,21 +191,17 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
             "correct the cause, then `tierlake ingest stop` and `tierlake ingest start`\n"
         )
     if pid is None:
-        return 3
-    return 7 if status.get("failed") else 0
+        return ExitCode.NOT_RUNNING
+    return ExitCode.DEGRADED if status.get("failed") else ExitCode.OK
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.replay import replay_quarantine  # noqa: PLC0415
-    from pipelines.session import spark_session  # noqa: PLC0415
     from pipelines.silver import silver_tables  # noqa: PLC0415
 
     silver_tables(settings, args.entity)
-    spark = spark_session(settings, app_name="tierlake-replay")
-    try:
+    with spark_for(settings, "tierlake-replay") as spark:
         result = replay_quarantine(spark, settings, entity=args.entity, rule=args.rule)
-    finally:
-        spark.stop()
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
@@ -219,7 +211,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
     report = run_demo(settings, events=args.events)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
-    return 0 if report["ok"] else 5
+    return ExitCode.OK if report["ok"] else ExitCode.DEMO_FAILED
 
 
 def register(sub: Subparsers) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from tierlake.commands import Subparsers
+from tierlake.commands import ExitCode, Subparsers
 from tierlake.config import Settings
 
 
@@ -33,7 +33,7 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     status = LocalStack(settings).status()
     print_status(status, as_json=args.json)
-    return 0 if status["healthy"] else 3
+    return ExitCode.OK if status["healthy"] else ExitCode.NOT_RUNNING
 
 
 def print_status(status: dict[str, Any], *, as_json: bool) -> None:

@@ -6,18 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tierlake.commands import Subparsers, positive_int
+from tierlake.commands import ExitCode, Subparsers, positive_int, spark_for
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
 
 def _tables(args: argparse.Namespace, settings: Settings, configured: tuple[str, ...]) -> list[str]:
@@ -56,17 +55,6 @@ def _existing(settings: Settings, tables: list[str], *, skip_missing: bool) -> l
     return kept
 
 
-@contextmanager
-def _spark(settings: Settings, app: str) -> Iterator[SparkSession]:
-    from pipelines.session import spark_session  # noqa: PLC0415
-
-    session = spark_session(settings, app_name=app)
-    try:
-        yield session
-    finally:
-        session.stop()
-
-
 def _emit(args: argparse.Namespace, results: list[dict[str, Any]], line: Callable[[dict[str, Any]], str]) -> None:
     if args.json:
         sys.stdout.write(json.dumps(results) + "\n")
@@ -98,7 +86,7 @@ def _vacuum(args: argparse.Namespace, settings: Settings) -> int:
     check_retention(hours, allow_short_retention=args.allow_short_retention)  # before any JVM
     tables = _existing(settings, _tables(args, settings, _maintained(settings)), skip_missing=args.all)
     results = []
-    with _spark(settings, "tierlake-vacuum") as spark:
+    with spark_for(settings, "tierlake-vacuum") as spark:
         for table in tables:
             report = vacuum(
                 spark,
@@ -106,7 +94,7 @@ def _vacuum(args: argparse.Namespace, settings: Settings) -> int:
                 table,
                 retention_hours=hours,
                 allow_short_retention=args.allow_short_retention,
-                dry_run=args.dry_run,
+                dry_run=not args.execute,
             )
             results.append(asdict(report) | {"deleted": report.deleted})
     _emit(
@@ -191,7 +179,7 @@ def _mirror(args: argparse.Namespace, settings: Settings) -> int:
         return f"{r['prefix']}: {r['copied']} of {r['objects']} objects copied; {state}"
 
     _emit(args, results, line)
-    return 0 if all(r["ok"] for r in results) else 7
+    return ExitCode.OK if all(r["ok"] for r in results) else ExitCode.DEGRADED
 
 
 def _add_tables(parser: argparse.ArgumentParser, what: str) -> None:
@@ -216,7 +204,9 @@ def register(sub: Subparsers) -> None:
         action="store_true",
         help="allow a retention under 168 hours (breaks readers of older snapshots)",
     )
-    vacuum.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    vacuum.add_argument(
+        "--execute", action="store_true", help="delete the files (without it: a dry run listing what would go)"
+    )
     vacuum.set_defaults(handler=_vacuum)
 
     checkpoint = actions.add_parser("checkpoint", help="write a checkpoint of the latest version")
