@@ -47,8 +47,9 @@ _REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Inva
 def check_credentials(s3: S3Settings) -> None:
     """Refuse at once, with the fix, when ``s3.endpoint`` refuses the configured keys.
 
-    One HEAD of the lake bucket with a 2 s budget and no retries. Only a refusal of the keys raises: an endpoint
-    that does not answer, a missing bucket or absent keys are left to the command, which says so in its own terms.
+    One listing of at most one key of the lake bucket, with a 2 s budget and no retries. Only a refusal of the keys
+    raises: an endpoint that does not answer, a missing bucket or absent keys are left to the command, which says so
+    in its own terms.
     """
     if not s3.has_credentials():
         return
@@ -69,13 +70,13 @@ def check_credentials(s3: S3Settings) -> None:
         config=config,
     )
     try:
-        client.head_bucket(Bucket=s3.lake_bucket)
+        client.list_objects_v2(Bucket=s3.lake_bucket, MaxKeys=1)  # a GET: the error body names the reason
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         code = exc.response.get("Error", {}).get("Code", "?")
         if code in _REFUSED or status == 403:
             raise ConfigError(
-                f"the S3 keys were refused by {s3.endpoint} ({code if code != '403' else 'HTTP 403'} on bucket "
+                f"the S3 keys were refused by {s3.endpoint} ({code} on bucket "
                 f"{s3.lake_bucket!r}, access key {access_key[:4]}...). Fix: set TIERLAKE_S3__ACCESS_KEY and "
                 f"TIERLAKE_S3__SECRET_KEY, or correct {s3.credentials_file}, to keys that endpoint knows"
             ) from exc
