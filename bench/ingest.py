@@ -12,7 +12,7 @@ One run, one topic of its own, the same records for every contender:
 - freshness: the streaming queries kept running on a ``--trigger-s`` trigger while records arrive at ``--rate``;
   per record, the time of the silver commit that made it visible minus its Kafka timestamp, p50 and p99; per flagged
   reading, the same to the commit of its anomaly flag (how soon gold shows it). Commit times come from the tables'
-  logs (``pipelines.freshness``), not from ``silver_time``/``flagged_at``, which are taken before the write.
+  logs (``pipelines.checks.freshness``), not from ``silver_time``/``flagged_at``, which are taken before the write.
 
 Prints one JSON object as its last line (DESIGN.md): ``{"bench", "figures", "ratios", "setup"}``.
 Usage: ``.venv/bin/python bench/ingest.py [--quick]`` with the local stack (it brings it up if needed).
@@ -38,17 +38,17 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
-from pipelines.datasets import EV_SPACING_S, Record, good_records, recent_start
-from pipelines.freshness import anomaly_freshness, freshness
-from pipelines.gold import run_gold_until_caught_up
-from pipelines.gold_ev import OVERHEAT_C, SPIKE_KW, gold_paths
-from pipelines.ingest import run_continuous
-from pipelines.produce import send_records
-from pipelines.records import judge_record
-from pipelines.rules import classify, record_ddl
+from pipelines.checks.freshness import anomaly_freshness, freshness
+from pipelines.ingest.driver import run_continuous
+from pipelines.ingest.gold import run_gold_until_caught_up
+from pipelines.ingest.gold_ev import OVERHEAT_C, SPIKE_KW, gold_paths
+from pipelines.ingest.records import judge_record
+from pipelines.ingest.rules import classify, record_ddl
+from pipelines.ingest.silver import silver_tables
+from pipelines.ingest.stream import ingest_counts, start_ingest
 from pipelines.session import spark_session
-from pipelines.silver import silver_tables
-from pipelines.stream import ingest_counts, start_ingest
+from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
+from pipelines.synthetic.produce import send_records
 from tierlake.config import Settings, load_settings
 from tierlake.logs import configure_logging
 from tiers.s3 import delta_storage_options
@@ -161,7 +161,7 @@ def flagged_count(settings: Settings, entity: str, event_ids: set[str]) -> int:
 
 
 def is_anomaly(record: Record) -> bool:
-    """Whether gold will flag this EV reading (``pipelines.gold_ev.anomalies``, the same thresholds)."""
+    """Whether gold will flag this EV reading (``pipelines.ingest.gold_ev.anomalies``, the same thresholds)."""
     reading = json.loads(record.value)
     power = reading["power_kw"]
     return (reading["temp_c"] or 0) > OVERHEAT_C or power > SPIKE_KW or (reading["status"] == "dropout" and power == 0)

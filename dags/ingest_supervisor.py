@@ -26,7 +26,7 @@ from dags.common import DEFAULT_ARGS, GOLD_VERSION_LANDED, TRAINING_TABLE, run_t
 def ingest_supervisor() -> None:
     @task
     def health() -> dict[str, Any]:
-        from pipelines.maintenance import ingest_health  # noqa: PLC0415 - DAG files parse fast
+        from pipelines.lake.maintenance import ingest_health  # noqa: PLC0415 - DAG files parse fast
         from tierlake.config import load_settings  # noqa: PLC0415
 
         status = run_tierlake("ingest", "status", "--json", ok_codes=(0, 3, 7))

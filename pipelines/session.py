@@ -169,7 +169,7 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         # part of bench/ingest.py --quick, 163 with 1000 entries. A class is a few tens of KB.
         "spark.sql.codegen.cache.maxEntries": "1000",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j_file(settings)}",
-        # The ingest rules run in Python workers (mapInArrow, pipelines.rules): the driver's own interpreter,
+        # The ingest rules run in Python workers (mapInArrow, pipelines.ingest.rules): the driver's own interpreter,
         # so the workers import the same tierlake and pyarrow. A cluster sets its executors' path in extra_conf.
         "spark.pyspark.python": sys.executable,
     }

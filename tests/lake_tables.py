@@ -7,7 +7,7 @@ import uuid
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from pipelines import maintenance
+from pipelines.lake import maintenance
 from tierlake.config import Settings
 from tiers.s3 import delta_storage_options
 

@@ -153,7 +153,7 @@ class TableMaintenance:
 
 @dataclass(frozen=True, kw_only=True)
 class MaintenanceSettings:
-    """Table maintenance (pipelines/maintenance.py): OPTIMIZE, VACUUM, checkpoints, stats."""
+    """Table maintenance (pipelines/lake/maintenance.py): OPTIMIZE, VACUUM, checkpoints, stats."""
 
     vacuum_retention_hours: float
     target_file_mb: int
@@ -172,7 +172,7 @@ class MaintenanceSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class MirrorSettings:
-    """The second site (pipelines/mirror.py): an endpoint (empty: the lake's), a bucket, what to copy."""
+    """The second site (pipelines/lake/mirror.py): an endpoint (empty: the lake's), a bucket, what to copy."""
 
     endpoint: str
     bucket: str

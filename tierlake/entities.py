@@ -42,7 +42,9 @@ class EntitySpec:
     max_bytes: int
     future_tolerance_s: int
     fields: tuple[FieldSpec, ...]
-    gold: str | None = None  # "ev": windows and anomalies (pipelines.gold_ev); "corpus": token rows (gold_corpus)
+    gold: str | None = (
+        None  # "ev": windows and anomalies (pipelines.ingest.gold_ev); "corpus": token rows (gold_corpus)
+    )
 
     def field(self, name: str) -> FieldSpec:
         return next(f for f in self.fields if f.name == name)

@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
-from pipelines.demo import topic_record_count
+from pipelines.synthetic.demo import summary, topic_record_count
 from tiers.s3 import delta_storage_options
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def test_produce_then_ingest_run_lands_every_record_of_the_topic(stack: LocalSta
 
 def test_demo_runs_the_main_job_and_fills_every_part_of_its_report(stack: LocalStack) -> None:
     """The README's main command (`make demo` runs it) on the running stack, its JSON report read back."""
-    result = _tierlake("demo", "--events", "1000")
+    result = _tierlake("demo", "--events", "1000", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
     assert report["ok"] is True
@@ -112,6 +112,11 @@ def test_demo_runs_the_main_job_and_fills_every_part_of_its_report(stack: LocalS
     top = report["top_anomalies"]
     assert top
     assert all(isinstance(a["flagged_at"], str) and a["reason"] for a in top)
+    assert sum(report["quarantine_by_rule"]["ev"].values()) == report["tables"]["ev"]["quarantine"]
+    text = summary(report)  # what `make demo` prints instead of the JSON
+    assert text.startswith("tierlake demo: OK")
+    assert f"silver {report['tables']['ev']['silver']}, quarantine" in text
+    assert "reconciliation: balanced" in text
 
 
 def test_unknown_entity_is_a_clear_error(stack: LocalStack) -> None:

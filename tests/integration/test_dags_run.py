@@ -22,7 +22,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from pipelines import maintenance
+from pipelines.lake import maintenance
 from tests.lake_tables import small_table
 from tierlake.config import Settings, load_settings
 from tiers.s3 import delta_storage_options, s3_client

@@ -32,11 +32,11 @@ from deltalake import DeltaTable
 
 from infra import procs
 from infra.stack import LocalStack
-from pipelines.datasets import BAD_KINDS, EV_SPACING_S, Record, ev_stream, good_records, recent_start
-from pipelines.gold_corpus import SEQ_LEN, decode
-from pipelines.produce import producer_config
-from pipelines.reconcile import reconcile
-from pipelines.silver import silver_tables
+from pipelines.checks.reconcile import reconcile
+from pipelines.ingest.gold_corpus import SEQ_LEN, decode
+from pipelines.ingest.silver import silver_tables
+from pipelines.synthetic.datasets import BAD_KINDS, EV_SPACING_S, Record, ev_stream, good_records, recent_start
+from pipelines.synthetic.produce import producer_config
 from tierlake.config import Settings, load_settings
 from tiers.s3 import delta_storage_options
 

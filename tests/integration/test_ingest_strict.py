@@ -4,7 +4,7 @@ Records are produced with confluent-kafka straight to a topic of the test's own 
 the adversarial records found by outside testing as named cases, then arbitrary bytes and arbitrary JSON-shaped
 records (hypothesis) mixed with good ones. Every record must land in exactly one of silver / quarantine / dropped
 with a rule, reconcile must balance against what Kafka holds, and every silver value must be what the strict
-reader (``pipelines.records``) reads from the record. An entity whose batch cannot commit is marked failed in
+reader (``pipelines.ingest.records``) reads from the record. An entity whose batch cannot commit is marked failed in
 ``ingest status`` while the other entity runs on.
 """
 
@@ -23,11 +23,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from infra.stack import LocalStack
-from pipelines.datasets import EV_SPACING_S, Record, good_records, recent_start
-from pipelines.reconcile import reconcile
-from pipelines.records import judge_record
-from pipelines.silver import silver_tables
-from pipelines.stream import run_ingest_until_caught_up
+from pipelines.checks.reconcile import reconcile
+from pipelines.ingest.records import judge_record
+from pipelines.ingest.silver import silver_tables
+from pipelines.ingest.stream import run_ingest_until_caught_up
+from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
 from tests.integration.test_ingest import REPO, Oracle
 from tests.unit.test_records import ADVERSARIAL, JSON_VALUES
 from tiers.s3 import delta_storage_options, s3_client

@@ -11,7 +11,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from infra import procs
 from infra.stack import LocalStack
-from pipelines.produce import producer_config
+from pipelines.synthetic.produce import producer_config
 from tierlake.config import Settings
 
 

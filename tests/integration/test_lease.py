@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from pipelines.lease import TableLease
+from pipelines.lake.lease import TableLease
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict
 from tiers.s3 import s3_client
@@ -51,7 +51,7 @@ def test_holder_killed_on_this_host_is_replaced_at_once(settings: Settings) -> N
         "import sys, time\n"
         "from tierlake.config import load_settings\n"
         "from tiers.s3 import s3_client\n"
-        "from pipelines.lease import TableLease\n"
+        "from pipelines.lake.lease import TableLease\n"
         "s = load_settings('ci')\n"
         f"TableLease(s3_client(s.s3), s.s3.lake_bucket, {name!r}, owner='doomed').acquire()\n"
         "print('held', flush=True)\n"

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from deltalake import DeltaTable
 
-from pipelines.produce import producer_config
+from pipelines.synthetic.produce import producer_config
 from tierlake.config import Settings
 from tiers.s3 import delta_storage_options
 
@@ -96,7 +96,7 @@ def test_stream_from_kafka_into_delta_holds_exactly_the_records(spark: SparkSess
 
 def test_commit_ledger_appends_each_batch_once_across_driver_restarts(spark: SparkSession, settings: Settings) -> None:
     """A replayed batch skips a table that holds it; a new ledger (a restarted driver) learns that from the table."""
-    from pipelines.ledger import CommitLedger  # noqa: PLC0415
+    from pipelines.ingest.ledger import CommitLedger  # noqa: PLC0415
 
     uri = _table_uri(settings, "ledger")
     ledger = CommitLedger(spark)
@@ -122,7 +122,7 @@ def test_commit_times_say_when_each_row_became_visible(spark: SparkSession, sett
     from delta.tables import DeltaTable as SparkDeltaTable  # noqa: PLC0415
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    from pipelines.freshness import with_commit_time  # noqa: PLC0415
+    from pipelines.checks.freshness import with_commit_time  # noqa: PLC0415
     from tiers.s3 import s3_client  # noqa: PLC0415
 
     uri = _table_uri(settings, "committed")

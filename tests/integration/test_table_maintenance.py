@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from pipelines import maintenance
-from pipelines.lease import TableLease
+from pipelines.lake import maintenance
+from pipelines.lake.lease import TableLease
 from tests.lake_tables import small_table
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict, RetentionViolation

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
-from pipelines import maintenance, mirror
+from pipelines.lake import maintenance, mirror
 from tierlake.config import Settings
 from tiers.s3 import delta_storage_options, s3_client
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.maintenance import check_retention, ingest_health, lease_name, table_name
+from pipelines.lake.maintenance import check_retention, ingest_health, lease_name, table_name
 from tierlake.config import load_settings
 from tierlake.errors import ConfigError, RetentionViolation
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.gold_corpus import BOS, EOS, PAD, VOCAB_SIZE, decode, encode, pack
+from pipelines.ingest.gold_corpus import BOS, EOS, PAD, VOCAB_SIZE, decode, encode, pack
 from tierlake.errors import ConfigError
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.datasets import BAD_KINDS, ev_event, ev_stream, good_records
-from pipelines.rules import RULES
+from pipelines.ingest.rules import RULES
+from pipelines.synthetic.datasets import BAD_KINDS, ev_event, ev_stream, good_records
 from tierlake.config import load_settings
 from tierlake.entities import build_entities
 from tierlake.errors import ConfigError
@@ -107,7 +107,7 @@ SPARK_OFFSETS_BACK = (
 
 
 def test_kafka_data_loss_becomes_one_clear_error_with_the_fix() -> None:
-    from pipelines.stream import data_loss  # noqa: PLC0415
+    from pipelines.ingest.stream import data_loss  # noqa: PLC0415
 
     settings = load_settings("ci", conf_dir=REPO / "conf", env={})
     error = data_loss(RuntimeError(SPARK_OFFSETS_BACK), settings, entity="ev")

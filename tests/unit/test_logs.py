@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.demo import json_safe
+from pipelines.synthetic.demo import json_safe
 from tierlake.logs import configure_logging
 
 

@@ -1,5 +1,5 @@
-"""The strict record reader (pipelines/records.py): the adversarial records found by outside testing as named cases,
-and properties over arbitrary bytes and arbitrary JSON-shaped records (hypothesis)."""
+"""The strict record reader (pipelines/ingest/records.py): the adversarial records found by outside testing as named
+cases, and properties over arbitrary bytes and arbitrary JSON-shaped records (hypothesis)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.records import RULES, Verdict, judge_record
-from pipelines.rules import judgement_columns
+from pipelines.ingest.records import RULES, Verdict, judge_record
+from pipelines.ingest.rules import judgement_columns
 from tierlake.config import load_settings
 from tierlake.entities import EntitySpec, FieldSpec
 

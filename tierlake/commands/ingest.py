@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.rules import RULES
+from pipelines.ingest.rules import RULES
 from tierlake.commands import (
     ExitCode,
     Subparsers,
@@ -26,7 +26,7 @@ from tierlake.errors import IngestFailed
 
 
 def _produce(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.produce import produce_events  # noqa: PLC0415 - each subcommand imports only what it needs
+    from pipelines.synthetic.produce import produce_events  # noqa: PLC0415 - each subcommand imports only what it needs
 
     summary = produce_events(
         settings,
@@ -46,8 +46,8 @@ def _entities(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.ingest import entity_leases, holding, run_until_caught_up  # noqa: PLC0415
-    from pipelines.silver import silver_tables  # noqa: PLC0415
+    from pipelines.ingest.driver import entity_leases, holding, run_until_caught_up  # noqa: PLC0415
+    from pipelines.ingest.silver import silver_tables  # noqa: PLC0415
 
     entities = _entities(args, settings)
     for entity in entities:
@@ -64,8 +64,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.reconcile import reconcile  # noqa: PLC0415
-    from pipelines.silver import silver_tables  # noqa: PLC0415
+    from pipelines.checks.reconcile import reconcile  # noqa: PLC0415
+    from pipelines.ingest.silver import silver_tables  # noqa: PLC0415
 
     entities = _entities(args, settings)
     for entity in entities:
@@ -107,8 +107,8 @@ def _driver(settings: Settings) -> tuple[Any, Path]:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.ingest import entity_leases, holding, run_continuous  # noqa: PLC0415
-    from pipelines.silver import silver_tables  # noqa: PLC0415
+    from pipelines.ingest.driver import entity_leases, holding, run_continuous  # noqa: PLC0415
+    from pipelines.ingest.silver import silver_tables  # noqa: PLC0415
 
     entities = _entities(args, settings)
     for entity in entities:
@@ -196,8 +196,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.replay import replay_quarantine  # noqa: PLC0415
-    from pipelines.silver import silver_tables  # noqa: PLC0415
+    from pipelines.checks.replay import replay_quarantine  # noqa: PLC0415
+    from pipelines.ingest.silver import silver_tables  # noqa: PLC0415
 
     silver_tables(settings, args.entity)
     with spark_for(settings, "tierlake-replay") as spark:
@@ -207,10 +207,15 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.demo import run_demo  # noqa: PLC0415
+    from infra.stack import LocalStack  # noqa: PLC0415 - the demo brings the local stack up first
+    from pipelines.synthetic.demo import run_demo, summary  # noqa: PLC0415
 
+    started = time.monotonic()
+    settings = LocalStack(settings).up()
+    stack_s = time.monotonic() - started
     report = run_demo(settings, events=args.events)
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    report["seconds"] |= {"stack_up": round(stack_s, 1), "total": round(time.monotonic() - started, 1)}
+    sys.stdout.write((json.dumps(report, indent=2) if args.json else summary(report)) + "\n")
     return ExitCode.OK if report["ok"] else ExitCode.DEMO_FAILED
 
 
@@ -269,4 +274,5 @@ def register(sub: Subparsers) -> None:
 
     demo = sub.add_parser("demo", help="the main job end to end: stack up, produce, bronze on RGW, count")
     demo.add_argument("--events", type=positive_int, default=5000)
+    demo.add_argument("--json", action="store_true", help="the whole report as JSON instead of the summary")
     demo.set_defaults(handler=_demo)

@@ -1,5 +1,5 @@
 """``tierlake table optimize|vacuum|checkpoint|history|stats|mirror``: Delta table maintenance without Airflow
-(pipelines/maintenance.py, pipelines/mirror.py). The lake_maintenance and mirror DAGs call these commands."""
+(pipelines/lake/maintenance.py, pipelines/lake/mirror.py). The lake_maintenance and mirror DAGs call these commands."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _tables(args: argparse.Namespace, settings: Settings, configured: tuple[str, ...]) -> list[str]:
-    from pipelines.maintenance import table_name  # noqa: PLC0415 - each subcommand imports only what it needs
+    from pipelines.lake.maintenance import table_name  # noqa: PLC0415 - each subcommand imports only what it needs
 
     if args.all and args.tables:
         raise ConfigError("give table paths or --all, not both. Fix: drop one of them")
@@ -39,7 +39,7 @@ def _maintained(settings: Settings) -> tuple[str, ...]:
 
 def _existing(settings: Settings, tables: list[str], *, skip_missing: bool) -> list[str]:
     """With --all, tables of conf/ that were never written yet are skipped (reported), not an error."""
-    from pipelines.maintenance import open_table  # noqa: PLC0415
+    from pipelines.lake.maintenance import open_table  # noqa: PLC0415
     from tierlake.errors import NotFound  # noqa: PLC0415
 
     if not skip_missing:
@@ -64,7 +64,7 @@ def _emit(args: argparse.Namespace, results: list[dict[str, Any]], line: Callabl
 
 
 def _optimize(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.maintenance import optimize  # noqa: PLC0415
+    from pipelines.lake.maintenance import optimize  # noqa: PLC0415
 
     tables = _existing(settings, _tables(args, settings, _maintained(settings)), skip_missing=args.all)
     results = [asdict(optimize(settings, table)) for table in tables]
@@ -80,7 +80,7 @@ def _optimize(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _vacuum(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.maintenance import check_retention, vacuum  # noqa: PLC0415
+    from pipelines.lake.maintenance import check_retention, vacuum  # noqa: PLC0415
 
     hours = settings.maintenance.vacuum_retention_hours if args.retention_hours is None else args.retention_hours
     check_retention(hours, allow_short_retention=args.allow_short_retention)  # before any JVM
@@ -110,7 +110,7 @@ def _vacuum(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _checkpoint(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.maintenance import checkpoint  # noqa: PLC0415
+    from pipelines.lake.maintenance import checkpoint  # noqa: PLC0415
 
     tables = _existing(settings, _tables(args, settings, _maintained(settings)), skip_missing=args.all)
     results = [checkpoint(settings, table) for table in tables]
@@ -119,7 +119,7 @@ def _checkpoint(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _history(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.maintenance import history, table_name  # noqa: PLC0415
+    from pipelines.lake.maintenance import history, table_name  # noqa: PLC0415
 
     table = table_name(settings, args.table)
     entries = history(settings, table, limit=args.limit)
@@ -134,7 +134,7 @@ def _history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.maintenance import export_metrics, table_stats  # noqa: PLC0415
+    from pipelines.lake.maintenance import export_metrics, table_stats  # noqa: PLC0415
 
     tables = _existing(settings, _tables(args, settings, _maintained(settings)), skip_missing=args.all)
     stats = [table_stats(settings, table) for table in tables]
@@ -153,7 +153,7 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _mirror(args: argparse.Namespace, settings: Settings) -> int:
-    from pipelines.mirror import mirror_prefix, mirror_table  # noqa: PLC0415
+    from pipelines.lake.mirror import mirror_prefix, mirror_table  # noqa: PLC0415
 
     if args.version is not None and (args.all or len(args.tables) != 1):
         raise ConfigError("--version pins one table. Fix: name exactly one table with --version")

@@ -3,8 +3,9 @@
 Gold used to run inside the silver micro-batch, so every silver batch waited for two MERGEs before the next one
 could start. As its own query (checkpoint ``gold/_checkpoints/<entity>``) it runs beside silver: silver's
 freshness no longer pays for gold, and gold catches up from its checkpoint after a crash. Which gold an entity
-has comes from ``gold:`` in conf/: ``ev`` (windows, ``pipelines.gold_ev``; its anomaly flags are written by the
-ingest batch itself, so they are visible with silver) or ``corpus`` (packed token rows, ``pipelines.gold_corpus``).
+has comes from ``gold:`` in conf/: ``ev`` (windows, ``pipelines.ingest.gold_ev``; its anomaly flags are written by
+the ingest batch itself, so they are visible with silver) or ``corpus`` (packed token rows,
+``pipelines.ingest.gold_corpus``).
 
 Exactly once: EV windows are MERGEd by key (a replay rewrites the same rows); token rows are appended with the gold
 batch id as Delta's ``txnVersion``, so a replayed batch is skipped.
@@ -20,11 +21,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipelines.gold_corpus import gold_tokens_uri, packed_rows
-from pipelines.gold_ev import update_gold
+from pipelines.ingest.gold_corpus import gold_tokens_uri, packed_rows
+from pipelines.ingest.gold_ev import update_gold
+from pipelines.ingest.silver import silver_tables, table_exists
+from pipelines.ingest.stream import with_trigger
 from pipelines.session import batch_codegen, use_pool
-from pipelines.silver import silver_tables, table_exists
-from pipelines.stream import with_trigger
 from tierlake.config import Settings
 from tierlake.errors import SchemaMismatch
 

@@ -12,10 +12,11 @@ Anomalies, one row per flagged event with a ``score`` in [0, 1] and a ``reason``
 - ``dropout``: ``power_kw`` 0 with status ``dropout`` mid-session;
 - ``power_spike``: ``power_kw`` above 400 kW, beyond what the chargers are rated for (score grows to 1 at 700 kW).
 Thresholds are physical limits, not statistics, so one reading suffices: the ingest batch that puts a reading in
-silver flags it (:func:`append_anomalies`, called from ``pipelines.silver.process_batch``), so a flag is visible
+silver flags it (:func:`append_anomalies`, called from ``pipelines.ingest.silver.process_batch``), so a flag is visible
 when its reading is, not a gold batch later. Flags carry the ingest batch id (``_batch_id``) and go through the
 same commit ledger as silver, so a replayed batch writes them once. ``flagged_at`` is when the batch flagged them,
-just before their append; the commit that makes them visible comes after it (``pipelines.freshness`` measures to it).
+just before their append; the commit that makes them visible comes after it (``pipelines.checks.freshness``
+measures to it).
 ``replay-quarantine`` flags the records it moves into silver (:func:`append_replayed_anomalies`).
 """
 
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-    from pipelines.ledger import CommitLedger
+    from pipelines.ingest.ledger import CommitLedger
 
 WINDOWS_MIN = (1, 15)
 HOLD_CAP_S = 60

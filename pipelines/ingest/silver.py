@@ -1,11 +1,11 @@
 """silver.<entity>, quarantine.<entity> and dropped.<entity> from the bronze rows of a micro-batch, exactly once.
 
-The ingest query (``pipelines.stream``) classifies its records by the rules (``pipelines.rules``) in the streaming
-plan and hands each micro-batch to :func:`process_batch`, which judges it against history:
+The ingest query (``pipelines.ingest.stream``) classifies its records by the rules (``pipelines.ingest.rules``) in
+the streaming plan and hands each micro-batch to :func:`process_batch`, which judges it against history:
 ``late_event`` (event time older than the high-water mark minus the watermark) goes to quarantine, a repeated
 ``event_id`` within the watermark goes to dropped. Every bronze row lands in exactly one of the three tables.
 
-Exactly once: every row carries its batch id (``_batch_id``) and :class:`pipelines.ledger.CommitLedger` skips a
+Exactly once: every row carries its batch id (``_batch_id``) and :class:`pipelines.ingest.ledger.CommitLedger` skips a
 table that already holds the batch, so a batch replayed after a crash skips the tables it already committed.
 History is read as of *earlier* batches only (``_batch_id < batch_id``), so a replay classifies every row exactly
 as the first attempt did.
@@ -15,7 +15,7 @@ event time per batch, read once when the query starts and then kept as batches c
 reads only silver files whose event times reach within two watermarks of that mark (Delta skips the rest by their
 statistics). A batch is a handful of Spark jobs: the rules and history in one pass (counts per outcome), then the
 appends of the tables that get rows, at the same time.
-Gold is a query of its own that reads silver (``pipelines.gold``), so a silver batch never waits for gold.
+Gold is a query of its own that reads silver (``pipelines.ingest.gold``), so a silver batch never waits for gold.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
-from pipelines.ledger import CommitLedger
+from pipelines.ingest.ledger import CommitLedger
 from pipelines.session import run_together
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
@@ -283,11 +283,11 @@ def process_batch(
     flag: Callable[[DataFrame, int], int] | None = None,
     alongside: Sequence[Callable[[DataFrame], object]] = (),
 ) -> dict[str, int]:
-    """One micro-batch, classified by the rules (:func:`pipelines.rules.classify`): judge it against history, write
-    the three tables idempotently. Returns the row counts.
+    """One micro-batch, classified by the rules (:func:`pipelines.ingest.rules.classify`): judge it against history,
+    write the three tables idempotently. Returns the row counts.
 
     ``flag``: called with the batch's silver rows and the batch id (EV anomaly flags,
-    :func:`pipelines.gold_ev.append_anomalies`); returns how many rows it wrote (``flagged`` in the counts).
+    :func:`pipelines.ingest.gold_ev.append_anomalies`); returns how many rows it wrote (``flagged`` in the counts).
     ``alongside``: other writes of the batch (the ingest query's bronze append), run with this batch's appends and
     called with the judged batch: every row and column of ``classified`` (plus the judgement), already cached.
     The appends run at the same time (:func:`pipelines.session.run_together`), once the counts have read the

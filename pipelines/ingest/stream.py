@@ -15,7 +15,8 @@ Exactly once, across kills of the driver:
   record as the first attempt did.
 - Every row written carries the batch id (``_batch_id``), and the driver's :class:`CommitLedger` skips a table that
   already holds the batch: the others get exactly what the first attempt would have written. (Delta's own
-  ``txnAppId``/``txnVersion`` did the same, at ~1.4 s per append here; ``pipelines.ledger`` says why that is safe.)
+  ``txnAppId``/``txnVersion`` did the same, at ~1.4 s per append here; ``pipelines.ingest.ledger`` says why that is
+  safe.)
 
 The checkpoint sits beside the bronze table (``bronze/_checkpoints/<topic>``).
 """
@@ -30,12 +31,12 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pipelines.bronze import bronze_table, ensure_bronze, kafka_source, to_bronze, write_bronze
-from pipelines.gold_ev import append_anomalies, gold_paths
-from pipelines.ledger import CommitLedger
-from pipelines.rules import classify
+from pipelines.ingest.bronze import bronze_table, ensure_bronze, kafka_source, to_bronze, write_bronze
+from pipelines.ingest.gold_ev import append_anomalies, gold_paths
+from pipelines.ingest.ledger import CommitLedger
+from pipelines.ingest.rules import classify
+from pipelines.ingest.silver import HighWater, process_batch, silver_tables, table_exists
 from pipelines.session import batch_codegen, use_pool
-from pipelines.silver import HighWater, process_batch, silver_tables, table_exists
 from tierlake.config import Settings
 from tierlake.errors import DataLoss, first_line
 

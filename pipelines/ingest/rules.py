@@ -1,10 +1,10 @@
 """The named validation rules of silver, run over Arrow batches of bronze rows in the streaming plan.
 
-A record is read by :func:`pipelines.records.judge_record` (strict RFC 8259 JSON, exact types; the rules and their
-order are listed there and in the README's "Ingestion rules") and quarantined under the first rule it breaks, with
+A record is read by :func:`pipelines.ingest.records.judge_record` (strict RFC 8259 JSON, exact types; the rules and
+their order are listed there and in the README's "Ingestion rules") and quarantined under the first rule it breaks, with
 an error that names the field and the value. Spark runs that reader in its Python workers as a scalar Arrow UDF:
 a batch of records crosses to Python once as Arrow, not row by row. Two more outcomes need history and live in
-``pipelines.silver``: ``late_event`` (quarantined) and ``duplicate_event_id`` (dropped, counted, never silent).
+``pipelines.ingest.silver``: ``late_event`` (quarantined) and ``duplicate_event_id`` (dropped, counted, never silent).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from pipelines.records import RULES as RECORD_RULES
-from pipelines.records import Verdict, judge_record
+from pipelines.ingest.records import RULES as RECORD_RULES
+from pipelines.ingest.records import Verdict, judge_record
 from tierlake.entities import EntitySpec
 
 if TYPE_CHECKING:

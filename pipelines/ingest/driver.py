@@ -1,6 +1,6 @@
 """``tierlake ingest run``: for each entity, Kafka -> bronze and silver/quarantine/dropped in one query
-(``pipelines.stream``), then silver -> gold, until caught up. The driver holds the writer lease of each entity's
-tables while it writes them (``pipelines.lease``): Delta on S3 without DynamoDB needs a single writer, and a second
+(``pipelines.ingest.stream``), then silver -> gold, until caught up. The driver holds the writer lease of each entity's
+tables while it writes them (``pipelines.lake.lease``): Delta on S3 without DynamoDB needs a single writer, and a second
 driver refuses to start, naming the owner."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.gold import run_gold_until_caught_up, schema_changed, start_gold
-from pipelines.lease import TableLease
-from pipelines.silver import silver_tables
-from pipelines.stream import data_loss, run_ingest_until_caught_up, start_ingest
+from pipelines.ingest.gold import run_gold_until_caught_up, schema_changed, start_gold
+from pipelines.ingest.silver import silver_tables
+from pipelines.ingest.stream import data_loss, run_ingest_until_caught_up, start_ingest
+from pipelines.lake.lease import TableLease
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict, IngestFailed, TierlakeError, first_line
 from tiers.s3 import s3_client

@@ -3,7 +3,7 @@ checkpoints, history, and table stats exported as Prometheus metrics; plus the h
 that the ingest_supervisor DAG runs.
 
 Delta on S3 without DynamoDB loses commits when two drivers write one table, so OPTIMIZE, VACUUM and checkpoints
-run under the table's writer lease (``pipelines.lease``). A table that an ingestion entity writes has that entity's
+run under the table's writer lease (``pipelines.lake.lease``). A table that an ingestion entity writes has that entity's
 lease (``ingest-<entity>``): maintenance refuses, naming the driver, while ingestion runs, and ingestion refuses to
 start while maintenance holds it. Any other table has a lease of its own, ``table-<path>``.
 
@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
-from pipelines.lease import TableLease
+from pipelines.lake.lease import TableLease
 from tierlake.config import MIN_VACUUM_RETENTION_HOURS, Settings, check_table_path
 from tierlake.errors import CommitConflict, ConfigError, NotFound, RetentionViolation, StorageError
 from tiers.s3 import delta_storage_options, s3_client

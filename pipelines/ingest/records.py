@@ -5,7 +5,7 @@ first object (a second, concatenated object vanished), keeps the last of two equ
 "power_kw":900`` became a 900 kW reading), turns numbers and objects given for a string field into text, and
 wraps integer timestamps into the current time. This module reads a record the way RFC 8259 and ``conf/`` say,
 in plain Python (the C scanner of the standard ``json`` module with hooks), so the same function is the rule in
-the streaming plan (:mod:`pipelines.rules` runs it over Arrow batches), the oracle of the fuzz tests and the
+the streaming plan (:mod:`pipelines.ingest.rules` runs it over Arrow batches), the oracle of the fuzz tests and the
 reference a test compares silver with.
 
 What a record must be, in rule order (the first rule broken names the quarantine row):

@@ -1,9 +1,10 @@
 """bronze.<topic>: every Kafka record as it arrived (key, raw value, topic, partition, offset, timestamps).
 
-Written by the ingest query of the topic (``pipelines.stream``), which appends each micro-batch here and to silver.
+Written by the ingest query of the topic (``pipelines.ingest.stream``), which appends each micro-batch here and
+to silver.
 Exactly once across restarts: Spark records each micro-batch's offsets in the checkpoint beside this table
 (``bronze/_checkpoints/<topic>``) before running it, and :func:`write_bronze` tags the rows with the batch id and
-skips a batch that bronze already holds (``pipelines.ledger``), so a batch replayed after a crash is not appended
+skips a batch that bronze already holds (``pipelines.ingest.ledger``), so a batch replayed after a crash is not appended
 twice.
 """
 
@@ -13,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipelines.ledger import CommitLedger
+from pipelines.ingest.ledger import CommitLedger
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 

@@ -1,7 +1,7 @@
 """Producers: synthetic event streams sent to Kafka with idempotence and ``acks=all``.
 
 Every event has a unique ``event_id``; the summary counts what was sent, acknowledged and failed, so nothing is
-lost without being counted. The datasets themselves live in ``pipelines.datasets``.
+lost without being counted. The datasets themselves live in ``pipelines.synthetic.datasets``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipelines.datasets import CORPUS_SPACING_S, EV_SPACING_S, Record, ev_stream, good_records, recent_start
+from pipelines.synthetic.datasets import CORPUS_SPACING_S, EV_SPACING_S, Record, ev_stream, good_records, recent_start
 from tierlake.config import Settings
 from tierlake.errors import ConfigError, TierlakeError
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipelines.gold_ev import append_replayed_anomalies, gold_paths
-from pipelines.lease import TableLease
-from pipelines.rules import classify
-from pipelines.silver import HighWater, judge, outputs, silver_tables, table_exists
+from pipelines.ingest.gold_ev import append_replayed_anomalies, gold_paths
+from pipelines.ingest.rules import classify
+from pipelines.ingest.silver import HighWater, judge, outputs, silver_tables, table_exists
+from pipelines.lake.lease import TableLease
 from tierlake.config import Settings
 from tiers.s3 import s3_client
 

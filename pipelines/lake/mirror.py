@@ -26,7 +26,7 @@ from urllib.parse import unquote
 import pyarrow as pa
 from botocore.exceptions import ClientError
 
-from pipelines.maintenance import open_table
+from pipelines.lake.maintenance import open_table
 from tierlake.config import S3Settings, Secret, Settings, read_credentials_file
 from tierlake.errors import ConfigError, StorageError
 from tiers.s3 import delta_storage_options, ensure_buckets, s3_client

@@ -4,7 +4,7 @@ Delta's idempotent writes (``txnAppId``/``txnVersion``) look the application's l
 on every commit; measured on this stack that added ~1.4 s to an append of a few hundred rows (0.7 s -> 2.1 s, the
 same table shape, one JVM, RGW on loopback), and an ingest batch makes two to four appends.
 
-tierlake has one writing driver per table (``pipelines.lease``), and a query runs its batches one after another, so
+tierlake has one writing driver per table (``pipelines.lake.lease``), and a query runs its batches one after another, so
 the driver can keep the answer itself. Every row an ingest batch appends carries the batch id in ``_batch_id``.
 When a query starts, the ledger reads each table's highest ``_batch_id`` once (a MAX that Delta answers from its
 file statistics); afterwards it notes each append. A batch replayed after a crash skips the tables that already

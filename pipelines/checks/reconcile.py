@@ -15,8 +15,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from pipelines.bronze import bronze_table
-from pipelines.silver import silver_tables
+from pipelines.ingest.bronze import bronze_table
+from pipelines.ingest.silver import silver_tables
 from tierlake.config import Settings
 from tierlake.errors import StorageError
 
