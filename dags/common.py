@@ -18,6 +18,9 @@ from typing import Any
 
 from airflow.sdk import Asset
 
+from tierlake import catalog
+from tierlake.config import load_settings
+
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: conf/ and the run dir are found from here
 # The tierlake CLI of the environment Airflow runs in (one shared .venv); TIERLAKE_BIN names another one.
 TIERLAKE = os.environ.get("TIERLAKE_BIN") or str(Path(sys.executable).with_name("tierlake"))
@@ -31,8 +34,10 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 # The asset "a new version of the training table landed in gold". ingest_supervisor's announce_gold task emits it
 # with {"table": ..., "version": ...} in the event's extra; cache_warmup is scheduled on it.
-TRAINING_TABLE = "gold/corpus_tokens"
-GOLD_VERSION_LANDED = Asset(name="gold_version_landed", uri=f"s3://tierlake-lake/{TRAINING_TABLE}")
+# The lake bucket comes from conf/ (read once when the DAG files are parsed; env TIERLAKE_* applies as everywhere).
+_TOKENS = catalog.gold_tokens(load_settings(conf_dir=ROOT / "conf").s3.lake_bucket, "corpus")
+TRAINING_TABLE = _TOKENS.path
+GOLD_VERSION_LANDED = Asset(name="gold_version_landed", uri=_TOKENS.s3)
 
 
 class TierlakeCommandFailed(RuntimeError):

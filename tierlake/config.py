@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tierlake.catalog import check_table_path
 from tierlake.entities import EntitySpec, build_entities
 from tierlake.errors import ConfigError
 
@@ -651,11 +652,6 @@ def _float(values: _Values, key: str, *, fix: str, minimum: float) -> float:
     if number < minimum:
         raise values.fail(key, number, f"must be a number >= {minimum:g}", fix)
     return number
-
-
-def check_table_path(value: str) -> str | None:
-    ok = bool(re.fullmatch(r"[A-Za-z0-9_.=-]+(/[A-Za-z0-9_.=-]+)*", value)) and not {".", ".."} & set(value.split("/"))
-    return None if ok else "a table is a path in the lake bucket such as silver/ev (no scheme, no leading /)"
 
 
 def _build_maintenance(values: _Values, root: Path, run_dir: Path) -> MaintenanceSettings:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pipelines.ingest.ledger import CommitLedger
+from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
@@ -40,9 +41,12 @@ def bronze_table(settings: Settings, topic: str) -> BronzeTable:
     known = {t.name for t in settings.kafka.topics}
     if topic not in known:
         raise ConfigError(f"topic {topic!r} is not in kafka.topics of conf/. Fix: use one of {sorted(known)}")
-    name = topic.replace(".", "_")
-    root = f"s3a://{settings.s3.lake_bucket}/bronze"
-    return BronzeTable(topic=topic, table_uri=f"{root}/{name}", checkpoint_uri=f"{root}/_checkpoints/{name}")
+    lake = settings.s3.lake_bucket
+    return BronzeTable(
+        topic=topic,
+        table_uri=catalog.bronze(lake, topic).s3a,
+        checkpoint_uri=catalog.bronze_checkpoint(lake, topic).s3a,
+    )
 
 
 def kafka_source(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:

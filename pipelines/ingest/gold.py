@@ -26,6 +26,7 @@ from pipelines.ingest.gold_ev import update_gold
 from pipelines.ingest.silver import silver_tables, table_exists
 from pipelines.ingest.stream import with_trigger
 from pipelines.session import batch_codegen, use_pool
+from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.errors import SchemaMismatch
 
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def gold_checkpoint(settings: Settings, entity: str) -> str:
-    return f"s3a://{settings.s3.lake_bucket}/gold/_checkpoints/{entity}"
+    return catalog.gold_checkpoint(settings.s3.lake_bucket, entity).s3a
 
 
 def has_gold(settings: Settings, entity: str) -> bool:

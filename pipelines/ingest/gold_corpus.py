@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from tierlake import catalog
 from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def pack(doc_ids: list[str], texts: list[str], *, seq_len: int = SEQ_LEN, batch_
 
 
 def gold_tokens_uri(lake_bucket: str, entity: str) -> str:
-    return f"s3a://{lake_bucket}/gold/{entity}_tokens"
+    return catalog.gold_tokens(lake_bucket, entity).s3a
 
 
 def packed_rows(silver_rows: DataFrame, *, batch_id: int, seq_len: int = SEQ_LEN) -> pa.Table:

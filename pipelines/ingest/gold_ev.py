@@ -25,6 +25,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from tierlake import catalog
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
@@ -37,8 +39,7 @@ SPIKE_KW, SPIKE_MAX_KW = 400.0, 700.0
 
 
 def gold_paths(lake_bucket: str, entity: str) -> tuple[str, str]:
-    root = f"s3a://{lake_bucket}/gold/{entity}"
-    return f"{root}_windows", f"{root}_anomalies"
+    return catalog.gold_windows(lake_bucket, entity).s3a, catalog.gold_anomalies(lake_bucket, entity).s3a
 
 
 def anomalies(silver_rows: DataFrame) -> DataFrame:

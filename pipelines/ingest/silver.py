@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, cast
 
 from pipelines.ingest.ledger import CommitLedger
 from pipelines.session import run_together
+from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
 from tierlake.errors import ConfigError
@@ -55,14 +56,14 @@ class SilverTables:
 def silver_tables(settings: Settings, entity: str) -> SilverTables:
     if entity not in settings.entities:
         raise ConfigError(f"entity {entity!r} is not in entities of conf/. Fix: use one of {sorted(settings.entities)}")
-    root = f"s3a://{settings.s3.lake_bucket}"
+    lake = settings.s3.lake_bucket
     return SilverTables(
         entity=entity,
-        lake_bucket=settings.s3.lake_bucket,
-        silver=f"{root}/silver/{entity}",
-        quarantine=f"{root}/quarantine/{entity}",
-        dropped=f"{root}/dropped/{entity}",
-        checkpoint=f"{root}/silver/_checkpoints/{entity}",
+        lake_bucket=lake,
+        silver=catalog.silver(lake, entity).s3a,
+        quarantine=catalog.quarantine(lake, entity).s3a,
+        dropped=catalog.dropped(lake, entity).s3a,
+        checkpoint=catalog.silver_checkpoint(lake, entity).s3a,
     )
 
 

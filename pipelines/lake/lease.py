@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from tierlake import catalog
 from tierlake.errors import CommitConflict, ConfigError
 from tierlake.host import alive
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
-PREFIX = "_leases"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,10 +66,10 @@ class TableLease:
         self.lost = threading.Event()
 
     def _key(self, generation: int) -> str:
-        return f"{PREFIX}/{self.name}/{generation:012d}.json"
+        return f"{catalog.lease_prefix(self.name)}{generation:012d}.json"
 
     def current(self) -> LeaseRecord | None:
-        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{PREFIX}/{self.name}/")
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=catalog.lease_prefix(self.name))
         keys = sorted(o["Key"] for o in listed.get("Contents", []) if "Key" in o)
         if not keys:
             return None

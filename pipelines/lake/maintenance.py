@@ -27,8 +27,9 @@ from urllib.parse import unquote
 import pyarrow as pa
 
 from pipelines.lake.lease import TableLease
-from tierlake.config import MIN_VACUUM_RETENTION_HOURS, Settings, check_table_path
-from tierlake.errors import CommitConflict, ConfigError, NotFound, RetentionViolation, StorageError
+from tierlake import catalog
+from tierlake.config import MIN_VACUUM_RETENTION_HOURS, Settings
+from tierlake.errors import CommitConflict, NotFound, RetentionViolation, StorageError
 from tiers.s3 import delta_storage_options, s3_client
 
 if TYPE_CHECKING:
@@ -45,28 +46,15 @@ SMALL_FILE_FRACTION = 4  # a file under target_file_mb / 4 counts as small in th
 
 def table_name(settings: Settings, text: str) -> str:
     """``silver/ev``, ``s3://<lake>/silver/ev`` or ``s3a://<lake>/silver/ev`` -> ``silver/ev``."""
-    name = text.strip()
-    if name.startswith(("s3://", "s3a://")):
-        bucket, _, name = name.split("://", 1)[1].partition("/")
-        if bucket != settings.s3.lake_bucket:
-            raise ConfigError(
-                f"table {text!r} is in bucket {bucket!r}, not the lake bucket {settings.s3.lake_bucket!r}. "
-                f"Fix: give a path in the lake such as silver/ev"
-            )
-    name = name.strip("/")
-    if (why := check_table_path(name)) is not None:
-        raise ConfigError(
-            f"table {text!r} is invalid: {why}. Fix: e.g. silver/ev or s3://{settings.s3.lake_bucket}/silver/ev"
-        )
-    return name
+    return catalog.parse_table(text, lake_bucket=settings.s3.lake_bucket).path
 
 
 def spark_uri(settings: Settings, table: str) -> str:
-    return f"s3a://{settings.s3.lake_bucket}/{table}"
+    return catalog.TablePath(settings.s3.lake_bucket, table).s3a
 
 
 def rust_uri(settings: Settings, table: str) -> str:
-    return f"s3://{settings.s3.lake_bucket}/{table}"
+    return catalog.TablePath(settings.s3.lake_bucket, table).s3
 
 
 def lease_name(settings: Settings, table: str) -> str:

@@ -27,6 +27,7 @@ import pyarrow as pa
 from botocore.exceptions import ClientError
 
 from pipelines.lake.maintenance import open_table
+from tierlake import catalog
 from tierlake.config import S3Settings, Secret, Settings, read_credentials_file
 from tierlake.errors import ConfigError, StorageError
 from tiers.s3 import delta_storage_options, ensure_buckets, s3_client
@@ -190,7 +191,7 @@ def open_table_at(settings: Settings, table: str) -> Any:
     from deltalake import DeltaTable  # noqa: PLC0415
 
     target = mirror_s3(settings)
-    return DeltaTable(f"s3://{target.lake_bucket}/{table}", storage_options=delta_storage_options(target))
+    return DeltaTable(catalog.TablePath(target.lake_bucket, table).s3, storage_options=delta_storage_options(target))
 
 
 @dataclass(kw_only=True)

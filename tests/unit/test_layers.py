@@ -12,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LINT = Path(sys.executable).parent / "lint-imports"
 PACKAGES = {
-    "tierlake": ["config", "entities", "logs", "host", "errors", "cli", "commands"],
+    "tierlake": ["config", "catalog", "entities", "logs", "host", "errors", "cli", "commands"],
     "pipelines": [],
     "loaders": [],
     "tiers": [],

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from tierlake import catalog
 from tierlake.config import ArchiveTable, S3Settings
 from tierlake.errors import ConfigError, NotFound, StorageError
 from tiers.s3 import delta_storage_options
@@ -46,7 +47,7 @@ class Snapshot:
 
 
 def table_uri(table: str, lake_bucket: str) -> str:
-    return f"s3://{lake_bucket}/{table.strip('/')}"
+    return catalog.TablePath(lake_bucket, table.strip("/")).s3
 
 
 def policy_for(tables: dict[str, ArchiveTable] | object, table: str) -> ArchiveTable:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from tierlake import catalog
 from tierlake.config import S3Settings
 from tierlake.errors import NotFound, StorageError
 from tiers.cache.core import EdgeCache
@@ -33,11 +34,7 @@ class WarmReport:
 
 def table_uri(table: str, lake_bucket: str) -> str:
     """``s3://b/p`` or ``s3a://b/p`` as given (s3a becomes s3), or a path inside the lake bucket."""
-    if table.startswith(("s3://", "s3a://")):
-        return "s3://" + table.split("://", 1)[1].rstrip("/")
-    if "://" in table:
-        raise ValueError(f"table {table!r} is invalid: use s3://bucket/path, s3a://bucket/path or a lake path")
-    return f"s3://{lake_bucket}/{table.strip('/')}"
+    return catalog.parse_table(table, lake_bucket=lake_bucket, other_buckets=True).s3
 
 
 def snapshot_files(s3: S3Settings, uri: str, version: int | None) -> tuple[int, list[tuple[str, str]]]:
