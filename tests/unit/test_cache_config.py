@@ -48,9 +48,13 @@ def test_environment_overrides() -> None:
     [
         ("TIERLAKE_CACHE__MAX_BYTES", "0", r"cache.max_bytes = 0 is invalid: must be at least 1\. Fix"),
         ("TIERLAKE_CACHE__MAX_BYTES", "lots", r"cache.max_bytes = 'lots' is invalid: expected an integer"),
-        ("TIERLAKE_CACHE__DISK_FRACTION", "1.5", r"cache.disk_fraction = '1.5' is invalid.*Fix: e.g. 0.9"),
+        (
+            "TIERLAKE_CACHE__DISK_FRACTION",
+            "1.5",
+            r"cache.disk_fraction = 1.5 is invalid: must be a number > 0 and <= 1",
+        ),
         ("TIERLAKE_CACHE__BLOCK_BYTES", "512", r"cache.block_bytes = 512 is invalid: a block holds at least 4096"),
-        ("TIERLAKE_CACHE__FILL_TIMEOUT_S", "0", r"cache.fill_timeout_s = '0' is invalid"),
+        ("TIERLAKE_CACHE__FILL_TIMEOUT_S", "0", r"cache.fill_timeout_s = 0.0 is invalid"),
         ("TIERLAKE_CACHE__SITE_PORT", "80", r"cache.site_port = 80 is invalid: must be a port"),
         (
             "TIERLAKE_CACHE__IMMUTABLE_PATTERNS",
