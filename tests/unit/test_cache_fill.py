@@ -11,7 +11,8 @@ import pytest
 from crc32c import crc32c
 
 from tierlake.errors import StorageError
-from tiers.cache.core import CacheOptions, EdgeCache, checksum_file
+from tiers.cache.core import CacheOptions, EdgeCache
+from tiers.cache.fileio import checksum_file
 from tiers.cache.maintain import verify
 from tiers.store import CHUNK, Body, LocalStore, ObjectInfo
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from tiers.cache.core import EdgeCache, checksum_file
+from tiers.cache.core import EdgeCache
+from tiers.cache.fileio import checksum_file
 from tiers.cache.index import Entry, EntryState
 from tiers.cache.locks import EntryLock
 
