@@ -227,6 +227,29 @@ class Index:
             sql, args = sql + " WHERE state = ?", (state.value,)
         return [_entry(row) for row in self._connection().execute(sql + " ORDER BY seq", args)]
 
+    def object_entries(self, bucket: str, key: str) -> list[Entry]:
+        sql = f"SELECT {_COLUMNS} FROM entries WHERE bucket = ? AND key = ?"  # noqa: S608 - constant columns
+        return [_entry(row) for row in self._connection().execute(sql, (bucket, key))]
+
+    def has_blocks(self, bucket: str, key: str, etag: str, size: int) -> bool:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT 1 FROM entries WHERE bucket = ? AND key = ? AND etag = ? AND size = ? AND block >= 0 LIMIT 1",
+                (bucket, key, etag, size),
+            )
+            .fetchone()
+        )
+        return row is not None
+
+    def delete_filling(self, entry_ids: list[str]) -> int:
+        """Delete these rows only while they are still FILLING (one statement each: a publish cannot slip in)."""
+        with self.transaction() as db:
+            return sum(
+                db.execute("DELETE FROM entries WHERE id = ? AND state = ?", (i, EntryState.FILLING.value)).rowcount
+                for i in entry_ids
+            )
+
     def reserve(self, db: sqlite3.Connection, info: ObjectInfo, *, entry_id: str, block: int, nbytes: int) -> None:
         """Insert the FILLING row (inside the caller's transaction). A ghost hit enters the main queue."""
         ghost = db.execute("DELETE FROM ghosts WHERE id = ? RETURNING id", (entry_id,)).fetchone()
@@ -363,6 +386,14 @@ class Index:
     def forget_head(self, bucket: str, key: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM heads WHERE bucket = ? AND key = ?", (bucket, key))
+
+    def forget_heads(self, prefix: str | None) -> int:
+        """Forget the HEAD rows of every object whose ``bucket/key`` starts with ``prefix`` (None: all of them)."""
+        with self.transaction() as db:
+            rows = db.execute("SELECT bucket, key FROM heads").fetchall()
+            gone = [(b, k) for b, k in rows if prefix is None or f"{b}/{k}".startswith(prefix)]
+            db.executemany("DELETE FROM heads WHERE bucket = ? AND key = ?", gone)
+        return len(gone)
 
     def add(self, **deltas: int) -> None:
         with self.transaction() as db:

@@ -139,4 +139,5 @@ def evict(cache: EdgeCache, *, prefix: str | None = None, to_bytes: int | None =
                 report.bytes += row.nbytes
             finally:
                 lock.release()
+        cache.index.forget_heads(prefix)  # the next read asks the origin for the current version
     return report
