@@ -1,6 +1,7 @@
 """Device prefetch: the next batches are on their way to the GPU while the current one trains.
 
-``DevicePrefetcher(loader, device)`` pulls up to ``depth`` batches ahead. On CUDA each batch is copied into a ring of
+``DevicePrefetcher(loader, device)`` keeps ``depth`` batches ahead of the one the caller holds (depth 1: the next
+batch is fetched and on its way while the current one trains). On CUDA each batch is copied into a ring of
 pinned host buffers (allocated once per column shape, reused after their copy has finished) and sent with
 ``non_blocking=True`` on a side stream; the training stream waits on the batch's event before using it and the
 tensors are tied to that stream (``record_stream``) so the caching allocator never reuses them early. On the CPU the
@@ -63,7 +64,8 @@ class DevicePrefetcher:
         self.stats = CopyStats()
         self._state: dict[str, Any] | None = None
         self._cuda = self.device.type == "cuda"
-        self._slots = [_Slot() for _ in range(depth + 1)] if self._cuda else []
+        # depth + 1 batches in flight and the one the caller holds each keep a slot until their copy is done.
+        self._slots = [_Slot() for _ in range(depth + 2)] if self._cuda else []
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
@@ -93,7 +95,8 @@ class DevicePrefetcher:
         exhausted = False
         fetched = 0
         while True:
-            while not exhausted and len(in_flight) < self.depth:
+            # depth + 1 before handing one out: while the caller holds that one, `depth` more are on their way.
+            while not exhausted and len(in_flight) <= self.depth:
                 batch = next(source, None)
                 if batch is None:
                     exhausted = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,21 @@ def test_cuda_prefetcher_copies_through_pinned_buffers_on_a_side_stream(table: P
     slots = [slot for slot in prefetcher._slots if slot.host]
     assert slots
     assert all(t.is_pinned() for slot in slots for t in slot.host.values())
+
+
+@pytest.mark.parametrize("depth", [1, 2, 4])
+def test_depth_batches_are_fetched_ahead_while_the_caller_holds_one(depth: int) -> None:
+    pulled = 0
+
+    def source() -> Iterator[dict[str, torch.Tensor]]:
+        nonlocal pulled
+        for i in range(10):
+            pulled += 1
+            yield {"id": torch.tensor([i])}
+
+    delivered = 0
+    for batch in DevicePrefetcher(source(), "cpu", depth=depth):
+        delivered += 1
+        assert int(batch["id"]) == delivered - 1
+        assert pulled == min(10, delivered + depth)  # `depth` batches ahead of the one held
+    assert delivered == 10
