@@ -1,7 +1,8 @@
 """Row-group-granular plan of a pinned snapshot, from the Parquet footers; cached per table and version.
 
 A version of a Delta table never changes, so its plan never does: it is kept in memory for the process and, when a
-``cache_dir`` is given, as a small JSON file keyed by table URI, version and partition filters. Footers are read
+``cache_dir`` is given, as a small JSON file keyed by the table's identity (its Delta table id and location),
+version and partition filters, so a table deleted and rewritten at the same path is planned afresh. Footers are read
 concurrently (one round trip per file on S3). A file of the pinned version that is missing (vacuumed, or archived
 to tape and purged) stops the plan with one error that lists every missing file.
 """
@@ -28,7 +29,7 @@ from loaders.table import FileSource, PartitionFilter, Snapshot
 from tierlake.errors import NotFound, StorageError
 
 logger = logging.getLogger(__name__)
-_PLAN_FORMAT = 1
+_PLAN_FORMAT = 2
 _MEMO: dict[str, Plan] = {}
 _MEMO_LOCK = threading.Lock()
 
@@ -36,7 +37,8 @@ _MEMO_LOCK = threading.Lock()
 @dataclass(frozen=True, kw_only=True)
 class Plan:
     """Every row group of the snapshot: ``file_of[i]`` (index into ``snapshot.files``), ``index_in_file[i]``,
-    ``rows[i]``. ``fingerprint`` identifies table, version, filters and layout (resume states carry it)."""
+    ``rows[i]``. ``fingerprint`` identifies table, version, filters and layout (resume states carry it; see
+    :func:`plan_fingerprint`)."""
 
     snapshot: Snapshot
     file_of: IntArray
@@ -52,9 +54,25 @@ class Plan:
         return len(self.rows)
 
 
+def filters_key(filters: Sequence[PartitionFilter]) -> str:
+    return hashlib.sha256(json.dumps([list(f) for f in filters], default=str).encode()).hexdigest()[:12]
+
+
 def plan_key(snapshot: Snapshot, filters: Sequence[PartitionFilter]) -> str:
-    text = json.dumps([snapshot.table_uri, snapshot.version, [list(f) for f in filters]], default=str)
+    """Where the plan is cached: the table's identity (Delta table id), location, version and filters."""
+    where = snapshot.location or snapshot.table_uri
+    text = json.dumps([snapshot.table_id, where, snapshot.version, filters_key(filters)])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def plan_fingerprint(snapshot: Snapshot, filters: Sequence[PartitionFilter], rows: Sequence[int]) -> str:
+    """What a resume state is checked against, as ``name=value`` parts joined by ``:``: the table id, version,
+    filters and row-group layout. It leaves out how the path is spelled (``t``, ``t/`` and ``file://t`` are one
+    table), so a state survives a new spelling or a copy of the table, and a refusal can name the part that differs.
+    """
+    layout = hashlib.sha256(json.dumps(list(rows)).encode()).hexdigest()[:16]
+    table = snapshot.table_id or snapshot.location or snapshot.table_uri
+    return f"table={table}:version={snapshot.version}:filters={filters_key(filters)}:layout={layout}"
 
 
 def build_plan(
@@ -70,9 +88,9 @@ def build_plan(
     with _MEMO_LOCK:
         if key in _MEMO:
             return _MEMO[key]
-    plan = _load_cached(snapshot, key, cache_dir) if cache_dir else None
+    plan = _load_cached(snapshot, key, cache_dir, filters) if cache_dir else None
     if plan is None:
-        plan = _plan_from_footers(snapshot, source, key, threads)
+        plan = _plan_from_footers(snapshot, source, threads, filters)
         if cache_dir:
             _store_cached(plan, key, cache_dir)
     with _MEMO_LOCK:
@@ -91,7 +109,9 @@ def _footer_row_groups(source: FileSource, uri: str) -> list[int] | None:
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
-def _plan_from_footers(snapshot: Snapshot, source: FileSource, key: str, threads: int) -> Plan:
+def _plan_from_footers(
+    snapshot: Snapshot, source: FileSource, threads: int, filters: Sequence[PartitionFilter]
+) -> Plan:
     uris = [f.uri for f in snapshot.files]
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(uris) or 1))) as pool:
         footers = list(pool.map(lambda uri: _footer_row_groups(source, uri), uris))
@@ -110,7 +130,7 @@ def _plan_from_footers(snapshot: Snapshot, source: FileSource, key: str, threads
                 file_of.append(file_index)
                 index_in_file.append(rg_index)
                 rows.append(count)
-    plan = _make_plan(snapshot, key, file_of, index_in_file, rows)
+    plan = _make_plan(snapshot, filters, file_of, index_in_file, rows)
     logger.info(
         "planned %s v%s: %d files, %d row groups, %d rows",
         snapshot.table_uri,
@@ -124,19 +144,22 @@ def _plan_from_footers(snapshot: Snapshot, source: FileSource, key: str, threads
 
 
 def _make_plan(
-    snapshot: Snapshot, key: str, file_of: Sequence[int], index_in_file: Sequence[int], rows: Sequence[int]
+    snapshot: Snapshot,
+    filters: Sequence[PartitionFilter],
+    file_of: Sequence[int],
+    index_in_file: Sequence[int],
+    rows: Sequence[int],
 ) -> Plan:
-    layout = hashlib.sha256(json.dumps([key, list(rows)]).encode()).hexdigest()[:16]
     return Plan(
         snapshot=snapshot,
         file_of=np.asarray(file_of, dtype=np.int64),
         index_in_file=np.asarray(index_in_file, dtype=np.int64),
         rows=np.asarray(rows, dtype=np.int64),
-        fingerprint=f"{key}:{layout}",
+        fingerprint=plan_fingerprint(snapshot, filters, rows),
     )
 
 
-def _load_cached(snapshot: Snapshot, key: str, cache_dir: Path) -> Plan | None:
+def _load_cached(snapshot: Snapshot, key: str, cache_dir: Path, filters: Sequence[PartitionFilter]) -> Plan | None:
     path = cache_dir / f"plan-{key}.json"
     try:
         stored: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -147,7 +170,7 @@ def _load_cached(snapshot: Snapshot, key: str, cache_dir: Path) -> Plan | None:
         return None
     if stored.get("format") != _PLAN_FORMAT or stored.get("files") != [f.uri for f in snapshot.files]:
         return None
-    return _make_plan(snapshot, key, stored["file_of"], stored["index_in_file"], stored["rows"])
+    return _make_plan(snapshot, filters, stored["file_of"], stored["index_in_file"], stored["rows"])
 
 
 def _store_cached(plan: Plan, key: str, cache_dir: Path) -> None:

@@ -50,13 +50,19 @@ class DataFile:
 
 @dataclass(frozen=True, kw_only=True)
 class Snapshot:
-    """The files of one table version, in log order (the order the plan and the shuffle start from)."""
+    """The files of one table version, in log order (the order the plan and the shuffle start from).
+
+    ``table_uri`` is the spelling the caller gave (for messages); ``location`` is delta-rs's normalised URI and
+    ``table_id`` the Delta table id from the metadata: a table deleted and rewritten at one path gets a new id.
+    """
 
     table_uri: str
     version: int
     schema: pa.Schema
     partition_columns: tuple[str, ...]
     files: tuple[DataFile, ...]
+    table_id: str = ""
+    location: str = ""
 
 
 @runtime_checkable
@@ -190,6 +196,8 @@ def pin_snapshot(
         schema=schema,
         partition_columns=tuple(table.metadata().partition_columns),
         files=files,
+        table_id=str(table.metadata().id),
+        location=str(table.table_uri),
     )
 
 
