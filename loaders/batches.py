@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -113,11 +113,16 @@ class TableSource:
     def read_row_group(self, rg: int) -> tuple[Units, int]:
         """Decoded units of row group ``rg`` and the bytes Arrow read for it."""
         file = self.plan.snapshot.files[int(self.plan.file_of[rg])]
-        parquet = self._parquet(file.uri)
         try:
+            parquet = self._parquet(file.uri)
             table = parquet.read_row_group(int(self.plan.index_in_file[rg]), columns=list(self.columns))
-        except FileNotFoundError as exc:
-            raise NotFound(f"data file {file.uri} of the pinned version disappeared while reading") from exc
+        except (NotFound, FileNotFoundError) as exc:
+            snapshot = self.plan.snapshot
+            raise NotFound(
+                f"data file {file.uri} of {snapshot.table_uri} at version {snapshot.version} is missing: it was "
+                "deleted after the plan was made (vacuumed, or archived to tape and purged). Fix: restore it through "
+                "the cold tier, or pin a version whose files are all present (a cached plan is not re-checked)"
+            ) from exc
         except OSError as exc:
             raise StorageError(f"reading row group {self.plan.index_in_file[rg]} of {file.uri} failed: {exc}") from exc
         return self.decoder(table, file, int(self.plan.rows[rg])), int(table.nbytes)
@@ -149,20 +154,41 @@ class _Entry:
 
 @dataclass
 class StoreStats:
+    """``reads`` of row groups, of which ``rereads`` were of a row group read before (evicted too early)."""
+
     reads: int = 0
+    rereads: int = 0
     bytes_read: int = 0
     resident_bytes: int = 0
     peak_resident_bytes: int = 0
     largest_row_group_bytes: int = 0
 
 
-class RowGroupStore:
-    """Decoded row groups shared by the loader's threads: bounded to ``capacity`` entries, single-flight reads."""
+class Needs(Protocol):
+    """When row groups are needed (:class:`loaders.schedule.ReadSchedule`): lets the store evict the one needed
+    last and keep the ones a batch being built needs."""
 
-    def __init__(self, sources: tuple[TableSource, ...], capacity: int, *, io_threads: int = 0) -> None:
+    def next_use(self, key: tuple[int, int]) -> int: ...
+
+    def in_flight(self, key: tuple[int, int]) -> bool: ...
+
+
+class RowGroupStore:
+    """Decoded row groups shared by the loader's threads: bounded to ``capacity`` entries, single-flight reads.
+
+    Without ``needs`` the least recently used row group is evicted. With it, read-ahead stops when the store is
+    full of row groups needed sooner, eviction takes the row group needed last, and a row group that a batch in
+    flight needs is never evicted (the store then holds more than ``capacity`` until that batch is gathered).
+    """
+
+    def __init__(
+        self, sources: tuple[TableSource, ...], capacity: int, *, io_threads: int = 0, needs: Needs | None = None
+    ) -> None:
         self._sources = sources
         self._capacity = max(1, capacity)
+        self._needs = needs
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._read: set[tuple[int, int]] = set()
         self._lock = threading.Lock()
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="tierlake-rowgroups") if io_threads else None
         self.stats = StoreStats()
@@ -180,6 +206,11 @@ class RowGroupStore:
             with self._lock:
                 if key in self._entries:
                     continue
+                if self._needs is not None and len(self._entries) >= self._capacity:
+                    victim = self._victim(sooner_than=self._needs.next_use(key))
+                    if victim is None:
+                        return  # full of row groups needed sooner: read the rest when there is room
+                    self._drop(victim)
                 entry = self._entries[key] = _Entry()
             self._io.submit(self._fill_quietly, key, entry)
 
@@ -219,6 +250,8 @@ class RowGroupStore:
             entry.ready.set()
         with self._lock:
             self.stats.reads += 1
+            self.stats.rereads += key in self._read
+            self._read.add(key)
             self.stats.bytes_read += entry.nbytes
             self.stats.resident_bytes += entry.nbytes
             self.stats.largest_row_group_bytes = max(self.stats.largest_row_group_bytes, entry.nbytes)
@@ -226,13 +259,28 @@ class RowGroupStore:
             self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.stats.resident_bytes)
 
     def _evict(self) -> None:
-        for key in list(self._entries):
-            if len(self._entries) <= self._capacity:
+        while len(self._entries) > self._capacity:
+            victim = self._victim()
+            if victim is None:
                 return
-            entry = self._entries[key]
-            if entry.ready.is_set():
-                del self._entries[key]
-                self.stats.resident_bytes -= entry.nbytes
+            self._drop(victim)
+
+    def _victim(self, sooner_than: int | None = None) -> tuple[int, int] | None:
+        """The read row group to evict (under the lock): the least recently used one, or with ``needs`` the one
+        needed last, if it is needed later than ``sooner_than`` and no batch in flight needs it."""
+        ready = [key for key, entry in self._entries.items() if entry.ready.is_set()]
+        if self._needs is None:
+            return ready[0] if ready else None
+        needs = self._needs
+        candidates = [(needs.next_use(key), key) for key in ready if not needs.in_flight(key)]
+        if not candidates:
+            return None
+        last_use, key = max(candidates)
+        return key if sooner_than is None or last_use > sooner_than else None
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        entry = self._entries.pop(key)
+        self.stats.resident_bytes -= entry.nbytes
 
 
 def row_group_keys(sources: IntArray, rgs: IntArray) -> list[tuple[int, int]]:

@@ -23,13 +23,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 
 from loaders.batches import RowGroupStore, StoreStats, assemble, row_group_keys
 from loaders.dataset import OrderedDataset
-from loaders.order import RankSlice, TailRule, rank_slice
+from loaders.order import RankSlice, TailRule, rank_slice, tail_rule
+from loaders.schedule import ReadSchedule
 from tierlake.errors import TierlakeError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,8 @@ Batch = dict[str, torch.Tensor]
 class LoaderOptions:
     """``batch_size`` per rank; ``num_workers`` threads; ``prefetch_batches`` in flight (the readahead bound);
     ``tail`` the drop/pad rule; ``max_cached_row_groups`` decoded row groups held (default: two shuffle windows
-    plus one per worker)."""
+    plus one per worker). ``num_workers=0`` builds every batch in the calling thread, as torch's DataLoader does
+    in the main process (no threads, no read-ahead)."""
 
     batch_size: int
     num_workers: int = 2
@@ -52,12 +52,15 @@ class LoaderOptions:
     def __post_init__(self) -> None:
         checks = {
             "batch_size": self.batch_size >= 1,
-            "num_workers": self.num_workers >= 1,
             "prefetch_batches": self.prefetch_batches >= 1,
         }
         for name, ok in checks.items():
             if not ok:
                 raise TierlakeError(f"{name} = {getattr(self, name)} is invalid. Fix: use 1 or more")
+        if self.num_workers < 0:
+            raise TierlakeError(
+                f"num_workers = {self.num_workers} is invalid. Fix: use 0 (the calling thread) or more threads"
+            )
         if self.max_cached_row_groups is not None and self.max_cached_row_groups < 1:
             raise TierlakeError(
                 f"max_cached_row_groups = {self.max_cached_row_groups} is invalid. Fix: use 1 or more, or None"
@@ -99,7 +102,7 @@ class DeltaLoader:
             batch_size=batch_size,
             num_workers=num_workers,
             prefetch_batches=prefetch_batches,
-            tail=TailRule(tail),
+            tail=tail_rule(tail),
             max_cached_row_groups=max_cached_row_groups,
         )
         default_rank, default_world = distributed_rank_world()
@@ -150,9 +153,9 @@ class DeltaLoader:
             )
         if state["fingerprint"] != self.dataset.fingerprint:
             raise TierlakeError(
-                f"the state was saved for dataset {state['fingerprint']!r} but this loader reads "
-                f"{self.dataset.fingerprint!r} (table, version, filters, seed, shuffle or window differ). "
-                "Fix: build the dataset with the same table version and order options"
+                f"the state was saved for another dataset: it differs in "
+                f"{fingerprint_difference(str(state['fingerprint']), self.dataset.fingerprint)}. "
+                "Fix: build the dataset with the same table, version, filters and order options"
             )
         epoch, consumed = int(state["epoch"]), int(state["samples_consumed"])
         if not 0 <= consumed <= self.dataset.epoch_length(epoch):
@@ -183,28 +186,49 @@ class DeltaLoader:
             return self.options.max_cached_row_groups
         return 2 * self.dataset.window_row_groups + self.options.num_workers + 1
 
-    def _build(self, store: RowGroupStore, epoch: int, positions: npt.NDArray[np.int64]) -> dict[str, Any]:
-        """On a worker thread: locate the batch, start reading its row groups, gather it."""
-        sources, rgs, offsets = self.dataset.locate(epoch, positions)
-        store.prefetch(row_group_keys(sources, rgs))
-        store.prefetch(self.dataset.upcoming(epoch, positions))
-        return assemble(store, sources, rgs, offsets)
+    def _build(
+        self, store: RowGroupStore, schedule: ReadSchedule, epoch: int, plan: RankSlice, batch: int
+    ) -> dict[str, Any]:
+        """On a worker thread (or the caller's, with no workers): locate the batch, read its row groups, gather."""
+        sources, rgs, offsets = self.dataset.locate(epoch, plan.positions(batch))
+        keys = row_group_keys(sources, rgs)
+        store.prefetch(keys)
+        try:
+            return assemble(store, sources, rgs, offsets)
+        finally:
+            schedule.finish(batch, keys)
 
     def _produce(self, epoch: int, plan: RankSlice) -> Generator[dict[str, Any], None, None]:
-        """This rank's batches of ``plan`` as numpy arrays, in batch order (threads; subclasses may differ)."""
+        """This rank's batches of ``plan`` as numpy arrays, in batch order (threads; subclasses may differ).
+
+        The schedule reads ahead the row groups of the coming batches in the order they are needed, as far as the
+        row-group budget allows, so each is read once per epoch (:mod:`loaders.schedule`).
+        """
+        workers = self.options.num_workers
+        schedule = ReadSchedule(self.dataset, epoch, plan, keys=self._capacity())
         # One reader per row group of a window, so the first batch of a shuffled epoch (which needs the whole
         # first window) waits for one row-group read, not window / num_workers of them.
-        readers = max(self.options.num_workers, self.dataset.window_row_groups)
-        store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=readers)
+        readers = max(workers, self.dataset.window_row_groups) if workers else 0
+        store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=readers, needs=schedule)
         self.stats.store = store.stats
-        pool = ThreadPoolExecutor(self.options.num_workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
+        if not workers:
+            try:
+                for batch in range(plan.batches):
+                    schedule.take(batch)
+                    yield self._build(store, schedule, epoch, plan, batch)
+            finally:
+                store.close()
+            return
+        pool = ThreadPoolExecutor(workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
         pending: deque[Future[dict[str, Any]]] = deque()
         submitted = 0
         try:
             while pending or submitted < plan.batches:
                 while submitted < plan.batches and len(pending) < self.options.prefetch_batches:
-                    pending.append(pool.submit(self._build, store, epoch, plan.positions(submitted)))
+                    schedule.take(submitted)
+                    pending.append(pool.submit(self._build, store, schedule, epoch, plan, submitted))
                     submitted += 1
+                store.prefetch(schedule.upcoming())
                 yield pending.popleft().result()
         finally:
             for future in pending:
@@ -235,6 +259,24 @@ class DeltaLoader:
             produced.close()
             self._running = False
             logger.debug("epoch %d on rank %d: %s", epoch, self.rank, asdict(self.stats))
+
+
+def fingerprint_difference(saved: str, current: str) -> str:
+    """The parts of two dataset fingerprints that differ, e.g. ``seed: saved 1, now 2``.
+
+    Fingerprints are ``name=value`` parts joined by ``:`` (:func:`loaders.plan.plan_fingerprint`); one that is not
+    (a mixture's hash) is compared whole.
+    """
+
+    def parts(fingerprint: str) -> dict[str, str] | None:
+        pairs = [part.partition("=") for part in fingerprint.split(":")]
+        return None if any(not sep for _, sep, _ in pairs) else {name: value for name, _, value in pairs}
+
+    old, new = parts(saved), parts(current)
+    if old is None or new is None:
+        return f"the whole fingerprint (saved {saved!r}, now {current!r})"
+    names = [name for name in {**old, **new} if old.get(name) != new.get(name)]
+    return "; ".join(f"{name}: saved {old.get(name, '(none)')}, now {new.get(name, '(none)')}" for name in names)
 
 
 def _check_same_state_on_all_ranks(epoch: int, consumed: int) -> None:

@@ -33,7 +33,7 @@ from enum import Enum
 import numpy as np
 import numpy.typing as npt
 
-from tierlake.errors import TierlakeError
+from tierlake.errors import ConfigError, TierlakeError
 
 IntArray = npt.NDArray[np.int64]
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -48,6 +48,18 @@ class TailRule(Enum):
 
     DROP = "drop"
     PAD = "pad"
+
+
+def tail_rule(value: TailRule | str) -> TailRule:
+    """``value`` as a :class:`TailRule`; anything else is a :class:`ConfigError` naming the valid values."""
+    try:
+        return TailRule(value)
+    except ValueError as exc:
+        valid = ", ".join(repr(rule.value) for rule in TailRule)
+        raise ConfigError(
+            f"tail = {value!r} is invalid: the valid values are {valid}. Fix: pass tail='drop' (serve whole global "
+            "batches only) or tail='pad' (wrap to the epoch's start so every sample is served)"
+        ) from exc
 
 
 def mix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:

@@ -86,6 +86,9 @@ class SlabLoader(DeltaLoader):
     def _produce(self, epoch: int, plan: RankSlice) -> Generator[dict[str, Any], None, None]:
         if plan.batches == 0:
             return
+        if self.options.num_workers == 0:  # no worker processes: build in the calling thread, as DataLoader does
+            yield from super()._produce(epoch, plan)
+            return
         context = mp.get_context("fork")
         workers = self.options.num_workers
         slabs = self._allocate()

@@ -1,0 +1,91 @@
+"""Which row groups a rank's coming batches need, and when: drives the row-group store's read-ahead and eviction.
+
+The order of an epoch is a pure function (:mod:`loaders.order`), so before reading anything the loader knows which
+row groups each of its coming batches touches. :class:`ReadSchedule` locates batches ahead of the ones handed to the
+workers (until it has seen as many distinct row groups as the store may hold, or ``max_ahead`` batches) and answers,
+for any row group, the first unfinished batch that needs it. The store then reads ahead in that order while it has
+room and, when full, evicts the row group needed last (Belady's rule), never one a batch being built still needs.
+So a row group is read once per rank per epoch whenever the budget holds the row groups of the batches in flight
+plus the ones read ahead; only a smaller budget, or the ``pad`` tail wrapping to the epoch's start, reads one again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+
+from loaders.batches import row_group_keys
+from loaders.dataset import OrderedDataset
+from loaders.order import RankSlice
+
+Key = tuple[int, int]  # (source, row group)
+NEVER = 1 << 62  # the next use of a row group no located batch needs
+_CHUNK = 64  # batches located per call to the dataset's locate
+
+
+class ReadSchedule:
+    """The row-group uses of one rank's epoch, located ``max_ahead`` batches ahead at most; thread-safe."""
+
+    def __init__(self, dataset: OrderedDataset, epoch: int, plan: RankSlice, *, keys: int, max_ahead: int = 4096):
+        self._dataset = dataset
+        self._epoch = epoch
+        self._plan = plan
+        self._key_limit = max(1, keys)
+        self._max_ahead = max(1, max_ahead)
+        self._uses: dict[Key, deque[int]] = {}  # located, unfinished batches that need the row group, ascending
+        self._located = 0
+        self._submitted = 0
+        self._lock = threading.Lock()
+
+    def take(self, batch: int) -> None:
+        """``batch`` is handed to a worker: locate far enough ahead of it."""
+        with self._lock:
+            self._submitted = max(self._submitted, batch + 1)
+            while self._located < self._plan.batches and (
+                self._located < self._submitted
+                or (len(self._uses) < self._key_limit and self._located < self._submitted + self._max_ahead)
+            ):
+                self._locate_chunk()
+
+    def _locate_chunk(self) -> None:
+        first = self._located
+        last = min(self._plan.batches, first + _CHUNK)
+        positions = np.concatenate([self._plan.positions(b) for b in range(first, last)])
+        sources, rgs, _ = self._dataset.locate(self._epoch, positions)
+        size = self._plan.batch_size
+        for index, batch in enumerate(range(first, last)):
+            part = slice(index * size, (index + 1) * size)
+            for key in row_group_keys(sources[part], rgs[part]):
+                self._uses.setdefault(key, deque()).append(batch)
+        self._located = last
+
+    def finish(self, batch: int, keys: list[Key]) -> None:
+        """``batch`` has been gathered: it no longer needs ``keys``."""
+        with self._lock:
+            for key in keys:
+                uses = self._uses.get(key)
+                if uses is None:
+                    continue
+                if batch in uses:
+                    uses.remove(batch)
+                if not uses:
+                    del self._uses[key]
+
+    def next_use(self, key: Key) -> int:
+        """The first unfinished located batch that needs ``key`` (``NEVER`` when none)."""
+        with self._lock:
+            uses = self._uses.get(key)
+            return uses[0] if uses else NEVER
+
+    def in_flight(self, key: Key) -> bool:
+        """Whether a batch already handed to a worker still needs ``key`` (the store must keep it)."""
+        with self._lock:
+            uses = self._uses.get(key)
+            return uses is not None and len(uses) > 0 and uses[0] < self._submitted
+
+    def upcoming(self) -> list[Key]:
+        """The row groups the located batches need, in the order they are first needed."""
+        with self._lock:
+            return sorted(self._uses, key=lambda key: self._uses[key][0])
