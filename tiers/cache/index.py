@@ -10,6 +10,7 @@ A ``FILLING`` row whose lock nobody holds was left by a dead filler and is dropp
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import os
 import sqlite3
@@ -52,6 +53,9 @@ CREATE TABLE IF NOT EXISTS heads (
     bucket TEXT NOT NULL, key TEXT NOT NULL, etag TEXT NOT NULL, size INTEGER NOT NULL, modified REAL NOT NULL,
     checked REAL NOT NULL, PRIMARY KEY (bucket, key));
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (
+    bucket TEXT NOT NULL, key TEXT NOT NULL, etag TEXT NOT NULL, headers TEXT NOT NULL,
+    PRIMARY KEY (bucket, key, etag));
 """
 
 
@@ -394,6 +398,20 @@ class Index:
             gone = [(b, k) for b, k in rows if prefix is None or f"{b}/{k}".startswith(prefix)]
             db.executemany("DELETE FROM heads WHERE bucket = ? AND key = ?", gone)
         return len(gone)
+
+    def meta(self, bucket: str, key: str, etag: str) -> dict[str, str] | None:
+        """The origin's content headers of this version (Content-Type, x-amz-meta-* ...), as the site recorded them."""
+        row = (
+            self._connection()
+            .execute("SELECT headers FROM meta WHERE bucket = ? AND key = ? AND etag = ?", (bucket, key, etag))
+            .fetchone()
+        )
+        return None if row is None else {str(k): str(v) for k, v in json.loads(row[0]).items()}
+
+    def remember_meta(self, bucket: str, key: str, etag: str, headers: dict[str, str]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta WHERE bucket = ? AND key = ?", (bucket, key))  # one version's worth
+            db.execute("INSERT INTO meta VALUES (?, ?, ?, ?)", (bucket, key, etag, json.dumps(headers)))
 
     def add(self, **deltas: int) -> None:
         with self.transaction() as db:

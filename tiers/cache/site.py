@@ -1,10 +1,12 @@
 """Site mode: the cache served to other nodes as an S3 endpoint (aiohttp), with its own access keys (SigV4).
 
-Reads go through the cache: ``HEAD`` and ``GET`` of an object (``Range`` honoured: a ranged GET fills only the
-blocks it touches). Everything else is passed through to the origin, re-signed with the origin's keys: bucket
-listings (ListObjectsV2 and the rest), and every write (PUT, POST, DELETE), so a write never lands in the cache
-and the next HEAD sees the new ETag. ``/_tierlake/metrics`` (Prometheus) and ``/_tierlake/health`` need no key.
-Point boto3 (``endpoint_url``) or s3a (``fs.s3a.endpoint``, path-style) at ``http://<host>:<port>``.
+A read-only subset of S3 (tiers.cache.s3api says which, and why): ``GET`` and ``HEAD`` of an object go through the
+cache (``Range`` honoured: a ranged GET fills only the blocks it touches; conditional headers and the origin's
+Content-Type, Content-Encoding, Cache-Control and ``x-amz-meta-*`` answered as RGW does; presigned URLs too).
+Listings, HeadBucket and GetBucketLocation are passed to the origin, re-signed with the origin's keys. Every other
+operation answers ``501 NotImplemented``: writes go to the origin directly. ``/_tierlake/metrics`` (Prometheus)
+and ``/_tierlake/health`` need no key. Point boto3 (``endpoint_url``), the AWS CLI, s5cmd or s3a
+(``fs.s3a.endpoint``, path-style) at ``http://<host>:<port>``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import re
 import secrets
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aiohttp import ClientSession, ClientTimeout, web
 
@@ -26,13 +28,13 @@ from tierlake.config import S3Settings
 from tierlake.errors import CacheFull, NotFound, StorageError
 from tiers.cache import sigv4
 from tiers.cache.core import EdgeCache
+from tiers.cache.index import HIT_FLUSH_S
 from tiers.cache.metrics import prometheus_text
+from tiers.cache.s3api import META_HEADERS, PRESIGN_PREFIX, Operation, error_body, operation, parse_range, precondition
 from tiers.store import CHUNK, ObjectChanged, ObjectInfo
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_FORWARDED = ("content-type", "content-md5", "content-length", "cache-control", "content-disposition")
 CACHE_KEY = web.AppKey("cache", EdgeCache)
 ORIGIN_KEY = web.AppKey("origin", S3Settings)
 KEYS_KEY = web.AppKey("keys", sigv4.Keys)
@@ -54,9 +56,19 @@ def load_or_create_keys(path: Path) -> sigv4.Keys:
     return sigv4.Keys(access, secret)
 
 
-def _error(status: int, code: str, message: str, *, head: bool = False) -> web.Response:
-    body = f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message></Error>'
-    return web.Response(status=status, body=None if head else body.encode(), content_type="application/xml")
+def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    body = None if request.method == "HEAD" else error_body(code, message, request.path)
+    return web.Response(status=status, body=body, content_type="application/xml")
+
+
+def _refuse(request: web.Request) -> web.Response:
+    return _error(
+        request,
+        501,
+        "NotImplemented",
+        f"this site cache serves reads only (GET/HEAD of objects, listings); {request.method} {request.path_qs} "
+        "is not one. Fix: send writes, copies, deletes, multipart, tagging and ACL calls to the origin endpoint",
+    )
 
 
 async def _run(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -75,74 +87,71 @@ async def _authenticate(
         sigv4.verify(request.method, raw.path, raw.query, headers, request.app[KEYS_KEY])
     except sigv4.AuthFailure as exc:
         logger.info("refused %s %s: %s", request.method, request.path, exc.code)
-        return _error(403, exc.code, str(exc), head=request.method == "HEAD")
+        return _error(request, 403, exc.code, str(exc))
     return await handler(request)
 
 
-def _object_headers(info: ObjectInfo) -> dict[str, str]:
-    headers = {
-        "ETag": f'"{info.etag}"',
-        "Accept-Ranges": "bytes",
-        "Content-Type": "application/octet-stream",
-    }
+def _object_headers(info: ObjectInfo, meta: dict[str, str]) -> dict[str, str]:
+    headers = {"ETag": f'"{info.etag}"', "Accept-Ranges": "bytes", "Content-Type": "binary/octet-stream"}
     if info.last_modified:
         headers["Last-Modified"] = email.utils.formatdate(info.last_modified, usegmt=True)
+    for name, value in meta.items():
+        headers[name.title() if not name.startswith("x-amz-meta-") else name] = value
     return headers
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """``bytes=a-b`` / ``a-`` / ``-n`` as a half-open range; None when unsatisfiable."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first:
-        if not last or int(last) == 0:
-            return None
-        return max(size - int(last), 0), size
-    start = int(first)
-    end = size if not last else min(int(last) + 1, size)
-    return (start, end) if start < size and start < end else None
-
-
-async def _object(request: web.Request) -> web.StreamResponse:  # noqa: PLR0911 - one return per S3 answer
+async def _object(request: web.Request) -> web.StreamResponse:
+    """GetObject / HeadObject through the cache. A version the origin replaced behind an immutable key's back
+    (If-Match fails at the origin) costs one refetch: the stale head and entries are dropped and the read retried."""
     cache, bucket, key = request.app[CACHE_KEY], request.match_info["bucket"], request.match_info["key"]
-    head = request.method == "HEAD"
-    if request.query:  # ?acl, ?tagging, ?uploadId=...: not the read path, ask the origin
-        return await _forward(request)
+    if operation(request.method, has_key=True, query=request.query) is Operation.REFUSED:
+        return _refuse(request)
+    for attempt in range(2):
+        try:
+            return await _serve_object(request, cache, bucket, key)
+        except ObjectChanged:
+            logger.warning("s3://%s/%s changed at the origin (attempt %d): refetching", bucket, key, attempt + 1)
+            await _run(cache.forget, bucket, key)
+        except CacheFull as exc:
+            logger.warning("cache full, passing %s/%s through: %s", bucket, key, exc)
+            return await _forward(request)
+    return _error(request, 503, "SlowDown", "the object changed twice while it was read; retry")
+
+
+async def _serve_object(  # noqa: PLR0911 - one return per S3 answer
+    request: web.Request, cache: EdgeCache, bucket: str, key: str
+) -> web.StreamResponse:
     try:
         info = await _run(cache.info, bucket, key)
     except NotFound:
-        return _error(404, "NoSuchKey", f"{bucket}/{key} does not exist", head=head)
-    headers = _object_headers(info)
-    if (wanted := request.headers.get("If-Match")) and wanted.strip('"') != info.etag:
-        return _error(412, "PreconditionFailed", "If-Match does not match the current ETag", head=head)
-    span: tuple[int, int] | None = (0, info.size)
-    if "Range" in request.headers and info.size:
-        span = _parse_range(request.headers["Range"], info.size)
+        if await _bucket_missing(request, bucket):
+            return _error(request, 404, "NoSuchBucket", f"the bucket {bucket} does not exist")
+        return _error(request, 404, "NoSuchKey", f"{bucket}/{key} does not exist")
+    headers = _object_headers(info, await _meta(request, info))
+    if (status := precondition(request.headers, etag=info.etag, modified=info.last_modified)) == 412:
+        return _error(request, 412, "PreconditionFailed", "a precondition (If-Match, If-Unmodified-Since) failed")
+    if status == 304:
+        return web.Response(status=304, headers={k: v for k, v in headers.items() if k in ("ETag", "Last-Modified")})
+    start, end, status = 0, info.size, 200
+    if "Range" in request.headers:
+        span = parse_range(request.headers["Range"], info.size)
         if span is None:
-            headers["Content-Range"] = f"bytes */{info.size}"
-            return _error(416, "InvalidRange", "the requested range is not satisfiable", head=head)
-        headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{info.size}"
-    status = 206 if "Content-Range" in headers else 200
-    start, end = span or (0, info.size)
-    if head:
+            return _error(request, 416, "InvalidRange", "the requested range is not satisfiable")
+        (start, end), status = span, 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
+    if request.method == "HEAD":
         headers["Content-Length"] = str(end - start)
         return web.Response(status=status, headers=headers)
-    try:
-        if status == 206:
-            body = await _run(cache.read_range, bucket, key, start, end, info=info)
-            return web.Response(status=206, body=body, headers=headers)
-        return await _stream_whole(request, cache, info, headers)
-    except ObjectChanged:
-        return _error(503, "SlowDown", "the object changed while it was read; retry", head=head)
-    except CacheFull as exc:
-        logger.warning("cache full, passing %s/%s through: %s", bucket, key, exc)
-        return await _forward(request)
+    if status == 206:
+        body = await _run(cache.read_range, bucket, key, start, end, info=info)
+        return web.Response(status=206, body=body, headers=headers)
+    if info.size > cache.options.block_bytes and await _run(cache.blocks_cached, info):
+        return await _stream_blocks(request, cache, info, headers)  # no second, whole copy of what blocks hold
+    return await _stream_whole(request, cache, info, headers)
 
 
 def _open_whole(cache: EdgeCache, info: ObjectInfo) -> BinaryIO:
-    with cache.open_path(info.bucket, info.key, info=info) as path:
+    with cache.open_path(info.bucket, info.key, info=info, verify=True) as path:
         return path.open("rb")  # once open, an eviction cannot take the bytes away from this reader
 
 
@@ -162,40 +171,81 @@ async def _stream_whole(
         handle.close()
 
 
-async def _forward(request: web.Request) -> web.StreamResponse:
-    """Pass a request to the origin, re-signed with the origin's keys, and stream its answer back."""
-    origin, cache = request.app[ORIGIN_KEY], request.app[CACHE_KEY]
-    declared = request.headers.get("x-amz-content-sha256", sigv4.UNSIGNED)
-    if declared.startswith("STREAMING-"):
-        return _error(
-            501,
-            "NotImplemented",
-            "chunk-signed uploads cannot be re-signed for the origin: send UNSIGNED-PAYLOAD or a plain body hash "
-            "(s3a: fs.s3a.signing-algorithm=AWS4UnsignedPayloadSignerType), or write to the origin directly",
-        )
-    raw = urlsplit(request.raw_path)
-    target = urlsplit(origin.endpoint)
-    extra = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED or k.lower().startswith("x-amz-meta-")}
-    for name in ("Range", "If-Match", "If-None-Match"):
-        if name in request.headers:
-            extra[name] = request.headers[name]
+async def _stream_blocks(
+    request: web.Request, cache: EdgeCache, info: ObjectInfo, headers: dict[str, str]
+) -> web.StreamResponse:
+    """A whole GET of an object cached as blocks, block by block (each checked whole against its CRC-32C).
+
+    The first block is read before the answer starts, so a replaced object is found while a retry is possible.
+    """
+    step = cache.options.block_bytes
+    chunk = await _run(cache.read_range, info.bucket, info.key, 0, step, info=info)
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_length = info.size
+    await response.prepare(request)
+    await response.write(chunk)
+    for start in range(step, info.size, step):
+        await response.write(await _run(cache.read_range, info.bucket, info.key, start, start + step, info=info))
+    await response.write_eof()
+    return response
+
+
+def _origin_headers(
+    request: web.Request, method: str, path: str, query: str, extra: dict[str, str]
+) -> tuple[str, dict[str, str]]:
+    """The URL and signed headers of a request to the origin, with the origin's keys."""
+    origin = request.app[ORIGIN_KEY]
     access, secret = origin.require_credentials()
     headers = sigv4.sign(
-        request.method,
-        target.netloc,
-        raw.path,
-        raw.query,
+        method,
+        urlsplit(origin.endpoint).netloc,
+        path,
+        query,
         keys=sigv4.Keys(access, secret),
         region=origin.region,
-        payload_hash=declared,
         extra=extra,
     )
-    url = f"{origin.endpoint}{raw.path}" + (f"?{raw.query}" if raw.query else "")
-    body = request.content if request.can_read_body else None
-    session = request.app[SESSION_KEY]
-    async with session.request(
-        request.method, url, headers=headers, data=body, skip_auto_headers=["Content-Type"]
-    ) as answer:
+    return f"{origin.endpoint}{path}" + (f"?{query}" if query else ""), headers
+
+
+async def _bucket_missing(request: web.Request, bucket: str) -> bool:
+    url, headers = _origin_headers(request, "HEAD", "/" + quote(bucket), "", {})
+    async with request.app[SESSION_KEY].head(url, headers=headers) as answer:
+        return answer.status == 404
+
+
+async def _meta(request: web.Request, info: ObjectInfo) -> dict[str, str]:
+    """The origin's content headers of this version: remembered, else one HEAD (once per version and node)."""
+    cache = request.app[CACHE_KEY]
+    if (known := await _run(cache.index.meta, info.bucket, info.key, info.etag)) is not None:
+        return known
+    path = urlsplit(request.raw_path).path
+    url, headers = _origin_headers(request, "HEAD", path, "", {})
+    async with request.app[SESSION_KEY].head(url, headers=headers) as answer:
+        if answer.status != 200 or answer.headers.get("ETag", "").strip('"') != info.etag:
+            return {}  # another version now: the read finds out through If-Match and refetches
+        meta = {
+            name.lower(): value
+            for name, value in answer.headers.items()
+            if name.lower() in META_HEADERS or name.lower().startswith("x-amz-meta-")
+        }
+    await _run(cache.index.remember_meta, info.bucket, info.key, info.etag, meta)
+    return meta
+
+
+async def _listing(request: web.Request) -> web.StreamResponse:
+    if operation(request.method, has_key=False, query=request.query) is Operation.REFUSED:
+        return _refuse(request)
+    return await _forward(request)
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
+    """Pass a read (a listing, HeadBucket, GetBucketLocation) to the origin and stream its answer back."""
+    raw = urlsplit(request.raw_path)
+    query = "&".join(p for p in raw.query.split("&") if p and not p.lower().startswith(PRESIGN_PREFIX))
+    extra = {name: request.headers[name] for name in ("Range", "If-Match", "If-None-Match") if name in request.headers}
+    url, headers = _origin_headers(request, request.method, raw.path, query, extra)
+    async with request.app[SESSION_KEY].request(request.method, url, headers=headers) as answer:
         response = web.StreamResponse(status=answer.status)
         for name in ("Content-Type", "Content-Length", "ETag", "Last-Modified", "Content-Range", "Accept-Ranges"):
             if name in answer.headers:
@@ -207,8 +257,6 @@ async def _forward(request: web.Request) -> web.StreamResponse:
         async for chunk in answer.content.iter_chunked(CHUNK):
             await response.write(chunk)
         await response.write_eof()
-    if request.method in ("PUT", "POST", "DELETE") and request.match_info.get("key"):
-        await _run(cache.index.forget_head, request.match_info["bucket"], request.match_info["key"])
     return response
 
 
@@ -227,18 +275,33 @@ async def _session_context(app: web.Application) -> Any:
     await app[SESSION_KEY].close()
 
 
+async def _flush_hits_when_idle(app: web.Application) -> Any:
+    """Buffered hits reach the index within HIT_FLUSH_S even when no further request comes to write them."""
+
+    async def flush() -> None:
+        while True:
+            await asyncio.sleep(HIT_FLUSH_S / 2)
+            await _run(app[CACHE_KEY].index.flush_hits)
+
+    task = asyncio.create_task(flush())
+    yield
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+    await _run(app[CACHE_KEY].index.flush_hits)
+
+
 def build_app(cache: EdgeCache, origin: S3Settings, keys: sigv4.Keys) -> web.Application:
     app = web.Application(middlewares=[_authenticate], client_max_size=0)
     app[CACHE_KEY], app[ORIGIN_KEY], app[KEYS_KEY] = cache, origin, keys
     app.cleanup_ctx.append(_session_context)
+    app.cleanup_ctx.append(_flush_hits_when_idle)
     app.router.add_get("/_tierlake/metrics", _metrics)
     app.router.add_get("/_tierlake/health", _health)
-    app.router.add_route("HEAD", "/{bucket}/{key:.+}", _object)
-    app.router.add_route("GET", "/{bucket}/{key:.+}", _object)
-    app.router.add_route("*", "/{bucket}/{key:.+}", _forward)
-    app.router.add_route("*", "/{bucket}", _forward)
-    app.router.add_route("*", "/{bucket}/", _forward)
-    app.router.add_route("*", "/", _forward)
+    app.router.add_route("*", "/{bucket}/{key:.+}", _object)
+    app.router.add_route("*", "/{bucket}", _listing)
+    app.router.add_route("*", "/{bucket}/", _listing)
+    app.router.add_route("*", "/", _listing)
     return app
 
 
