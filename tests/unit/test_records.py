@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipelines.ingest import records
 from pipelines.ingest.records import RULES, Verdict, judge_record
 from pipelines.ingest.rules import judgement_columns
 from tierlake.config import load_settings
@@ -226,3 +227,21 @@ def test_judgement_columns_are_spark_shaped() -> None:
     assert columns["_rec"].type.num_fields == len(EV.fields)
     assert columns["_rec"].is_null().to_pylist() == [False, True]
     assert columns["extra_fields"].type == pa.map_(pa.string(), pa.string())
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.one_of(
+        JSON_VALUES.map(json.dumps),
+        st.dictionaries(st.text(max_size=4), JSON_VALUES, max_size=5).map(lambda d: " " + json.dumps(d) + "\n"),
+        st.text(alphabet='{}[]":,0123456789e-.tnufalsrN\\ud8', max_size=40),
+    )
+)
+def test_the_fast_path_reads_exactly_what_the_exact_path_reads(text: str) -> None:
+    def outcome(parse: Any) -> tuple[str, Any]:
+        try:
+            return "ok", parse(text)
+        except Exception as exc:
+            return "broken", getattr(exc, "rule", type(exc).__name__)
+
+    assert outcome(records.parse_object) == outcome(records._parse_exactly)
