@@ -15,7 +15,7 @@ import pytest
 
 from tierlake.errors import TapeError
 from tiers.tape import ltfs_format as fmt
-from tiers.tape import virtual
+from tiers.tape.syscalls import Syscalls
 from tiers.tape.virtual import FileToWrite, VirtualCartridge
 
 BLOCK = 4096
@@ -197,24 +197,16 @@ def test_lagging_index_partition_is_rewritten_from_the_data_partition(tmp_path: 
     assert _read_back(cartridge.path) == {"a": b"1" * 10}
 
 
-def test_every_data_record_is_flushed_before_the_index_that_names_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_data_record_is_flushed_before_the_index_that_names_it(tmp_path: Path) -> None:
     """Crash consistency: the records' flushes run in helper threads, but all of them end before the new index."""
-    cartridge = _cartridge(tmp_path)
     events: list[tuple[str, str]] = []
-    flush, write_index = virtual._fdatasync, VirtualCartridge._write_index
-
-    def flushed(path: Path) -> None:
-        flush(path)
-        events.append(("flushed", path.name))
-
-    def index_written(self: VirtualCartridge, part: int, block: int, index: fmt.Index, blocksize: int) -> int:
-        events.append(("index", f"{part}_{block}"))
-        return write_index(self, part, block, index, blocksize)
-
-    monkeypatch.setattr(virtual, "_fdatasync", flushed)
-    monkeypatch.setattr(VirtualCartridge, "_write_index", index_written)
+    cartridge = VirtualCartridge(
+        tmp_path / "A00001",
+        capacity_bytes=1 << 30,
+        syscalls=Syscalls(before=lambda operation, path: events.append((operation, path.name))),
+    )
+    cartridge.format(barcode="A00001", volume_name="v", blocksize=BLOCK)
+    events.clear()
     payload = os.urandom(20 * BLOCK + 17)
     index = _files(cartridge, {"a.bin": payload, "b.bin": payload[:5]})
     records = {
@@ -225,5 +217,5 @@ def test_every_data_record_is_flushed_before_the_index_that_names_it(
     }
     assert len(records) == 22
     assert records <= set(os.listdir(cartridge.path))
-    new_index = events.index(("index", f"1_{index.location.block - 1}"))
-    assert records <= {name for kind, name in events[:new_index] if kind == "flushed"}
+    new_index = events.index(("create", f"1_{index.location.block - 1}_F"))
+    assert records <= {name for operation, name in events[:new_index] if operation == "fsync"}

@@ -254,7 +254,7 @@ def parse_index(data: bytes) -> Index:
         update_time=check_time(_get(root, "updatetime"), "index updatetime"),
         location=_parse_pointer(_child(root, "location")),
         previous=None if previous is None else _parse_pointer(previous),
-        volume_name=_get(directory, "name"),
+        volume_name=_name(directory),
         root_created=_get(directory, "creationtime"),
         files=files,
     )
@@ -276,9 +276,9 @@ def _parse_file(node: ET.Element) -> IndexFile:
         )
         for item in node.iterfind("extentinfo/extent")
     )
-    xattrs = tuple((_get(x, "key"), x.findtext("value", "")) for x in node.iterfind("extendedattributes/xattr"))
+    xattrs = tuple((_name(x, "key"), x.findtext("value", "")) for x in node.iterfind("extendedattributes/xattr"))
     return IndexFile(
-        name=_get(node, "name"),
+        name=_name(node),
         length=int(_get(node, "length")),
         uid=int(_get(node, "fileuid")),
         created=check_time(_get(node, "creationtime"), "file creationtime"),
@@ -309,8 +309,17 @@ def vci(*, vcr: int, generation: int, block: int, volume_uuid: str) -> bytes:
     return mam_attribute(MAM_VCI, body)
 
 
+def parse_vcr(data: bytes) -> int:
+    """The volume change reference of an ``attr_0_9`` file (4-byte big-endian binary attribute)."""
+    if len(data) != 9 or struct.unpack(">HBH", data[:5]) != (MAM_VCR, MAM_BINARY, 4):
+        raise TapeError(f"not a volume change reference attribute ({len(data)} bytes, starts {data[:5].hex()})")
+    return int.from_bytes(data[5:9], "big")
+
+
 def parse_vci(data: bytes) -> tuple[int, int, int, str]:
     """(vcr, generation, index block, volume uuid) of a VCI attribute."""
+    if len(data) != 5 + 0x46:
+        raise TapeError(f"not a VCI attribute ({len(data)} bytes, not {5 + 0x46})")
     attribute, _kind, length = struct.unpack(">HBH", data[:5])
     if attribute != MAM_VCI or length != 0x46 or data[5] != 8:
         raise TapeError(f"not a VCI attribute (id {attribute:#x}, length {length})")
@@ -371,4 +380,10 @@ def _child(node: ET.Element, tag: str) -> ET.Element:
 
 
 def _get(node: ET.Element, tag: str) -> str:
+    """A value element's text without surrounding white space (numbers, times, letters)."""
     return (_child(node, tag).text or "").strip()
+
+
+def _name(node: ET.Element, tag: str = "name") -> str:
+    """A name element's text exactly as written: leading and trailing spaces are part of a name."""
+    return _child(node, tag).text or ""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tierlake.errors import TapeError
+from tiers.tape import coherency, names
 from tiers.tape import ltfs_format as fmt
+from tiers.tape.syscalls import Syscalls
 
 logger = logging.getLogger(__name__)
 IP, DP = 0, 1
@@ -52,30 +53,11 @@ class FileToWrite:
     sha256: Callable[[], str] | None = None
 
 
-def _write_file(path: Path, data: bytes | bytearray) -> None:
-    """Mode 0644: the reference backend opens every record read-write, so the checking user must own them."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
 SYNC_WORKERS = 8
 """fdatasync calls in flight at once. One file per record means one flush per record; issued one after another
-each waits for its own journal commit, issued together the file system commits them as a group (ext4, xfs)."""
-
-
-def _fdatasync(path: Path) -> None:
-    """Data and size of a new record (fdatasync covers the metadata needed to read it back; the directory entry is
-    made durable by the directory's own fsync before the index)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+each waits for its own journal commit, issued together the file system commits them as a group (ext4, xfs).
+fdatasync covers the data and size of a new record; the directory entries are made durable by the directory's own
+fsync before the index."""
 
 
 def _hexdigest(item: FileToWrite, digest: hashlib._Hash | None) -> str:
@@ -89,11 +71,15 @@ def _hexdigest(item: FileToWrite, digest: hashlib._Hash | None) -> str:
 class VirtualCartridge:
     """One cartridge directory. Not thread-safe: the library hands a cartridge to one drive (one writer) at a time."""
 
-    def __init__(self, path: Path, *, capacity_bytes: int, mb_per_s: float = 0.0) -> None:
+    def __init__(
+        self, path: Path, *, capacity_bytes: int, mb_per_s: float = 0.0, syscalls: Syscalls | None = None
+    ) -> None:
+        """``syscalls``: the file-system calls that change the cartridge (tests inject a fault hook there)."""
         self.path = path
         self.capacity_bytes = capacity_bytes
         self._mb_per_s = mb_per_s
         self._blocksize: int | None = None
+        self._io = syscalls or Syscalls()
 
     # -- records ------------------------------------------------------------------------------------------
 
@@ -108,14 +94,16 @@ class VirtualCartridge:
         return None
 
     def _put(self, part: int, block: int, kind: str, data: bytes = b"") -> None:
-        for other in {"R", "F", "E"} - {kind}:
-            self._record(part, block, other).unlink(missing_ok=True)
-        _write_file(self._record(part, block, kind), data)
+        """One record, fsynced; whatever else the block held is removed first (one file per block)."""
+        for other in ("R", "F", "E"):
+            if other != kind:
+                self._io.unlink(self._record(part, block, other))
+        self._io.create(self._record(part, block, kind), data, sync=True)
 
     def _put_new(self, part: int, block: int, data: bytes | bytearray) -> Path:
-        """A data record past the end of data, where no other file exists for the block."""
+        """A data record past the end of data, where no other file exists for the block (flushed by the caller)."""
         path = self._record(part, block, "R")
-        _write_file(path, data)
+        self._io.create(path, data)
         return path
 
     def read_record(self, part: int, block: int) -> bytes:
@@ -133,24 +121,8 @@ class VirtualCartridge:
             raise TapeError(f"{self.path.name}: EOD of partition {part} is missing after block {block}")
         return block
 
-    def _sync(self, part: int, first: int, last: int) -> None:
-        for block in range(first, last + 1):
-            kind = self.kind(part, block)
-            if kind is None:
-                continue
-            fd = os.open(self._record(part, block, kind), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self._sync_dir()
-
     def _sync_dir(self) -> None:
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._io.fsync(self.path)
 
     # -- format -------------------------------------------------------------------------------------------
 
@@ -177,7 +149,7 @@ class VirtualCartridge:
             root_created=now,
         )
         self._write_index(DP, DATA_START, empty, blocksize)
-        self._sync(DP, 0, DATA_START + 3)
+        self._sync_dir()
         self._write_ip(empty, blocksize)
         self._write_mam(empty, barcode=barcode, vcr=1, pool=pool)
         return empty
@@ -260,8 +232,12 @@ class VirtualCartridge:
         """Write files and a new index generation. Returns the new index (its files carry their extents)."""
         barcode, label = self.labels()
         previous = self.last_index(DP)
+        names.check_names([item.name for item in files], existing=[entry.name for entry in previous.files])
+        for item in files:
+            for key, _value in item.xattrs:
+                names.check_name(key, parameter=f"FileToWrite.xattrs key of {item.name!r}")
         block = self.eod(DP)
-        self._record(DP, block, "E").unlink()
+        self._io.unlink(self._record(DP, block, "E"))
         self._drop_after(DP, block)  # leftovers of an earlier interrupted generation
         # Records are flushed by helper threads while the next ones are written (many at once, so the file system
         # groups them into few journal commits); the index is written only once all of them are durable.
@@ -343,7 +319,7 @@ class VirtualCartridge:
             future.result()
         self._sync_dir()  # the records' directory entries, before the index that names their blocks
         self._write_index(DP, block, index, blocksize)
-        self._sync(DP, block, block + 2 + len(index.to_xml()) // blocksize + 1)
+        self._sync_dir()
         self._write_ip(index, blocksize)
         self._write_mam(index, barcode=barcode, vcr=self._vcr() + 1)
         return index
@@ -351,7 +327,7 @@ class VirtualCartridge:
     def _data_record(
         self, block: int, record: bytes | bytearray, digest: hashlib._Hash | None, length: int
     ) -> tuple[int, int]:
-        self._synced.append(self._syncer.submit(_fdatasync, self._put_new(DP, block, record)))
+        self._synced.append(self._syncer.submit(self._io.fsync, self._put_new(DP, block, record), data_only=True))
         if digest is not None:
             digest.update(record)
         return block + 1, length + len(record)
@@ -377,42 +353,69 @@ class VirtualCartridge:
         return block + 1
 
     def _drop_after(self, part: int, eod: int) -> None:
-        for path in self.path.glob(f"{part}_*_*"):
+        for path in sorted(self.path.glob(f"{part}_*_*")):
             if int(path.name.split("_")[1]) > eod:
-                path.unlink()
+                self._io.unlink(path)
 
     def _write_ip(self, index: fmt.Index, blocksize: int) -> None:
+        """Rewrite the index partition (``FM`` at block 4, index records from 5, ``FM``, ``E``) so that no reader
+        ever sees a torn index there.
+
+        Overwriting the records in place would leave, after a kill, the new first record followed by the old later
+        ones: XML that can parse as a valid newer generation listing the old files. So the construct is taken out
+        of sight first: the leading FM at block 4 is removed, and from then on the partition reads as labels
+        followed by a missing block (no EOD), which the consistency check reports and recovery rebuilds from the
+        data partition. Then everything after block 4 is removed, the new records, FM and E are written and
+        fsynced, and the directory is fsynced. Only then is the FM at block 4 created again: that one ``create``
+        is the commit point of the index partition.
+        """
         ip_index = replace(
             index,
             location=fmt.Pointer(partition=fmt.INDEX_PARTITION, block=fmt.FIRST_INDEX_BLOCK),
             previous=index.location,
         )
-        eod = self._write_index(IP, DATA_START, ip_index, blocksize)
-        self._sync(IP, DATA_START, eod)
+        for kind in ("F", "E", "R"):
+            self._io.unlink(self._record(IP, DATA_START, kind))
+        self._drop_after(IP, DATA_START)
+        data = ip_index.to_xml()
+        block = fmt.FIRST_INDEX_BLOCK
+        for offset in range(0, len(data), blocksize):
+            self._put(IP, block, "R", data[offset : offset + blocksize])
+            block += 1
+        self._put(IP, block, "F")
+        self._put(IP, block + 1, "E")
+        self._sync_dir()
+        self._put(IP, DATA_START, "F")
+        self._sync_dir()
 
     # -- MAM ----------------------------------------------------------------------------------------------
 
     def _vcr(self) -> int:
-        path = self.path / f"attr_0_{fmt.MAM_VCR:x}"
+        """The volume change reference in ``attr_0_9``; 0 when it is missing or unreadable."""
         try:
-            return int.from_bytes(path.read_bytes()[5:9], "big")
-        except FileNotFoundError:
+            return fmt.parse_vcr((self.path / f"attr_0_{fmt.MAM_VCR:x}").read_bytes())
+        except (FileNotFoundError, TapeError):
             return 0
 
     def _attr(self, part: int, attribute: int, data: bytes) -> None:
-        path = self.path / f"attr_{part}_{attribute:x}"
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_bytes(data)
-        os.replace(temp, path)
+        self._io.replace(self.path / f"attr_{part}_{attribute:x}", data)
 
     def _write_mam(self, index: fmt.Index, *, barcode: str, vcr: int, pool: str | None = None) -> None:
+        """VCR, then the index partition's VCI, then the data partition's VCI, then a directory fsync.
+
+        The data partition's VCI is written last: it names the generation and block of the committed data index
+        and is the commit point of an append (see :meth:`recover`).
+        """
         self._attr(IP, fmt.MAM_VCR, fmt.mam_attribute(fmt.MAM_VCR, vcr.to_bytes(4, "big")))
         for part in (IP, DP):
             block = fmt.FIRST_INDEX_BLOCK if part == IP else index.location.block
             vci = fmt.vci(vcr=vcr, generation=index.generation, block=block, volume_uuid=index.volume_uuid)
             self._attr(part, fmt.MAM_VCI, vci)
-        if pool is None:
-            return
+        if pool is not None:
+            self._write_pool_mam(index, barcode=barcode, pool=pool)
+        self._sync_dir()
+
+    def _write_pool_mam(self, index: fmt.Index, *, barcode: str, pool: str) -> None:
         text = {
             fmt.MAM_VENDOR: (fmt.padded("TIERLAKE", 8), fmt.MAM_ASCII),
             fmt.MAM_APP_NAME: (fmt.padded("tierlake", 32), fmt.MAM_ASCII),
@@ -426,53 +429,90 @@ class VirtualCartridge:
         for attribute, (value, kind) in text.items():
             self._attr(IP, attribute, fmt.mam_attribute(attribute, value, kind=kind))
 
+    def _commit_mark(self, volume_uuid: str) -> tuple[int, int] | None:
+        """(generation, block) of the data index the data partition's VCI names; None without a usable VCI."""
+        try:
+            _vcr, generation, block, owner = fmt.parse_vci((self.path / f"attr_{DP}_{fmt.MAM_VCI:x}").read_bytes())
+        except (FileNotFoundError, TapeError):
+            return None
+        return (generation, block) if owner == volume_uuid else None
+
     # -- recovery -----------------------------------------------------------------------------------------
 
-    def consistent(self) -> bool:
-        """Both partitions end in an index construct, and the IP index points at the last DP index."""
-        try:
-            dp, ip = self.last_index(DP), self.last_index(IP)
-        except TapeError:
-            return False
-        return ip.generation == dp.generation and ip.previous == dp.location
+    def check(self) -> list[str]:
+        """What ``ltfsck`` would change or refuse on this cartridge (empty when it is consistent); see
+        :func:`tiers.tape.coherency.problems`."""
+        return coherency.problems(self)
 
-    def recover(self) -> fmt.Index | None:
-        """Roll an interrupted cartridge back to its last complete data-partition index. None if it was fine."""
-        if self.consistent():
-            return None
-        _, label = self.labels()
-        blocks = []
-        block = 0
-        while (kind := self.kind(DP, block)) is not None:
-            blocks.append(kind)
+    def consistent(self) -> bool:
+        """Nothing for ``ltfsck`` to change: indexes, pointers, MAM coherency data, no stray files."""
+        return not self.check()
+
+    def _index_constructs(self) -> list[tuple[int, int]]:
+        """(first record, trailing FM) of every ``FM, records, FM`` run on the data partition, in block order, up
+        to its EOD or its first missing block (a kill can leave a hole; nothing after it counts)."""
+        kinds: list[str] = []
+        while (kind := self.kind(DP, len(kinds))) is not None:
+            kinds.append(kind)
             if kind == "E":
                 break
-            block += 1
-        for trailing in range(len(blocks) - 1, DATA_START, -1):
-            if blocks[trailing] != "F" or blocks[trailing - 1] != "R":
+        found = []
+        for trailing in range(DATA_START + 2, len(kinds)):
+            if kinds[trailing] != "F" or kinds[trailing - 1] != "R":
                 continue
             start = trailing - 1
-            while blocks[start - 1] == "R":
+            while kinds[start - 1] == "R":
                 start -= 1
-            if blocks[start - 1] != "F":
+            if start - 1 >= DATA_START and kinds[start - 1] == "F":
+                found.append((start, trailing))
+        return found
+
+    def _data_index(self, start: int) -> fmt.Index | None:
+        try:
+            index = self._index_at(DP, start)
+        except TapeError:
+            return None
+        return index if index.location == fmt.Pointer(partition=fmt.DATA_PARTITION, block=start) else None
+
+    def _committed(self, volume_uuid: str) -> tuple[int, fmt.Index]:
+        """(trailing FM, index) of the generation to keep: the one the data partition's VCI names (the last step
+        of an append; a later index on the partition belongs to an append that never returned), else the last
+        complete index (a cartridge without MAM, as ``ltfsck`` rolls back)."""
+        constructs = list(reversed(self._index_constructs()))
+        mark = self._commit_mark(volume_uuid)
+        if mark is not None:
+            constructs = [c for c in constructs if c[0] == mark[1]] + constructs
+        for start, trailing in constructs:
+            index = self._data_index(start)
+            if index is None or (mark is not None and start == mark[1] and index.generation != mark[0]):
                 continue
-            try:
-                index = self._index_at(DP, start)
-            except TapeError:
-                continue
-            if index.location != fmt.Pointer(partition=fmt.DATA_PARTITION, block=start):
-                continue
-            self._put(DP, trailing + 1, "E")
-            self._drop_after(DP, trailing + 1)
-            self._sync(DP, trailing, trailing + 1)
-            self._write_ip(index, label.blocksize)
-            self._write_mam(index, barcode=fmt.parse_vol1(self.read_record(DP, 0)), vcr=self._vcr() + 1)
-            logger.warning(
-                "cartridge %s recovered to index generation %d at b:%d",
-                self.path.name,
-                index.generation,
-                start,
-                extra={"cartridge": self.path.name},
-            )
-            return index
+            return trailing, index
         raise TapeError(f"{self.path.name}: no complete index on the data partition; the cartridge needs reformatting")
+
+    def recover(self) -> fmt.Index | None:
+        """Bring an interrupted cartridge back to its committed generation. None if it was consistent.
+
+        The data partition is cut after the committed index (records of an interrupted append are dropped, as
+        ``ltfsck`` rolls back), the index partition is rewritten from it, stray temp files are removed and the MAM
+        coherency data (VCR, both VCIs) is rewritten to match. Every step is idempotent, so a recovery that is
+        itself killed is finished by the next one.
+        """
+        if self.consistent():
+            return None
+        barcode, label = self.labels()
+        trailing, index = self._committed(label.volume_uuid)
+        self._put(DP, trailing + 1, "E")
+        self._drop_after(DP, trailing + 1)
+        self._sync_dir()
+        self._write_ip(index, label.blocksize)
+        for temp in sorted(self.path.glob(".*.tmp")):
+            self._io.unlink(temp)
+        self._write_mam(index, barcode=barcode, vcr=max(self._vcr(), 1))
+        logger.warning(
+            "cartridge %s recovered to index generation %d at b:%d",
+            self.path.name,
+            index.generation,
+            index.location.block,
+            extra={"cartridge": self.path.name},
+        )
+        return index

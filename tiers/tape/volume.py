@@ -25,6 +25,7 @@ from typing import Protocol
 
 from tierlake.errors import TapeError
 from tiers.tape import ltfs_format as fmt
+from tiers.tape.names import check_name, check_names
 from tiers.tape.virtual import FileToWrite, VirtualCartridge
 
 logger = logging.getLogger(__name__)
@@ -164,9 +165,7 @@ class LtfsVolume:
         self.barcode = barcode
 
     def _path(self, name: str) -> Path:
-        if not name or "/" in name or name in (".", ".."):
-            raise TapeError(f"file name {name!r} is invalid on a volume: one path segment")
-        return self.mount / name
+        return self.mount / check_name(name, parameter="name")
 
     def volume_uuid(self) -> str:
         return get_xattr(self.mount, "ltfs.volumeUUID") or ""
@@ -199,6 +198,12 @@ class LtfsVolume:
         )
 
     def write_files(self, files: list[FileToWrite]) -> list[WrittenFile]:
+        """Every name is checked (the rules of tiers/tape/names.py, against the mount's entries) before any byte
+        is written, as the virtual backend does."""
+        check_names([item.name for item in files], existing=os.listdir(self.mount))
+        for item in files:
+            for key, _value in item.xattrs:
+                check_name(key, parameter=f"FileToWrite.xattrs key of {item.name!r}")
         written = []
         for item in files:
             final = self._path(item.name)
