@@ -54,16 +54,13 @@ class OrderedDataset(Protocol):
 
     @property
     def window_row_groups(self) -> int:
-        """Row groups one shuffle window spans (summed over tables): sizes the loader's row-group cache."""
+        """Row groups one shuffle window spans (summed over tables): sizes the loader's row-group cache (what to
+        read ahead comes from ``locate`` of the coming batches, :mod:`loaders.schedule`)."""
         ...
 
     def epoch_length(self, epoch: int) -> int: ...
 
     def locate(self, epoch: int, positions: IntArray) -> tuple[IntArray, IntArray, IntArray]: ...
-
-    def upcoming(self, epoch: int, positions: IntArray) -> list[tuple[int, int]]:
-        """(source, row group) pairs worth reading ahead once ``positions`` are being served."""
-        ...
 
 
 class DeltaDataset:
@@ -106,17 +103,6 @@ class DeltaDataset:
     def locate(self, epoch: int, positions: IntArray) -> tuple[IntArray, IntArray, IntArray]:
         rgs, offsets = locate(self.layout(epoch), positions)
         return np.zeros(len(rgs), dtype=np.int64), rgs, offsets
-
-    def upcoming(self, epoch: int, positions: IntArray) -> list[tuple[int, int]]:
-        """The next window's row groups: read while the current window is served, so a window boundary does
-        not stall on reading a whole window (the loader's cache holds two windows)."""
-        layout = self.layout(epoch)
-        if not len(positions):
-            return []
-        window = int(np.searchsorted(layout.window_ends, int(np.max(positions)), side="right")) + 1
-        if window >= len(layout.window_ends):
-            return []
-        return [(0, int(rg)) for rg in layout.window_row_groups(window)]
 
 
 @functools.lru_cache(maxsize=8)

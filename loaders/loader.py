@@ -3,8 +3,11 @@
 ``DeltaLoader(dataset, batch_size=..., num_workers=...)`` iterates one epoch per ``iter()`` and yields dicts of
 ``torch.Tensor``. Its workers are threads: pyarrow and numpy release the GIL while reading, decoding and gathering,
 so a batch reaches the training loop without pickling or a copy into shared memory. At most ``prefetch_batches``
-batches are in flight and at most ``max_cached_row_groups`` decoded row groups are held, so host memory is bounded
-(``stats`` reports the peak).
+batches are in flight and ``max_cached_row_groups`` bounds the decoded row groups held (exceeded only while the
+batches in flight need more), so host memory is bounded (``stats`` reports the peak). Row groups are read ahead in
+the order the coming batches need them, so each is read once per rank per epoch when that budget holds the row groups
+of the batches in flight plus one shuffle window (``stats.store.rereads`` counts the others; under ``tail="pad"`` the
+wrap to the epoch's start may read its first row groups again).
 
 Resume (``state_dict`` / ``load_state_dict``, StatefulDataLoader style): the state is the epoch and the number of
 positions of that epoch consumed by all ranks together. Loading it under another world size, worker count or even

@@ -207,9 +207,6 @@ class MixedDataset:
             draws[mask] = block * self._counts[picked] + seen[within[mask], picked] - 1
         return tables, draws
 
-    def upcoming(self, epoch: int, positions: IntArray) -> list[tuple[int, int]]:
-        return []  # tables are interleaved; each batch's own row groups are read ahead by the loader
-
     def locate(self, epoch: int, positions: IntArray) -> tuple[IntArray, IntArray, IntArray]:
         tables, draws = self.draws(epoch, positions)
         sources = np.empty(len(tables), dtype=np.int64)
