@@ -37,6 +37,7 @@ from deltalake import write_deltalake
 from tierlake.cli import build_parser
 from tierlake.commands import ExitCode
 from tierlake.config import load_settings
+from tierlake.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 
@@ -279,6 +280,27 @@ def test_environment_examples_resolve() -> None:
     assert examples, "the README shows TIERLAKE_<SECTION>__<KEY>=value examples"
     for name, value in examples:
         load_settings("local", conf_dir=REPO / "conf", env={name: value})
+
+
+def test_readme_config_error_is_the_real_message() -> None:
+    shown = [b for b in code_blocks(README) if b.language == "text" and b.code.startswith("tierlake: error:")]
+    assert len(shown) == 1, "the README shows one configuration error"
+    found = re.search(r"environment variable (TIERLAKE_\w+): \S+ = (\S+)", shown[0].code)
+    assert found, shown[0].code
+    with pytest.raises(ConfigError) as caught:
+        load_settings("local", conf_dir=REPO / "conf", env={found.group(1): found.group(2)})
+    assert " ".join(shown[0].code.split()) == " ".join(f"tierlake: error: {caught.value}".split())
+
+
+REPO_PATH = re.compile(r"(?<![\w/.])((?:tierlake|tiers|pipelines|loaders|dags|infra|conf|bench|tests)/[\w./-]*)")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_paths_named_in_the_docs_exist(path: Path) -> None:
+    text = path.read_text()
+    named = {m.group(1).rstrip(".,") for m in REPO_PATH.finditer(text) if "<" not in text[m.end() : m.end() + 1]}
+    missing = sorted(name for name in named if not (REPO / name).exists())
+    assert not missing, f"{path.relative_to(REPO)} names paths that do not exist: {missing}"
 
 
 # -- the README is a user's guide --------------------------------------------------------------------------------
