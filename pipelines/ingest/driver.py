@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +73,8 @@ def run_until_caught_up(
         started = time.monotonic()
         failures: dict[str, dict[str, Any]] = {}
         try:
-            counts = run_ingest_until_caught_up(spark, settings, entity=entity, failures=failures)
+            lease = dict(zip(entities, leases, strict=True))[entity]
+            counts = run_ingest_until_caught_up(spark, settings, entity=entity, failures=failures, gate=lease.check)
         except (TierlakeError, StreamingQueryError) as exc:
             # One entity's failure does not stop the others; the run ends with its error once they are done.
             error = exc if isinstance(exc, TierlakeError) else IngestFailed(f"ingest {entity}: {first_line(exc)}")
@@ -122,16 +123,15 @@ def run_continuous(
             return run_continuous(
                 spark, settings, entities=entities, trigger_s=trigger_s, stop=stop, status_file=status_file, leases=held
             )
-    ingest = IngestQueries(spark, settings, trigger_s=trigger_s)
+    ingest = IngestQueries(spark, settings, trigger_s=trigger_s, leases=dict(zip(entities, leases, strict=True)))
     gold: dict[str, Any] = {}  # entity -> its gold query, once started
     try:
         for entity in entities:
             ingest.start(entity)
         _start_gold(spark, settings, entities, trigger_s, gold)
         if status_file is not None:
-            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
+            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed, ingest.paused)
         while not stop.wait(min(trigger_s, 2.0)):
-            _check(leases)
             ingest.watch()
             for entity, query in list(gold.items()):
                 if not query.isActive:
@@ -141,11 +141,11 @@ def run_continuous(
                     del gold[entity]
             _start_gold(spark, settings, [e for e in entities if e not in ingest.failed], trigger_s, gold)
             if status_file is not None:
-                _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
+                _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed, ingest.paused)
     finally:
         logger.info("stopping the streaming queries of %s", entities)
         if status_file is not None:  # a driver that ends on failures leaves them for `ingest status`
-            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed)
+            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed, ingest.paused)
         for query in [*ingest.queries.values(), *gold.values()]:
             query.stop()
     return {"stopped": [q.name for q in [*ingest.queries.values(), *gold.values()]], "failed": ingest.failed}
@@ -156,24 +156,63 @@ class IngestQueries:
     once: the ledger skips what its failed batch already wrote), at most :attr:`RESTARTS` times in a row with a
     growing pause; then its entity is marked failed (batch, offsets, reason: ``ingest status`` shows it) and the
     other entities run on. Data loss is not retried. When no entity is left running, :meth:`watch` raises.
+
+    Fencing: an entity whose writer lease cannot be confirmed (an object-store outage) is *paused*: its query is
+    stopped and every commit checks the lease first (``gate``), so nothing is written on an unconfirmed lease; it
+    starts again from its checkpoint once the lease is confirmed. A lease taken over by another driver fails the
+    entity for good.
     """
 
     RESTARTS = 3
 
-    def __init__(self, spark: SparkSession, settings: Settings, *, trigger_s: float) -> None:
+    def __init__(
+        self,
+        spark: SparkSession,
+        settings: Settings,
+        *,
+        trigger_s: float,
+        leases: Mapping[str, TableLease] | None = None,
+    ) -> None:
         self._spark, self._settings, self._trigger_s = spark, settings, trigger_s
+        self._leases = dict(leases or {})
         self.queries: dict[str, Any] = {}
         self.failed: dict[str, dict[str, Any]] = {}
+        self.paused: dict[str, str] = {}  # entity -> why (its lease is unconfirmed)
         self._batch_failures: dict[str, dict[str, Any]] = {}
         self._restarts: dict[str, int] = {}
 
     def start(self, entity: str) -> None:
+        lease = self._leases.get(entity)
         self.queries[entity] = start_ingest(
-            self._spark, self._settings, entity=entity, trigger_s=self._trigger_s, failures=self._batch_failures
+            self._spark,
+            self._settings,
+            entity=entity,
+            trigger_s=self._trigger_s,
+            failures=self._batch_failures,
+            gate=lease.check if lease is not None else None,
         )
 
+    def _fence(self) -> None:
+        """Pause the entities whose lease is unconfirmed, resume those confirmed again, fail those lost."""
+        for entity, lease in self._leases.items():
+            if lease.lost.is_set() and entity not in self.failed:
+                if (query := self.queries.pop(entity, None)) is not None:
+                    query.stop()
+                self.paused.pop(entity, None)
+                self.failed[entity] = {"error": f"ingest {entity}: the writer lease {lease.name!r} was taken over"}
+                logger.error("ingest %s stopped for good: its lease was taken over", entity, extra={"entity": entity})
+            elif entity in self.paused and lease.may_commit():
+                del self.paused[entity]
+                logger.warning("ingest %s resumes: its lease is confirmed again", entity, extra={"entity": entity})
+                self.start(entity)
+            elif entity in self.queries and not lease.may_commit():
+                self.queries.pop(entity).stop()
+                self.paused[entity] = f"writer lease {lease.name!r} unconfirmed: {lease.last_error or 'no answer'}"
+                logger.error("ingest %s paused: %s", entity, self.paused[entity], extra={"entity": entity})
+
     def watch(self) -> None:
-        """Restart or mark failed each stopped query; raise when none is left running."""
+        """Fence by the leases, restart or mark failed each stopped query; raise when none is left to run."""
+        self._fence()
         for entity, query in list(self.queries.items()):
             if query.isActive:
                 if (query.lastProgress or {}).get("numInputRows"):
@@ -191,7 +230,7 @@ class IngestQueries:
                 continue
             self.failed[entity] = {"error": str(error), **self._batch_failures.get(entity, {})}
             logger.error("ingest %s failed for good: %s", entity, self.failed[entity], extra={"entity": entity})
-        if not self.queries:
+        if not self.queries and not self.paused:
             raise IngestFailed("; ".join(f["error"] for f in self.failed.values()))
 
 
@@ -222,11 +261,17 @@ def _start_gold(
                 gold[entity] = query
 
 
-def _write_status(path: Path, queries: list[Any], failed: dict[str, dict[str, Any]] | None = None) -> None:
+def _write_status(
+    path: Path,
+    queries: list[Any],
+    failed: dict[str, dict[str, Any]] | None = None,
+    paused: dict[str, str] | None = None,
+) -> None:
     progress = {q.name: (q.lastProgress or {}) for q in queries}
     status = {
         "updated": time.time(),
         "failed": failed or {},
+        "paused": paused or {},
         "queries": {
             name: {
                 k: p.get(k)

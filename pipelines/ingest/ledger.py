@@ -17,6 +17,7 @@ count as a committed batch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,8 +29,10 @@ logger = logging.getLogger(__name__)
 class CommitLedger:
     """The last streaming batch committed to each table this driver writes."""
 
-    def __init__(self, spark: SparkSession) -> None:
+    def __init__(self, spark: SparkSession, *, gate: Callable[[], None] | None = None) -> None:
+        """``gate``: called right before each commit; it raises to stop it (the writer lease's check)."""
         self._spark = spark
+        self._gate = gate
         self._last: dict[str, int] = {}
         self._metadata: dict[int, str] = {}
 
@@ -65,6 +68,8 @@ class CommitLedger:
             writer = writer.option("userMetadata", self._metadata[batch_id])
         if merge_schema:
             writer = writer.option("mergeSchema", "true")
+        if self._gate is not None:
+            self._gate()  # the last moment before the commit: a driver whose lease is unconfirmed writes nothing
         writer.save(uri)
         self._last[uri] = batch_id
         return True

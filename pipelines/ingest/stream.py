@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -79,18 +79,19 @@ def start_ingest(
     entity: str,
     trigger_s: float | None,
     failures: dict[str, dict[str, Any]] | None = None,
+    gate: Callable[[], None] | None = None,
 ) -> StreamingQuery:
     """Start the Kafka -> bronze + silver query of ``entity``'s topic (``trigger_s`` None = until caught up).
 
     ``failures``: where a batch that cannot commit is described (entity -> batch id, offsets, reason) before the
-    query stops with its error.
+    query stops with its error. ``gate``: called before every commit of the query (the writer lease's check).
     """
     spec = settings.entities[entity]
     tables = silver_tables(settings, entity)  # refuses an unknown entity
     bronze = bronze_table(settings, spec.topic)
     ensure_bronze(spark, bronze)  # the table exists before the first batch: readers and reconcile can start
     high_water = HighWater(spark, tables.silver, spec.event_time)
-    ledger = CommitLedger(spark)
+    ledger = CommitLedger(spark, gate=gate)
     anomalies_uri = gold_paths(settings.s3.lake_bucket, entity)[1]
 
     def flag(silver_rows: DataFrame, batch_id: int) -> int:
@@ -146,7 +147,12 @@ def _noting_failure(
 
 
 def run_ingest_until_caught_up(
-    spark: SparkSession, settings: Settings, *, entity: str, failures: dict[str, dict[str, Any]] | None = None
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    entity: str,
+    failures: dict[str, dict[str, Any]] | None = None,
+    gate: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Everything now in ``entity``'s topic into bronze and silver/quarantine/dropped, then stop.
 
@@ -155,7 +161,7 @@ def run_ingest_until_caught_up(
     from pyspark.errors import StreamingQueryException  # noqa: PLC0415
 
     try:
-        start_ingest(spark, settings, entity=entity, trigger_s=None, failures=failures).awaitTermination()
+        start_ingest(spark, settings, entity=entity, trigger_s=None, failures=failures, gate=gate).awaitTermination()
     except StreamingQueryException as exc:
         lost = data_loss(exc, settings, entity=entity)
         if lost is None:

@@ -8,6 +8,13 @@ highest generation is the current holder. Taking or renewing the lease means cre
 A lease expires ``ttl_s`` after its last renewal. A contender takes an expired lease; a driver restarted on the
 same host takes over at once from a holder whose pid is gone (kill -9 leaves no one to release it). A holder that
 finds its renewal beaten has lost the lease and must stop writing.
+
+An object-store blip does not end the lease: renewal is retried with backoff. While a renewal is unconfirmed the
+holder counts its lease as valid until ``ttl_s`` after the start of its last confirmed renewal; a third of the TTL
+before that it *fences* itself (:meth:`TableLease.may_commit` turns false, :meth:`TableLease.check` raises), so its
+commits stop with margin for clock drift and scheduling. When the store answers again the next renewal either
+extends the same lease (nobody took it: writing resumes) or finds it taken (``lost``: the holder must stop for
+good). The renewing thread never dies on an error; it ends only on ``release`` or a lost lease, saying why.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tierlake import catalog
 from tierlake.errors import CommitConflict, ConfigError
@@ -64,6 +71,9 @@ class TableLease:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self.lost = threading.Event()
+        self.fenced = threading.Event()  # set while the lease could not be confirmed in time
+        self.valid_until = 0.0  # monotonic: ttl_s after the start of the last confirmed create
+        self.last_error = ""
 
     def _key(self, generation: int) -> str:
         return f"{catalog.lease_prefix(self.name)}{generation:012d}.json"
@@ -77,6 +87,7 @@ class TableLease:
         return LeaseRecord(**json.loads(body))
 
     def _create(self, generation: int, *, released: bool = False) -> LeaseRecord | None:
+        started = time.monotonic()  # the lease counts from before the request: a slow answer shortens it
         record = LeaseRecord(
             name=self.name,
             generation=generation,
@@ -94,6 +105,7 @@ class TableLease:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 return None  # someone else created this generation first
             raise
+        self.valid_until = started + self.ttl_s
         if generation > 2:  # keep the last generations for the record; delete older ones
             self.client.delete_object(Bucket=self.bucket, Key=self._key(generation - 3))
         return record
@@ -125,25 +137,74 @@ class TableLease:
             raise CommitConflict(f"lease {self.name!r} was taken over by another writer; stop writing")
         self.held = record
 
+    @property
+    def margin_s(self) -> float:
+        """How long before the lease could expire its holder stops committing."""
+        return self.ttl_s / 3
+
+    def may_commit(self) -> bool:
+        """Whether the holder may commit now: held, not lost, and confirmed with margin to spare."""
+        return self.held is not None and not self.lost.is_set() and time.monotonic() < self.valid_until - self.margin_s
+
+    def check(self) -> None:
+        """Raise :class:`CommitConflict` unless :meth:`may_commit`: the last check before a commit."""
+        if self.may_commit():
+            return
+        if self.lost.is_set():
+            raise CommitConflict(
+                f"lease {self.name!r} was taken over by another writer; this driver commits nothing more"
+            )
+        raise CommitConflict(
+            f"lease {self.name!r} could not be confirmed within {self.ttl_s - self.margin_s:.0f} s "
+            f"({self.last_error or 'no renewal yet'}); commits wait until the object store answers again"
+        )
+
+    def _renew_once(self) -> bool:
+        """One renewal attempt; False when the store could not be reached (retry), raises when the lease is lost."""
+        try:
+            self.renew()
+        except (BotoCoreError, ClientError) as exc:  # a blip: retried; CommitConflict (taken over) propagates
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if not self.fenced.is_set() and time.monotonic() >= self.valid_until - self.margin_s:
+                self.fenced.set()
+                logger.error("lease %s unconfirmed, commits stop: %s", self.name, self.last_error)
+            else:
+                logger.warning("lease %s: renewal failed, retrying: %s", self.name, self.last_error)
+            return False
+        if self.fenced.is_set():
+            logger.warning("lease %s confirmed again, commits resume", self.name)
+        self.fenced.clear()
+        self.last_error = ""
+        return True
+
     def start_renewing(self) -> None:
         def loop() -> None:
-            while not self._stop.wait(self.ttl_s / 3):
+            wait_s = self.ttl_s / 3
+            while not self._stop.wait(wait_s):
                 try:
-                    self.renew()
-                except (CommitConflict, ClientError) as exc:
-                    logger.error("lease %s: %s", self.name, exc)
+                    ok = self._renew_once()
+                except CommitConflict as exc:
+                    logger.error("lease %s lost, this driver must stop writing: %s", self.name, exc)
                     self.lost.set()
                     return
+                wait_s = self.ttl_s / 3 if ok else min(1.0, self.ttl_s / 6)
 
         self._renewer = threading.Thread(target=loop, name=f"lease-{self.name}", daemon=True)
         self._renewer.start()
+
+    def renewing(self) -> bool:
+        """Whether the renewing thread is alive (it ends only on release or a lost lease)."""
+        return self._renewer is not None and self._renewer.is_alive()
 
     def release(self) -> None:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=self.ttl_s)
         if self.held is not None and not self.lost.is_set():
-            self._create(self.held.generation + 1, released=True)
+            try:
+                self._create(self.held.generation + 1, released=True)
+            except (BotoCoreError, ClientError) as exc:  # the lease then ends by its TTL
+                logger.warning("lease %s: release failed (%s); it expires in %.0f s", self.name, exc, self.ttl_s)
         self.held = None
 
     def __enter__(self) -> TableLease:

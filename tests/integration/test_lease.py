@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from infra import procs
+from infra.stack import LocalStack
 from pipelines.lake.lease import TableLease
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict
@@ -95,3 +97,36 @@ def test_racing_writers_exactly_one_wins(settings: Settings) -> None:
         thread.join()
     assert len(winners) == 1
     assert len(losers) == 5
+
+
+def test_an_object_store_outage_fences_the_holder_and_the_lease_survives_it(
+    stack: LocalStack, settings: Settings
+) -> None:
+    """RGW killed (kill -9) under a renewing holder: the renewing thread keeps trying, the holder fences itself
+    before its lease could expire (no commit passes ``check``), and once RGW is back the same lease is confirmed
+    again: not lost, no second holder, commits resume."""
+    lease = _lease(settings, f"test-{uuid.uuid4().hex[:8]}", "blip", ttl_s=6)
+    lease.acquire()
+    lease.start_renewing()
+    assert lease.may_commit()
+    rgw = next(d for d in stack.ceph.daemons() if d.name == "ceph-client.rgw.gw")
+    try:
+        procs.kill9(rgw)
+        assert lease.fenced.wait(20), "fenced before the 6 s lease could run out unconfirmed"
+        assert not lease.may_commit()
+        with pytest.raises(CommitConflict, match=r"could not be confirmed within 4 s .*commits wait"):
+            lease.check()
+        assert lease.renewing(), "the renewing thread survives the outage"
+    finally:
+        stack.up()  # RGW back
+    deadline = time.monotonic() + 60
+    while not lease.may_commit():
+        assert time.monotonic() < deadline, lease.last_error
+        time.sleep(0.5)
+    assert not lease.lost.is_set()
+    assert not lease.fenced.is_set()
+    assert lease.renewing()
+    holder = lease.current()
+    assert holder is not None
+    assert holder.owner == "blip"
+    lease.release()

@@ -190,9 +190,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
             f"(offsets {failure.get('offsets', '?')}): {failure.get('error')}. Fix: see the log {daemon.log}, "
             "correct the cause, then `tierlake ingest stop` and `tierlake ingest start`\n"
         )
+    for entity, why in (status.get("paused") or {}).items():
+        sys.stderr.write(f"tierlake: ingest {entity} PAUSED: {why}; it resumes by itself once the lease is confirmed\n")
     if pid is None:
         return ExitCode.NOT_RUNNING
-    return ExitCode.DEGRADED if status.get("failed") else ExitCode.OK
+    return ExitCode.DEGRADED if status.get("failed") or status.get("paused") else ExitCode.OK
 
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
