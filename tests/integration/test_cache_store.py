@@ -1,6 +1,7 @@
 """The object-store conformance suite: every ObjectStore implementation passes the same tests.
 
-Run on the local-directory store and on Ceph RGW (S3Store) from the session's real stack.
+Run on the local-directory store, on Ceph RGW (S3Store) from the session's real stack, and on the site cache
+server in front of that RGW (reads through the site; the site is read-only, so writes go to RGW).
 """
 
 from __future__ import annotations
@@ -12,21 +13,48 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.site_server import Site, running_site
 from tierlake.config import Settings
 from tierlake.errors import NotFound
-from tiers.store import LocalStore, ObjectChanged, ObjectStore, S3Store
+from tiers.store import LocalStore, ObjectChanged, ObjectInfo, ObjectStore, S3Store
 
 BUCKET = "tierlake-lake"
 
 
-@pytest.fixture(params=["file", "s3"])
+class SiteReads(S3Store):
+    """Reads (info, open, cat_file, ls) through the site server; writes and deletes at the origin."""
+
+    def __init__(self, site: Site, origin: S3Store, settings: Settings) -> None:
+        super().__init__(site.s3_settings(settings.s3))
+        self.origin = origin
+
+    def pipe_file(self, bucket: str, key: str, data: bytes) -> ObjectInfo:
+        return self.origin.pipe_file(bucket, key, data)
+
+    def put_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        return self.origin.put_file(bucket, key, path)
+
+    def rm(self, bucket: str, key: str) -> None:
+        self.origin.rm(bucket, key)
+
+
+@pytest.fixture(scope="module")
+def site(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with running_site(settings, tmp_path_factory.mktemp("conformance-site")) as running:
+        yield running
+
+
+@pytest.fixture(params=["file", "s3", "site"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
     if request.param == "file":
         (tmp_path / BUCKET).mkdir()
         yield LocalStore(tmp_path)
-    else:
-        settings: Settings = request.getfixturevalue("settings")
+        return
+    settings: Settings = request.getfixturevalue("settings")
+    if request.param == "s3":
         yield S3Store(settings.s3)
+    else:
+        yield SiteReads(request.getfixturevalue("site"), S3Store(settings.s3), settings)
 
 
 @pytest.fixture
