@@ -179,6 +179,14 @@ class RankSlice:
         raw = np.arange(first, first + self.batch_size, dtype=np.int64)
         return raw % self.total if self.total else raw
 
+    def batch_positions(self, first: int, last: int) -> IntArray:
+        """Global positions of this rank's batches ``first .. last - 1``, one row per batch (as :meth:`positions`)."""
+        if not 0 <= first <= last <= self.batches:
+            raise TierlakeError(f"batches {first}..{last} are out of range: this rank has {self.batches} batches left")
+        starts = self.start + np.arange(first, last, dtype=np.int64) * self.step + self.rank * self.batch_size
+        raw = starts[:, None] + np.arange(self.batch_size, dtype=np.int64)[None, :]
+        return raw % self.total if self.total else raw
+
     def consumed_after(self, batches_done: int) -> int:
         """Positions of the epoch consumed by all ranks once each rank has yielded ``batches_done`` batches."""
         return min(self.total, self.start + batches_done * self.step)

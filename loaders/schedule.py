@@ -16,7 +16,6 @@ from collections import deque
 
 import numpy as np
 
-from loaders.batches import row_group_keys
 from loaders.dataset import OrderedDataset
 from loaders.order import RankSlice
 
@@ -43,22 +42,27 @@ class ReadSchedule:
         """``batch`` is handed to a worker: locate far enough ahead of it."""
         with self._lock:
             self._submitted = max(self._submitted, batch + 1)
-            while self._located < self._plan.batches and (
-                self._located < self._submitted
-                or (len(self._uses) < self._key_limit and self._located < self._submitted + self._max_ahead)
-            ):
+            while self._located < min(self._submitted, self._plan.batches):
+                self._locate_chunk()
+            # The horizon grows by at most two chunks per batch taken (faster than batches are taken), so the
+            # first batch does not wait for the whole horizon to be located.
+            for _ in range(2):
+                if self._located >= min(self._plan.batches, self._submitted + self._max_ahead):
+                    break
+                if len(self._uses) >= self._key_limit:
+                    break
                 self._locate_chunk()
 
     def _locate_chunk(self) -> None:
         first = self._located
         last = min(self._plan.batches, first + _CHUNK)
-        positions = np.concatenate([self._plan.positions(b) for b in range(first, last)])
-        sources, rgs, _ = self._dataset.locate(self._epoch, positions)
-        size = self._plan.batch_size
-        for index, batch in enumerate(range(first, last)):
-            part = slice(index * size, (index + 1) * size)
-            for key in row_group_keys(sources[part], rgs[part]):
-                self._uses.setdefault(key, deque()).append(batch)
+        positions = self._plan.batch_positions(first, last)
+        sources, rgs, _ = self._dataset.locate(self._epoch, positions.reshape(-1))
+        batches = np.repeat(np.arange(first, last, dtype=np.int64), self._plan.batch_size)
+        # One (batch, source, row group) triple per use, sorted by batch: one unique over the chunk.
+        uses = np.unique(np.stack([batches, sources, rgs], axis=1), axis=0)
+        for batch, source, rg in uses.tolist():
+            self._uses.setdefault((source, rg), deque()).append(batch)
         self._located = last
 
     def finish(self, batch: int, keys: list[Key]) -> None:

@@ -161,3 +161,14 @@ def test_bad_rank_and_window_fail_with_the_fix() -> None:
         epoch_layout(np.array([1]), seed=0, epoch=0, version=0, window=0)
     with pytest.raises(TierlakeError, match="start = 11"):
         rank_slice(total=10, start=11, world_size=1, rank=0, batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("total", "start", "tail"), [(103, 0, TailRule.PAD), (103, 24, TailRule.DROP), (0, 0, TailRule.PAD)]
+)
+def test_batch_positions_are_the_rows_of_positions(total: int, start: int, tail: TailRule) -> None:
+    plan = rank_slice(total=total, start=start, world_size=3, rank=1, batch_size=4, tail=tail)
+    block = plan.batch_positions(0, plan.batches)
+    assert block.shape == (plan.batches, 4)
+    for batch in range(plan.batches):
+        assert block[batch].tolist() == plan.positions(batch).tolist()
