@@ -16,6 +16,10 @@ over 2 DataLoader workers, per-row samples, default collate), ``mosaic`` (Stream
 ``litdata`` (StreamingDataset on optimize() output, 2 workers). The last line printed is the JSON result.
 No asserts on time.
 
+``figures.row_group_rereads``: row-group reads beyond one per row group in one shuffled epoch of the DeltaLoader
+with its default row-group budget, on a second table of ``REREAD_ROW_GROUPS`` row groups (the main table has only
+8 in ``--quick``); the goal is 0. ``figures.tierlake_rereads`` gives the row groups and reads behind it.
+
 Usage: ``.venv/bin/python bench/loader.py [--quick] [--workdir DIR] [--only a,b]``
 """
 
@@ -50,7 +54,10 @@ BATCH = 32
 WORKERS = 2
 ROW_GROUP = 4096
 ROW_BYTES = WIDTH * 4
+REREAD_ROW_GROUPS = 36
+REREAD_ROW_GROUP_ROWS = 256
 PATHS = (
+    "tierlake_rereads",
     "arrow_ceiling",
     "tierlake",
     "tierlake_sequential",
@@ -156,6 +163,35 @@ def run_arrow_ceiling(data: Path) -> dict[str, Any]:
     return _consume(parquet_row_groups(data / "delta"), lambda b: b[0], started)
 
 
+def write_reread_table(path: Path) -> None:
+    """A table of ``REREAD_ROW_GROUPS`` small row groups (two files) for the row-group reread count."""
+    import pyarrow as pa  # noqa: PLC0415
+    from deltalake import WriterProperties, write_deltalake  # noqa: PLC0415
+
+    rows = REREAD_ROW_GROUPS * REREAD_ROW_GROUP_ROWS
+    props = WriterProperties(
+        compression="UNCOMPRESSED", max_row_group_size=REREAD_ROW_GROUP_ROWS, write_batch_size=REREAD_ROW_GROUP_ROWS
+    )
+    for ids, tokens in token_chunks(rows, 2, seed=1):
+        values = pa.array(tokens.reshape(-1))
+        column = pa.ListArray.from_arrays(pa.array(np.arange(0, len(values) + 1, WIDTH, dtype=np.int32)), values)
+        write_deltalake(str(path), pa.table({"id": ids, "tokens": column}), mode="append", writer_properties=props)
+
+
+def run_tierlake_rereads(data: Path) -> dict[str, Any]:
+    """One shuffled epoch of the default DeltaLoader over the many-row-group table: reads vs row groups."""
+    from loaders.dataset import OrderOptions, delta_dataset  # noqa: PLC0415
+    from loaders.loader import DeltaLoader  # noqa: PLC0415
+
+    dataset = delta_dataset(data / "rereads", columns=["id", "tokens"], order=OrderOptions(seed=1, shuffle=True))
+    loader = DeltaLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
+    started = time.perf_counter()
+    result = _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    store = loader.stats.store
+    result.update(row_groups=len(dataset.sources[0].plan), row_group_reads=store.reads, rereads=store.rereads)
+    return result
+
+
 def _tierlake_dataset(data: Path, *, shuffle: bool) -> Any:
     from loaders.dataset import OrderOptions, delta_dataset  # noqa: PLC0415
 
@@ -170,6 +206,7 @@ def run_tierlake(data: Path, *, shuffle: bool = True) -> dict[str, Any]:
     result = _consume(iter(loader), lambda b: b["id"].numpy(), started)
     result["peak_decoded_bytes"] = loader.stats.store.peak_resident_bytes
     result["row_group_reads"] = loader.stats.store.reads
+    result["row_group_rereads"] = loader.stats.store.rereads
     return result
 
 
@@ -240,6 +277,7 @@ def run_litdata(data: Path) -> dict[str, Any]:
 
 
 RUNS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "tierlake_rereads": run_tierlake_rereads,
     "arrow_ceiling": run_arrow_ceiling,
     "tierlake": run_tierlake,
     "tierlake_sequential": lambda data: run_tierlake(data, shuffle=False),
@@ -333,6 +371,8 @@ def run_in_child(name: str, data: Path, timeout: float) -> dict[str, Any]:
 def prepare(data: Path, rows: int, files: int, wanted: set[str]) -> dict[str, float]:
     timings: dict[str, float] = {}
     steps: list[tuple[str, Callable[[], None]]] = [("delta", lambda: write_delta(data / "delta", rows, files))]
+    if "tierlake_rereads" in wanted:
+        steps.append(("rereads", lambda: write_reread_table(data / "rereads")))
     if "mosaic" in wanted:
         steps.append(("mds", lambda: write_mds(data / "mds", data / "delta")))
     if "litdata" in wanted:
@@ -363,10 +403,25 @@ def figures_of(results: dict[str, dict[str, Any]], rows: int) -> dict[str, Any]:
             "peak_rss_with_workers_mb": round(result["peak_tree_rss_mb"], 1),
             "all_rows_once": result["samples"] == rows and result["id_sum"] == expected_sum,
         }
-        for extra in ("peak_decoded_bytes", "row_group_reads"):
+        for extra in ("peak_decoded_bytes", "row_group_reads", "row_group_rereads"):
             if extra in result:
                 figures[name][extra] = result[extra]
     return figures
+
+
+def reread_figures(result: dict[str, Any]) -> dict[str, Any]:
+    if "error" in result:
+        return result
+    expected = REREAD_ROW_GROUPS * REREAD_ROW_GROUP_ROWS
+    return {
+        "row_groups": result["row_groups"],
+        "row_group_reads": result["row_group_reads"],
+        "rereads": result["rereads"],
+        "samples": result["samples"],
+        "rows": expected,
+        "shuffle": True,
+        "tail": "drop",
+    }
 
 
 def ratios_of(figures: dict[str, Any]) -> dict[str, float | None]:
@@ -411,9 +466,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in wanted:
             results[name] = run_in_child(name, data, timeout=600)
             logger.info("%s: %s", name, results[name])
+        rereads = results.pop("tierlake_rereads", None)
         figures = figures_of(results, rows)
         tierlake = figures.get("tierlake", {})
         figures["first_batch_s"] = tierlake.get("first_batch_s")
+        if rereads is not None:
+            figures["row_group_rereads"] = rereads.get("rereads")
+            figures["tierlake_rereads"] = reread_figures(rereads)
         setup = {
             "rows": rows,
             "gib": round(rows * ROW_BYTES / 2**30, 3),
