@@ -19,8 +19,9 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -30,6 +31,7 @@ from pipelines.lake.maintenance import open_table
 from tierlake import catalog
 from tierlake.config import S3Settings, Secret, Settings, read_credentials_file
 from tierlake.errors import ConfigError, StorageError
+from tiers.cache.retry import Retry, transient, with_retries
 from tiers.s3 import delta_storage_options, ensure_buckets, s3_client
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _LOG_VERSION = re.compile(r"^(\d{20})\.")
+_T = TypeVar("_T")
 
 
 def mirror_s3(settings: Settings) -> S3Settings:
@@ -68,6 +71,10 @@ def _sites(settings: Settings) -> tuple[_Site, _Site]:
 
 
 def _listing(site: _Site, prefix: str) -> dict[str, dict[str, Any]]:
+    return _retried(f"listing s3://{site.bucket}/{prefix}", lambda: _listing_once(site, prefix))
+
+
+def _listing_once(site: _Site, prefix: str) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for page in site.client.get_paginator("list_objects_v2").paginate(Bucket=site.bucket, Prefix=prefix):
         for item in page.get("Contents", []):
@@ -75,8 +82,20 @@ def _listing(site: _Site, prefix: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+_RETRY = Retry()  # an endpoint restarting mid-copy (connection refused or cut, 5xx): each call is sent again
+_FIX = "check that both endpoints answer, then run the mirror again: it copies only what is still missing"
+
+
+def _retried(what: str, call: Callable[[], _T]) -> _T:
+    return with_retries(what, call, _RETRY, fix=_FIX)
+
+
 def _copy(source: _Site, target: _Site, key: str) -> tuple[int, str]:
     """Copy one object (read once, hashed, sent with Content-MD5); returns its size and SHA-256."""
+    return _retried(f"mirroring s3://{source.bucket}/{key}", lambda: _copy_once(source, target, key))
+
+
+def _copy_once(source: _Site, target: _Site, key: str) -> tuple[int, str]:
     try:
         body = source.client.get_object(Bucket=source.bucket, Key=key)["Body"].read()
     except ClientError as exc:
@@ -92,10 +111,16 @@ def _copy(source: _Site, target: _Site, key: str) -> tuple[int, str]:
 
 def _same(source: _Site, target: _Site, key: str, *, sha256: str | None = None) -> bool:
     """Is the mirror's ``key`` the source's bytes? Sizes, then ETags (MD5 of a single-part upload) or SHA-256."""
+    return _retried(f"comparing s3://{source.bucket}/{key}", lambda: _same_once(source, target, key, sha256=sha256))
+
+
+def _same_once(source: _Site, target: _Site, key: str, *, sha256: str | None = None) -> bool:
     src = source.client.head_object(Bucket=source.bucket, Key=key)
     try:
         dst = target.client.head_object(Bucket=target.bucket, Key=key)
-    except ClientError:
+    except ClientError as exc:
+        if transient(exc):
+            raise
         return False
     if src.get("ContentLength") != dst.get("ContentLength"):
         return False
@@ -163,7 +188,10 @@ def mirror_table(settings: Settings, table: str, *, version: int | None = None) 
             log_copied += 1
     last_checkpoint = f"{table}/_delta_log/_last_checkpoint"  # 3. the pointer to the newest checkpoint, last
     if last_checkpoint in source_objects:
-        body = source.client.get_object(Bucket=source.bucket, Key=last_checkpoint)["Body"].read()
+        body = _retried(
+            f"reading s3://{source.bucket}/{last_checkpoint}",
+            lambda: source.client.get_object(Bucket=source.bucket, Key=last_checkpoint)["Body"].read(),  # noqa: PLW0108 - the GET inside the retry
+        )
         if int(json.loads(body).get("version", pinned + 1)) <= pinned:
             copied_bytes += _copy(source, target, last_checkpoint)[0]
     mismatched = [f for f in files if not _same(source, target, f"{table}/{f}", sha256=hashes.get(f"{table}/{f}"))]

@@ -17,6 +17,7 @@ from tiers.cache.core import WHOLE, CacheOptions, EdgeCache, entry_id
 from tiers.cache.index import EntryState
 from tiers.cache.locks import EntryLock
 from tiers.cache.maintain import evict, verify
+from tiers.cache.retry import OriginUnavailable, Retry
 from tiers.store import Body, LocalStore, ObjectInfo
 
 BUCKET = "lake"
@@ -160,3 +161,62 @@ def test_cache_full_names_the_disk_when_other_files_fill_it(tmp_path: Path, monk
     with pytest.raises(CacheFull, match=r"files outside the cache fill the rest.*Fix: free space") as caught:
         cache.cat(BUCKET, KEY)
     assert "pin" not in str(caught.value)
+
+
+class _CutBody:
+    """Half of the bytes, then the end: what a GET looks like when the origin is killed mid-answer."""
+
+    def __init__(self, body: Body) -> None:
+        self.body = body
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.body.read(size)
+        return chunk[: len(chunk) // 2]  # cut on the first read, then nothing more arrives after it
+
+    def close(self) -> None:
+        self.body.close()
+
+
+class CuttingStore(CountingStore):
+    def __init__(self, root: Path, cuts: int) -> None:
+        super().__init__(root)
+        self.cuts = cuts
+
+    def open(self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None) -> Body:
+        body = super().open(bucket, key, start=start, end=end, etag=etag)
+        if self.cuts:
+            self.cuts -= 1
+            return _OnceBody(_CutBody(body))
+        return body
+
+
+class _OnceBody:
+    def __init__(self, body: _CutBody) -> None:
+        self.body, self.done = body, False
+
+    def read(self, size: int = -1) -> bytes:
+        if self.done:
+            return b""
+        self.done = True
+        return self.body.read(size)
+
+    def close(self) -> None:
+        self.body.close()
+
+
+@pytest.mark.parametrize("cuts", [2, 99], ids=["retried", "gives-up"])
+def test_a_fill_cut_by_the_origin_is_retried_within_bounds(tmp_path: Path, cuts: int) -> None:
+    (tmp_path / "origin" / BUCKET).mkdir(parents=True)
+    store = CuttingStore(tmp_path / "origin", cuts)
+    cache = EdgeCache(store, CacheOptions(directory=tmp_path / "cache", max_bytes=1 << 24, block_bytes=BLOCK))
+    cache.retry = Retry(attempts=3, first_s=0.0, max_s=0.0)
+    body = os.urandom(3 * BLOCK)
+    info = store.pipe_file(BUCKET, KEY, body)
+    if cuts < cache.retry.attempts:
+        assert cache.read_range(BUCKET, KEY, 0, len(body), info=info) == body
+    else:
+        with pytest.raises(OriginUnavailable, match=r"failed 3 times .*origin sent .* Fix: check that the object"):
+            cache.read_range(BUCKET, KEY, 0, len(body), info=info)
+    assert [row.state for row in cache.index.entries(state=EntryState.FILLING)] == []
+    assert list((cache.root / "tmp").iterdir()) == []
+    assert verify(cache, refetch=False).corrupt == []

@@ -33,22 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierlake.errors import CacheFull, StorageError
-from tiers.cache.fileio import (
-    CHECKSUMS,
-    FILL_CHECKSUM,
-    checksum_file,
-    checksum_text,
-    copy_buffered,
-    copy_direct,
-    free_bytes,
-    open_fill,
-    pread,
-    slack,
-)
+from tiers.cache.fileio import checksum_file, download, free_bytes, pread, slack
 from tiers.cache.freshness import DELTA_DATA_FILES, check_patterns, is_immutable
 from tiers.cache.index import Entry, EntryState, Index
 from tiers.cache.locks import EntryLock
 from tiers.cache.policy import S3FIFO
+from tiers.cache.retry import Retry, with_retries
 from tiers.store import Body, ObjectChanged, ObjectInfo, ObjectStore, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -146,6 +136,8 @@ def blocks_for(start: int, end: int, block_bytes: int) -> range:
 
 class EdgeCache:
     """The cache in front of one :class:`ObjectStore`. Safe to use from many threads and processes at once."""
+
+    retry = Retry()  # a fill's GET cut by an origin restart is sent again (If-Match) within this budget
 
     def __init__(self, store: ObjectStore, options: CacheOptions) -> None:
         self.store = store
@@ -418,11 +410,16 @@ class EdgeCache:
         self._clear_stale_temps(entry)
         self._reserve(info, entry=entry, block=block, nbytes=hi - lo)
         temp = self.root / "tmp" / f"{entry}.{os.getpid()}.tmp"
-        try:
-            if body is None:
+        first = [body]
+
+        def fetch() -> str:  # the GET already sent, then new ones (If-Match: the same version) while RGW restarts
+            if (sent := first.pop() if first else None) is None:
                 self.index.add(backend_gets=1)
-                body = self.store.open(info.bucket, info.key, start=lo, end=hi, etag=info.etag)
-            checksum = self._download(info, lo, hi, body, temp)
+                sent = self.store.open(info.bucket, info.key, start=lo, end=hi, etag=info.etag)
+            return download(sent, temp, direct_io=self.options.direct_io, expected=hi - lo)
+
+        try:
+            checksum = with_retries(f"caching s3://{info.bucket}/{info.key} bytes [{lo}, {hi})", fetch, self.retry)
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, path)
             fsync_dir(path.parent)
@@ -440,31 +437,6 @@ class EdgeCache:
             temp.unlink(missing_ok=True)
             self.index.delete([entry])
             raise
-
-    def _download(self, info: ObjectInfo, lo: int, hi: int, body: Body, temp: Path) -> str:
-        """Stream ``body`` (bytes ``[lo, hi)``) into ``temp``, checksummed on the way, fsynced once.
-
-        One pass of 1 MiB reads (measured against 256 KiB to 4 MiB). With ``direct_io`` the file is written with
-        ``O_DIRECT`` from aligned buffers by a second thread: buffered writes cost 4-8x the system CPU of the GET
-        itself here (page-cache allocation and reclaim in a memory-limited cgroup), and a fill is mostly read once
-        by its asker, so it should not push hot pages out. File systems without ``O_DIRECT`` get plain writes in
-        this thread (a writer thread for buffered writes lost on 2 busy cores: their cost is CPU, not waiting).
-        """
-        update = CHECKSUMS[FILL_CHECKSUM]
-        try:
-            fd, direct = open_fill(temp, direct=self.options.direct_io)
-            try:
-                crc, written = (copy_direct if direct else copy_buffered)(body, fd, update)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            body.close()
-        if written != hi - lo:
-            raise StorageError(
-                f"s3://{info.bucket}/{info.key}: expected {hi - lo} bytes of [{lo}, {hi}), the origin sent {written}"
-            )
-        return checksum_text(crc, FILL_CHECKSUM)
 
     def _clear_stale_temps(self, entry: str) -> None:
         """Temp files of this entry left by a filler that died (we hold the entry exclusive: nobody else fills)."""
