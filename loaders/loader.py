@@ -60,6 +60,7 @@ class LoaderOptions:
         for name, ok in checks.items():
             if not ok:
                 raise TierlakeError(f"{name} = {getattr(self, name)} is invalid. Fix: use 1 or more")
+        object.__setattr__(self, "tail", tail_rule(self.tail))  # a str from a config file, or a bad value
         if self.num_workers < 0:
             raise TierlakeError(
                 f"num_workers = {self.num_workers} is invalid. Fix: use 0 (the calling thread) or more threads"

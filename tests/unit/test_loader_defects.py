@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loaders.dataset import OrderOptions, delta_dataset
-from loaders.loader import DeltaLoader
+from loaders.loader import DeltaLoader, LoaderOptions
 from tests.unit.loader_tables import write_token_table
 from tierlake.errors import ConfigError, NotFound, TierlakeError
 
@@ -115,3 +115,17 @@ def test_an_invalid_tail_names_the_valid_values_and_the_fix(table: Path) -> None
     dataset = delta_dataset(table)
     with pytest.raises(ConfigError, match=r"tail = 'truncate'.*'drop', 'pad'.*Fix: "):
         DeltaLoader(dataset, batch_size=4, tail="truncate")
+
+
+def test_loader_options_check_the_tail_too() -> None:
+    with pytest.raises(ConfigError, match=r"tail = 'truncate'"):
+        LoaderOptions(batch_size=4, tail="truncate")  # type: ignore[arg-type]
+
+
+def test_the_pad_tail_rereads_at_most_the_first_window(table: Path) -> None:
+    dataset = delta_dataset(table, order=OrderOptions(seed=1, window=4))
+    assert len(dataset) % 32  # the last batch wraps to the epoch's start
+    loader = DeltaLoader(dataset, batch_size=32, num_workers=2, tail="pad")
+    ids_of(loader)
+    assert loader.stats.store.reads - loader.stats.store.rereads == len(dataset.sources[0].plan)
+    assert loader.stats.store.rereads <= 4
