@@ -166,3 +166,44 @@ def test_a_kill_at_any_system_call_of_an_append_recovers_to_exactly_the_committe
     # left. Every kill in between needed recovery.
     assert recovered == list(range(2, commit + 1))
     assert len(calls) - commit == 1
+
+
+def _recover_and_die_at(path: Path, kill_at: int) -> None:
+    """Child process: recovery, killed with SIGKILL just before its ``kill_at``-th system call."""
+    count = 0
+
+    def before(operation: str, target: Path) -> None:
+        nonlocal count
+        count += 1
+        if count == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    _cartridge(path, Syscalls(before=before)).recover()
+
+
+def test_a_recovery_killed_at_any_system_call_is_finished_by_the_next(base: Path, tmp_path: Path) -> None:
+    """A kill inside the index partition's rewrite leaves the most to undo: a newer uncommitted data index, an
+    index partition without its leading FM. Recovery killed at each of its own calls, then recovered again."""
+    calls = _calls_of_one_append(base, tmp_path)
+    context = multiprocessing.get_context("fork")
+    crashed = _copy(base, tmp_path, "crashed")
+    child = context.Process(target=_append_and_die_at, args=(crashed.path, calls.index(("create", "0_5_R")) + 1))
+    child.start()
+    child.join()
+    assert crashed.kind(0, 4) is None
+    recovery: list[tuple[str, str]] = []
+    shutil.copytree(crashed.path, tmp_path / "count-recovery")
+    counted = _cartridge(
+        tmp_path / "count-recovery", Syscalls(before=lambda op, path: recovery.append((op, path.name)))
+    )
+    assert counted.recover() is not None
+    assert len(recovery) > 20
+    for kill_at in range(1, len(recovery) + 1):
+        cartridge = _copy(crashed.path, tmp_path, f"r{kill_at}")
+        child = context.Process(target=_recover_and_die_at, args=(cartridge.path, kill_at))
+        child.start()
+        child.join()
+        assert child.exitcode == -signal.SIGKILL
+        cartridge.recover()
+        assert cartridge.check() == [], f"recovery killed at call {kill_at} {recovery[kill_at - 1]}"
+        assert _contents(cartridge) == _read_back(cartridge.path) == BASE, f"recovery killed at call {kill_at}"
