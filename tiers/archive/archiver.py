@@ -26,20 +26,23 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from tierlake.config import ArchiveTable, Settings
-from tierlake.errors import TapeError
+from tierlake.errors import StorageError, TapeError
 from tiers.archive import aggregate
 from tiers.archive.aggregate import Member
 from tiers.archive.catalog import Catalog
 from tiers.archive.policy import DataFile, snapshot
 from tiers.archive.state import FileState, advance
 from tiers.archive.tee import Tee
-from tiers.store import S3Store, publish_atomically
+from tiers.cache.retry import Retry, ShortBody, with_retries
+from tiers.store import ObjectStore, S3Store, publish_atomically
 from tiers.tape.library import Library
 from tiers.tape.virtual import FileToWrite
 from tiers.tape.volume import Volume, WrittenFile
 
 logger = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
+STAGE_RETRY = Retry()
+"""Downloads of one data file while staging: 8 tries, about 16 s, enough for an RGW restart (tiers/cache/retry.py)."""
 
 
 @dataclass(kw_only=True)
@@ -63,21 +66,51 @@ def file_id(table: str, path: str) -> str:
     return hashlib.sha256(f"{table}\0{path}".encode()).hexdigest()[:32]
 
 
-def _stage(store: S3Store, item: DataFile, folder: Path, policy: ArchiveTable) -> dict[str, Any]:
-    """Download one data file; its SHA-256, row count and key range."""
+def _stage(
+    store: ObjectStore, item: DataFile, folder: Path, policy: ArchiveTable, *, retry: Retry = STAGE_RETRY
+) -> dict[str, Any]:
+    """Download one data file; its SHA-256, row count and key range.
+
+    An object store that restarts mid-download (connection refused or reset, a body cut short, a 5xx) costs a
+    bounded number of fresh downloads (``retry``, the rule of tiers/cache/retry.py); each one asks, with If-Match,
+    for the very version the first answer had, so a replaced object stops the run (ObjectChanged) instead of being
+    staged as a mix. The staged file appears only complete (``publish_atomically``) and its size must be the one
+    the Delta log records. When the budget runs out, OriginUnavailable names the key and the fix; nothing was
+    written to tape or catalog yet.
+    """
     target = folder / hashlib.sha256(item.key.encode()).hexdigest()[:24]
-    digest = hashlib.sha256()
+    pinned: list[str] = []  # the ETag of the first answer
 
-    def chunks() -> Iterator[bytes]:
-        body = store.open(item.bucket, item.key)
-        try:
-            while piece := body.read(CHUNK):
-                digest.update(piece)
-                yield piece
-        finally:
-            body.close()
+    def download() -> tuple[int, str]:
+        digest = hashlib.sha256()
+        if pinned:
+            body = store.open(item.bucket, item.key, etag=pinned[0])
+        else:
+            info, body = store.open_info(item.bucket, item.key)
+            pinned.append(info.etag)
 
-    size = publish_atomically(target, chunks())
+        def chunks() -> Iterator[bytes]:
+            try:
+                while piece := body.read(CHUNK):
+                    digest.update(piece)
+                    yield piece
+            finally:
+                body.close()
+
+        size = publish_atomically(target, chunks())
+        if size != item.size:
+            target.unlink(missing_ok=True)
+            error = ShortBody if size < item.size else StorageError  # a cut body is passing, a bigger one is not
+            raise error(f"s3://{item.bucket}/{item.key}: {size} bytes read, the Delta log says {item.size}")
+        return size, digest.hexdigest()
+
+    size, sha256 = with_retries(
+        f"staging s3://{item.bucket}/{item.key} for the archive",
+        download,
+        retry,
+        fix="check that the object store answers (`tierlake stack status`), then run `tierlake archive run` "
+        "again: files already in the catalog are skipped",
+    )
     parquet = pq.ParquetFile(target)
     rows = parquet.metadata.num_rows
     key_min = key_max = ""
@@ -85,7 +118,7 @@ def _stage(store: S3Store, item: DataFile, folder: Path, policy: ArchiveTable) -
         column = parquet.read(columns=[policy.key_column]).column(0)
         bounds = pc.min_max(column)
         key_min, key_max = str(bounds["min"].as_py()), str(bounds["max"].as_py())
-    return {"source": str(target), "size": size, "sha256": digest.hexdigest(), "row_count": rows} | {
+    return {"source": str(target), "size": size, "sha256": sha256, "row_count": rows} | {
         "key_min": key_min,
         "key_max": key_max,
     }
