@@ -4,17 +4,21 @@ One directory per cartridge; one file per record, ``<P>_<B>_<T>`` (SCSI partitio
 ``F`` filemark, ``E`` end of data); MAM attributes in ``attr_<P>_<id hex>``. Both partitions start with the label
 construct (VOL1, FM, LTFS label, FM) and end with an index construct (FM, index records, FM) before ``E``.
 
-Writing a generation (the order is what makes a crash recoverable):
+Writing a generation (the order is what makes a crash recoverable; docs/tape.md has the table):
 
+0. every file name is checked (tiers/tape/names.py) before anything is written;
 1. data partition: drop ``E``, write each file's records (``blocksize`` each, the last one short); wait until every
    record is durable; then FM, the index (generation N+1, back pointer to the previous data-partition index), FM,
-   ``E``; fsync;
-2. index partition: rewritten from block 4 with the same generation, back pointer to the new data index;
-3. MAM: the volume change reference and both partitions' coherency information.
+   ``E``, each fsynced;
+2. index partition: its leading FM removed first, then rewritten from block 5 with the same generation (back
+   pointer to the new data index), the FM re-created last (see :meth:`VirtualCartridge._write_ip`);
+3. MAM: the volume change reference, the index partition's VCI, and last the data partition's VCI: the commit
+   point of the append.
 
-:meth:`VirtualCartridge.recover` brings a cartridge left by a killed writer back to its last consistent index:
-the data partition is cut after the last complete index construct (records of the interrupted generation are
-dropped, as ``ltfsck`` rolls back) and the index partition is rewritten from it when it lags.
+Every change goes through :class:`tiers.tape.syscalls.Syscalls`, whose hook lets a test kill the writer at any call.
+:meth:`VirtualCartridge.recover` brings a cartridge left by a killed writer back to its committed generation (the
+one the data partition's VCI names): the data partition is cut after that index (records and indexes of the
+interrupted append are dropped), the index partition is rebuilt from it, and the MAM rewritten to match.
 """
 
 from __future__ import annotations
@@ -259,25 +263,10 @@ class VirtualCartridge:
         for item in files:
             uid += 1
             now = fmt.ltfs_time()
-            first, length = block, 0
+            first = block
             digest = None if item.sha256 is not None else hashlib.sha256()
-            buffer = bytearray()
-            for chunk in item.chunks:
-                if not buffer and len(chunk) == blocksize:  # the common case: no copy
-                    block, length = self._data_record(block, chunk, digest, length)
-                    written += blocksize
-                    self._throttle(started, written)
-                    continue
-                buffer += chunk
-                while len(buffer) >= blocksize:
-                    record = bytes(buffer[:blocksize])
-                    del buffer[:blocksize]
-                    block, length = self._data_record(block, record, digest, length)
-                    written += len(record)
-                    self._throttle(started, written)
-            if buffer:
-                block, length = self._data_record(block, bytes(buffer), digest, length)
-                written += len(buffer)
+            block, length = self._file_records(item, block, blocksize, digest, started=started, before=written)
+            written += length
             extents = (
                 (
                     fmt.Extent(
@@ -323,6 +312,35 @@ class VirtualCartridge:
         self._write_ip(index, blocksize)
         self._write_mam(index, barcode=barcode, vcr=self._vcr() + 1)
         return index
+
+    def _file_records(
+        self,
+        item: FileToWrite,
+        block: int,
+        blocksize: int,
+        digest: hashlib._Hash | None,
+        *,
+        started: float,
+        before: int,
+    ) -> tuple[int, int]:
+        """Write one file's chunks as records from ``block`` (``blocksize`` each, the last one short); returns the
+        next block and the file's length. ``before``: bytes this append wrote earlier (for the throttle)."""
+        length = 0
+        buffer = bytearray()
+        for chunk in item.chunks:
+            if not buffer and len(chunk) == blocksize:  # the common case: no copy
+                block, length = self._data_record(block, chunk, digest, length)
+                self._throttle(started, before + length)
+                continue
+            buffer += chunk
+            while len(buffer) >= blocksize:
+                record = bytes(buffer[:blocksize])
+                del buffer[:blocksize]
+                block, length = self._data_record(block, record, digest, length)
+                self._throttle(started, before + length)
+        if buffer:
+            block, length = self._data_record(block, bytes(buffer), digest, length)
+        return block, length
 
     def _data_record(
         self, block: int, record: bytes | bytearray, digest: hashlib._Hash | None, length: int
