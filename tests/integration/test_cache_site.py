@@ -8,89 +8,31 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import pyarrow.parquet as pq
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from tests.integration.site_server import Site, running_site
 from tierlake.config import Settings
-from tiers.cache.site import load_or_create_keys
 from tiers.s3 import delta_storage_options, s3_client
 
 if TYPE_CHECKING:
-    from mypy_boto3_s3 import S3Client
     from pyspark.sql import SparkSession
 
 BUCKET = "tierlake-lake"
-PORT = 7611
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True)
-class Site:
-    endpoint: str
-    access_key: str
-    secret_key: str
-    process: subprocess.Popen[bytes]
-
-    def client(self, *, secret: str | None = None, access: str | None = None) -> S3Client:
-        client: S3Client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=access or self.access_key,
-            aws_secret_access_key=secret or self.secret_key,
-            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4", retries={"max_attempts": 1}),
-        )
-        return client
 
 
 @pytest.fixture(scope="module")
 def site(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    folder = tmp_path_factory.mktemp("site")
-    env = dict(os.environ)
-    env.update(
-        {
-            "TIERLAKE_CACHE__DIR": str(folder / "cache"),
-            "TIERLAKE_CACHE__SITE_CREDENTIALS_FILE": str(folder / "site.env"),
-            "TIERLAKE_CACHE__BLOCK_BYTES": str(1024 * 1024),
-        }
-    )
-    log = (folder / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/tierlake"), "cache", "serve", "--port", str(PORT)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    endpoint = f"http://127.0.0.1:{PORT}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{endpoint}/_tierlake/health", timeout=2) as answer:  # noqa: S310
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"the site server did not start: {(folder / 'serve.log').read_text()}")
-        time.sleep(0.2)
-    keys = load_or_create_keys(folder / "site.env")
-    yield Site(endpoint, keys.access_key, keys.secret_key, process)
-    process.terminate()
-    process.wait(timeout=20)
-    log.close()
+    with running_site(settings, tmp_path_factory.mktemp("site")) as running:
+        yield running
 
 
 def _metric(site: Site, name: str) -> float:
@@ -134,19 +76,23 @@ def test_listings_pass_through_to_the_origin(settings: Settings, site: Site) -> 
         assert mine.get("CommonPrefixes") == theirs.get("CommonPrefixes")
 
 
-def test_writes_go_to_the_origin_and_are_never_served_stale(settings: Settings, site: Site) -> None:
+def test_writes_are_refused_and_origin_writes_are_never_served_stale(settings: Settings, site: Site) -> None:
     origin, via_site = s3_client(settings.s3), site.client()
     key = f"tests/site/{uuid.uuid4()}/written.txt"
-    via_site.put_object(Bucket=BUCKET, Key=key, Body=b"first")
-    assert origin.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"first"
+    origin.put_object(Bucket=BUCKET, Key=key, Body=b"first")
+    with pytest.raises(ClientError, match="NotImplemented"):
+        via_site.put_object(Bucket=BUCKET, Key=key, Body=b"second!")
+    with pytest.raises(ClientError, match="NotImplemented"):
+        via_site.copy_object(Bucket=BUCKET, Key=key + ".copy", CopySource=f"{BUCKET}/{key}")
+    with pytest.raises(ClientError, match="NotImplemented"):
+        via_site.delete_object(Bucket=BUCKET, Key=key)
+    with pytest.raises(ClientError, match="NotImplemented"):
+        via_site.create_multipart_upload(Bucket=BUCKET, Key=key + ".mp")
     assert via_site.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"first"
-    via_site.put_object(Bucket=BUCKET, Key=key, Body=b"second!")
-    assert via_site.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"second!"
     origin.put_object(Bucket=BUCKET, Key=key, Body=b"third, behind the site's back")
     assert via_site.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"third, behind the site's back"
-    via_site.delete_object(Bucket=BUCKET, Key=key)
     with pytest.raises(ClientError, match=r"404|Not Found"):
-        origin.head_object(Bucket=BUCKET, Key=key)
+        origin.head_object(Bucket=BUCKET, Key=key + ".copy")
 
 
 def test_wrong_keys_are_refused(site: Site) -> None:
