@@ -112,3 +112,10 @@ def test_xattr_keys_are_checked_like_names(tmp_path: Path) -> None:
         volume.write_files([FileToWrite(name="f", chunks=[b"1"], xattrs=(("a/b", "v"),))])
     assert os.listdir(volume.cartridge.path)  # still the formatted cartridge
     assert volume.ls() == []
+
+
+def test_the_volume_name_is_checked_like_a_file_name(tmp_path: Path) -> None:
+    cartridge = VirtualCartridge(tmp_path / "A00001", capacity_bytes=1 << 30)
+    with pytest.raises(InvalidFileName, match=r"volume_name='a/b' contains '/'"):
+        cartridge.format(barcode="A00001", volume_name="a/b", blocksize=BLOCK)
+    assert not cartridge.path.exists()

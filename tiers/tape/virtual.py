@@ -132,6 +132,7 @@ class VirtualCartridge:
 
     def format(self, *, barcode: str, volume_name: str, blocksize: int, pool: str = "") -> fmt.Index:
         """mkltfs: labels and a generation-1 index on both partitions, MAM attributes."""
+        names.check_name(volume_name, parameter="volume_name")
         if self.path.exists() and any(self.path.iterdir()):
             raise TapeError(f"{self.path}: not empty; a cartridge is formatted once (erase it first)")
         self.path.mkdir(parents=True, exist_ok=True)
