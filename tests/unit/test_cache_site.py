@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pytest
@@ -21,10 +21,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from botocore.config import Config
 
 from tierlake.config.s3 import S3Settings, Secret
+from tierlake.errors import StorageError
 from tiers.cache import sigv4
 from tiers.cache.core import WHOLE, CacheOptions, EdgeCache
 from tiers.cache.site import build_app
-from tiers.store import LocalStore
+from tiers.store import LocalStore, ObjectInfo
 
 BUCKET = "lake"
 KEYS = sigv4.Keys("TLCSITEKEY", "site-secret")
@@ -50,15 +51,28 @@ def _fake_origin(store: LocalStore) -> web.Application:
 Call = Callable[..., Awaitable[ClientResponse]]
 
 
-def _run_site(tmp_path: Path, test: Callable[[Call, EdgeCache, LocalStore, str], Awaitable[None]]) -> None:
+class _DownStore(LocalStore):
+    """The origin restarting: a HEAD of a key in ``unreachable`` fails as a dead endpoint does."""
+
+    unreachable: ClassVar[set[str]] = set()
+
+    def info(self, bucket: str, key: str) -> ObjectInfo:
+        if key in self.unreachable:
+            raise StorageError(f"HEAD s3://{bucket}/{key} failed: Could not connect to the endpoint URL")
+        return super().info(bucket, key)
+
+
+def _run_site(
+    tmp_path: Path, test: Callable[[Call, EdgeCache, LocalStore, str], Awaitable[None]], *, origin_up: bool = True
+) -> None:
     (tmp_path / "origin" / BUCKET).mkdir(parents=True)
-    store = LocalStore(tmp_path / "origin")
+    store = _DownStore(tmp_path / "origin")
     cache = EdgeCache(store, CacheOptions(directory=tmp_path / "cache", max_bytes=1 << 24, block_bytes=BLOCK))
 
     async def main() -> None:
         async with TestServer(_fake_origin(store)) as origin_server:
             origin = S3Settings(
-                endpoint=str(origin_server.make_url("")).rstrip("/"),
+                endpoint=str(origin_server.make_url("")).rstrip("/") if origin_up else "http://127.0.0.1:9",
                 region="us-east-1",
                 lake_bucket=BUCKET,
                 buckets=(BUCKET,),
@@ -222,3 +236,19 @@ def test_parse_range(header: str, size: int, expected: tuple[int, int] | None) -
     from tiers.cache.s3api import parse_range  # noqa: PLC0415
 
     assert parse_range(header, size) == expected
+
+
+def test_an_origin_that_is_down_answers_503_and_hits_are_still_served(tmp_path: Path) -> None:
+    async def test(call: Call, cache: EdgeCache, store: LocalStore, _url: str) -> None:
+        store.pipe_file(BUCKET, "t/up.parquet", b"cached")
+        store.pipe_file(BUCKET, "down/x.bin", b"unreachable")
+        _DownStore.unreachable.add("down/x.bin")
+        cache.cat(BUCKET, "t/up.parquet")
+        hit = await call("GET", "/lake/t/up.parquet")  # the origin's HEAD for content headers fails: served anyway
+        assert (hit.status, await hit.read()) == (200, b"cached")
+        down = await call("GET", "/lake/down/x.bin")
+        assert (down.status, "<Code>ServiceUnavailable</Code>" in await down.text()) == (503, True)
+        missing = await call("GET", "/lake/t/nosuchkey")
+        assert missing.status == 404
+
+    _run_site(tmp_path, test, origin_up=False)

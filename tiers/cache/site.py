@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote, urlsplit
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 from tierlake.config import S3Settings
 from tierlake.errors import CacheFull, NotFound, StorageError
@@ -115,6 +115,9 @@ async def _object(request: web.Request) -> web.StreamResponse:
         except CacheFull as exc:
             logger.warning("cache full, passing %s/%s through: %s", bucket, key, exc)
             return await _forward(request)
+        except StorageError as exc:  # the origin is down or restarting: S3 clients retry a 503
+            logger.warning("s3://%s/%s: %s", bucket, key, exc)
+            return _error(request, 503, "ServiceUnavailable", f"the origin did not answer: {exc}; retry")
     return _error(request, 503, "SlowDown", "the object changed twice while it was read; retry")
 
 
@@ -210,8 +213,12 @@ def _origin_headers(
 
 async def _bucket_missing(request: web.Request, bucket: str) -> bool:
     url, headers = _origin_headers(request, "HEAD", "/" + quote(bucket), "", {})
-    async with request.app[SESSION_KEY].head(url, headers=headers) as answer:
-        return answer.status == 404
+    try:
+        async with request.app[SESSION_KEY].head(url, headers=headers) as answer:
+            return answer.status == 404
+    except (ClientError, TimeoutError) as exc:  # the origin is restarting: say NoSuchKey, as before the check
+        logger.warning("HEAD of bucket %s at the origin failed: %s", bucket, exc)
+        return False
 
 
 async def _meta(request: web.Request, info: ObjectInfo) -> dict[str, str]:
@@ -221,14 +228,18 @@ async def _meta(request: web.Request, info: ObjectInfo) -> dict[str, str]:
         return known
     path = urlsplit(request.raw_path).path
     url, headers = _origin_headers(request, "HEAD", path, "", {})
-    async with request.app[SESSION_KEY].head(url, headers=headers) as answer:
-        if answer.status != 200 or answer.headers.get("ETag", "").strip('"') != info.etag:
-            return {}  # another version now: the read finds out through If-Match and refetches
-        meta = {
-            name.lower(): value
-            for name, value in answer.headers.items()
-            if name.lower() in META_HEADERS or name.lower().startswith("x-amz-meta-")
-        }
+    try:
+        async with request.app[SESSION_KEY].head(url, headers=headers) as answer:
+            if answer.status != 200 or answer.headers.get("ETag", "").strip('"') != info.etag:
+                return {}  # another version now: the read finds out through If-Match and refetches
+            meta = {
+                name.lower(): value
+                for name, value in answer.headers.items()
+                if name.lower() in META_HEADERS or name.lower().startswith("x-amz-meta-")
+            }
+    except (ClientError, TimeoutError) as exc:  # a hit is still served while the origin restarts, without them
+        logger.warning("HEAD of s3://%s/%s at the origin failed: %s", info.bucket, info.key, exc)
+        return {}
     await _run(cache.index.remember_meta, info.bucket, info.key, info.etag, meta)
     return meta
 
