@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from tierlake.errors import DependencyMissing
+from tierlake.host import jars_in
 
 _VERSIONED_JAR = re.compile(r"^(?P<artifact>.+?)-\d[\w.+-]*\.jar$")
 
@@ -57,10 +58,7 @@ def link_jar_set(classpath: list[Path], dest: Path, *, skip: set[str]) -> list[P
 
 def jar_paths(folder: Path) -> list[Path]:
     """The jars of one linked set, sorted; a clear error when set-up has not run."""
-    jars = sorted(folder.glob("*.jar"))
-    if not jars:
-        raise DependencyMissing(f"no jars in {folder}. Fix: run `make setup` (infra/bootstrap.sh) once, online")
-    return jars
+    return jars_in(folder)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from tierlake.config import Settings
-from tierlake.errors import DependencyMissing
+from tierlake.host import jars_in
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -168,12 +168,15 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         # classes were compiled again every batch: 663 compilations (~22 ms each, on 2 cores) in a 30 s live
         # part of bench/ingest.py --quick, 163 with 1000 entries. A class is a few tens of KB.
         "spark.sql.codegen.cache.maxEntries": "1000",
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j_file(settings)}",
+        # -Xss: a streaming query stopped mid-batch builds its error message with Java regular expressions that
+        # recurse over the whole query plan; with the default 1 MB thread stack that overflowed (StackOverflowError
+        # in the stream execution thread, seen when stopping a driver with a gold query running).
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j_file(settings)} -Xss16m",
         # The ingest rules run in Python workers (mapInArrow, pipelines.ingest.rules): the driver's own interpreter,
         # so the workers import the same tierlake and pyarrow. A cluster sets its executors' path in extra_conf.
         "spark.pyspark.python": sys.executable,
     }
-    conf.update(_jar_conf(spark.master, session_jars(spark.jars_dir)))
+    conf.update(_jar_conf(spark.master, jars_in(spark.jars_dir)))
     if s3.endpoint.startswith("http://"):
         # Over plain http the AWS SDK v2 signs each upload chunk (aws-chunked); RGW 16.2 rejects the last chunk
         # of a zero-byte PUT ("chunk signature mismatch" -> XAmzContentSHA256Mismatch). Unsigned payloads avoid it;
@@ -184,14 +187,6 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         conf["spark.driver.bindAddress"] = spark.local_ip
     conf.update(spark.extra_conf)
     return conf
-
-
-def session_jars(folder: Path) -> list[Path]:
-    """The jar set a session needs (Delta, the Kafka source, s3a), sorted; a clear error when set-up has not run."""
-    jars = sorted(folder.glob("*.jar"))
-    if not jars:
-        raise DependencyMissing(f"no Spark jars in {folder}. Fix: run `make setup` (infra/bootstrap.sh) once, online")
-    return jars
 
 
 def _jar_conf(master: str, jars: list[Path]) -> dict[str, str]:

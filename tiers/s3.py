@@ -18,7 +18,15 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-def s3_client(s3: S3Settings, *, access_key: str | None = None, secret_key: str | None = None) -> S3Client:
+def s3_client(
+    s3: S3Settings,
+    *,
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    connect_timeout_s: float = 5,
+    read_timeout_s: float = 60,
+    attempts: int = 3,
+) -> S3Client:
     """A boto3 S3 client for ``s3.endpoint``. Explicit keys override the configured ones (tests use that)."""
     configured_access, configured_secret = (
         (access_key, secret_key) if access_key and secret_key else s3.require_credentials()
@@ -26,9 +34,9 @@ def s3_client(s3: S3Settings, *, access_key: str | None = None, secret_key: str 
     config = Config(
         s3={"addressing_style": "path"},
         signature_version="s3v4",
-        connect_timeout=5,
-        read_timeout=60,
-        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"max_attempts": attempts, "mode": "standard"},
     )
     client: S3Client = boto3.client(
         "s3",
@@ -53,22 +61,8 @@ def check_credentials(s3: S3Settings) -> None:
     """
     if not s3.has_credentials():
         return
-    access_key, secret_key = s3.require_credentials()
-    config = Config(
-        s3={"addressing_style": "path"},
-        signature_version="s3v4",
-        connect_timeout=2,
-        read_timeout=2,
-        retries={"max_attempts": 1, "mode": "standard"},
-    )
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint,
-        region_name=s3.region,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        config=config,
-    )
+    access_key = s3.require_credentials()[0]
+    client = s3_client(s3, connect_timeout_s=2, read_timeout_s=2, attempts=1)
     try:
         client.list_objects_v2(Bucket=s3.lake_bucket, MaxKeys=1)  # a GET: the error body names the reason
     except ClientError as exc:
