@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 def entity_leases(settings: Settings, entities: list[str]) -> list[TableLease]:
     """The writer lease of each entity's tables (not yet taken)."""
-    client = s3_client(settings.s3)
-    return [TableLease(client, settings.s3.lake_bucket, f"ingest-{entity}") for entity in entities]
+    client, ttl_s = s3_client(settings.s3), settings.maintenance.lease_ttl_s
+    return [TableLease(client, settings.s3.lake_bucket, f"ingest-{entity}", ttl_s=ttl_s) for entity in entities]
 
 
 @contextmanager
@@ -124,31 +125,84 @@ def run_continuous(
                 spark, settings, entities=entities, trigger_s=trigger_s, stop=stop, status_file=status_file, leases=held
             )
     ingest = IngestQueries(spark, settings, trigger_s=trigger_s, leases=dict(zip(entities, leases, strict=True)))
-    gold: dict[str, Any] = {}  # entity -> its gold query, once started
+    gold = GoldQueries(spark, settings, trigger_s=trigger_s)
+
+    def report() -> None:
+        if status_file is not None:
+            _write_status(status_file, [*ingest.queries.values(), *gold.queries.values()], ingest.failed, ingest.paused)
+
     try:
         for entity in entities:
             ingest.start(entity)
-        _start_gold(spark, settings, entities, trigger_s, gold)
-        if status_file is not None:
-            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed, ingest.paused)
+        gold.start_missing(entities)
+        report()
         while not stop.wait(min(trigger_s, 2.0)):
             ingest.watch()
-            for entity, query in list(gold.items()):
-                if not query.isActive:
-                    if not schema_changed(query.exception()):
-                        raise _stopped(query)
-                    logger.info("gold %s: silver's schema changed; starting the gold query again", entity)
-                    del gold[entity]
-            _start_gold(spark, settings, [e for e in entities if e not in ingest.failed], trigger_s, gold)
-            if status_file is not None:
-                _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed, ingest.paused)
+            gold.watch()
+            # Gold starts only where the lease is confirmed: the store answers (a start reads silver's log).
+            gold.start_missing([e for e in entities if e in ingest.queries and leases[entities.index(e)].may_commit()])
+            report()
     finally:
         logger.info("stopping the streaming queries of %s", entities)
-        if status_file is not None:  # a driver that ends on failures leaves them for `ingest status`
-            _write_status(status_file, [*ingest.queries.values(), *gold.values()], ingest.failed, ingest.paused)
-        for query in [*ingest.queries.values(), *gold.values()]:
+        report()  # a driver that ends on failures leaves them for `ingest status`
+        for query in [*ingest.queries.values(), *gold.queries.values()]:
             query.stop()
-    return {"stopped": [q.name for q in [*ingest.queries.values(), *gold.values()]], "failed": ingest.failed}
+        gold.close()
+    return {"stopped": [q.name for q in [*ingest.queries.values(), *gold.queries.values()]], "failed": ingest.failed}
+
+
+class GoldQueries:
+    """The gold queries of a driver. Each starts in the background once its silver table exists: a start reads
+    silver's Delta log, which an object-store outage can hold for minutes, and the driver's loop (fencing,
+    ``ingest status``) must not wait on it. A gold query that stops is started again (silver's schema changed, or
+    it failed: logged, tried again after :attr:`RETRY_S`); it never takes the driver, and so ingestion, down."""
+
+    RETRY_S = 30.0
+
+    def __init__(self, spark: SparkSession, settings: Settings, *, trigger_s: float) -> None:
+        self._spark, self._settings, self._trigger_s = spark, settings, trigger_s
+        self.queries: dict[str, Any] = {}
+        self._pending: dict[str, Future[Any]] = {}
+        self._not_before: dict[str, float] = {}
+        self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gold-start")
+
+    def start_missing(self, entities: list[str]) -> None:
+        """Collect finished starts; begin one for each of ``entities`` that has no gold query yet."""
+        for entity, started in list(self._pending.items()):
+            if not started.done():
+                continue
+            del self._pending[entity]
+            try:
+                query = started.result()
+            except Exception as exc:  # one entity's gold must not stop the others
+                logger.warning("gold %s cannot start yet: %s", entity, first_line(exc), extra={"entity": entity})
+                self._not_before[entity] = time.monotonic() + self.RETRY_S
+                continue
+            if query is not None:
+                self.queries[entity] = query
+        for entity in entities:
+            if entity in self.queries or entity in self._pending:
+                continue
+            if time.monotonic() < self._not_before.get(entity, 0.0):
+                continue
+            self._pending[entity] = self._starter.submit(self._start, entity)
+
+    def _start(self, entity: str) -> Any:
+        return start_gold(self._spark, self._settings, entity=entity, trigger_s=self._trigger_s)
+
+    def watch(self) -> None:
+        for entity, query in list(self.queries.items()):
+            if query.isActive:
+                continue
+            del self.queries[entity]
+            if schema_changed(query.exception()):
+                logger.info("gold %s: silver's schema changed; starting the gold query again", entity)
+            else:
+                logger.error("gold %s: %s; starting it again", entity, _stopped(query), extra={"entity": entity})
+                self._not_before[entity] = time.monotonic() + self.RETRY_S
+
+    def close(self) -> None:
+        self._starter.shutdown(wait=False, cancel_futures=True)
 
 
 class IngestQueries:
@@ -192,23 +246,40 @@ class IngestQueries:
             gate=lease.check if lease is not None else None,
         )
 
+    def _stop_in_background(self, entity: str) -> None:
+        """Stop ``entity``'s query without waiting: a batch stuck on an unreachable store would hold this loop
+        (and ``ingest status``) for as long as its retries last. It starts again only once Spark no longer lists it."""
+        query = self.queries.pop(entity)
+        threading.Thread(target=query.stop, name=f"stop-{entity}", daemon=True).start()
+
     def _fence(self) -> None:
         """Pause the entities whose lease is unconfirmed, resume those confirmed again, fail those lost."""
         for entity, lease in self._leases.items():
             if lease.lost.is_set() and entity not in self.failed:
-                if (query := self.queries.pop(entity, None)) is not None:
-                    query.stop()
+                if entity in self.queries:
+                    self._stop_in_background(entity)
                 self.paused.pop(entity, None)
                 self.failed[entity] = {"error": f"ingest {entity}: the writer lease {lease.name!r} was taken over"}
                 logger.error("ingest %s stopped for good: its lease was taken over", entity, extra={"entity": entity})
-            elif entity in self.paused and lease.may_commit():
-                del self.paused[entity]
-                logger.warning("ingest %s resumes: its lease is confirmed again", entity, extra={"entity": entity})
-                self.start(entity)
             elif entity in self.queries and not lease.may_commit():
-                self.queries.pop(entity).stop()
+                self._stop_in_background(entity)
                 self.paused[entity] = f"writer lease {lease.name!r} unconfirmed: {lease.last_error or 'no answer'}"
                 logger.error("ingest %s paused: %s", entity, self.paused[entity], extra={"entity": entity})
+        running = {query.name for query in self._spark.streams.active}  # a query being stopped is still listed
+        for entity in list(self.paused):
+            held = self._leases.get(entity)
+            if (held is None or held.may_commit()) and f"ingest_{entity}" not in running:
+                logger.warning("ingest %s resumes", entity, extra={"entity": entity})
+                self._restart(entity)
+
+    def _restart(self, entity: str) -> None:
+        """Start ``entity``'s query again; one that cannot start yet (the object store still down) stays paused."""
+        self.paused.pop(entity, None)
+        try:
+            self.start(entity)
+        except Exception as exc:  # retried on the next round; the lease decides when writing may go on
+            self.paused[entity] = f"could not start again: {first_line(exc)}"
+            logger.warning("ingest %s %s", entity, self.paused[entity], extra={"entity": entity})
 
     def watch(self) -> None:
         """Fence by the leases, restart or mark failed each stopped query; raise when none is left to run."""
@@ -226,7 +297,7 @@ class IngestQueries:
                 self._restarts[entity] = tries + 1
                 logger.warning("ingest %s stopped (%s); restart %d of %d", entity, error, tries + 1, self.RESTARTS)
                 time.sleep(2.0**tries)
-                self.start(entity)
+                self._restart(entity)
                 continue
             self.failed[entity] = {"error": str(error), **self._batch_failures.get(entity, {})}
             logger.error("ingest %s failed for good: %s", entity, self.failed[entity], extra={"entity": entity})
@@ -240,25 +311,6 @@ def _stopped(query: Any) -> CommitConflict:
     error = query.exception()
     logger.error("streaming query %s stopped", query.name, exc_info=error)  # the whole error: log file only
     return CommitConflict(f"streaming query {query.name} stopped: {first_line(error)} (the whole error is in the log)")
-
-
-def _start_gold(
-    spark: SparkSession, settings: Settings, entities: list[str], trigger_s: float, gold: dict[str, Any]
-) -> None:
-    """Start the gold query of each entity that has none yet and whose silver table exists.
-
-    A gold query that cannot start (its silver table unreadable) is logged and tried again on the next round: it
-    never takes the driver, and so the other entities' ingestion, down with it.
-    """
-    for entity in entities:
-        if entity not in gold:
-            try:
-                query = start_gold(spark, settings, entity=entity, trigger_s=trigger_s)
-            except Exception as exc:  # one entity's gold must not stop the others
-                logger.warning("gold %s cannot start yet: %s", entity, first_line(exc), extra={"entity": entity})
-                continue
-            if query is not None:
-                gold[entity] = query
 
 
 def _write_status(
