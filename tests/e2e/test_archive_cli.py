@@ -16,6 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from infra import procs
+from infra.stack import LocalStack
 from tierlake.config import Settings, load_settings
 from tiers.s3 import delta_storage_options
 from tiers.tape.library import Library
@@ -142,3 +144,50 @@ def test_bad_input_is_one_line(settings: Settings, tmp_path: Path) -> None:
         assert result.stderr.startswith("tierlake: error: ")
         assert result.stderr.count("\n") == 1
         assert needle in result.stderr
+
+
+def test_rgw_restarted_mid_archive_loses_and_doubles_nothing(stack: LocalStack, tmp_path: Path) -> None:
+    """RGW killed (kill -9) once the run has begun staging, and started again: the run retries within its bounds
+    or stops with a clear error; a re-run completes, verify is clean, and the catalog holds each file once."""
+    table = f"tests/archive-rgw/{uuid.uuid4().hex[:8]}/events"
+    _table(stack.settings, table)
+    env = _env(tmp_path, table, TIERLAKE_ARCHIVE__DRIVE_MB_S="2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tierlake.cli", "archive", "run", "--table", table, "--json"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    rgw = next(d for d in stack.ceph.daemons() if d.name == "ceph-client.rgw.gw")
+    staging = tmp_path / "staging"
+    deadline = time.monotonic() + 240
+    try:
+        while not any(p.is_file() and p.name != "journal.json" for p in staging.rglob("*")):  # staging has begun
+            assert proc.poll() is None, "the run ended before RGW was killed"
+            assert time.monotonic() < deadline, "the run never started staging"
+            time.sleep(0.05)
+        procs.kill9(rgw)
+        time.sleep(2)  # the outage itself: RGW is down for this long before it is started again
+    finally:
+        stack.up()
+    out, err = proc.communicate(timeout=600)
+    if proc.returncode != 0:  # stopped: one clear line, then a re-run completes
+        assert err.strip().splitlines()[-1].startswith("tierlake: error:"), err[-2000:]
+        rerun = _tierlake(_env(tmp_path, table), "run", "--table", table, "--json")
+        assert rerun.returncode == 0, rerun.stderr
+        out = rerun.stdout
+    assert json.loads(out)["all_verified"]
+    verify = _tierlake(_env(tmp_path, table), "verify", "--json")
+    assert verify.returncode == 0, verify.stderr
+    assert json.loads(verify.stdout)["bad"] == []
+    rows = _tierlake(
+        _env(tmp_path, table),
+        "query",
+        "SELECT count(*) AS n, count(DISTINCT key || '/' || site) AS distinct_copies FROM catalog",
+        "--json",
+    )
+    assert rows.returncode == 0, rows.stderr
+    counted = json.loads(rows.stdout)["rows"][0]
+    assert counted["n"] == counted["distinct_copies"] > 0, counted
