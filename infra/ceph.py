@@ -28,6 +28,68 @@ _DATA_POOL = "default.rgw.buckets.data"
 RGW_USER = "tierlake"
 
 
+# ceph.conf of the single-node cluster (see shared/reference/ceph-single-node.md); $name and $id are Ceph's own.
+CEPH_CONF = """# written by tierlake (infra/ceph.py) at bootstrap; edit conf/, not this file
+[global]
+fsid = {fsid}
+mon_host = v2:127.0.0.1:{mon_port}
+mon_initial_members = a
+public_addr = 127.0.0.1
+cluster_addr = 127.0.0.1
+ms_bind_msgr1 = false
+auth_cluster_required = cephx
+auth_service_required = cephx
+auth_client_required = cephx
+auth_allow_insecure_global_id_reclaim = false
+run_dir = {home}/run
+pid_file = {home}/run/$name.pid
+admin_socket = {home}/run/$name.asok
+log_file = {home}/log/$name.log
+crash_dir = {home}/crash
+log_to_stderr = false
+err_to_stderr = false
+osd_pool_default_size = 1
+osd_pool_default_min_size = 1
+osd_pool_default_pg_num = 8
+osd_pool_default_pgp_num = 8
+osd_pool_default_pg_autoscale_mode = off
+osd_crush_chooseleaf_type = 0
+mon_allow_pool_size_one = true
+mon_allow_pool_delete = true
+mon_warn_on_pool_no_redundancy = false
+mon_data_avail_warn = 2
+mon_data_avail_crit = 1
+paxos_propose_interval = 0.1
+
+[mon]
+mon_data = {home}/mon/$id
+mon_cluster_log_file = {home}/log/cluster.log
+mgr_initial_modules = iostat
+
+[mgr]
+mgr_data = {home}/mgr/$id
+
+[osd]
+osd_data = {home}/osd/$id
+osd_objectstore = bluestore
+bluestore_block_create = true
+bluestore_block_size = {size}
+bluestore_fsck_on_mkfs = false
+bdev_enable_discard = false
+osd_memory_target = 939524096
+bluestore_cache_autotune = true
+
+[client.admin]
+keyring = {home}/keyring
+
+[client.rgw.gw]
+rgw_data = {home}/rgw/gw
+keyring = {home}/rgw/gw/keyring
+rgw_frontends = {rgw_frontends}
+rgw_thread_pool_size = 32
+"""
+
+
 class CephCluster:
     """The local Ceph cluster: owns its daemons and files under ``<run_dir>/ceph``."""
 
@@ -180,81 +242,42 @@ class CephCluster:
             self.conf.write_text("\n".join(fresh) + "\n", encoding="utf-8")
 
     def _make_mon(self, fsid: str) -> None:
-        home, log = str(self.home), self.setup_log
-        procs.run(
-            [
-                "ceph-authtool",
-                "--create-keyring",
-                f"{home}/mon.keyring",
-                "--gen-key",
-                "-n",
-                "mon.",
-                "--cap",
-                "mon",
-                "allow *",
-            ],
-            log=log,
-            what="mon keyring",
-        )
-        procs.run(
-            [
-                "ceph-authtool",
-                "--create-keyring",
-                f"{home}/keyring",
-                "--gen-key",
-                "-n",
-                "client.admin",
-                "--cap",
-                "mon",
-                "allow *",
-                "--cap",
-                "osd",
-                "allow *",
-                "--cap",
-                "mds",
-                "allow *",
-                "--cap",
-                "mgr",
-                "allow *",
-            ],
-            log=log,
-            what="admin keyring",
-        )
-        procs.run(
-            ["ceph-authtool", f"{home}/mon.keyring", "--import-keyring", f"{home}/keyring"],
-            log=log,
-            what="keyring import",
-        )
-        procs.run(
-            [
-                "monmaptool",
-                "--create",
-                "--fsid",
-                fsid,
-                "--addv",
-                "a",
-                f"[v2:127.0.0.1:{self.ceph.mon_port}]",
-                f"{home}/monmap",
-            ],
-            log=log,
-            what="monmap",
-        )
-        procs.run(
-            [
-                "ceph-mon",
-                "-c",
-                str(self.conf),
-                "--mkfs",
-                "-i",
-                "a",
-                "--monmap",
-                f"{home}/monmap",
-                "--keyring",
-                f"{home}/mon.keyring",
-            ],
-            log=log,
-            what="ceph-mon --mkfs",
-        )
+        """Keyrings, the monitor map and the monitor's store (the steps of a manual mon deployment)."""
+        home = str(self.home)
+        admin_caps = [arg for daemon in ("mon", "osd", "mds", "mgr") for arg in ("--cap", daemon, "allow *")]
+        mon_key = ["--create-keyring", f"{home}/mon.keyring", "--gen-key", "-n", "mon.", "--cap", "mon", "allow *"]
+        monmap = ["--create", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{self.ceph.mon_port}]", f"{home}/monmap"]
+        mkfs = [
+            "-c",
+            str(self.conf),
+            "--mkfs",
+            "-i",
+            "a",
+            "--monmap",
+            f"{home}/monmap",
+            "--keyring",
+            f"{home}/mon.keyring",
+        ]
+        steps = [
+            (["ceph-authtool", *mon_key], "mon keyring"),
+            (
+                [
+                    "ceph-authtool",
+                    "--create-keyring",
+                    f"{home}/keyring",
+                    "--gen-key",
+                    "-n",
+                    "client.admin",
+                    *admin_caps,
+                ],
+                "admin keyring",
+            ),
+            (["ceph-authtool", f"{home}/mon.keyring", "--import-keyring", f"{home}/keyring"], "keyring import"),
+            (["monmaptool", *monmap], "monmap"),
+            (["ceph-mon", *mkfs], "ceph-mon --mkfs"),
+        ]
+        for argv, what in steps:
+            procs.run(argv, log=self.setup_log, what=what)
 
     def _create_osds(self) -> None:
         """Register every OSD with its cephx key first (as ceph-volume does), then mkfs them in parallel."""
@@ -465,64 +488,10 @@ class CephCluster:
         return procs.stop(self.daemons(), timeout_s=15)
 
     def _ceph_conf(self, fsid: str) -> str:
-        home = self.home
-        size = self.ceph.osd_size_gb * 1024**3
-        return f"""# written by tierlake (infra/ceph.py) at bootstrap; edit conf/, not this file
-[global]
-fsid = {fsid}
-mon_host = v2:127.0.0.1:{self.ceph.mon_port}
-mon_initial_members = a
-public_addr = 127.0.0.1
-cluster_addr = 127.0.0.1
-ms_bind_msgr1 = false
-auth_cluster_required = cephx
-auth_service_required = cephx
-auth_client_required = cephx
-auth_allow_insecure_global_id_reclaim = false
-run_dir = {home}/run
-pid_file = {home}/run/$name.pid
-admin_socket = {home}/run/$name.asok
-log_file = {home}/log/$name.log
-crash_dir = {home}/crash
-log_to_stderr = false
-err_to_stderr = false
-osd_pool_default_size = 1
-osd_pool_default_min_size = 1
-osd_pool_default_pg_num = 8
-osd_pool_default_pgp_num = 8
-osd_pool_default_pg_autoscale_mode = off
-osd_crush_chooseleaf_type = 0
-mon_allow_pool_size_one = true
-mon_allow_pool_delete = true
-mon_warn_on_pool_no_redundancy = false
-mon_data_avail_warn = 2
-mon_data_avail_crit = 1
-paxos_propose_interval = 0.1
-
-[mon]
-mon_data = {home}/mon/$id
-mon_cluster_log_file = {home}/log/cluster.log
-mgr_initial_modules = iostat
-
-[mgr]
-mgr_data = {home}/mgr/$id
-
-[osd]
-osd_data = {home}/osd/$id
-osd_objectstore = bluestore
-bluestore_block_create = true
-bluestore_block_size = {size}
-bluestore_fsck_on_mkfs = false
-bdev_enable_discard = false
-osd_memory_target = 939524096
-bluestore_cache_autotune = true
-
-[client.admin]
-keyring = {home}/keyring
-
-[client.rgw.gw]
-rgw_data = {home}/rgw/gw
-keyring = {home}/rgw/gw/keyring
-rgw_frontends = {self._rgw_frontends()}
-rgw_thread_pool_size = 32
-"""
+        return CEPH_CONF.format(
+            fsid=fsid,
+            mon_port=self.ceph.mon_port,
+            home=self.home,
+            size=self.ceph.osd_size_gb * 1024**3,
+            rgw_frontends=self._rgw_frontends(),
+        )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.gold_ev import append_replayed_anomalies, gold_paths
 from pipelines.ingest.rules import classify
-from pipelines.ingest.silver import HighWater, judge, outputs, silver_tables, table_exists
+from pipelines.ingest.silver import HighWater, SilverTables, judge, outputs, silver_tables, table_exists
 from pipelines.lake.lease import TableLease
 from tierlake.config import Settings
 from tiers.s3 import s3_client
@@ -27,11 +27,28 @@ REPLAY_BATCH = -1
 _AFTER_EVERY_BATCH = 2**62
 
 
+def mark_replayed(spark: SparkSession, tables: SilverTables) -> None:
+    """Mark ``replayed`` every quarantine row whose offset is in silver (idempotent: a re-run marks nothing new)."""
+    from delta.tables import DeltaTable  # noqa: PLC0415
+
+    if not table_exists(spark, tables.silver):
+        return
+    key = ["topic", "partition", "offset"]
+    in_silver = spark.read.format("delta").load(tables.silver).select(*key)
+    condition = " AND ".join(f"q.{k} = s.{k}" for k in key) + " AND NOT q.replayed"
+    (
+        DeltaTable.forPath(spark, tables.quarantine)
+        .alias("q")
+        .merge(in_silver.alias("s"), condition)
+        .whenMatchedUpdate(set={"replayed": "true"})
+        .execute()
+    )
+
+
 def replay_quarantine(
     spark: SparkSession, settings: Settings, *, entity: str, rule: str | None = None
 ) -> dict[str, Any]:
     """Re-check the quarantined records of ``entity`` (optionally one ``rule``); returns what moved and stayed."""
-    from delta.tables import DeltaTable  # noqa: PLC0415
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     tables = silver_tables(settings, entity)
@@ -72,20 +89,7 @@ def replay_quarantine(
                 )
             if moved:
                 passing.write.format("delta").mode("append").option("mergeSchema", "true").save(tables.silver)
-            in_silver = (
-                spark.read.format("delta").load(tables.silver).select(*key)
-                if table_exists(spark, tables.silver)
-                else None
-            )
-            if in_silver is not None:
-                condition = " AND ".join(f"q.{k} = s.{k}" for k in key) + " AND NOT q.replayed"
-                (
-                    DeltaTable.forPath(spark, tables.quarantine)
-                    .alias("q")
-                    .merge(in_silver.alias("s"), condition)
-                    .whenMatchedUpdate(set={"replayed": "true"})
-                    .execute()
-                )
+            mark_replayed(spark, tables)
             stayed = still_bad.count()
         finally:
             judged.unpersist()

@@ -273,6 +273,24 @@ def commit_metadata(entity: str, batch_id: int, offsets: dict[str, dict[int, tup
     return json.dumps({"writer": "tierlake", "query": f"ingest_{entity}", "batch_id": batch_id, "offsets": ranges})
 
 
+def table_writes(
+    frames: tuple[DataFrame, DataFrame, DataFrame],
+    counts: dict[str, int],
+    *,
+    tables: SilverTables,
+    ledger: CommitLedger,
+    batch_id: int,
+) -> list[Callable[[], object]]:
+    """The appends of a batch's silver, quarantine and dropped rows, for the tables that get rows: an empty write
+    would still cost a job and a commit, and skipping it is as deterministic."""
+    uris = (tables.silver, tables.quarantine, tables.dropped)
+    return [
+        partial(ledger.append, frame, uri, batch_id, merge_schema=True)
+        for name, frame, uri in zip(("silver", "quarantine", "dropped"), frames, uris, strict=True)
+        if counts[name]
+    ]
+
+
 def process_batch(
     classified: DataFrame,
     batch_id: int,
@@ -311,16 +329,7 @@ def process_batch(
         counts, high = summary.counts, summary.high
         ledger.describe(batch_id, commit_metadata(entity.name, batch_id, summary.offsets))
         judged_s = time.monotonic() - began
-        writes: list[Callable[[], object]] = [
-            partial(ledger.append, frame, uri, batch_id, merge_schema=True)
-            for name, frame, uri in zip(
-                ("silver", "quarantine", "dropped"),
-                frames,
-                (tables.silver, tables.quarantine, tables.dropped),
-                strict=True,
-            )
-            if counts[name]  # an empty write would still cost a job and a commit; skipping it is as deterministic
-        ]
+        writes = table_writes(frames, counts, tables=tables, ledger=ledger, batch_id=batch_id)
         flag_at = None
         if flag is not None and counts["silver"]:
             flag_at = len(writes)

@@ -293,6 +293,59 @@ def _counted(chunks: Iterator[bytes | bytearray], bar: tqdm[Any]) -> Iterator[by
         yield chunk
 
 
+def _stage_all(
+    store: S3Store,
+    todo: list[DataFile],
+    staging: Path,
+    policy: ArchiveTable,
+    states: dict[str, FileState],
+    *,
+    progress: bool,
+    label: str,
+) -> list[tuple[DataFile, dict[str, Any]]]:
+    """Copy every file of the run to the staging folder (with a progress bar); each becomes STAGED."""
+    staged = []
+    bar = tqdm(total=len(todo), unit="file", desc=f"stage {label}", disable=not progress)
+    for item in todo:
+        staged.append((item, _stage(store, item, staging, policy)))
+        states[item.path] = FileState.STAGED
+        bar.update(1)
+    bar.close()
+    return staged
+
+
+def _write_both_sites(
+    settings: Settings,
+    groups: list[tuple[str, bytes, list[Member]]],
+    *,
+    progress: bool,
+    label: str,
+) -> list[Any]:
+    """Write the aggregates to a cartridge at each site at once, from one read of the staged files (a tee)."""
+    total = sum(len(h) + sum(m.size for m in g) for _, h, g in groups)
+    bar = tqdm(total=2 * total, unit="B", unit_scale=True, desc=f"write 2 sites {label}", disable=not progress)
+    blocksize = settings.archive.block_size
+    tees = [Tee(aggregate.chunks(head, group, blocksize), len(settings.archive.sites)) for _, head, group in groups]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-site") as pool:
+        futures = [
+            pool.submit(
+                _write_site,
+                Library(settings.archive),
+                site,
+                copy,
+                groups,
+                tees,
+                verify=settings.archive.verify_after_write,
+                blocksize=blocksize,
+                bar=bar,
+            )
+            for copy, site in enumerate(settings.archive.sites, start=1)
+        ]
+        results = [f.result() for f in futures]
+    bar.close()
+    return results
+
+
 def run(settings: Settings, catalog: Catalog, table: str, partitions: list[str], *, progress: bool = True) -> RunReport:
     from tiers.archive.policy import policy_for  # noqa: PLC0415
 
@@ -315,39 +368,11 @@ def run(settings: Settings, catalog: Catalog, table: str, partitions: list[str],
     states: dict[str, FileState] = {}
     store = S3Store(settings.s3)
     try:
-        staged = []
-        bar = tqdm(total=len(todo), unit="file", desc=f"stage {table}", disable=not progress)
-        for item in todo:
-            staged.append((item, _stage(store, item, staging, policy)))
-            states[item.path] = FileState.STAGED
-            bar.update(1)
-        bar.close()
+        staged = _stage_all(store, todo, staging, policy, states, progress=progress, label=table)
         _journal(journal, states)
         members = _members(staged, table, policy, snap.version, now=datetime.now(UTC))
         groups = _groups(members, run_id, settings.archive.aggregate_mb * 1024 * 1024)
-        total = sum(len(h) + sum(m.size for m in g) for _, h, g in groups)
-        bar = tqdm(total=2 * total, unit="B", unit_scale=True, desc=f"write 2 sites {table}", disable=not progress)
-        blocksize = settings.archive.block_size
-        tees = [
-            Tee(aggregate.chunks(head, members, blocksize), len(settings.archive.sites)) for _, head, members in groups
-        ]
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-site") as pool:
-            futures = [
-                pool.submit(
-                    _write_site,
-                    Library(settings.archive),
-                    site,
-                    copy,
-                    groups,
-                    tees,
-                    verify=settings.archive.verify_after_write,
-                    blocksize=blocksize,
-                    bar=bar,
-                )
-                for copy, site in enumerate(settings.archive.sites, start=1)
-            ]
-            results = [f.result() for f in futures]
-        bar.close()
+        results = _write_both_sites(settings, groups, progress=progress, label=table)
         for path, state in list(states.items()):
             states[path] = advance(advance(state, FileState.WRITTEN), FileState.VERIFIED)
         _journal(journal, states)
