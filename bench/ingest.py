@@ -14,6 +14,11 @@ One run, one topic of its own, the same records for every contender:
   reading, the same to the commit of its anomaly flag (how soon gold shows it). Commit times come from the tables'
   logs (``pipelines.checks.freshness``), not from ``silver_time``/``flagged_at``, which are taken before the write.
 
+- ``plain_ss``: the peer a data engineer would write instead (one Structured Streaming query, Kafka ->
+  ``from_json`` -> Delta append, no validation or quarantine), on a topic of its own with the same records: its
+  backlog records/s (query start excluded: the sum of its batches' trigger times, as tierlake's ``backlog_eps``)
+  and its live freshness to the commit at the same rate and trigger.
+
 Prints one JSON object as its last line (DESIGN.md): ``{"bench", "figures", "ratios", "setup"}``.
 Usage: ``.venv/bin/python bench/ingest.py [--quick]`` with the local stack (it brings it up if needed).
 """
@@ -39,6 +44,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
 from pipelines.checks.freshness import anomaly_freshness, freshness
+from pipelines.ingest.bronze import kafka_source
 from pipelines.ingest.driver import run_continuous
 from pipelines.ingest.gold import run_gold_until_caught_up
 from pipelines.ingest.gold_ev import OVERHEAT_C, SPIKE_KW, gold_paths
@@ -49,6 +55,7 @@ from pipelines.ingest.stream import ingest_counts, start_ingest
 from pipelines.session import spark_session
 from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
 from pipelines.synthetic.produce import send_records
+from tierlake import catalog
 from tierlake.config import Settings, load_settings
 from tierlake.logs import configure_logging
 from tiers.s3 import delta_storage_options
@@ -60,10 +67,82 @@ def bench_settings(profile: str, tag: str) -> Settings:
     """The profile's settings plus a topic and an entity of this run's own (same rules as `ev`)."""
     base = yaml.safe_load((REPO / "conf" / "base.yaml").read_text())
     topic = f"bench.ev.{tag}"
-    topics = [*base["kafka"]["topics"], {"name": topic, "partitions": 3, "replication": 3, "retention_ms": 86_400_000}]
+    topics = [
+        *base["kafka"]["topics"],
+        *(
+            {"name": name, "partitions": 3, "replication": 3, "retention_ms": 86_400_000}
+            for name in (topic, plain_topic(tag))
+        ),
+    ]
     entities = {f"bench_{tag}": {**base["entities"]["ev"], "topic": topic}}
     env = {**os.environ, "TIERLAKE_KAFKA__TOPICS": json.dumps(topics), "TIERLAKE_ENTITIES": json.dumps(entities)}
     return load_settings(profile, env=env)
+
+
+def plain_topic(tag: str) -> str:
+    """The topic of the plain Structured Streaming peer (the same records as tierlake's, a topic of its own)."""
+    return f"bench.plain.{tag}"
+
+
+def start_plain(spark: Any, settings: Settings, entity: str, tag: str, *, trigger_s: float | None) -> Any:
+    """The job a data engineer would write instead of tierlake: one query, Kafka -> ``from_json`` -> Delta append,
+    no validation, no quarantine, no exactly-once ledger, one table (``bench/plain_<tag>`` in the lake)."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    table = catalog.TablePath(settings.s3.lake_bucket, f"bench/plain_{tag}")
+    parsed = kafka_source(spark, settings, plain_topic(tag)).select(
+        F.from_json(F.col("value").cast("string"), record_ddl(settings.entities[entity])).alias("r"),
+        F.col("timestamp").alias("kafka_timestamp"),
+    )
+    writer = (
+        parsed.select("r.*", "kafka_timestamp")
+        .writeStream.format("delta")
+        .option("checkpointLocation", f"{table.s3a}/_checkpoint")
+        .queryName(f"plain_{tag}")
+    )
+    writer = (
+        writer.trigger(availableNow=True)
+        if trigger_s is None
+        else writer.trigger(processingTime=f"{trigger_s} seconds")
+    )
+    return writer.start(table.s3a)
+
+
+def plain_peer(
+    spark: Any,
+    settings: Settings,
+    entity: str,
+    tag: str,
+    *,
+    records: list[Record],
+    live: list[Record],
+    rate: float,
+    trigger_s: float,
+) -> dict[str, Any]:
+    """The plain query's backlog (query start excluded: the sum of its batches' trigger times) and its live
+    freshness to the commit, on the same records and rate as tierlake's."""
+    topic = plain_topic(tag)
+    send_records(settings, topic, iter(records), total=len(records), progress=False)
+    query = start_plain(spark, settings, entity, tag, trigger_s=None)
+    query.awaitTermination()
+    batches_s = sum(p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"])
+    query = start_plain(spark, settings, entity, tag, trigger_s=trigger_s)
+    try:
+        time.sleep(10)  # up and idle before the clock starts, as tierlake's live part
+        since = time.time()
+        send_records(settings, topic, iter(live), total=len(live), rate=rate, progress=False)
+        table = catalog.TablePath(settings.s3.lake_bucket, f"bench/plain_{tag}")
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            rows = DeltaTable(table.s3, storage_options=delta_storage_options(settings.s3)).to_pyarrow_table(
+                columns=["event_id"]
+            )
+            if rows.num_rows >= len(records) + len(live):
+                break
+            time.sleep(1)
+    finally:
+        query.stop()
+    return {"backlog_batches_s": batches_s, "live": freshness(spark, table.s3a, since_epoch_s=since)}
 
 
 def raw_consume(settings: Settings, topic: str, expected: int) -> float:
@@ -254,6 +333,150 @@ def parse_cost(spark: Any, settings: Settings, entity: str, records: list[Record
     }
 
 
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return round(numerator / denominator, 2) if numerator and denominator else None
+
+
+def ratios_of(measured: dict[str, Any], *, events: int, trigger_s: float) -> dict[str, float | None]:
+    """The bench's ratios: tierlake against the raw consumer, Spark's own read and the plain query."""
+    raw_s, silver_s, backlog = measured["raw_s"], measured["silver_s"], measured["backlog"]
+    spark_read_s, parse, live, peer = (measured[k] for k in ("spark_read_s", "parse", "live", "peer"))
+    raw_eps = events / raw_s
+    return {
+        "silver_vs_raw_consume": round(events / silver_s / raw_eps, 4),
+        "silver_vs_spark_read": round(spark_read_s / silver_s, 4),
+        "spark_read_vs_raw_consume": round(events / spark_read_s / raw_eps, 4),
+        "strict_parse_vs_json_loads": round(parse["strict_parse_ms_per_1k"] / parse["json_loads_ms_per_1k"], 2),
+        "spark_strict_rules_vs_from_json": round(
+            parse["spark_strict_rules_ms_per_1k"] / parse["spark_from_json_ms_per_1k"], 2
+        ),
+        "p50_freshness_vs_plain_ss": _ratio(live["silver"]["p50_s"], peer["live"]["p50_s"]),
+        "p99_freshness_vs_plain_ss": _ratio(live["silver"]["p99_s"], peer["live"]["p99_s"]),
+        "backlog_vs_plain_ss": _ratio(peer["backlog_batches_s"], sum(backlog)),
+        "p99_freshness_vs_trigger": (
+            round(live["silver"]["p99_s"] / trigger_s, 2) if live["silver"]["p99_s"] else None
+        ),
+    }
+
+
+def result_of(
+    measured: dict[str, Any],
+    args: argparse.Namespace,
+    *,
+    events: int,
+    seconds: float,
+    settings: Settings,
+    kafka_nodes: int,
+) -> dict[str, Any]:
+    """The bench's JSON document from what one run measured."""
+    raw_s, silver_s, backlog, counts = (measured[k] for k in ("raw_s", "silver_s", "backlog", "counts"))
+    gold_s, spark_read_s, parse = (measured[k] for k in ("gold_s", "spark_read_s", "parse"))
+    live, peer = measured["live"], measured["peer"]
+    raw_eps = events / raw_s
+    return {
+        "bench": "ingest",
+        "figures": {
+            "raw_consume_eps": round(raw_eps),
+            "silver_end_to_end_eps": round(events / silver_s),
+            "spark_read_eps": round(events / spark_read_s),
+            "backlog_batches": len(backlog),
+            "backlog_batches_s": round(sum(backlog), 1),
+            "backlog_query_s": round(silver_s, 1),
+            "gold_stage_eps": round(events / gold_s),
+            "p50_freshness_s": live["silver"]["p50_s"],
+            "p99_freshness_s": live["silver"]["p99_s"],
+            "freshness_rows": live["silver"]["rows"],
+            "p50_anomaly_freshness_s": live["flags"]["p50_s"],
+            "p99_anomaly_freshness_s": live["flags"]["p99_s"],
+            "anomaly_rows": live["flags"]["rows"],
+            "anomalies_expected": live["anomalies_expected"],
+            "live_rows_sent": live["count"],
+            "drained": live["drained"],
+            "trigger_s": args.trigger_s,
+            "silver_rows": counts["silver"],
+            **parse,
+            "backlog_eps": round(events / sum(backlog)) if backlog else None,
+            "plain_ss_backlog_eps": round(events / peer["backlog_batches_s"]),
+            "plain_ss_p50_freshness_s": peer["live"]["p50_s"],
+            "plain_ss_p99_freshness_s": peer["live"]["p99_s"],
+            "plain_ss_freshness_rows": peer["live"]["rows"],
+        },
+        "ratios": ratios_of(measured, events=events, trigger_s=args.trigger_s),
+        "setup": {
+            "events": events,
+            "live_rate": args.rate,
+            "live_seconds": seconds,
+            "quick": args.quick,
+            "cores": os.cpu_count(),
+            "spark_master": settings.spark.master,
+            "kafka_nodes": kafka_nodes,  # the running cluster's, which may differ from the profile's
+            "profile": settings.profile,
+            "raw_consume": "assign() to every partition from the beginning, best of three",
+        },
+        "diagnostics": {
+            "live_batch_phases_ms_median": live["phases"],
+            "live_codegen_compiles": live["codegen"],
+        },
+    }
+
+
+def measure(
+    settings: Settings,
+    entity: str,
+    tag: str,
+    *,
+    events: int,
+    seconds: float,
+    start: datetime,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Every part of one run that needs Spark: the backlog, gold, Spark's own read, the parse cost, the live part
+    and the plain query's backlog and live part."""
+    topic = settings.entities[entity].topic
+    spark = spark_session(settings, app_name="tierlake-bench-ingest")
+    try:
+        began = time.monotonic()
+        query = start_ingest(spark, settings, entity=entity, trigger_s=None)
+        query.awaitTermination()
+        silver_s = time.monotonic() - began
+        backlog = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]]
+        counts = ingest_counts(spark, settings, entity=entity)
+        began = time.monotonic()
+        run_gold_until_caught_up(spark, settings, entity=entity)
+        gold_s = time.monotonic() - began
+        spark_read_s = spark_read(spark, settings, topic, events)
+        sample = list(good_records("ev", min(events, 20_000), seed=1, start=start))
+        parse = parse_cost(spark, settings, entity, sample)
+
+        live = live_run(
+            spark, settings, entity, events=events, rate=args.rate, seconds=seconds, trigger_s=args.trigger_s
+        )
+        count = int(seconds * args.rate)
+        peer = plain_peer(
+            spark,
+            settings,
+            entity,
+            tag,
+            records=list(good_records("ev", events, seed=1, start=start)),
+            live=list(good_records("ev", count, seed=2, start=recent_start(count, EV_SPACING_S))),
+            rate=args.rate,
+            trigger_s=args.trigger_s,
+        )
+    finally:
+        spark.stop()
+
+    return {
+        "silver_s": silver_s,
+        "backlog": backlog,
+        "counts": counts,
+        "gold_s": gold_s,
+        "spark_read_s": spark_read_s,
+        "parse": parse,
+        "live": live,
+        "peer": peer,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes: finishes in a few minutes on 2 cores")
@@ -278,79 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     send_records(settings, topic, good_records("ev", events, seed=1, start=start), total=events, progress=False)
     raw_s = min(raw_consume(settings, topic, events) for _ in range(3))  # the ceiling: best of three
 
-    spark = spark_session(settings, app_name="tierlake-bench-ingest")
-    try:
-        began = time.monotonic()
-        query = start_ingest(spark, settings, entity=entity, trigger_s=None)
-        query.awaitTermination()
-        silver_s = time.monotonic() - began
-        backlog = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]]
-        counts = ingest_counts(spark, settings, entity=entity)
-        began = time.monotonic()
-        run_gold_until_caught_up(spark, settings, entity=entity)
-        gold_s = time.monotonic() - began
-        spark_read_s = spark_read(spark, settings, topic, events)
-        sample = list(good_records("ev", min(events, 20_000), seed=1, start=start))
-        parse = parse_cost(spark, settings, entity, sample)
-
-        live = live_run(
-            spark, settings, entity, events=events, rate=args.rate, seconds=seconds, trigger_s=args.trigger_s
-        )
-    finally:
-        spark.stop()
-
-    raw_eps = events / raw_s
-    result: dict[str, Any] = {
-        "bench": "ingest",
-        "figures": {
-            "raw_consume_eps": round(raw_eps),
-            "silver_end_to_end_eps": round(events / silver_s),
-            "spark_read_eps": round(events / spark_read_s),
-            "backlog_batches": len(backlog),
-            "backlog_batches_s": round(sum(backlog), 1),
-            "backlog_query_s": round(silver_s, 1),
-            "gold_stage_eps": round(events / gold_s),
-            "p50_freshness_s": live["silver"]["p50_s"],
-            "p99_freshness_s": live["silver"]["p99_s"],
-            "freshness_rows": live["silver"]["rows"],
-            "p50_anomaly_freshness_s": live["flags"]["p50_s"],
-            "p99_anomaly_freshness_s": live["flags"]["p99_s"],
-            "anomaly_rows": live["flags"]["rows"],
-            "anomalies_expected": live["anomalies_expected"],
-            "live_rows_sent": live["count"],
-            "drained": live["drained"],
-            "trigger_s": args.trigger_s,
-            "silver_rows": counts["silver"],
-            **parse,
-        },
-        "ratios": {
-            "silver_vs_raw_consume": round(events / silver_s / raw_eps, 4),
-            "silver_vs_spark_read": round(spark_read_s / silver_s, 4),
-            "spark_read_vs_raw_consume": round(events / spark_read_s / raw_eps, 4),
-            "strict_parse_vs_json_loads": round(parse["strict_parse_ms_per_1k"] / parse["json_loads_ms_per_1k"], 2),
-            "spark_strict_rules_vs_from_json": round(
-                parse["spark_strict_rules_ms_per_1k"] / parse["spark_from_json_ms_per_1k"], 2
-            ),
-            "p99_freshness_vs_trigger": (
-                round(live["silver"]["p99_s"] / args.trigger_s, 2) if live["silver"]["p99_s"] else None
-            ),
-        },
-        "setup": {
-            "events": events,
-            "live_rate": args.rate,
-            "live_seconds": seconds,
-            "quick": args.quick,
-            "cores": os.cpu_count(),
-            "spark_master": settings.spark.master,
-            "kafka_nodes": stack.kafka_nodes,  # the running cluster's, which may differ from the profile's
-            "profile": settings.profile,
-            "raw_consume": "assign() to every partition from the beginning, best of three",
-        },
-        "diagnostics": {
-            "live_batch_phases_ms_median": live["phases"],
-            "live_codegen_compiles": live["codegen"],
-        },
+    measured = {
+        "raw_s": raw_s,
+        **measure(settings, entity, tag, events=events, seconds=seconds, start=start, args=args),
     }
+    result = result_of(measured, args, events=events, seconds=seconds, settings=settings, kafka_nodes=stack.kafka_nodes)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
