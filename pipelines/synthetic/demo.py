@@ -120,13 +120,20 @@ def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
     }
 
 
+def _s(value: object) -> str:
+    """Seconds as a person reads them: one decimal, or ``-`` when there is no figure."""
+    return f"{value:.1f} s" if isinstance(value, int | float) else "-"
+
+
 def summary(report: dict[str, Any]) -> str:
     """The demo's report for a person: per entity what came in, where it went, how fresh, and the verdict."""
-    lines = [f"tierlake demo: {'OK' if report['ok'] else 'PROBLEMS FOUND'} ({report['seconds']})", ""]
+    took = report["seconds"]
+    verdict = "OK" if report["ok"] else "PROBLEMS FOUND"
+    lines = [f"tierlake demo: {verdict} in {_s(took.get('total'))} (stack up {_s(took.get('stack_up'))})", ""]
     for entity, tables in report["tables"].items():
         produced = report["produced"].get(entity, {})
         fresh = report["freshness_kafka_to_silver"].get(entity, {})
-        verdict = report["reconciliation"].get(entity, {}).get("balanced")
+        balanced = report["reconciliation"].get(entity, {}).get("balanced")
         rules = ", ".join(f"{rule} {n}" for rule, n in report["quarantine_by_rule"].get(entity, {}).items())
         lines += [
             f"{entity}: {produced.get('acknowledged', '?')} records acknowledged by Kafka "
@@ -134,11 +141,11 @@ def summary(report: dict[str, Any]) -> str:
             f"  silver {tables.get('silver', '?')}, quarantine {tables.get('quarantine', '?')}"
             + (f" ({rules})" if rules else "")
             + f", dropped {tables.get('dropped', '?')}",
-            f"  freshness Kafka -> silver commit: p50 {fresh.get('p50_s')} s, p99 {fresh.get('p99_s')} s",
-            f"  reconciliation: {'balanced' if verdict else 'NOT balanced'}",
+            f"  freshness Kafka -> silver commit: p50 {_s(fresh.get('p50_s'))}, p99 {_s(fresh.get('p99_s'))}",
+            f"  reconciliation: {'balanced' if balanced else 'NOT balanced'}",
         ]
         if entity == "ev":
             flags = report["freshness_kafka_to_anomaly_flag"]["ev"]
-            lines.append(f"  anomaly flags: {flags.get('rows')} (p50 {flags.get('p50_s')} s to their commit)")
+            lines.append(f"  anomaly flags: {flags.get('rows')} (p50 {_s(flags.get('p50_s'))} to their commit)")
     lines += ["", f"next: {report['next']}", "the whole report: tierlake demo --json"]
     return "\n".join(lines)
