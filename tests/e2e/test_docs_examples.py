@@ -42,7 +42,7 @@ def _tierlake(argv: list[str]) -> subprocess.CompletedProcess[str]:
         env={**os.environ, "TIERLAKE_PROFILE": "ci"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
 
