@@ -127,8 +127,8 @@ def _calls_of_one_append(base: Path, tmp_path: Path) -> list[tuple[str, str]]:
     return calls
 
 
-def _append_and_die_at(path: Path, kill_at: int) -> None:
-    """Child process: the append, killed with SIGKILL just before its ``kill_at``-th system call."""
+def _dying_at(kill_at: int) -> Syscalls:
+    """System calls that SIGKILL this process just before the ``kill_at``-th one (the fault-injection hook)."""
     count = 0
 
     def before(operation: str, target: Path) -> None:
@@ -137,7 +137,12 @@ def _append_and_die_at(path: Path, kill_at: int) -> None:
         if count == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    _write(_cartridge(path, Syscalls(before=before)), NEW)
+    return Syscalls(before=before)
+
+
+def _append_and_die_at(path: Path, kill_at: int) -> None:
+    """Child process: the append, killed with SIGKILL just before its ``kill_at``-th system call."""
+    _write(_cartridge(path, _dying_at(kill_at)), NEW)
 
 
 def test_a_kill_at_any_system_call_of_an_append_recovers_to_exactly_the_committed_files(
@@ -170,15 +175,7 @@ def test_a_kill_at_any_system_call_of_an_append_recovers_to_exactly_the_committe
 
 def _recover_and_die_at(path: Path, kill_at: int) -> None:
     """Child process: recovery, killed with SIGKILL just before its ``kill_at``-th system call."""
-    count = 0
-
-    def before(operation: str, target: Path) -> None:
-        nonlocal count
-        count += 1
-        if count == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    _cartridge(path, Syscalls(before=before)).recover()
+    _cartridge(path, _dying_at(kill_at)).recover()
 
 
 def test_a_recovery_killed_at_any_system_call_is_finished_by_the_next(base: Path, tmp_path: Path) -> None:
