@@ -23,7 +23,7 @@ log() { printf '[setup +%3ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # ---- 1. Debian packages ---------------------------------------------------------------------------
-DEB_PKGS=(ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime curl)
+DEB_PKGS=(ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime curl chromium)  # chromium: report tests
 command -v java >/dev/null || DEB_PKGS+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || DEB_PKGS+=(maven)
 missing=()
