@@ -45,8 +45,12 @@ class ArchiveSettings:
     mount_command: str
     unmount_command: str
     tables: Mapping[str, ArchiveTable]
+    recall: str = "never"  # a read of a version whose files were purged: never (NotFound), ask, auto (from tape)
+    recall_to: str = "lake"  # where auto recalls put a file: lake (its original key) or cache (the edge cache only)
 
 
+RECALL_MODES = ("never", "ask", "auto")
+RECALL_TARGETS = ("lake", "cache")
 _ARCHIVE_TABLE_KEYS = {"partition_column", "key_column", "cold_by", "cold_after_days", "retention_days"}
 
 
@@ -114,4 +118,18 @@ def build_archive(values: Values, root: Path, run_dir: Path) -> ArchiveSettings:
         mount_command=values.get("archive.mount_command", str, default="", fix=command),
         unmount_command=values.get("archive.unmount_command", str, default="", fix=command),
         tables=build_archive_tables(values),
+        recall=values.get(
+            "archive.recall",
+            str,
+            default="never",
+            fix="never (stop with NotFound), ask (confirm the recall plan) or auto (recall from tape)",
+            check=lambda m: None if m in RECALL_MODES else f"must be one of {', '.join(RECALL_MODES)}",
+        ),
+        recall_to=values.get(
+            "archive.recall_to",
+            str,
+            default="lake",
+            fix="lake (back under the original keys) or cache (only into this node's edge cache)",
+            check=lambda t: None if t in RECALL_TARGETS else f"must be one of {', '.join(RECALL_TARGETS)}",
+        ),
     )
