@@ -192,7 +192,15 @@ def verify(settings: Settings, catalog: Catalog, cartridge: str | None, *, progr
                 bad += [{"cartridge": barcode, "aggregate": name, "path": p} for p in failed]
                 bar.update(1)
     bar.close()
-    catalog.record("verify", target=cartridge or "*", checked=checked, bad=len(bad))
+    bad_cartridges = sorted({b["cartridge"] for b in bad})  # which ones: the operator's report judges each cartridge
+    catalog.record(
+        "verify",
+        target=cartridge or "*",
+        checked=checked,
+        bad=len(bad),
+        cartridges=sorted(by_cartridge),
+        bad_cartridges=bad_cartridges,
+    )
     return {"cartridges": sorted(by_cartridge), "files_checked": checked, "bad": bad}
 
 
