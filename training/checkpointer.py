@@ -1,0 +1,301 @@
+"""Asynchronous tiered checkpoints with bounded memory: the train step waits only for the snapshot.
+
+Flow of one checkpoint::
+
+    maybe_save(step)  --snapshot (device -> host copy, the only wait)-->  write to the write tier (DCP thread)
+        --commit (manifest last)-->  promotion to each lower tier that is due (one worker thread per tier)
+
+Bounds and back-pressure: one write in flight; a save that comes due while the last is still being written is
+skipped (counted in ``stats.skipped_busy`` and logged), so at most one host copy of the state exists. Each lower
+tier has one promotion in flight and one pending slot: a newer checkpoint replaces a pending one that has not
+started (``stats.superseded``), so a slow tier gets the newest state, not a backlog. A checkpoint being promoted is
+never removed by keep-last-K.
+
+A failing write tier (disk full, folder gone) is logged with the reason and the fix, counted, and left: the next
+tier becomes the write tier, and training goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.distributed.checkpoint.state_dict_saver import async_save
+
+from tierlake.errors import CommitConflict, TierlakeError
+from training.policy import LastSave, TierPolicy, is_due, stale_uncommitted, to_remove
+from training.storage import TierWriter
+from training.tiers import CheckpointTier, FaultHook, FolderTier, check_run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckpointStats:
+    """Counters a trainer can log or export: what was saved, skipped, superseded, failed, and the stalls."""
+
+    saves_started: int = 0
+    saves_committed: int = 0
+    save_failures: int = 0
+    skipped_busy: int = 0
+    superseded: int = 0
+    promotions: dict[str, int] = field(default_factory=dict)
+    promotion_failures: dict[str, int] = field(default_factory=dict)
+    removed: int = 0
+    stall_s_total: float = 0.0
+    stall_s_max: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+class _Promoter:
+    """One lower tier's worker: one promotion in flight, one pending slot that a newer step replaces."""
+
+    def __init__(self, owner: TieredCheckpointer, index: int) -> None:
+        self.owner = owner
+        self.index = index
+        self.tier = owner.tiers[index]
+        self.pending: tuple[int, int] | None = None  # (step, source tier index)
+        self.active: tuple[int, int] | None = None
+        self.cond = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._loop, name=f"tierlake-promote-{self.tier.name}", daemon=True)
+        self.thread.start()
+
+    def offer(self, step: int, source: int) -> None:
+        with self.cond:
+            if self.pending is not None:
+                self.owner.stats.superseded += 1
+                logger.warning(
+                    "tier %s is behind: step %d replaces pending step %d (promotion superseded)",
+                    self.tier.name,
+                    step,
+                    self.pending[0],
+                    extra={"tier": self.tier.name, "step": step},
+                )
+            self.pending = (step, source)
+            self.cond.notify_all()
+
+    def protected(self) -> set[tuple[int, int]]:
+        with self.cond:
+            return {item for item in (self.pending, self.active) if item is not None}
+
+    def idle(self) -> bool:
+        with self.cond:
+            return self.pending is None and self.active is None
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while self.pending is None and not self.closed:
+                    self.cond.wait()
+                if self.pending is None:
+                    return
+                self.active, self.pending = self.pending, None
+            try:
+                self.owner.promote(self.active[0], self.active[1], self.index)
+            finally:
+                with self.cond:
+                    self.active = None
+                    self.cond.notify_all()
+
+
+class TieredCheckpointer:
+    """Checkpoints of one run over ``tiers`` (nearest first), each with its :class:`TierPolicy`.
+
+    Call :meth:`maybe_save` after every step; it returns at once unless a checkpoint is due, then after the
+    snapshot. :meth:`close` waits for the write and the promotions in flight.
+    """
+
+    def __init__(
+        self,
+        run: str,
+        tiers: Sequence[CheckpointTier],
+        policies: Sequence[TierPolicy],
+        *,
+        code_version: str = "",
+        fault: FaultHook | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not tiers or len(tiers) != len(policies):
+            raise TierlakeError(
+                f"{len(tiers)} tiers and {len(policies)} policies: need one policy per tier and at least one tier. "
+                "Fix: pass matching lists (conf/ checkpoint.tiers)"
+            )
+        self.run = check_run(run)
+        self.tiers = list(tiers)
+        self.policies = list(policies)
+        self.code_version = code_version
+        self.fault = fault
+        self.clock = clock
+        self.stats = CheckpointStats()
+        self.failed: set[int] = set()
+        self._last: list[LastSave | None] = [None] * len(tiers)
+        self._lock = threading.Lock()
+        self._writing: Future[Any] | None = None
+        self._writing_step: tuple[int, int] | None = None
+        self._promoters = {i: _Promoter(self, i) for i in range(1, len(tiers))}
+
+    @property
+    def write_tier(self) -> int:
+        """The nearest tier that has not failed."""
+        for index in range(len(self.tiers)):
+            if index not in self.failed:
+                return index
+        raise TierlakeError(
+            f"every checkpoint tier of run {self.run!r} failed: {'; '.join(self.stats.errors[-3:])}. "
+            "Fix: free space or repair the tiers named, then restart the trainer"
+        )
+
+    def maybe_save(
+        self,
+        step: int,
+        state_dict: dict[str, Any],
+        *,
+        loader_state: Mapping[str, Any] | None = None,
+        tables: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Start a checkpoint of ``state_dict`` at ``step`` if the write tier is due; True if one started."""
+        index = self.write_tier
+        now = self.clock()
+        if not is_due(self.policies[index], step, now, self._last[index]):
+            return False
+        with self._lock:
+            busy = self._writing is not None and not self._writing.done()
+        if busy:
+            self.stats.skipped_busy += 1
+            logger.info(
+                "checkpoint of step %d skipped: step %s is still being written to %s (back-pressure)",
+                step,
+                self._writing_step[0] if self._writing_step else "?",
+                self.tiers[index].name,
+                extra={"step": step, "tier": self.tiers[index].name},
+            )
+            return False
+        self._start(index, step, state_dict, loader_state=loader_state, tables=tables, now=now)
+        return True
+
+    def _start(
+        self,
+        index: int,
+        step: int,
+        state_dict: dict[str, Any],
+        *,
+        loader_state: Mapping[str, Any] | None,
+        tables: Mapping[str, int] | None,
+        now: float,
+    ) -> None:
+        tier = self.tiers[index]
+        writer = TierWriter(
+            tier,
+            self.run,
+            step,
+            loader_state=loader_state,
+            tables=tables,
+            code_version=self.code_version,
+            fault=self.fault,
+        )
+        self._last[index] = LastSave(step, now)
+        self.stats.saves_started += 1
+        started = time.perf_counter()
+        future = async_save(state_dict, storage_writer=writer)
+        stall = time.perf_counter() - started
+        self.stats.stall_s_total += stall
+        self.stats.stall_s_max = max(self.stats.stall_s_max, stall)
+        if not isinstance(future, Future):  # AsyncSaveResponse (a staging future and an upload future)
+            future = future.upload_completion
+        with self._lock:
+            self._writing, self._writing_step = future, (step, index)
+        future.add_done_callback(lambda done: self._written(done, index, step))
+
+    def _written(self, future: Future[Any], index: int, step: int) -> None:
+        tier = self.tiers[index]
+        error = future.exception()
+        if error is None:
+            self.stats.saves_committed += 1
+            self._schedule_promotions(index, step)
+            self._collect(index)
+            return
+        self.stats.save_failures += 1
+        if isinstance(error, CommitConflict):
+            message = str(error)
+        else:
+            self.failed.add(index)
+            message = (
+                f"writing step {step} of run {self.run!r} to tier {tier.name} ({tier.where(self.run, step)}) failed: "
+                f"{error}. Fix: free space or repair that tier; checkpoints go to the next tier meanwhile"
+            )
+            if isinstance(tier, FolderTier):
+                tier.remove(self.run, step)
+        self.stats.errors.append(message)
+        logger.error(message, extra={"step": step, "tier": tier.name})
+
+    def _schedule_promotions(self, source: int, step: int) -> None:
+        now = self.clock()
+        for index in range(source + 1, len(self.tiers)):
+            if index in self.failed or not is_due(self.policies[index], step, now, self._last[index]):
+                continue
+            self._last[index] = LastSave(step, now)
+            self._promoters[index].offer(step, source)
+
+    def promote(self, step: int, source: int, target: int) -> bool:
+        """Copy committed ``step`` from tier ``source`` to tier ``target`` (the promoter threads call this)."""
+        src, dst = self.tiers[source], self.tiers[target]
+        try:
+            with src.local_copy(self.run, step) as (folder, manifest):
+                dst.put_step(folder, manifest, fault=self.fault)
+        except (TierlakeError, OSError) as exc:
+            self.stats.promotion_failures[dst.name] = self.stats.promotion_failures.get(dst.name, 0) + 1
+            message = f"promoting step {step} of run {self.run!r} from {src.name} to {dst.name} failed: {exc}"
+            self.stats.errors.append(message)
+            logger.error(message, extra={"step": step, "tier": dst.name})
+            return False
+        self.stats.promotions[dst.name] = self.stats.promotions.get(dst.name, 0) + 1
+        logger.info("promoted step %d of run %s to %s", step, self.run, dst.name, extra={"tier": dst.name})
+        self._collect(target)
+        return True
+
+    def _collect(self, index: int) -> None:
+        """Keep-last-K on tier ``index``, sparing steps a promotion still reads; drop leftovers of crashes."""
+        tier = self.tiers[index]
+        protected = {step for p in self._promoters.values() for step, src in p.protected() if src == index}
+        with self._lock:
+            if self._writing_step is not None and self._writing is not None and not self._writing.done():
+                protected.add(self._writing_step[0])
+        try:
+            committed = tier.steps(self.run)
+            doomed = to_remove(committed, self.policies[index].keep_last, protected)
+            doomed += stale_uncommitted(tier.uncommitted(self.run), max(committed, default=None), protected)
+            for step in doomed:
+                tier.remove(self.run, step)
+                self.stats.removed += 1
+        except (TierlakeError, OSError) as exc:
+            logger.warning("keep-last-K on tier %s failed: %s", tier.name, exc, extra={"tier": tier.name})
+
+    def wait(self, timeout_s: float = 600.0) -> None:
+        """Block until the write and every promotion in flight or pending are done."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            writing = self._writing
+        if writing is not None:
+            writing.exception(timeout=max(0.0, deadline - time.monotonic()))
+        for promoter in self._promoters.values():
+            with promoter.cond:
+                while not (promoter.pending is None and promoter.active is None):
+                    if not promoter.cond.wait(timeout=max(0.0, deadline - time.monotonic())):
+                        raise TierlakeError(f"promotion to {promoter.tier.name} still running after {timeout_s} s")
+
+    def close(self, timeout_s: float = 600.0) -> None:
+        self.wait(timeout_s)
+        for promoter in self._promoters.values():
+            promoter.close()

@@ -1,0 +1,110 @@
+"""The ``torch.distributed.checkpoint`` storage pair over the tiers: ``dcp.save``, ``dcp.async_save`` and
+``dcp.load`` work unchanged.
+
+:class:`TierWriter` is DCP's own file writer (its shard layout, its ``.metadata``) pointed at a tier's step
+folder, plus the commit: once DCP's metadata is written, it lists every file with its size and CRC-32C and
+publishes the manifest last and exclusively. On a folder tier it writes in place; on RGW it stages the step in a
+scratch folder and uploads it shards first, manifest last. :func:`open_checkpoint` gives DCP's reader over a
+verified copy: a step that fails its manifest is refused before a single tensor is read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.storage import WriteResult
+
+from training.manifest import Manifest, build_manifest, describe_folder
+from training.tiers import CheckpointTier, FaultHook, FolderTier, commit_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class TierWriter(FileSystemWriter):
+    """A DCP ``StorageWriter`` that writes one step of ``run`` to ``tier`` and commits it with a manifest.
+
+    ``loader_state``, ``tables`` (Delta table URI -> version read) and ``code_version`` go into the manifest.
+    ``fault`` is the test suite's fault-injection hook, called at named points (snapshot, write, manifest).
+    After ``finish``, :attr:`manifest` is the published manifest.
+    """
+
+    def __init__(
+        self,
+        tier: CheckpointTier,
+        run: str,
+        step: int,
+        *,
+        loader_state: Mapping[str, Any] | None = None,
+        tables: Mapping[str, int] | None = None,
+        code_version: str = "",
+        fault: FaultHook | None = None,
+        thread_count: int = 1,
+    ) -> None:
+        self.tier = tier
+        self.run = run
+        self.step = step
+        self.staging: Path | None = None
+        if isinstance(tier, FolderTier):
+            folder = tier.step_dir(run, step)
+        else:
+            self.staging = Path(tempfile.mkdtemp(prefix=f"tierlake-stage-{run}-"))
+            folder = self.staging
+        super().__init__(folder, thread_count=thread_count, overwrite=True)
+        self.folder = folder
+        self.loader_state = dict(loader_state) if loader_state is not None else None
+        self.tables = dict(tables or {})
+        self.code_version = code_version
+        self.fault = fault
+        self.manifest: Manifest | None = None
+
+    def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """The device -> host snapshot of ``dcp.async_save``: the only part the train step waits for."""
+        if self.fault is not None:
+            self.fault("snapshot")
+        return super().stage(state_dict)
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        if self.fault is not None:
+            self.fault("write")
+        super().finish(metadata, results)
+        manifest = build_manifest(
+            run=self.run,
+            step=self.step,
+            shards=describe_folder(self.folder),
+            loader_state=self.loader_state,
+            tables=self.tables,
+            code_version=self.code_version,
+        )
+        try:
+            if self.staging is None:
+                commit_manifest(self.folder, manifest, fault=self.fault)
+            else:
+                self.tier.put_step(self.staging, manifest, fault=self.fault)
+        finally:
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+        self.manifest = manifest
+        logger.info(
+            "checkpoint committed: run %s step %d on %s (%d files, %d bytes)",
+            self.run,
+            self.step,
+            self.tier.name,
+            len(manifest.shards),
+            manifest.total_bytes,
+            extra={"run": self.run, "step": self.step, "tier": self.tier.name},
+        )
+
+
+@contextlib.contextmanager
+def open_checkpoint(tier: CheckpointTier, run: str, step: int) -> Iterator[tuple[FileSystemReader, Manifest]]:
+    """DCP's reader over a copy of the step that passed its manifest (raises ``CheckpointCorrupt`` otherwise)."""
+    with tier.local_copy(run, step) as (folder, manifest):
+        yield FileSystemReader(folder), manifest
