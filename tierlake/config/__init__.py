@@ -7,7 +7,8 @@ Secrets (the S3 keys) come only from the environment or the secret file that ``t
 a conf file that holds one is refused.
 
 Sections: :mod:`~tierlake.config.stack` (Kafka, Ceph, Spark), :mod:`~tierlake.config.s3`,
-:mod:`~tierlake.config.cache`, :mod:`~tierlake.config.lake` (maintenance, mirror), :mod:`~tierlake.config.archive`;
+:mod:`~tierlake.config.cache`, :mod:`~tierlake.config.lake` (maintenance, mirror), :mod:`~tierlake.config.archive`,
+:mod:`~tierlake.config.checkpoint` (training checkpoints);
 entities (record schemas) in :mod:`tierlake.entities`. How a value is read and checked: :mod:`~tierlake.config.values`.
 A tier or a loader takes its own section, not the whole :class:`Settings`. Library code never reads ``os.environ``:
 the environment is an argument of :func:`load_settings`.
@@ -23,6 +24,7 @@ from typing import Any
 
 from tierlake.config.archive import ArchiveSettings, ArchiveTable, build_archive
 from tierlake.config.cache import CacheSettings, build_cache
+from tierlake.config.checkpoint import CHECKPOINT_TIERS, CheckpointCadence, CheckpointSettings, build_checkpoint
 from tierlake.config.lake import (
     MIN_VACUUM_RETENTION_HOURS,
     OPTIMIZE_MODES,
@@ -47,6 +49,7 @@ from tierlake.entities import EntitySpec, build_entities
 from tierlake.errors import ConfigError
 
 __all__ = [
+    "CHECKPOINT_TIERS",
     "MIN_VACUUM_RETENTION_HOURS",
     "OPTIMIZE_MODES",
     "PROFILES",
@@ -54,6 +57,8 @@ __all__ = [
     "ArchiveTable",
     "CacheSettings",
     "CephSettings",
+    "CheckpointCadence",
+    "CheckpointSettings",
     "KafkaSettings",
     "MaintenanceSettings",
     "MirrorSettings",
@@ -85,6 +90,7 @@ class Settings:
     archive: ArchiveSettings
     maintenance: MaintenanceSettings
     mirror: MirrorSettings
+    checkpoint: CheckpointSettings
     entities: Mapping[str, EntitySpec]
     sources: tuple[str, ...]
 
@@ -175,6 +181,7 @@ def _build(values: Values, *, profile: str, root: Path, sources: tuple[str, ...]
         archive=build_archive(values, root, run_dir),
         maintenance=build_maintenance(values, root, run_dir),
         mirror=build_mirror(values, root, s3),
+        checkpoint=build_checkpoint(values, root, run_dir),
         entities=entities,
         sources=sources,
     )

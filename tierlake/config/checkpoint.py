@@ -1,0 +1,68 @@
+"""Settings of training checkpoints (training/): the tier folders, the RGW prefix, and each tier's cadence.
+
+The cadence follows the seed (500 ms to the node's SSD, 15 s to the edge NVMe, 5 min to Ceph); a tier is due when
+``every_steps`` steps or ``interval_s`` seconds have passed since its last checkpoint (0 turns a rule off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierlake.config.values import Values, positive
+
+CHECKPOINT_TIERS = ("local", "edge", "rgw")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointCadence:
+    """One tier's rule: every ``every_steps`` steps or ``interval_s`` seconds, keeping the newest ``keep_last``."""
+
+    tier: str
+    every_steps: int
+    interval_s: float
+    keep_last: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSettings:
+    """Where checkpoints go (nearest first: ``local_dir``, ``edge_dir``, ``s3://<lake>/<prefix>``) and when."""
+
+    local_dir: Path
+    edge_dir: Path
+    prefix: str
+    lineage_dir: Path
+    cadence: tuple[CheckpointCadence, ...]
+
+
+def _cadence(values: Values, tier: str) -> CheckpointCadence:
+    fix = f"checkpoint.{tier}: {{every_steps: 0 or more, interval_s: seconds (0: off), keep_last: 1 or more}}"
+    every = values.get(
+        f"checkpoint.{tier}.every_steps", int, fix=fix, check=lambda n: None if n >= 0 else "must be 0 or more"
+    )
+    interval = values.number(f"checkpoint.{tier}.interval_s", fix=fix, minimum=0)
+    if every == 0 and interval == 0:
+        raise values.fail(
+            f"checkpoint.{tier}.interval_s", interval, "with every_steps 0 the tier is never written", fix
+        )
+    keep = values.get(f"checkpoint.{tier}.keep_last", int, check=positive, fix=fix)
+    return CheckpointCadence(tier=tier, every_steps=every, interval_s=interval, keep_last=keep)
+
+
+def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSettings:
+    local = values.get("checkpoint.local_dir", str, default="", fix="the node's SSD folder; empty: <run_dir>")
+    edge = values.get("checkpoint.edge_dir", str, default="", fix="the edge NVMe folder; empty: <run_dir>")
+    lineage = values.get("checkpoint.lineage_dir", str, default="", fix="a folder; empty: <run_dir>/lineage")
+    prefix = values.get(
+        "checkpoint.prefix",
+        str,
+        fix="a key prefix in the lake bucket, e.g. training/checkpoints",
+        check=lambda p: None if p.strip("/") and not p.startswith("/") else "must be a relative, non-empty prefix",
+    )
+    return CheckpointSettings(
+        local_dir=(root / local) if local else run_dir / "checkpoints" / "local",
+        edge_dir=(root / edge) if edge else run_dir / "checkpoints" / "edge",
+        prefix=prefix.strip("/"),
+        lineage_dir=(root / lineage) if lineage else run_dir / "lineage",
+        cadence=tuple(_cadence(values, tier) for tier in CHECKPOINT_TIERS),
+    )
