@@ -1,0 +1,45 @@
+"""The tiers and policies of the settings (``conf/`` section ``checkpoint``), built once at an entry point."""
+
+from __future__ import annotations
+
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from tierlake.config import Settings
+from tiers.s3 import s3_client
+from training.policy import TierPolicy
+from training.tiers import CheckpointTier, FolderTier, RgwTier
+
+
+def checkpoint_tiers(settings: Settings, *, with_rgw: bool = True) -> list[CheckpointTier]:
+    """Nearest first: the node's SSD folder, the edge NVMe folder, Ceph RGW (the lake bucket)."""
+    section = settings.checkpoint
+    tiers: list[CheckpointTier] = [FolderTier("local", section.local_dir), FolderTier("edge", section.edge_dir)]
+    if with_rgw:
+        tiers.append(RgwTier(s3_client(settings.s3), settings.s3.lake_bucket, section.prefix))
+    return tiers
+
+
+def tier_policies(settings: Settings) -> list[TierPolicy]:
+    """One :class:`TierPolicy` per tier, in the order of :func:`checkpoint_tiers`."""
+    return [
+        TierPolicy(every_steps=c.every_steps, interval_s=c.interval_s, keep_last=c.keep_last)
+        for c in settings.checkpoint.cadence
+    ]
+
+
+def code_version(root: Path) -> str:
+    """``tierlake <version>`` plus the git commit of the checkout when there is one."""
+    version = f"tierlake {metadata.version('tierlake')}"
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version} git {commit}"
