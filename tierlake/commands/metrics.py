@@ -1,0 +1,57 @@
+"""``tierlake metrics serve``: one Prometheus endpoint for the whole lake (pipelines/observe/metrics.py) and the
+node's edge cache (tiers/cache/metrics.py), ``tierlake_``-prefixed, in base units."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from tierlake.commands import Subparsers, positive_float
+from tierlake.commands.report import driver_running, duration_s
+from tierlake.config import Settings
+
+if TYPE_CHECKING:
+    from pipelines.observe import LakeReport
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+
+    from pipelines.observe import build_report  # noqa: PLC0415
+    from pipelines.observe.metrics import LakeCollector  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+
+    def gather() -> LakeReport:
+        return build_report(settings, since_s=time.time() - args.since, driver_running=driver_running(settings))
+
+    registry.register(LakeCollector(gather, max_age_s=args.max_age_s))
+    if (settings.cache.directory / "index.sqlite").exists():
+        from tiers.cache import cache_from_settings  # noqa: PLC0415
+        from tiers.cache.metrics import CacheCollector  # noqa: PLC0415
+
+        registry.register(CacheCollector(cache_from_settings(settings)))
+    server, thread = start_http_server(args.port, addr=args.host, registry=registry)
+    sys.stderr.write(f"metrics on http://{args.host}:{args.port}/metrics (figures at most {args.max_age_s:g} s old)\n")
+    try:
+        threading.Event().wait()
+    finally:
+        server.shutdown()
+        thread.join()
+    return 0
+
+
+def register(sub: Subparsers) -> None:
+    metrics = sub.add_parser("metrics", help="Prometheus metrics of the whole lake")
+    actions = metrics.add_subparsers(dest="action", required=True)
+    serve = actions.add_parser("serve", help="serve /metrics until interrupted")
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=9464, help="port (default 9464)")
+    serve.add_argument(
+        "--max-age-s", type=positive_float, default=60.0, help="gather the lake again when figures are older"
+    )
+    serve.add_argument("--since", type=duration_s, default=duration_s("1h"), help="window of the per-window figures")
+    serve.set_defaults(handler=_serve)

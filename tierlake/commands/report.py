@@ -1,0 +1,93 @@
+"""``tierlake report``: the whole lake on one offline HTML page (pipelines/observe), verdicts first, each WARN or ERR
+with the value that triggered it and the command that fixes it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from tierlake.commands import ExitCode, Subparsers, positive_float
+from tierlake.config import Settings
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$")
+
+
+def duration_s(text: str) -> float:
+    """argparse type for ``--since``: ``90s``, ``30m``, ``24h``, ``7d`` or ``2w`` as seconds above 0."""
+    found = _DURATION.match(text)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration. Fix: a number and a unit, e.g. 30m, 24h or 7d")
+    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is no time at all. Fix: a window above 0, e.g. 24h")
+    return seconds
+
+
+def driver_running(settings: Settings) -> bool:
+    """Whether this host's background ingest driver (``tierlake ingest start``) runs."""
+    from tierlake.commands.ingest import _driver  # noqa: PLC0415 - the driver's pid file, as `ingest status` reads it
+
+    daemon, _ = _driver(settings)
+    return daemon.running_pid() is not None
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.observe import build_report, render_html  # noqa: PLC0415 - matplotlib, delta-rs, duckdb
+
+    started = time.monotonic()
+    report = build_report(
+        settings,
+        since_s=time.time() - args.since,
+        grace_s=args.lag_grace_s,
+        driver_running=driver_running(settings),
+        extra_tables=args.table or [],
+    )
+    page = render_html(report)
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    problems = [v for v in report.verdicts if v.level]
+    counts = {level: sum(1 for v in report.verdicts if v.level.name == level) for level in ("ERR", "WARN", "OK")}
+    if args.json:
+        summary = {
+            "report": str(out.resolve()),
+            "bytes": len(page.encode()),
+            "seconds": round(time.monotonic() - started, 2),
+            "level": report.level.name,
+            "counts": counts,
+            "problems": [
+                {"level": v.level.name, "subject": v.subject, "value": v.value, "fix": v.fix} for v in problems
+            ],
+        }
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        for verdict in sorted(problems, key=lambda v: -v.level):
+            sys.stdout.write(verdict.line() + "\n")
+        tally = ", ".join(f"{n} {level}" for level, n in counts.items())
+        sys.stdout.write(f"report: {out.resolve()} ({tally}; {time.monotonic() - started:.1f} s)\n")
+    return ExitCode.DEGRADED if args.strict and report.level.name == "ERR" else ExitCode.OK
+
+
+def register(sub: Subparsers) -> None:
+    report = sub.add_parser("report", help="the lake at a glance: one offline HTML page with charts and verdicts")
+    report.add_argument("--out", type=Path, default=Path("report.html"), help="where to write it (default report.html)")
+    report.add_argument(
+        "--since", type=duration_s, default=duration_s("24h"), help="the window of the time series, e.g. 24h or 30m"
+    )
+    report.add_argument(
+        "--lag-grace-s",
+        type=positive_float,
+        default=60.0,
+        help="records may wait at least this long before a partition whose offset does not move is STALLED",
+    )
+    report.add_argument("--table", action="append", help="a table to show besides those of conf/ (repeatable)")
+    report.add_argument("--strict", action="store_true", help="exit 7 (degraded) when any verdict is ERR")
+    report.add_argument("--json", action="store_true", help="a JSON summary on stdout instead of lines")
+    report.set_defaults(handler=_report)
