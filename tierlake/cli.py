@@ -30,6 +30,8 @@ COMMAND_MODULES = (
     "tierlake.commands.cache",
     "tierlake.commands.archive",
     "tierlake.commands.table",
+    "tierlake.commands.report",
+    "tierlake.commands.metrics",
 )
 
 
