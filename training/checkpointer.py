@@ -282,13 +282,17 @@ class TieredCheckpointer:
         except (TierlakeError, OSError) as exc:
             logger.warning("keep-last-K on tier %s failed: %s", tier.name, exc, extra={"tier": tier.name})
 
-    def wait(self, timeout_s: float = 600.0) -> None:
-        """Block until the write and every promotion in flight or pending are done."""
-        deadline = time.monotonic() + timeout_s
+    def wait_written(self, timeout_s: float = 600.0) -> None:
+        """Block until the write in flight, if any, is done (committed or failed); promotions go on."""
         with self._lock:
             writing = self._writing
         if writing is not None:
-            writing.exception(timeout=max(0.0, deadline - time.monotonic()))
+            writing.exception(timeout=timeout_s)
+
+    def wait(self, timeout_s: float = 600.0) -> None:
+        """Block until the write and every promotion in flight or pending are done."""
+        deadline = time.monotonic() + timeout_s
+        self.wait_written(timeout_s)
         for promoter in self._promoters.values():
             with promoter.cond:
                 while not (promoter.pending is None and promoter.active is None):
