@@ -21,6 +21,7 @@ import pyarrow as pa
 from loaders.batches import RowsDecoder, TableSource
 from loaders.order import EpochLayout, IntArray, epoch_layout, locate
 from loaders.plan import build_plan
+from loaders.recall import Recall, with_recall
 from loaders.table import ArrowFileSource, FileSource, PartitionFilter, Snapshot, pin_snapshot
 from tierlake.errors import SchemaMismatch, TierlakeError
 
@@ -142,8 +143,10 @@ def delta_dataset(
     file_source: FileSource | None = None,
     plan_cache_dir: Path | None = None,
     order: OrderOptions | None = None,
+    recall: Recall | None = None,
 ) -> DeltaDataset:
-    """Pin ``table_uri`` and plan it; rows are the units. ``file_source`` is the seam for the edge cache."""
+    """Pin ``table_uri`` and plan it; rows are the units. ``file_source`` is the seam for the edge cache;
+    ``recall`` (:class:`loaders.recall.Recall`): what to do with files of the version that are on tape only."""
     snapshot = pin_snapshot(
         table_uri,
         version=version,
@@ -151,7 +154,7 @@ def delta_dataset(
         storage_options=storage_options,
         partition_filters=partition_filters,
     )
-    files = file_source or ArrowFileSource(storage_options)
+    files = with_recall(snapshot, file_source or ArrowFileSource(storage_options), recall)
     physical, partitions = select_columns(snapshot, columns)
     plan = build_plan(snapshot, files, filters=partition_filters, cache_dir=plan_cache_dir)
     source = TableSource(

@@ -32,6 +32,7 @@ from loaders.batches import TableSource, Units
 from loaders.dataset import DeltaDataset, OrderOptions
 from loaders.order import IntArray, derive_key, permutation
 from loaders.plan import Plan, build_plan
+from loaders.recall import Recall, with_recall
 from loaders.table import ArrowFileSource, DataFile, FileSource, PartitionFilter, pin_snapshot
 from tierlake.errors import SchemaMismatch, TierlakeError
 
@@ -106,6 +107,7 @@ def token_dataset(
     file_source: FileSource | None = None,
     plan_cache_dir: Path | None = None,
     order: OrderOptions | None = None,
+    recall: Recall | None = None,
 ) -> DeltaDataset:
     """A dataset of packed ``seq_len``-token sequences (batches: ``{"tokens": int32[B, seq_len]}``)."""
     if seq_len < 1:
@@ -122,7 +124,7 @@ def token_dataset(
             f"token column {column!r} is not in {snapshot.table_uri} (columns: {snapshot.schema.names}). "
             "Fix: pass column= with the name of the token-id list column"
         )
-    files = file_source or ArrowFileSource(storage_options)
+    files = with_recall(snapshot, file_source or ArrowFileSource(storage_options), recall)
     plan = build_plan(snapshot, files, filters=partition_filters, cache_dir=plan_cache_dir)
     decoder = TokenDecoder(column=column, seq_len=seq_len, eos_token=eos_token)
     counts = _packed_counts(plan, files, decoder, plan_cache_dir)

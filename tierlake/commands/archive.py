@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from tierlake.commands import ExitCode, Subparsers
@@ -118,10 +118,41 @@ def _locate(args: argparse.Namespace, settings: Settings) -> int:
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.compliance import restore  # noqa: PLC0415
 
+    if args.version is not None:
+        return _restore_version(args, settings)
     report = restore(settings, _catalog(settings), _scope(args), args.to, progress=not args.json)
     text = [f"restored {r['path']} -> {r['to']} (copy {r['copy']}, {r['cartridge']})" for r in report.restored]
     text += [f"fell back: {f}" for f in report.fallbacks]
     _out(args, asdict(report), "\n".join(text))
+    return 0
+
+
+def _restore_version(args: argparse.Namespace, settings: Settings) -> int:
+    """Every purged file of one table version back (the loader's recall path: one mount per cartridge)."""
+    from loaders.recall import Recall  # noqa: PLC0415
+    from loaders.table import pin_snapshot  # noqa: PLC0415
+    from tiers.s3 import delta_storage_options  # noqa: PLC0415
+
+    targets = {"s3": "lake", "cache": "cache"}
+    if not args.table or args.to not in targets:
+        raise ConfigError(
+            f"archive restore --version {args.version} needs --table and --to s3 or cache (got --table "
+            f"{args.table!r}, --to {args.to!r}). Fix: e.g. --table silver/ev --version 3 --to s3"
+        )
+    uri = f"s3://{settings.s3.lake_bucket}/{args.table.strip('/')}"
+    snapshot = pin_snapshot(uri, version=args.version, storage_options=delta_storage_options(settings.s3))
+    reason = args.reason or f"archive restore --version {args.version}"
+    recall = Recall(settings=settings, mode="auto", to=targets[args.to], reason=reason, progress=not args.json)
+    recall = replace(recall, requester="tierlake archive restore --version")
+    plan = recall.plan([f.uri for f in snapshot.files])
+    estimate = plan.estimate(drive_mb_s=settings.archive.drive_mb_s)
+    report = recall.apply(plan, what=f"{uri} at version {args.version}") if plan.cartridges else None
+    document = {"table": args.table, "version": args.version, "estimate": asdict(estimate)}
+    document |= asdict(report) if report else {"recalled": [], "already": [], "fallbacks": [], "mounts": 0}
+    text = [f"{args.table} v{args.version}: {estimate.files} file(s), {estimate.bytes} bytes on tape only"]
+    text += [f"recalled {r['path']} -> {r['to']} (copy {r['copy']}, {r['cartridge']})" for r in document["recalled"]]
+    text += [f"fell back: {f}" for f in document["fallbacks"]]
+    _out(args, document, "\n".join(text))
     return 0
 
 
@@ -188,7 +219,9 @@ def register(sub: Subparsers) -> None:
     what.add_argument("--key")
     what.add_argument("--file", help="a data file path (relative to its table) or object key")
     what.add_argument("--partition")
+    what.add_argument("--version", type=int, help="every purged file of this table version (needs --table)")
     restore.add_argument("--to", required=True, help="s3 (same keys), cache, or a folder")
+    restore.add_argument("--reason", default="", help="why (in the audit log)")
     verify = command("verify", _verify, "re-read copies and report bit-rot (exit 4 when any is bad)")
     verify.add_argument("--cartridge")
     for name in ("hold", "release"):

@@ -1,0 +1,42 @@
+"""What the recall tests run in child processes (spawned: delta-rs refuses a forked runtime). Kept apart from the
+test module so a child imports the archive tier only, not the loader and torch."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from tierlake.config import Settings
+from tiers.archive.catalog import Catalog
+from tiers.archive.recall import plan_recall, recall
+
+BUCKET = "tierlake-lake"
+TABLE = "tests/recall/events"
+FILES = {f"day=2020-01-0{d}/part-{d}.parquet": os.urandom(150_000 + d * 7) for d in range(1, 4)}
+
+
+def recall_in_child(
+    settings: Settings,
+    rows: list[dict[str, Any]],
+    kill_step: str | None,
+    out: Path,
+    *,
+    copy: int = 0,
+    barrier: Any = None,
+) -> None:
+    """One recall of every file of ``FILES`` into the cache, killed (SIGKILL, the fault-injection hook) at the
+    first ``kill_step``; ``copy``: read only that copy. Writes "<recalled> <already>" to ``out``."""
+
+    def step(name: str, _path: str) -> None:
+        if name == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    avoid = {r["file_id"]: {x["cartridge"] for x in rows if x["copy"] != copy} for r in rows} if copy else None
+    plan = plan_recall(rows, [(BUCKET, f"{TABLE}/{n}") for n in FILES], avoid=avoid)
+    catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri)
+    if barrier is not None:
+        barrier.wait()
+    report = recall(settings, catalog, plan, to="cache", progress=False, step=step)
+    out.write_text(f"{len(report.recalled)} {len(report.already)}")

@@ -1,0 +1,282 @@
+"""Recalls from tape (tiers/archive/recall.py, loaders/recall.py) without services: the plan's logic as properties,
+and recalls into the edge cache from a real virtual library (two sites, real aggregates and catalog rows) whose
+origin is a local folder: a bad copy falls back to the other site, concurrent recalls of one file read it once,
+and a recall killed (SIGKILL from a hook) at any step leaves nothing half-recalled that a reader could see."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import multiprocessing
+import re
+import signal
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from loaders.recall import Recall
+from tests.unit.recall_children import BUCKET, FILES, TABLE, recall_in_child
+from tierlake.config import Settings, load_settings
+from tierlake.errors import ConfigError, NotFound
+from tiers.archive import archiver
+from tiers.archive.aggregate import Member
+from tiers.archive.catalog import Catalog, quote
+from tiers.archive.recall import CacheTarget, Estimate, RecallPlan, plan_recall, recall
+from tiers.tape.library import Library
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The plan (pure)
+
+
+def _row(name: str, copy: int, cartridge: str, block: int, *, size: int = 10) -> dict[str, Any]:
+    return {
+        "file_id": f"id-{name}",
+        "table": TABLE,
+        "path": name,
+        "bucket": BUCKET,
+        "key": f"{TABLE}/{name}",
+        "size": size,
+        "sha256": "0" * 64,
+        "copy": copy,
+        "cartridge": cartridge,
+        "site": "site-a" if copy == 1 else "site-b",
+        "aggregate": f"agg-{cartridge}",
+        "member_offset": block * 100,
+        "start_block": block,
+        "extent_partition": "b",
+        "state": "PURGED",
+    }
+
+
+layouts = st.lists(
+    st.tuples(st.sampled_from(["A00001", "A00002", "A00003"]), st.sampled_from(["B00001", "B00002"])),
+    min_size=1,
+    max_size=30,
+)
+
+
+@given(layout=layouts, blocks=st.randoms(use_true_random=False))
+@hsettings(max_examples=150, deadline=None)
+def test_a_plan_takes_every_file_once_grouped_by_cartridge_in_tape_order(layout: list[Any], blocks: Any) -> None:
+    rows = []
+    for n, (first, second) in enumerate(layout):
+        rows += [_row(f"f{n}", 1, first, blocks.randint(7, 10_000)), _row(f"f{n}", 2, second, blocks.randint(7, 99))]
+    wanted = [(BUCKET, f"{TABLE}/f{n}") for n in range(len(layout))]
+    plan = plan_recall(rows, wanted)
+    assert sorted(f.path for f in plan.files) == sorted(f"f{n}" for n in range(len(layout)))
+    assert len({c.cartridge for c in plan.cartridges}) == len(plan.cartridges)  # one mount per cartridge
+    for cart in plan.cartridges:
+        assert all(f.cartridge == cart.cartridge for f in cart.files)
+        positions = [(f.start_block, f.member_offset) for f in cart.files]
+        assert positions == sorted(positions)
+    # Fewest mounts: never more cartridges than the cheaper of "all of site A's" and "all of site B's".
+    assert len(plan.cartridges) <= min(len({a for a, _ in layout}), len({b for _, b in layout}))
+    estimate = plan.estimate(drive_mb_s=100.0, mount_s=10.0)
+    assert estimate.mounts == len(plan.cartridges)
+    assert estimate.seconds == pytest.approx(plan.bytes / 100e6 + 10.0 * len(plan.cartridges))
+
+
+def test_a_file_whose_copies_are_all_avoided_or_absent_is_named_and_holders_are_listed() -> None:
+    rows = [_row("a", 1, "A00001", 9), _row("a", 2, "B00001", 9), _row("b", 1, "A00001", 12)]
+    wanted = [(BUCKET, f"{TABLE}/a"), (BUCKET, f"{TABLE}/b"), (BUCKET, f"{TABLE}/zz")]
+    plan = plan_recall(rows, wanted, avoid={"id-a": {"A00001"}})
+    assert [(f.path, f.cartridge) for f in plan.files] == [("b", "A00001"), ("a", "B00001")]
+    assert plan.unarchived == (f"s3://{BUCKET}/{TABLE}/zz",)
+    lines = plan.describe()
+    assert f"s3://{BUCKET}/{TABLE}/a (size 10): cartridges B00001, A00001" in lines
+    assert f"s3://{BUCKET}/{TABLE}/zz: no copy in the archive catalog" in lines
+    assert plan_recall(rows, wanted[:1], avoid={"id-a": {"A00001", "B00001"}}).unarchived == (
+        f"s3://{BUCKET}/{TABLE}/a",
+    )
+
+
+def test_recall_options_refuse_unknown_modes_and_targets_with_the_valid_ones(tmp_path: Path) -> None:
+    settings = load_settings("ci", conf_dir=REPO / "conf", env={})
+    assert Recall.from_settings(settings).mode == settings.archive.recall == "never"
+    with pytest.raises(
+        ConfigError, match=re.escape("recall mode = 'always' is invalid. Fix: use one of never, ask, auto")
+    ):
+        Recall(settings=settings, mode="always")
+    with pytest.raises(ConfigError, match=re.escape("recall_to = 'tape' is invalid. Fix: use lake")):
+        Recall(settings=settings, to="tape")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recalls into the edge cache from a real virtual library
+
+
+def _settings(tmp_path: Path) -> Settings:
+    base = load_settings("ci", conf_dir=REPO / "conf", env={"TIERLAKE_CACHE__DIR": str(tmp_path / "cache")})
+    archive = dataclasses.replace(
+        base.archive,
+        library_dir=tmp_path / "tape",
+        catalog_uri=str(tmp_path / "catalog"),
+        audit_uri=str(tmp_path / "audit"),
+        staging_dir=tmp_path / "staging",
+        block_size=65536,
+        cartridges_per_site=2,
+    )
+    return dataclasses.replace(base, archive=archive)
+
+
+def _archive(settings: Settings, catalog: Catalog, files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Both sites' cartridges written as ``archive run`` writes them; every file PURGED in the catalog."""
+    now = datetime.now(UTC)
+    members = []
+    for name, data in files.items():
+        source = settings.archive.staging_dir / "src" / name
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_bytes(data)
+        fields: dict[str, Any] = {
+            "file_id": archiver.file_id(TABLE, name),
+            "table": TABLE,
+            "path": name,
+            "bucket": BUCKET,
+        }
+        fields |= {"key": f"{TABLE}/{name}", "partition": "", "partition_values": "{}", "version_min": 0}
+        fields |= {"version_max": 0, "sha256": hashlib.sha256(data).hexdigest(), "row_count": 0, "key_column": ""}
+        fields |= {"key_min": "", "key_max": "", "archived_at": now.isoformat()}
+        fields |= {"retention_until": (now - timedelta(days=1)).isoformat()}
+        members.append(Member(source=source, size=len(data), fields=fields))
+    groups = archiver._groups(members, uuid.uuid4().hex[:12], 1 << 30)
+    results = archiver._write_both_sites(settings, groups, progress=False, label=TABLE)
+    catalog.append([row for _, rows in results for row in rows])
+    catalog.update(f'"table" = {quote(TABLE)}', {"state": quote("PURGED")})
+    rows: list[dict[str, Any]] = catalog.rows().to_pylist()
+    return rows
+
+
+@pytest.fixture
+def archived(tmp_path: Path) -> tuple[Settings, Catalog, list[dict[str, Any]]]:
+    settings = _settings(tmp_path)
+    catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri)
+    return settings, catalog, _archive(settings, catalog, FILES)
+
+
+def _plan(rows: list[dict[str, Any]], names: list[str] | None = None) -> RecallPlan:
+    return plan_recall(rows, [(BUCKET, f"{TABLE}/{n}") for n in names or FILES])
+
+
+def _in_cache(settings: Settings, name: str) -> bytes | None:
+    path = CacheTarget(settings).local_path(BUCKET, f"{TABLE}/{name}")
+    return None if path is None else path.read_bytes()
+
+
+def test_a_recall_to_the_cache_mounts_each_cartridge_once_and_audits_who_and_why(
+    archived: tuple[Settings, Catalog, list[dict[str, Any]]],
+) -> None:
+    settings, catalog, rows = archived
+    plan = _plan(rows)
+    assert len(plan.cartridges) == 1
+    assert plan.cartridges[0].site == "site-a"
+    report = recall(settings, catalog, plan, to="cache", asked_by="trainer-7", reason="epoch 3", progress=False)
+    assert report.mounts == 1
+    assert report.fallbacks == []
+    assert len(report.recalled) == len(FILES)
+    assert all(_in_cache(settings, name) == data for name, data in FILES.items())
+    events = [e for e in catalog.audit().sort_by("at").to_pylist() if e["action"] in ("recall", "recalled")]
+    assert [e["action"] for e in events] == ["recall", "recalled"]
+    assert all('"asked_by": "trainer-7"' in e["detail"] and '"reason": "epoch 3"' in e["detail"] for e in events)
+    assert catalog.audit_chain_ok()
+    assert {r["state"] for r in catalog.rows().to_pylist()} == {"PURGED"}  # the lake still lacks them
+    again = recall(settings, catalog, plan, to="cache", progress=False)  # another reader, later: nothing re-read
+    assert again.recalled == []
+    assert len(again.already) == len(FILES)
+
+
+def test_a_corrupted_copy_is_never_published_and_the_other_site_copy_is_used(
+    archived: tuple[Settings, Catalog, list[dict[str, Any]]],
+) -> None:
+    settings, catalog, rows = archived
+    name = next(iter(FILES))
+    row = next(r for r in rows if r["path"] == name and r["copy"] == 1)
+    record = Library(settings.archive).cartridge_dir(row["cartridge"]) / f"1_{row['start_block']}_R"
+    data = bytearray(record.read_bytes())
+    data[row["byte_offset"] + 10] ^= 0xFF
+    record.write_bytes(bytes(data))
+    report = recall(settings, catalog, _plan(rows), to="cache", progress=False)
+    used = {r["path"]: r["copy"] for r in report.recalled}
+    assert used[name] == 2
+    assert all(copy == 1 for path, copy in used.items() if path != name)
+    assert report.fallbacks == [f"{name}: copy 1 ({row['cartridge']}) SHA-256 mismatch"]
+    assert report.mounts == 2
+    assert all(_in_cache(settings, n) == d for n, d in FILES.items())
+
+
+@pytest.mark.parametrize("kill_step", ["read", "verified", "published"])
+def test_a_recall_killed_at_any_step_leaves_nothing_half_recalled_and_the_next_one_completes(
+    archived: tuple[Settings, Catalog, list[dict[str, Any]]], tmp_path: Path, kill_step: str
+) -> None:
+    settings, catalog, rows = archived
+    context = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
+    child = context.Process(target=recall_in_child, args=(settings, rows, kill_step, tmp_path / "out"))
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    first = next(iter(FILES))
+    # The killed file is absent (read, verified) or whole (published): never a part of it, never another file's.
+    assert _in_cache(settings, first) in ((FILES[first],) if kill_step == "published" else (None,))
+    assert all(_in_cache(settings, n) is None for n in list(FILES)[1:])
+    report = recall(settings, catalog, _plan(rows), to="cache", progress=False)
+    assert len(report.recalled) == len(FILES) - (kill_step == "published")
+    assert all(_in_cache(settings, n) == d for n, d in FILES.items())
+    assert not list((settings.archive.staging_dir / "recall").glob("*.tmp"))  # the killed recall's temp removed
+
+
+def test_concurrent_recalls_of_the_same_files_read_each_file_from_tape_once(
+    archived: tuple[Settings, Catalog, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Two readers, each from another site's cartridge (so the two mounts do not serialise them), start together:
+    every file is copied from tape by exactly one of them; the other finds it recalled."""
+    settings, _catalog, rows = archived
+    context = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
+    barrier = context.Barrier(2)
+    children = [
+        context.Process(
+            target=recall_in_child,
+            args=(settings, rows, None, tmp_path / f"out{copy}"),
+            kwargs={"copy": copy, "barrier": barrier},
+        )
+        for copy in (1, 2)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+        assert child.exitcode == 0
+    counts = [tuple(map(int, (tmp_path / f"out{copy}").read_text().split())) for copy in (1, 2)]
+    assert sum(recalled for recalled, _ in counts) == len(FILES)  # each file copied from tape by one of them
+    assert all(recalled + already == len(FILES) for recalled, already in counts)
+    assert all(_in_cache(settings, n) == d for n, d in FILES.items())
+
+
+def test_recall_never_names_each_file_and_its_cartridges(
+    archived: tuple[Settings, Catalog, list[dict[str, Any]]],
+) -> None:
+    settings, _catalog, rows = archived
+    plan = _plan(rows)
+    holders = sorted({r["cartridge"] for r in rows})
+    with pytest.raises(NotFound, match=f"cartridges {holders[0]}, {holders[1]}") as caught:
+        Recall(settings=settings, mode="never").apply(plan, what="the test table at version 0")
+    text = str(caught.value)
+    assert all(f"s3://{BUCKET}/{TABLE}/{n}" in text for n in FILES)
+    assert "3 data file(s) of the test table at version 0 are on tape only" in text
+    asked: list[int] = []
+
+    def decline(_plan: RecallPlan, estimate: Estimate) -> bool:
+        asked.append(estimate.files)
+        return False
+
+    with pytest.raises(NotFound, match="on tape only"):
+        Recall(settings=settings, mode="ask", confirm=decline).apply(plan, what="v0")
+    assert asked == [3]

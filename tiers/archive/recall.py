@@ -1,0 +1,508 @@
+"""Recalls: the purged files a reader needs, read back from tape and put where the reader finds them.
+
+A table version whose files were archived and purged is still readable: :func:`find_purged` asks the catalog which
+of the version's files are on tape only, :func:`plan_recall` turns them into a **recall plan** (pure: the files
+grouped by cartridge, in their order on tape, one mount per cartridge, the copy of either site that needs the fewest
+mounts, and an estimate of bytes, cartridges, mounts and time at the drives' speed), and :func:`recall` carries it
+out. Each file goes from tape to a temp file in the staging folder, is checked against its SHA-256, and only then
+is published: to the lake under its original key (one PUT: an object appears whole or not at all) or only into the
+node's edge cache (its fills are temp -> fsync -> rename). A reader therefore never sees a half-recalled file, even
+when the recall is killed; the next recall starts that file again.
+
+A copy that is unreadable or fails its SHA-256 is not published; the file is planned again without that cartridge,
+so the other site's copy is used. Readers of one file in several processes cause one recall: each file is copied
+under its own flock, and whoever gets the lock second finds the file already there. Every recall is in the audit
+log twice per cartridge: before reading (who asked, why, which files) and after (what was published from which copy).
+
+Recalled to the lake, a file is VERIFIED again in the catalog (as after ``archive restore``); recalled to the cache
+it stays PURGED, since the lake still lacks it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from tqdm import tqdm
+
+from tierlake.config import Settings
+from tierlake.errors import NotFound, StorageError, TapeError
+from tiers.archive.catalog import Catalog, quote
+from tiers.archive.state import FileState
+from tiers.store import LocalStore, ObjectStore, S3Store, fsync_dir
+from tiers.tape.library import Library
+from tiers.tape.volume import Volume
+
+logger = logging.getLogger(__name__)
+RecallTarget = Literal["lake", "cache"]
+NOMINAL_DRIVE_MB_S = 360.0
+"""The estimate's drive speed when ``archive.drive_mb_s`` is 0 (virtual drives at disk speed): LTO-8 native."""
+MOUNT_S = 20.0
+"""The estimate's cost of one mount: robot move, load and thread (LTO-8 takes 15-20 s before the first locate)."""
+Step = Callable[[str, str], None]
+"""A hook called at each step of one file's recall (``read``, ``verified``, ``published``) with its path; tests
+kill the process there."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecallFile:
+    """One purged file and the copy chosen for it: where it is on which cartridge."""
+
+    file_id: str
+    table: str
+    path: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    copy: int
+    cartridge: str
+    site: str
+    aggregate: str
+    member_offset: int
+    start_block: int
+    extent_partition: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CartridgeRecall:
+    """The files read from one cartridge in one mount, in their order on tape."""
+
+    cartridge: str
+    site: str
+    files: tuple[RecallFile, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Estimate:
+    files: int
+    bytes: int
+    cartridges: int
+    mounts: int
+    seconds: float
+    drive_mb_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecallPlan:
+    """What a recall reads: ``cartridges`` in mount order; ``unarchived``: wanted objects the catalog has no usable
+    copy of; ``holders``: every cartridge that holds each wanted object (for messages); ``rows``: the catalog rows
+    of every copy, to plan again around a bad one."""
+
+    cartridges: tuple[CartridgeRecall, ...]
+    unarchived: tuple[str, ...] = ()
+    holders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rows: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def files(self) -> list[RecallFile]:
+        return [f for c in self.cartridges for f in c.files]
+
+    @property
+    def bytes(self) -> int:
+        return sum(c.bytes for c in self.cartridges)
+
+    def estimate(self, *, drive_mb_s: float, mount_s: float = MOUNT_S) -> Estimate:
+        """Bytes at the drives' speed (one drive per cartridge, one after another) plus one load per mount."""
+        speed = drive_mb_s if drive_mb_s > 0 else NOMINAL_DRIVE_MB_S
+        mounts = len(self.cartridges)
+        return Estimate(
+            files=len(self.files),
+            bytes=self.bytes,
+            cartridges=len({c.cartridge for c in self.cartridges}),
+            mounts=mounts,
+            seconds=self.bytes / (speed * 1e6) + mounts * mount_s,
+            drive_mb_s=speed,
+        )
+
+    def describe(self) -> list[str]:
+        """One line per file: its URI and every cartridge that holds a copy (the chosen one first)."""
+        lines = []
+        for item in self.files:
+            others = [c for c in self.holders.get(item.uri, ()) if c != item.cartridge]
+            lines.append(f"{item.uri} (size {item.size}): cartridges {', '.join([item.cartridge, *others])}")
+        lines += [f"{uri}: no copy in the archive catalog" for uri in self.unarchived]
+        return lines
+
+
+def _recall_file(row: Mapping[str, Any]) -> RecallFile:
+    return RecallFile(
+        file_id=str(row["file_id"]),
+        table=str(row["table"]),
+        path=str(row["path"]),
+        bucket=str(row["bucket"]),
+        key=str(row["key"]),
+        size=int(row["size"]),
+        sha256=str(row["sha256"]),
+        copy=int(row["copy"]),
+        cartridge=str(row["cartridge"]),
+        site=str(row["site"]),
+        aggregate=str(row["aggregate"]),
+        member_offset=int(row["member_offset"]),
+        start_block=int(row["start_block"]),
+        extent_partition=str(row["extent_partition"]),
+    )
+
+
+def plan_recall(
+    rows: Iterable[Mapping[str, Any]],
+    wanted: Sequence[tuple[str, str]],
+    *,
+    avoid: Mapping[str, set[str]] | None = None,
+) -> RecallPlan:
+    """The recall plan of the objects ``wanted`` ((bucket, key) pairs) from the catalog ``rows`` of their copies.
+
+    Each file takes one copy, never one on a cartridge in ``avoid[file_id]`` (a copy found bad), chosen to need
+    few mounts (:func:`_fewest_mounts`), so a partition archived together is recalled from one cartridge.
+    """
+    avoid = avoid or {}
+    copies: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        copies[(str(row["bucket"]), str(row["key"]))].append(row)
+    holders = {f"s3://{b}/{k}": tuple(sorted({str(r["cartridge"]) for r in copies.get((b, k), [])})) for b, k in wanted}
+    usable = {
+        pair: [r for r in copies.get(pair, []) if str(r["cartridge"]) not in avoid.get(str(r["file_id"]), set())]
+        for pair in dict.fromkeys(wanted)
+    }
+    missing = [f"s3://{b}/{k}" for (b, k), candidates in usable.items() if not candidates]
+    chosen: dict[str, list[RecallFile]] = defaultdict(list)
+    for row in _fewest_mounts({pair: c for pair, c in usable.items() if c}).values():
+        chosen[str(row["cartridge"])].append(_recall_file(row))
+    cartridges = tuple(
+        CartridgeRecall(
+            cartridge=barcode,
+            site=files[0].site,
+            files=tuple(sorted(files, key=lambda f: (f.extent_partition, f.start_block, f.member_offset, f.path))),
+        )
+        for barcode, files in sorted(chosen.items())
+    )
+    every = tuple(dict(r) for pair in usable for r in copies.get(pair, []))
+    return RecallPlan(cartridges=cartridges, unarchived=tuple(missing), holders=holders, rows=every)
+
+
+Choice = dict[tuple[str, str], Mapping[str, Any]]
+
+
+def _fewest_mounts(usable: Mapping[tuple[str, str], list[Mapping[str, Any]]]) -> Choice:
+    """One copy per file: the choice with the fewest cartridges among a greedy cover (the cartridge holding most
+    of the files still unassigned, again and again) and each copy number's own choice (all of one site's copies,
+    where it has one). Ties go to the earlier of those, so copy 1 wins where nothing is gained."""
+    greedy: Choice = {}
+    left = dict(usable)
+    while left:
+        holds: dict[str, int] = defaultdict(int)
+        for candidates in left.values():
+            for cartridge in {str(r["cartridge"]) for r in candidates}:
+                holds[cartridge] += 1
+        best = min(holds, key=lambda c: (-holds[c], c))
+        for pair, candidates in list(left.items()):
+            if row := next((r for r in candidates if str(r["cartridge"]) == best), None):
+                greedy[pair] = row
+                del left[pair]
+    options = [greedy]
+    for copy in sorted({int(r["copy"]) for candidates in usable.values() for r in candidates}):
+        options.append(
+            {pair: next((r for r in c if int(r["copy"]) == copy), greedy[pair]) for pair, c in usable.items()}
+        )
+    return min(options, key=lambda choice: len({str(r["cartridge"]) for r in choice.values()}))
+
+
+def catalog_rows_under(catalog: Catalog, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every catalog row (all copies) of objects under ``s3://bucket/prefix/``: one DuckDB scan of the catalog."""
+    from tiers.archive.catalog import query  # noqa: PLC0415
+
+    where = f"bucket = {quote(bucket)} AND starts_with(key, {quote(prefix.strip('/') + '/')})"
+    sql = f"SELECT * FROM catalog WHERE {where} ORDER BY key, copy"  # noqa: S608 - quoted literals
+    found: list[dict[str, Any]] = query(sql, catalog=catalog.dataset(), audit=catalog.audit_dataset()).to_pylist()
+    return found
+
+
+def plan_for_objects(
+    settings: Settings, catalog: Catalog, bucket: str, prefix: str, keys: Iterable[str], *, to: str = "lake"
+) -> RecallPlan:
+    """The recall plan of the objects ``keys`` under ``s3://bucket/prefix/`` that are purged and not back yet.
+
+    One catalog scan finds which of them have PURGED copies; only those are checked (one HEAD each) in the lake,
+    and, for ``to="cache"``, in the edge cache: a file recalled earlier is not planned again.
+    """
+    wanted_keys = set(keys)
+    rows = [r for r in catalog_rows_under(catalog, bucket, prefix) if r["key"] in wanted_keys]
+    purged = {str(r["key"]): int(r["size"]) for r in rows if r["state"] == FileState.PURGED.value}
+    places: list[Target] = [LakeTarget(S3Store(settings.s3))]
+    if to == "cache":
+        places.append(CacheTarget(settings))
+    wanted = [(bucket, k) for k, size in sorted(purged.items()) if not any(p.present(bucket, k, size) for p in places)]
+    return plan_recall(rows, wanted)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Where recalled files go
+
+
+class Target(Protocol):
+    """Where a recall publishes a verified file, and how it tells that a file is already there."""
+
+    name: str
+
+    def present(self, bucket: str, key: str, size: int) -> bool: ...
+
+    def publish(self, item: RecallFile, staged: Path) -> str: ...
+
+
+class LakeTarget:
+    """The lake: the object store, under the file's original key (one PUT; visible whole or not at all)."""
+
+    name = "lake"
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def present(self, bucket: str, key: str, size: int) -> bool:
+        try:
+            return self.store.info(bucket, key).size == size
+        except NotFound:
+            return False
+
+    def publish(self, item: RecallFile, staged: Path) -> str:
+        self.store.put_file(item.bucket, item.key, staged)
+        return item.uri
+
+
+class CacheTarget:
+    """Only the node's edge cache. The verified file is the origin of one fill (a local store over the staging
+    folder), then removed: the cache index remembers the version, so every reader through the edge cache, the
+    node's S3-backed one included, is served the recalled file without asking the lake."""
+
+    name = "cache"
+
+    def __init__(self, settings: Settings) -> None:
+        from tiers.cache import EdgeCache, options_from_settings  # noqa: PLC0415 - the cache only when used
+
+        self.root = settings.archive.staging_dir / "recalled"
+        self.cache = EdgeCache(LocalStore(self.root), options_from_settings(settings))
+
+    def local_path(self, bucket: str, key: str) -> Path | None:
+        """The cached file, or None when the cache holds no copy (never recalled, or evicted since)."""
+        try:
+            return self.cache.get_path(bucket, key)
+        except (NotFound, FileNotFoundError):
+            return None
+
+    def present(self, bucket: str, key: str, size: int) -> bool:
+        path = self.local_path(bucket, key)
+        return path is not None and path.stat().st_size == size
+
+    def publish(self, item: RecallFile, staged: Path) -> str:
+        final = self.root / item.bucket / item.key
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, final)
+        fsync_dir(final.parent)
+        try:
+            path = self.cache.get_path(item.bucket, item.key)
+        finally:
+            final.unlink(missing_ok=True)
+        return f"cache:{path}"
+
+
+def target_for(settings: Settings, to: str) -> Target:
+    if to == "lake":
+        return LakeTarget(S3Store(settings.s3))
+    if to == "cache":
+        return CacheTarget(settings)
+    raise StorageError(f"recall_to = {to!r} is invalid. Fix: use lake (the original keys) or cache (edge cache only)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Carrying a plan out
+
+
+@dataclass(kw_only=True)
+class RecallReport:
+    """``recalled``: what this call published; ``already``: files another reader recalled first (not read again);
+    ``fallbacks``: copies found bad, each with the reason; ``mounts``: cartridges loaded."""
+
+    recalled: list[dict[str, Any]] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    mounts: int = 0
+    bytes: int = 0
+
+
+@dataclass(kw_only=True)
+class _Run:
+    catalog: Catalog
+    library: Library
+    target: Target
+    staging: Path
+    bar: tqdm[Any]
+    step: Step
+    asked_by: str
+    reason: str
+    report: RecallReport
+
+
+def _no_step(_step: str, _path: str) -> None:
+    return None
+
+
+@contextmanager
+def _file_lock(folder: Path, file_id: str) -> Iterator[None]:
+    """One recall of a file at a time across processes (a killed holder frees it: flock)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{file_id}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _copy_out(run: _Run, volume: Volume, item: RecallFile) -> Path | None:
+    """The member's bytes in a temp file of the staging folder, fsynced; None when size or SHA-256 differ."""
+    for stale in run.staging.glob(f"{item.file_id}.*.tmp"):  # left by a killed recall; we hold the file's lock
+        stale.unlink(missing_ok=True)
+    temp = run.staging / f"{item.file_id}.{os.getpid()}.tmp"
+    digest, size = hashlib.sha256(), 0
+    try:
+        with temp.open("wb") as out:
+            for chunk in volume.read(item.aggregate, start=item.member_offset, length=item.size):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                run.bar.update(len(chunk))
+                run.step("read", item.path)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    if size != item.size or digest.hexdigest() != item.sha256:
+        temp.unlink(missing_ok=True)
+        return None
+    run.step("verified", item.path)
+    return temp
+
+
+def _recall_one(run: _Run, volume: Volume, item: RecallFile) -> bool:
+    """Recall one file under its lock; False when this copy is bad (the caller plans the other one)."""
+    with _file_lock(run.staging / "locks", item.file_id):
+        if run.target.present(item.bucket, item.key, item.size):
+            run.report.already.append(item.uri)
+            run.bar.update(item.size)
+            return True
+        try:
+            staged = _copy_out(run, volume, item)
+        except TapeError as exc:
+            run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) unreadable: {exc}")
+            return False
+        if staged is None:
+            run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) SHA-256 mismatch")
+            return False
+        try:
+            where = run.target.publish(item, staged)
+        finally:
+            staged.unlink(missing_ok=True)
+        run.step("published", item.path)
+    run.report.recalled.append(
+        {"file_id": item.file_id, "path": item.path, "uri": item.uri, "to": where, "copy": item.copy}
+        | {"cartridge": item.cartridge}
+    )
+    run.report.bytes += item.size
+    return True
+
+
+def _recall_cartridge(run: _Run, cart: CartridgeRecall) -> list[RecallFile]:
+    """One mount: every file of ``cart`` in tape order; returns the files whose copy here was bad."""
+    table = cart.files[0].table
+    detail = {"asked_by": run.asked_by, "reason": run.reason, "to": run.target.name, "site": cart.site}
+    run.catalog.record("recall", table=table, target=cart.cartridge, files=[f.path for f in cart.files], **detail)
+    before = len(run.report.recalled)
+    failed = []
+    try:
+        with run.library.mount(cart.cartridge) as volume:
+            run.report.mounts += 1
+            failed = [item for item in cart.files if not _recall_one(run, volume, item)]
+    except TapeError as exc:
+        logger.warning("recall: cartridge %s unusable: %s", cart.cartridge, exc, extra={"cartridge": cart.cartridge})
+        run.report.fallbacks += [f"{f.path}: copy {f.copy} ({cart.cartridge}) unusable: {exc}" for f in cart.files]
+        done = {r["path"] for r in run.report.recalled[before:]} | set(run.report.already)
+        failed = [f for f in cart.files if f.path not in done and f.uri not in done]
+    if published := run.report.recalled[before:]:
+        run.catalog.record("recalled", table=table, target=cart.cartridge, files=published, **detail)
+    return failed
+
+
+def recall(
+    settings: Settings,
+    catalog: Catalog,
+    plan: RecallPlan,
+    *,
+    to: str = "lake",
+    asked_by: str = "",
+    reason: str = "",
+    progress: bool = True,
+    step: Step | None = None,
+) -> RecallReport:
+    """Carry out ``plan``: each cartridge mounted once, its files read in tape order, verified, published to
+    ``to`` (lake or cache). A bad copy sends its file to the next pass, planned without that cartridge."""
+    if plan.unarchived:
+        raise NotFound(
+            f"{len(plan.unarchived)} wanted file(s) have no copy in the archive catalog: {list(plan.unarchived)[:5]}. "
+            "Fix: they were not archived (vacuumed?); pin a version whose files are in the lake or on tape"
+        )
+    staging = settings.archive.staging_dir / "recall"
+    staging.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=plan.bytes, unit="B", unit_scale=True, desc="recall from tape", disable=not progress)
+    run = _Run(
+        catalog=catalog,
+        library=Library(settings.archive),
+        target=target_for(settings, to),
+        staging=staging,
+        bar=bar,
+        step=step or _no_step,
+        asked_by=asked_by,
+        reason=reason,
+        report=RecallReport(),
+    )
+    avoid: dict[str, set[str]] = defaultdict(set)
+    todo = plan
+    try:
+        while todo.cartridges:
+            failed = [item for cart in todo.cartridges for item in _recall_cartridge(run, cart)]
+            for item in failed:
+                avoid[item.file_id].add(item.cartridge)
+            todo = plan_recall(plan.rows, [(f.bucket, f.key) for f in failed], avoid=avoid)
+            if todo.unarchived:
+                raise TapeError(
+                    f"no healthy copy of {list(todo.unarchived)} on any cartridge: {run.report.fallbacks}. "
+                    "Fix: `tierlake archive verify` the cartridges named, then rebuild the bad copies"
+                )
+    finally:
+        bar.close()
+    _mark_restored(catalog, run)
+    return run.report
+
+
+def _mark_restored(catalog: Catalog, run: _Run) -> None:
+    """Files back in the lake are VERIFIED again (PURGED -> VERIFIED, as after a restore)."""
+    if run.target.name != "lake" or not run.report.recalled:
+        return
+    ids = ",".join(quote(r["file_id"]) for r in run.report.recalled)
+    state = FileState.VERIFIED.value
+    catalog.update(f"file_id IN ({ids}) AND state = {quote(FileState.PURGED.value)}", {"state": quote(state)})
