@@ -17,12 +17,11 @@ from typing import Any, TypeVar
 
 from pipelines.lake.maintenance import table_stats
 from pipelines.observe import verdicts as v
-from pipelines.observe.ingestion import EntityIngest, entity_ingest
+from pipelines.observe.ingestion import EntityIngest, client_for, entity_ingest
 from pipelines.observe.lag import PartitionLag, topic_lag
 from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.errors import NotFound, TierlakeError
-from tiers.s3 import s3_client
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -134,7 +133,7 @@ def last_checkpoint(settings: Settings, table: str) -> int | None:
     """The version of the table's last checkpoint (``_delta_log/_last_checkpoint``), None if it has none."""
     from botocore.exceptions import ClientError  # noqa: PLC0415
 
-    client = s3_client(settings.s3)
+    client = client_for(settings)
     try:
         body = client.get_object(Bucket=settings.s3.lake_bucket, Key=f"{table}/_delta_log/_last_checkpoint")["Body"]
     except ClientError as exc:
@@ -167,7 +166,7 @@ def cache_section(settings: Settings) -> dict[str, Any] | None:
 def checkpoint_section(settings: Settings) -> dict[str, Any]:
     """Training checkpoints: tierlake does not write them yet, so the report counts only the objects found under
     the mirror's checkpoint prefixes and reads no step from them."""
-    client = s3_client(settings.s3)
+    client = client_for(settings)
     objects, size = 0, 0
     for prefix in settings.mirror.checkpoint_prefixes:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3.lake_bucket, Prefix=prefix):

@@ -27,8 +27,18 @@ from tierlake.config import Settings
 from tiers.s3 import delta_storage_options, s3_client
 
 logger = logging.getLogger(__name__)
+_CLIENTS: dict[int, Any] = {}
 MAX_COMMITS = 120
 """Newest commits read per table for the time series: bounds the report's build time on a busy table."""
+
+
+def client_for(settings: Settings) -> Any:
+    """One boto3 client per settings object: building one costs ~0.3 s, and the report reads from many places."""
+    key = id(settings.s3)
+    if key not in _CLIENTS:
+        _CLIENTS.clear()  # another settings object: the old client is no longer wanted
+        _CLIENTS[key] = s3_client(settings.s3)
+    return _CLIENTS[key]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +63,7 @@ class EntityIngest:
 
 def commits_since(settings: Settings, table: str, *, since_s: float, limit: int = MAX_COMMITS) -> list[Commit]:
     """The table's commits visible since ``since_s`` (the newest ``limit``), oldest first, with their added files."""
-    client = s3_client(settings.s3)
+    client = client_for(settings)
     bucket = settings.s3.lake_bucket
     log = f"{table}/_delta_log/"
     listed: list[tuple[int, float, str]] = []
@@ -82,7 +92,7 @@ def _kafka_times(settings: Settings, table: str, path: str) -> pa.Array:
     import pyarrow.compute as pc  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    body = s3_client(settings.s3).get_object(Bucket=settings.s3.lake_bucket, Key=f"{table}/{unquote(path)}")["Body"]
+    body = client_for(settings).get_object(Bucket=settings.s3.lake_bucket, Key=f"{table}/{unquote(path)}")["Body"]
     column = pq.read_table(io.BytesIO(body.read()), columns=["kafka_timestamp"]).column(0)
     micros = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
     return pc.divide(pc.cast(micros, pa.float64()), 1e6)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.checks.reconcile import kafka_offsets, record_age_s
+from pipelines.observe.ingestion import client_for
 from pipelines.observe.verdicts import LagSample, LagState, Verdict, judge_lag, lag_verdict
 from tierlake import catalog
 from tierlake.config import Settings
-from tiers.s3 import s3_client
 
 logger = logging.getLogger(__name__)
 WINDOW = 10
@@ -62,7 +62,7 @@ def committed_batches(
 ) -> list[tuple[float, dict[int, int]]]:
     """The newest ``limit`` committed batches of the topic's ingest query since ``since_s``, oldest first: (commit
     time, partition -> next offset). Empty when the query never committed a batch."""
-    client = s3_client(settings.s3)
+    client = client_for(settings)
     bucket = settings.s3.lake_bucket
     prefix = f"{catalog.bronze_checkpoint(bucket, topic).path}/"
     commits: list[tuple[int, float]] = []

@@ -5,8 +5,8 @@ Kafka lag is judged the way Burrow judges a consumer group, over a sliding windo
 than against a fixed number of records (a fixed number is too strict for a burst and too lax for a trickle):
 
 - no lag now, or none at some commit in the window: **OK** (the query keeps catching up);
-- records wait while the committed offset has not moved for longer than the window spans (and at least the grace
-  period): **STALLED**, an error (the driver is stopped, hung or failing);
+- records wait while the committed offset has not moved for longer than the window's commits span (and at least
+  the grace period): **STALLED**, an error (the driver is stopped, hung or failing);
 - the committed offset moves but the lag grew or held at every step of the window: **LAGGING**, a warning (the
   driver runs but cannot keep up);
 - otherwise **OK** (behind, and the lag shrinks).
@@ -91,7 +91,7 @@ class LagSample:
 def judge_lag(
     window: Sequence[LagSample], *, waiting_s: float | None, grace_s: float = DEFAULT_LAG_GRACE_S
 ) -> LagState:
-    """The state of one partition from ``window`` (oldest first; the last sample is now).
+    """The state of one partition from ``window``: the query's committed batches, oldest first, then now.
 
     ``waiting_s``: age of the oldest record past the committed offset (None: unknown, e.g. it could not be read;
     then the time since the committed offset was first seen stands in for it).
@@ -99,7 +99,7 @@ def judge_lag(
     if not window or window[-1].lag == 0:
         return LagState.OK
     now = window[-1]
-    span = now.at_s - window[0].at_s
+    span = window[-2].at_s - window[0].at_s if len(window) > 1 else 0.0  # the commits' span; the last is not one
     if waiting_s is None:
         reached = min(s.at_s for s in window if s.committed == now.committed)
         waiting_s = now.at_s - reached
