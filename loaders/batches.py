@@ -62,6 +62,8 @@ def numpy_column(name: str, column: pa.ChunkedArray | pa.Array) -> npt.NDArray[A
             f"column {name!r} holds lists of {len(widths)} different lengths ({widths[:5].tolist()}...), which do "
             "not form a dense tensor. Fix: pack token lists with loaders.tokens.token_dataset"
         )
+    if pa.types.is_timestamp(kind):  # int64 microseconds since the epoch, whatever unit the file stores
+        return numpy_column(name, array.cast(pa.timestamp("us", kind.tz), safe=False).cast(pa.int64()))
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
         result: npt.NDArray[Any] = array.to_numpy(zero_copy_only=not pa.types.is_boolean(kind))
         return result

@@ -65,11 +65,21 @@ class OrderedDataset(Protocol):
 
 
 class DeltaDataset:
-    """One pinned table: every unit once per epoch, in the order of (seed, epoch, table version, position)."""
+    """One pinned table: every unit once per epoch, in the order of (seed, epoch, table version, position).
+    ``storage_options`` and ``partition_filters`` are kept for a loader that follows the table's log."""
 
-    def __init__(self, source: TableSource, order: OrderOptions) -> None:
+    def __init__(
+        self,
+        source: TableSource,
+        order: OrderOptions,
+        *,
+        storage_options: Mapping[str, str] | None = None,
+        partition_filters: Sequence[PartitionFilter] = (),
+    ) -> None:
         self._source = source
         self._order = order
+        self.storage_options = dict(storage_options or {})
+        self.partition_filters = tuple(partition_filters)
 
     @property
     def sources(self) -> tuple[TableSource, ...]:
@@ -160,4 +170,6 @@ def delta_dataset(
     source = TableSource(
         plan=plan, files=files, columns=physical, decoder=RowsDecoder(tuple(partitions.items())), units=plan.rows.copy()
     )
-    return DeltaDataset(source, order or OrderOptions())
+    return DeltaDataset(
+        source, order or OrderOptions(), storage_options=storage_options, partition_filters=partition_filters
+    )

@@ -30,6 +30,7 @@ import torch
 
 from loaders.batches import RowGroupStore, StoreStats, assemble, row_group_keys
 from loaders.dataset import OrderedDataset
+from loaders.follow import Following, FollowOptions, follow_batches, follow_options
 from loaders.order import RankSlice, TailRule, rank_slice, tail_rule
 from loaders.schedule import ReadSchedule
 from tierlake.errors import TierlakeError
@@ -88,7 +89,8 @@ def distributed_rank_world() -> tuple[int, int]:
 
 
 class DeltaLoader:
-    """Iterates a dataset's epochs for one rank; owns the worker threads while an epoch runs."""
+    """Iterates a dataset's epochs for one rank; owns the worker threads while an epoch runs. With ``follow``
+    (:mod:`loaders.follow`) it serves the pinned version, then each new version of the table as it commits."""
 
     def __init__(
         self,
@@ -101,6 +103,7 @@ class DeltaLoader:
         max_cached_row_groups: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        follow: FollowOptions | bool | None = None,
     ) -> None:
         self.options = LoaderOptions(
             batch_size=batch_size,
@@ -117,6 +120,8 @@ class DeltaLoader:
         self._consumed = 0
         self._running = False
         self.stats = LoaderStats()
+        options = follow_options(follow)
+        self._follow = None if options is None else Following(options, getattr(dataset, "version", -1))
         self._slice()  # validates rank / world size now rather than at the first batch
 
     # -- DataLoader-style surface ------------------------------------------------------------------------
@@ -145,6 +150,7 @@ class DeltaLoader:
             "samples_consumed": self._consumed,
             "world_size": self.world_size,
             "batch_size": self.options.batch_size,
+            **({"follow": self._follow.state()} if self._follow is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -165,12 +171,16 @@ class DeltaLoader:
         if not 0 <= consumed <= self.dataset.epoch_length(epoch):
             raise TierlakeError(f"samples_consumed = {consumed} is outside epoch {epoch}. Fix: pass a matching state")
         _check_same_state_on_all_ranks(epoch, consumed)
+        if self._follow is not None:
+            self._follow.load(state.get("follow"))
         self._epoch, self._consumed = epoch, consumed
         logger.info("resuming epoch %d at position %d on rank %d/%d", epoch, consumed, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._running:
             raise TierlakeError("this loader is already being iterated. Fix: finish or close the other iterator")
+        if self._follow is not None:
+            return follow_batches(self, self._follow)
         return self._epoch_batches()
 
     # -- internals -----------------------------------------------------------------------------------------
