@@ -39,7 +39,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loaders.batches import RowGroupStore, StoreStats, TableSource, assemble, row_group_keys
+from loaders.batches import RowGroupStore, RowsDecoder, StoreStats, TableSource, assemble, row_group_keys
+from loaders.dataset import DeltaDataset
 from loaders.follow_order import StreamLayout, VersionUnits, consumed_segments, locate_stream, stream_layout
 from loaders.plan import Plan
 from loaders.table import (
@@ -56,7 +57,6 @@ from tierlake.errors import NotFound, SchemaMismatch, StorageError, TierlakeErro
 if TYPE_CHECKING:
     import torch
 
-    from loaders.dataset import DeltaDataset
     from loaders.loader import DeltaLoader
 
 logger = logging.getLogger(__name__)
@@ -104,9 +104,16 @@ class FollowCursor:
 class Following:
     """A loader's follow options and cursor; the cursor goes into the loader's ``state_dict``."""
 
-    def __init__(self, options: FollowOptions, pinned_version: int) -> None:
+    def __init__(self, options: FollowOptions, dataset: object) -> None:
+        if not isinstance(dataset, DeltaDataset) or not isinstance(dataset.sources[0].decoder, RowsDecoder):
+            raise TierlakeError(
+                f"follow= needs a dataset of table rows from delta_dataset(); got {type(dataset).__name__}"
+                f"{'' if not isinstance(dataset, DeltaDataset) else ' of packed token sequences'}. Fix: follow a "
+                "delta_dataset (token and mixed datasets read fixed versions only)"
+            )
         self.options = options
-        self.cursor = FollowCursor(snapshot_done=not options.serve_snapshot, version=pinned_version + 1)
+        self.dataset = dataset
+        self.cursor = FollowCursor(snapshot_done=not options.serve_snapshot, version=dataset.version + 1)
 
     def state(self) -> dict[str, Any]:
         c = self.cursor
@@ -412,14 +419,7 @@ def follow_batches(loader: DeltaLoader, following: Following) -> Iterator[dict[s
 def _follow(loader: DeltaLoader, following: Following) -> Iterator[dict[str, torch.Tensor]]:
     import torch  # noqa: PLC0415 - torch only where batches become tensors
 
-    from loaders.dataset import DeltaDataset  # noqa: PLC0415 - loaders.dataset imports this module's users
-
-    dataset = loader.dataset
-    if not isinstance(dataset, DeltaDataset):
-        raise TierlakeError(
-            f"follow= needs a dataset of one table from delta_dataset(); got {type(dataset).__name__}. Fix: follow "
-            "a delta_dataset (token and mixed datasets read fixed versions only)"
-        )
+    dataset = following.dataset
     options, cursor = following.options, following.cursor
     stream = _Stream(dataset, cursor.version, options.window)
     stream.log.check_reachable(cursor.version)
@@ -432,7 +432,11 @@ def _follow(loader: DeltaLoader, following: Following) -> Iterator[dict[str, tor
         taken += read
         last_new = time.monotonic() if read else last_new
         layout = stream.layout()
-        store = RowGroupStore(tuple(stream.sources), loader._capacity(), io_threads=loader.options.num_workers)
+        store = RowGroupStore(
+            tuple(stream.sources),
+            loader._capacity(),
+            io_threads=loader.options.num_workers if layout.total - cursor.offset >= step else 0,
+        )
         try:
             while layout.total - cursor.offset >= step:
                 if options.stop is not None and options.stop.is_set():

@@ -121,7 +121,7 @@ class DeltaLoader:
         self._running = False
         self.stats = LoaderStats()
         options = follow_options(follow)
-        self._follow = None if options is None else Following(options, getattr(dataset, "version", -1))
+        self._follow = None if options is None else Following(options, dataset)
         self._slice()  # validates rank / world size now rather than at the first batch
 
     # -- DataLoader-style surface ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from loaders import DeltaLoader, OrderOptions, delta_dataset
+from loaders import DeltaLoader, OrderOptions, delta_dataset, token_dataset
 from loaders.follow import FollowOptions
 from tests.unit.loader_tables import token_rows, write_token_table
 from tierlake.errors import SchemaMismatch, TierlakeError
@@ -189,3 +189,9 @@ def test_a_state_of_another_window_or_without_follow_is_refused(table: Path) -> 
 def test_invalid_follow_options_name_the_option(options: dict[str, Any], message: str) -> None:
     with pytest.raises(TierlakeError, match=message):
         FollowOptions(**options)
+
+
+def test_following_a_token_dataset_is_refused_when_the_loader_is_built(table: Path) -> None:
+    tokens = token_dataset(table, seq_len=4, column="tokens")
+    with pytest.raises(TierlakeError, match=r"packed token sequences\. Fix: follow a delta_dataset"):
+        DeltaLoader(tokens, batch_size=2, follow=True)
