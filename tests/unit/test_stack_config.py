@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 from dataclasses import replace
@@ -15,6 +16,7 @@ from infra.kafka import KafkaCluster
 from infra.stack import ensure_credentials
 from pipelines.session import LOG4J, POOLS, batch_codegen, log4j_file, pools_file, spark_conf, spark_log
 from tierlake.config import Settings, load_settings
+from tierlake.errors import ConfigError, DependencyMissing
 
 pytestmark = pytest.mark.unit
 REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -72,6 +74,7 @@ def _spark_settings(tmp_path: Path, jar: str) -> Settings:
     jars = tmp_path / "jars"
     jars.mkdir()
     (jars / jar).write_bytes(b"PK")
+    (jars / LOGSTORE_JAR).write_bytes(b"PK")
     return replace(settings, spark=replace(settings.spark, jars_dir=jars))
 
 
@@ -85,7 +88,7 @@ def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert conf["spark.hadoop.fs.s3a.signing-algorithm"] == "AWS4UnsignedPayloadSignerType"
     # local[2]: the jars go on the driver's classpath, not copied into a per-session temp folder
-    assert conf["spark.driver.extraClassPath"].endswith("delta-spark_4.2_2.13-4.4.0.jar")
+    assert conf["spark.driver.extraClassPath"].split(os.pathsep)[0].endswith("delta-spark_4.2_2.13-4.4.0.jar")
     assert "spark.jars" not in conf
     assert conf["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert conf["spark.x"] == "y"
@@ -166,10 +169,11 @@ def test_spark_master_comes_from_config(tmp_path: Path) -> None:
     jars = tmp_path / "jars"
     jars.mkdir()
     (jars / "a-1.jar").write_bytes(b"PK")
+    (jars / LOGSTORE_JAR).write_bytes(b"PK")
     conf = spark_conf(replace(settings, spark=replace(settings.spark, jars_dir=jars)), app_name="unit")
     assert conf["spark.master"] == "spark://head:7077"
     # a cluster's executors fetch the jars from the driver
-    assert conf["spark.jars"] == str(jars / "a-1.jar")
+    assert conf["spark.jars"] == f"{jars / 'a-1.jar'},{jars / LOGSTORE_JAR}"
     assert "spark.driver.extraClassPath" not in conf
 
 
@@ -184,3 +188,33 @@ def test_rgw_answers_without_nagle_on_a_new_and_on_an_older_cluster(tmp_path: Pa
     cluster.conf.write_text(older, encoding="utf-8")
     cluster._refresh_rgw_frontends()
     assert cluster.conf.read_text(encoding="utf-8") == older.replace(f"{port}\n", f"{port} tcp_nodelay=1\n", 1)
+
+
+LOGSTORE_JAR = "tierlake-logstore-0123456789abcdef.jar"
+
+
+def test_delta_commits_are_conditional_puts_by_default(tmp_path: Path) -> None:
+    """Spark's Delta log entries go through the conditional-PUT log store; single_driver is Delta's own."""
+    settings = _spark_settings(tmp_path, "a-1.jar")
+    conf = spark_conf(settings, app_name="unit")
+    assert conf["spark.delta.logStore.s3a.impl"] == "io.tierlake.delta.ConditionalPutLogStore"
+    assert conf["spark.hadoop.fs.s3a.create.conditional.enabled"] == "true"
+    single = replace(settings, spark=replace(settings.spark, delta_commits="single_driver"))
+    assert (
+        spark_conf(single, app_name="unit")["spark.delta.logStore.s3a.impl"]
+        == "io.delta.storage.S3SingleDriverLogStore"
+    )
+
+
+def test_conditional_commits_without_the_log_store_jar_say_how_to_fix(tmp_path: Path) -> None:
+    settings = _spark_settings(tmp_path, "a-1.jar")
+    (settings.spark.jars_dir / LOGSTORE_JAR).unlink()
+    with pytest.raises(DependencyMissing, match=r"tierlake-logstore.*make setup.*single_driver"):
+        spark_conf(settings, app_name="unit")
+    single = replace(settings, spark=replace(settings.spark, delta_commits="single_driver"))
+    assert spark_conf(single, app_name="unit")["spark.master"] == "local[2]"
+
+
+def test_delta_commits_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"spark.delta_commits.*conditional, single_driver"):
+        _settings(tmp_path, TIERLAKE_SPARK__DELTA_COMMITS="dynamodb")

@@ -52,6 +52,9 @@ class CephSettings:
     ec_m: int
 
 
+DELTA_COMMITS = ("conditional", "single_driver")
+
+
 @dataclass(frozen=True, kw_only=True)
 class SparkSettings:
     master: str
@@ -59,6 +62,7 @@ class SparkSettings:
     shuffle_partitions: int
     local_ip: str
     jars_dir: Path
+    delta_commits: str  # "conditional" (PUT If-None-Match: *) or "single_driver" (Delta's default for S3)
     codegen_min_batch_rows: int
     extra_conf: Mapping[str, str]
 
@@ -186,6 +190,12 @@ def build_spark(values: Values, root: Path) -> SparkSettings:
         shuffle_partitions=values.get("spark.shuffle_partitions", int, check=positive, fix="e.g. 2 on 2 cores"),
         local_ip=values.get("spark.local_ip", str, fix="127.0.0.1 for the local stack"),
         jars_dir=root / values.get("spark.jars_dir", str, fix="where infra/bootstrap.sh puts the jars"),
+        delta_commits=values.get(
+            "spark.delta_commits",
+            str,
+            check=lambda c: None if c in DELTA_COMMITS else f"must be one of {', '.join(DELTA_COMMITS)}",
+            fix="conditional where the store honours If-None-Match: * on PUT (RGW 16.2+, AWS S3), else single_driver",
+        ),
         codegen_min_batch_rows=values.get(
             "spark.codegen_min_batch_rows",
             int,

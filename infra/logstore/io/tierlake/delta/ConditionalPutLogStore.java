@@ -1,0 +1,91 @@
+package io.tierlake.delta;
+
+import io.delta.storage.S3SingleDriverLogStore;
+import java.io.ByteArrayOutputStream;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.util.Iterator;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.FSDataOutputStream;
+import org.apache.hadoop.fs.FSDataOutputStreamBuilder;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.Path;
+import org.apache.hadoop.fs.s3a.RemoteFileChangedException;
+
+/**
+ * Delta's log store for S3 stores that honour {@code If-None-Match: *} on PUT (Ceph RGW 16.2, AWS S3 since 2024).
+ *
+ * <p>Delta needs one thing from storage that S3 did not give before conditional writes: creating
+ * {@code _delta_log/<version>.json} must fail when the file exists, or two writers can both "commit" one version and
+ * one commit is lost. {@link S3SingleDriverLogStore} only checks within one JVM (an exists probe, then a plain PUT), so
+ * two drivers, or a Spark driver and delta-rs, can overwrite each other. Here every new log entry is created with a
+ * conditional PUT (hadoop-aws's {@code fs.option.create.conditional.overwrite}), so the object store decides which
+ * writer owns a version. The loser gets {@link java.nio.file.FileAlreadyExistsException}, which Delta answers with its
+ * own conflict check and, when the transactions do not conflict, a retry at the next version. delta-rs does the same
+ * with its {@code conditional_put} option, so Spark and delta-rs writers are arbitrated by one rule.
+ *
+ * <p>Overwrites (checkpoints, {@code _last_checkpoint}) and reads/listing are the parent's.
+ */
+public class ConditionalPutLogStore extends S3SingleDriverLogStore {
+
+  /** hadoop-aws (3.4.2+) create-file option: PUT with {@code If-None-Match: *}. */
+  static final String CONDITIONAL_CREATE = "fs.option.create.conditional.overwrite";
+
+  public ConditionalPutLogStore(Configuration initHadoopConf) {
+    super(initHadoopConf);
+  }
+
+  @Override
+  public void write(Path path, Iterator<String> actions, Boolean overwrite, Configuration hadoopConf)
+      throws IOException {
+    if (overwrite) {
+      super.write(path, actions, true, hadoopConf);
+      return;
+    }
+    // The whole entry is built before the stream opens: S3A uploads on close, so an error while the actions are
+    // still being produced must not publish half an entry.
+    byte[] entry = encode(actions);
+    FileSystem fs = path.getFileSystem(hadoopConf);
+    try {
+      FSDataOutputStreamBuilder<?, ?> builder = fs.createFile(path).overwrite(false);
+      builder.must(CONDITIONAL_CREATE, true);
+      FSDataOutputStream out = builder.build();
+      out.write(entry);
+      out.close();
+    } catch (IOException e) {
+      if (lostTheRace(e)) {
+        throw new java.nio.file.FileAlreadyExistsException(path.toString());
+      }
+      throw e;
+    }
+  }
+
+  @Override
+  public Boolean isPartialWriteVisible(Path path, Configuration hadoopConf) {
+    return false; // a PUT is all or nothing
+  }
+
+  static byte[] encode(Iterator<String> actions) throws IOException {
+    ByteArrayOutputStream buffer = new ByteArrayOutputStream();
+    while (actions.hasNext()) {
+      buffer.write((actions.next() + "\n").getBytes(StandardCharsets.UTF_8));
+    }
+    return buffer.toByteArray();
+  }
+
+  /** A 412 (the entry exists) or the create-time existence probe's answer, anywhere in the cause chain. */
+  static boolean lostTheRace(Throwable error) {
+    for (Throwable e = error; e != null; e = e.getCause()) {
+      if (e instanceof RemoteFileChangedException
+          || e instanceof org.apache.hadoop.fs.FileAlreadyExistsException
+          || e instanceof java.nio.file.FileAlreadyExistsException) {
+        return true;
+      }
+      String message = String.valueOf(e.getMessage());
+      if (message.contains("PreconditionFailed") || message.contains("Status Code: 412")) {
+        return true;
+      }
+    }
+    return false;
+  }
+}
