@@ -2,10 +2,13 @@
 checkpoints, history, and table stats exported as Prometheus metrics; plus the health check of the ingestion driver
 that the ingest_supervisor DAG runs.
 
-Delta on S3 without DynamoDB loses commits when two drivers write one table, so OPTIMIZE, VACUUM and checkpoints
-run under the table's writer lease (``pipelines.lake.lease``). A table that an ingestion entity writes has that entity's
-lease (``ingest-<entity>``): maintenance refuses, naming the driver, while ingestion runs, and ingestion refuses to
-start while maintenance holds it. Any other table has a lease of its own, ``table-<path>``.
+Two writers of one Delta table on S3 are safe only when the object store arbitrates each log entry. With
+``spark.delta_commits: conditional`` (the default) it does: Spark (``infra/logstore``) and delta-rs
+(``conditional_put``) both create log entries with ``If-None-Match: *``, and the loser of a race retries after
+Delta's conflict check. So OPTIMIZE (``dataChange: false``), checkpoints and VACUUM run beside a running ingestion,
+under a maintenance lease of the table's own (``table-<path>``) that only keeps two maintenance runs of one table
+apart. With ``single_driver`` (stores without conditional PUT) a table written by an ingestion entity shares that
+entity's lease (``ingest-<entity>``): maintenance refuses, naming the driver, while ingestion runs.
 
 VACUUM runs in Spark (the engine that writes the tables; its retention takes fractions of an hour when
 overridden); OPTIMIZE, checkpoints, history and stats go through delta-rs and need no JVM.
@@ -58,7 +61,11 @@ def rust_uri(settings: Settings, table: str) -> str:
 
 
 def lease_name(settings: Settings, table: str) -> str:
-    """The writer lease of ``table``: its ingestion entity's (``ingest-<entity>``), else ``table-<path>``."""
+    """The lease maintenance of ``table`` takes: ``table-<path>``; with single-driver commits, the ingestion
+    entity's (``ingest-<entity>``) for the tables that entity writes."""
+    own = "table-" + table.replace("/", "-")
+    if settings.spark.delta_commits == "conditional":
+        return own
     layer, _, rest = table.partition("/")
     by_topic = {spec.topic.replace(".", "_"): name for name, spec in settings.entities.items()}
     if layer == "bronze" and rest in by_topic:
@@ -69,7 +76,7 @@ def lease_name(settings: Settings, table: str) -> str:
         for entity in settings.entities:
             if rest.startswith(f"{entity}_"):
                 return f"ingest-{entity}"
-    return "table-" + table.replace("/", "-")
+    return own
 
 
 @contextmanager
@@ -132,8 +139,34 @@ class TableStats:
     last_commit_s: float
 
 
-def table_stats(settings: Settings, table: str) -> TableStats:
-    dt = open_table(settings, table)
+def _optimize_version(dt: RustTable, *, since: int) -> int:
+    """The version OPTIMIZE committed (appends may follow it); ``since`` when it had nothing to rewrite."""
+    dt.update_incremental()
+    for entry in dt.history(dt.version() - since):
+        if entry.get("operation") == "OPTIMIZE" and int(entry.get("version", -1)) > since:
+            return int(entry["version"])
+    return since
+
+
+def _check_rows_kept(settings: Settings, table: str, committed: int, before: TableStats) -> None:
+    """OPTIMIZE's own commit must hold the rows of the version just before it.
+
+    Appends may land beside it (conditional commits), so the latest version's count is no measure; the versions on
+    either side of OPTIMIZE's commit are. With nothing to compact there is no commit of its own.
+    """
+    if committed == before.version:
+        return
+    own, previous = table_stats(settings, table, committed), table_stats(settings, table, committed - 1)
+    if own.rows != previous.rows:
+        raise StorageError(
+            f"OPTIMIZE of {table} changed the row count from {previous.rows} (version {committed - 1}) to "
+            f"{own.rows} (version {committed}). Fix: restore version {committed - 1} "
+            f"(`tierlake table history {table}`) and report it"
+        )
+
+
+def table_stats(settings: Settings, table: str, version: int | None = None) -> TableStats:
+    dt = open_table(settings, table, version=version)
     actions = pa.table(dt.get_add_actions(flatten=True)).to_pydict()
     sizes = [int(s) for s in actions.get("size_bytes", [])]
     rows = [int(n or 0) for n in actions.get("num_records", [])]
@@ -219,8 +252,7 @@ def optimize(settings: Settings, table: str) -> OptimizeReport:
                 "(zorder_by must name columns of the table)"
             ) from exc
     after = table_stats(settings, table)
-    if after.rows != before.rows:
-        raise StorageError(f"OPTIMIZE of {table} changed the row count from {before.rows} to {after.rows}")
+    _check_rows_kept(settings, table, _optimize_version(dt, since=before.version), before)
     logger.info(
         "optimized %s: %d -> %d files", table, before.files, after.files, extra={"table_version": after.version}
     )

@@ -30,8 +30,14 @@ def _settings(**env: str):  # type: ignore[no-untyped-def]
         ("bronze/other_topic", "table-bronze-other_topic"),
     ],
 )
-def test_maintenance_takes_the_lease_of_the_writer_of_the_table(table: str, lease: str) -> None:
-    assert lease_name(_settings(), table) == lease
+def test_single_driver_maintenance_takes_the_lease_of_the_writer_of_the_table(table: str, lease: str) -> None:
+    assert lease_name(_settings(TIERLAKE_SPARK__DELTA_COMMITS="single_driver"), table) == lease
+
+
+@pytest.mark.parametrize("table", ["bronze/ev_telemetry", "silver/ev", "gold/corpus_tokens", "scratch/features"])
+def test_with_conditional_commits_maintenance_has_a_lease_of_its_own(table: str) -> None:
+    """The object store arbitrates commits, so maintenance no longer waits for the ingestion driver's lease."""
+    assert lease_name(_settings(), table) == "table-" + table.replace("/", "-")
 
 
 def test_table_names_accept_paths_and_lake_uris_only() -> None:
