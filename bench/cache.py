@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tierlake.config import S3Settings, Settings, load_settings  # noqa: E402
-from tiers.cache.core import CacheOptions, EdgeCache  # noqa: E402
+from tierlake.config.cache import CacheOptions  # noqa: E402
+from tiers.cache.core import EdgeCache  # noqa: E402
 from tiers.cache.fileio import FILL_CHECKSUM  # noqa: E402
 from tiers.cache.policy import LRU, S3FIFO, scan_heavy_trace, simulate  # noqa: E402
 from tiers.cache.site import load_or_create_keys  # noqa: E402

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from tierlake.config import S3Settings
-from tiers.cache.core import CacheOptions, EdgeCache
+from tierlake.config.cache import CacheOptions
+from tiers.cache.core import EdgeCache
 from tiers.store import Body, ObjectInfo, S3Store
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from tierlake.config import Settings
+from tierlake.config.cache import CacheOptions
 from tierlake.errors import CacheFull
-from tiers.cache.core import CacheOptions, EdgeCache
+from tiers.cache.core import EdgeCache
 from tiers.cache.maintain import evict, verify
 from tiers.store import ObjectInfo, S3Store
 

@@ -18,7 +18,8 @@ from infra import procs
 from infra.stack import LocalStack
 from pipelines.lake import maintenance, mirror
 from tierlake.config import Settings
-from tiers.cache.core import CacheOptions, EdgeCache
+from tierlake.config.cache import CacheOptions
+from tiers.cache.core import EdgeCache
 from tiers.cache.index import EntryState
 from tiers.cache.maintain import verify
 from tiers.cache.retry import OriginUnavailable

@@ -39,7 +39,7 @@ def test_environment_overrides() -> None:
         "TIERLAKE_CACHE__DIR": "/nvme/cache",
         "TIERLAKE_CACHE__REVALIDATE_S": "30",
     }
-    cache = load_settings("ci", conf_dir=REPO_CONF, env=env).cache
+    cache = load_settings("ci", conf_dir=REPO_CONF, env=env).cache.options
     assert (cache.max_bytes, cache.directory, cache.revalidate_s) == (1048576, Path("/nvme/cache"), 30.0)
 
 

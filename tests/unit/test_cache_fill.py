@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from crc32c import crc32c
 
+from tierlake.config.cache import CacheOptions
 from tierlake.errors import StorageError
-from tiers.cache.core import CacheOptions, EdgeCache
+from tiers.cache.core import EdgeCache
 from tiers.cache.fileio import checksum_file
 from tiers.cache.maintain import verify
 from tiers.store import CHUNK, Body, LocalStore, ObjectInfo

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tiers.cache.core import CacheOptions
+from tierlake.config.cache import CacheOptions
 from tiers.cache.freshness import DELTA_DATA_FILES, check_patterns, is_immutable
 
 

@@ -7,7 +7,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
-from tiers.cache.core import CacheOptions, EdgeCache
+from tierlake.config.cache import CacheOptions
+from tiers.cache.core import EdgeCache
 from tiers.store import LocalStore
 
 BUCKET = "lake"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tierlake.config.cache import CacheOptions
 from tierlake.errors import CacheFull
 from tiers.cache import core
-from tiers.cache.core import WHOLE, CacheOptions, EdgeCache, entry_id
+from tiers.cache.core import WHOLE, EdgeCache, entry_id
 from tiers.cache.index import EntryState
 from tiers.cache.locks import EntryLock
 from tiers.cache.maintain import evict, verify

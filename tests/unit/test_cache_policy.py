@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiers.cache.core import WHOLE, CacheOptions, block_span, blocks_for, entry_id
+from tierlake.config.cache import CacheOptions
+from tiers.cache.core import WHOLE, block_span, blocks_for, entry_id
 from tiers.cache.policy import LRU, S3FIFO, Queue, scan_heavy_trace, simulate
 from tiers.store import ObjectInfo
 

@@ -20,10 +20,11 @@ from aiohttp import ClientResponse, ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 from botocore.config import Config
 
+from tierlake.config.cache import CacheOptions
 from tierlake.config.s3 import S3Settings, Secret
 from tierlake.errors import StorageError
 from tiers.cache import sigv4
-from tiers.cache.core import WHOLE, CacheOptions, EdgeCache
+from tiers.cache.core import WHOLE, EdgeCache
 from tiers.cache.site import build_app
 from tiers.store import LocalStore, ObjectInfo
 

@@ -8,24 +8,16 @@ site server (``site``). ``cache_from_settings`` builds one from the typed settin
 from __future__ import annotations
 
 from tierlake.config import Settings
-from tiers.cache.core import CacheOptions, CacheStats, EdgeCache, entry_id
+from tierlake.config.cache import CacheOptions
+from tiers.cache.core import CacheStats, EdgeCache, entry_id
 from tiers.store import S3Store
 
 __all__ = ["CacheOptions", "CacheStats", "EdgeCache", "cache_from_settings", "entry_id", "options_from_settings"]
 
 
 def options_from_settings(settings: Settings) -> CacheOptions:
-    cache = settings.cache
-    return CacheOptions(
-        directory=cache.directory,
-        max_bytes=cache.max_bytes,
-        disk_fraction=cache.disk_fraction,
-        block_bytes=cache.block_bytes,
-        revalidate_s=cache.revalidate_s,
-        immutable_patterns=cache.immutable_patterns,
-        direct_io=cache.direct_io,
-        fill_timeout_s=cache.fill_timeout_s,
-    )
+    """The configured cache's options (``conf/`` -> ``tierlake.config.cache``)."""
+    return settings.cache.options
 
 
 def cache_from_settings(settings: Settings) -> EdgeCache:

@@ -32,9 +32,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tierlake.config.cache import CacheOptions
 from tierlake.errors import CacheFull, StorageError
 from tiers.cache.fileio import checksum_file, download, free_bytes, pread, slack
-from tiers.cache.freshness import DELTA_DATA_FILES, check_patterns, is_immutable
+from tiers.cache.freshness import is_immutable
 from tiers.cache.index import Entry, EntryState, Index
 from tiers.cache.locks import EntryLock
 from tiers.cache.policy import S3FIFO
@@ -48,40 +49,6 @@ VERIFY_SMALL_BYTES = 1024 * 1024  # entries up to this size are checksummed on e
 
 class DiskFull(CacheFull):
     """The cache's file system ran out of space during a fill (the partial file is already gone)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class CacheOptions:
-    """How big, where, and how careful. ``capacity`` is min(max_bytes, disk_fraction of the file system)."""
-
-    directory: Path
-    max_bytes: int
-    disk_fraction: float = 0.9
-    block_bytes: int = 8 * 1024 * 1024
-    revalidate_s: float = 0.0
-    fill_timeout_s: float = 300.0
-    evict_to_fraction: float = 0.95
-    verify_reads: bool = False
-    immutable_patterns: tuple[str, ...] = DELTA_DATA_FILES
-    direct_io: bool = True
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("max_bytes", self.max_bytes, self.max_bytes >= 1, "a byte budget of at least 1, e.g. 10737418240"),
-            ("disk_fraction", self.disk_fraction, 0 < self.disk_fraction <= 1, "a fraction in (0, 1], e.g. 0.9"),
-            ("block_bytes", self.block_bytes, self.block_bytes >= 4096, "at least 4096, e.g. 8388608"),
-            ("revalidate_s", self.revalidate_s, self.revalidate_s >= 0, "0 (HEAD on every open) or more"),
-            ("fill_timeout_s", self.fill_timeout_s, self.fill_timeout_s > 0, "seconds, e.g. 300"),
-            ("evict_to_fraction", self.evict_to_fraction, 0 < self.evict_to_fraction <= 1, "e.g. 0.95"),
-        )
-        for name, value, ok, fix in checks:
-            if not ok:
-                raise ValueError(f"cache option {name} = {value!r} is invalid. Fix: {fix}")
-        if (why := check_patterns(self.immutable_patterns)) is not None:
-            raise ValueError(
-                f"cache option immutable_patterns = {list(self.immutable_patterns)!r} is invalid: {why}. "
-                "Fix: a list of key globs, e.g. ['*.parquet', '!*/_delta_log/*'], or [] to revalidate every key"
-            )
 
 
 @dataclass(frozen=True, kw_only=True)

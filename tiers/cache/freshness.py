@@ -20,16 +20,11 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 
-DELTA_DATA_FILES: tuple[str, ...] = ("*.parquet", "!_delta_log/*", "!*/_delta_log/*")
-"""The default: Parquet files outside any ``_delta_log/`` folder (checkpoints inside it stay revalidated)."""
+# The default patterns (DELTA_DATA_FILES) and their syntax check live with the cache's options in
+# tierlake.config.cache, so conf/ and the tier agree on one definition.
+from tierlake.config.cache import DELTA_DATA_FILES, check_patterns
 
-
-def check_patterns(patterns: tuple[str, ...]) -> str | None:
-    """Why ``patterns`` is unusable, or None."""
-    for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern.removeprefix("!"):
-            return f"{pattern!r} is not a glob (a non-empty string, optionally after '!')"
-    return None
+__all__ = ["DELTA_DATA_FILES", "check_patterns", "is_immutable"]
 
 
 def is_immutable(key: str, patterns: tuple[str, ...]) -> bool:
