@@ -9,8 +9,10 @@ PYTEST_ARGS ?=
 setup:
 	@bash infra/bootstrap.sh
 
+# The demo ends with the operator's report of the lake it filled (written even when the demo found a problem).
 demo: setup
-	$(BIN)/tierlake --profile local demo --events $${EVENTS:-5000}
+	$(BIN)/tierlake --profile local demo --events $${EVENTS:-5000}; status=$$?; \
+	$(BIN)/tierlake --profile local report --out $${REPORT:-.run/report.html} && exit $$status
 
 lint: setup
 	$(BIN)/ruff check .
