@@ -76,6 +76,16 @@ def _times(values: Iterable[float]) -> list[datetime]:
     return [datetime.fromtimestamp(t, UTC) for t in values]
 
 
+def _time_axis(axes: Any, stamps: Sequence[float]) -> None:
+    """Clock times on the x axis; a lone point gets a minute either side instead of matplotlib's years."""
+    from matplotlib.dates import DateFormatter  # noqa: PLC0415
+
+    axes.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=UTC))  # type: ignore[no-untyped-call]
+    axes.set_xlabel("UTC")
+    if stamps and max(stamps) - min(stamps) < 60:
+        axes.set_xlim(*_times([min(stamps) - 60, max(stamps) + 60]))
+
+
 def verdicts_html(verdicts: list[Verdict]) -> str:
     ordered = sorted(verdicts, key=lambda x: (-x.level, x.section, x.subject))
     counts = {level: sum(1 for x in verdicts if x.level is level) for level in Level}
@@ -101,6 +111,7 @@ def ingestion_html(report: LakeReport) -> str:
             at = _times(f[0] for f in ingest.freshness)
             axes.plot(at, [f[1] for f in ingest.freshness], marker=".", label=f"{ingest.entity} p50")
             axes.plot(at, [f[2] for f in ingest.freshness], marker=".", linestyle="--", label=f"{ingest.entity} p99")
+        _time_axis(axes, [f[0] for i in fresh for f in i.freshness])
         axes.set_ylabel("seconds")
         axes.legend(fontsize="small")
         parts.append(_svg(figure, "freshness", "freshness: Kafka timestamp to the silver commit, per commit"))
@@ -113,6 +124,7 @@ def ingestion_html(report: LakeReport) -> str:
             stamps = [r[0] for r in ingest.rates]
             per_s = [r[1] / max(stamps[n] - stamps[n - 1], 1e-3) for n, r in enumerate(ingest.rates) if n]
             axes.plot(_times(stamps[1:]), per_s, marker=".", label=ingest.topic)
+        _time_axis(axes, [r[0] for i in rated for r in i.rates[1:]])
         axes.set_ylabel("records/s")
         axes.legend(fontsize="small")
         parts.append(_svg(figure, "records_per_second", "records per second into bronze, between commits"))
@@ -144,6 +156,7 @@ def lag_html(report: LakeReport) -> str:
         axes.plot(
             _times(s.at_s for s in p.window), [s.lag for s in p.window], marker="o", label=f"{p.topic}/{p.partition}"
         )
+    _time_axis(axes, [s.at_s for p in report.lag for s in p.window])
     axes.set_ylabel("records behind")
     axes.legend(fontsize="x-small", ncol=2)
     parts.append(_svg(figure, "kafka_lag", "lag per partition over the window (committed batches, then now)"))
