@@ -18,6 +18,7 @@ tier becomes the write tier, and training goes on.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch.distributed.checkpoint.state_dict_saver import async_save
 
 from tierlake.errors import CommitConflict, TierlakeError
@@ -216,9 +218,10 @@ class TieredCheckpointer:
             future = future.upload_completion
         with self._lock:
             self._writing, self._writing_step = future, (step, index)
-        future.add_done_callback(lambda done: self._written(done, index, step))
+        needed = state_bytes(state_dict)
+        future.add_done_callback(lambda done: self._written(done, index, step, needed))
 
-    def _written(self, future: Future[Any], index: int, step: int) -> None:
+    def _written(self, future: Future[Any], index: int, step: int, needed: int) -> None:
         tier = self.tiers[index]
         error = future.exception()
         if error is None:
@@ -233,12 +236,17 @@ class TieredCheckpointer:
             self.failed.add(index)
             message = (
                 f"writing step {step} of run {self.run!r} to tier {tier.name} ({tier.where(self.run, step)}) failed: "
-                f"{error}. Fix: free space or repair that tier; checkpoints go to the next tier meanwhile"
+                f"{_space_note(tier, needed)}{error}. Fix: free space or repair that tier; checkpoints go to the "
+                f"next tier ({self._next_name(index)}) meanwhile"
             )
             if isinstance(tier, FolderTier):
                 tier.remove(self.run, step)
         self.stats.errors.append(message)
         logger.error(message, extra={"step": step, "tier": tier.name})
+
+    def _next_name(self, index: int) -> str:
+        later = [tier.name for i, tier in enumerate(self.tiers) if i > index and i not in self.failed]
+        return later[0] if later else "none left"
 
     def _schedule_promotions(self, source: int, step: int) -> None:
         now = self.clock()
@@ -303,3 +311,31 @@ class TieredCheckpointer:
         self.wait(timeout_s)
         for promoter in self._promoters.values():
             promoter.close()
+
+
+def state_bytes(state: object) -> int:
+    """Bytes of the tensors in a (nested) state dict: about what a checkpoint of it takes on disk."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, Mapping):
+        return sum(state_bytes(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return sum(state_bytes(value) for value in state)
+    return 0
+
+
+def _space_note(tier: CheckpointTier, needed: int) -> str:
+    """'No space left on device ...' when the tier's disk cannot hold the checkpoint: torch's own message for a
+    short write (``PytorchStreamWriter failed writing file``) does not say so."""
+    if not isinstance(tier, FolderTier):
+        return ""
+    try:
+        usage = shutil.disk_usage(tier.root)
+    except OSError:
+        return ""
+    if usage.free >= needed:
+        return ""
+    return (
+        f"No space left on device: {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB at "
+        f"{tier.root}, the checkpoint needs about {needed / 2**20:.1f} MiB; torch said: "
+    )

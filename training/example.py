@@ -39,6 +39,7 @@ from training.tiers import CheckpointTier, FaultHook
 
 logger = logging.getLogger(__name__)
 FAULT_POINTS = ("snapshot", "write", "manifest", "promotion")
+FAULT_ENV = "TIERLAKE_CHECKPOINT_FAULT"  # read by main() only; not a config key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="restore the newest good checkpoint first")
     parser.add_argument("--final", help="torch.save the final model, optimizer and loader state to this file")
     args = parser.parse_args(argv)
-    settings = load_settings()
+    settings = load_settings(env={name: value for name, value in os.environ.items() if name != FAULT_ENV})
     configure_logging(settings.run_dir / "logs" / f"trainer-{args.run}.log", verbose=False)
     torch.set_num_threads(1)
     storage = delta_storage_options(settings.s3) if args.table.startswith("s3://") else None
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         tiers,
         tier_policies(settings),
         code_version=code_version(settings.root),
-        fault=fault_hook(os.environ.get("TIERLAKE_CHECKPOINT_FAULT", "")),
+        fault=fault_hook(os.environ.get(FAULT_ENV, "")),
     )
     first = {"done": False}
 
@@ -212,5 +213,4 @@ def _say(event: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
     sys.exit(main())
