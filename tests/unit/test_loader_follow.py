@@ -195,3 +195,16 @@ def test_following_a_token_dataset_is_refused_when_the_loader_is_built(table: Pa
     tokens = token_dataset(table, seq_len=4, column="tokens")
     with pytest.raises(TierlakeError, match=r"packed token sequences\. Fix: follow a delta_dataset"):
         DeltaLoader(tokens, batch_size=2, follow=True)
+
+
+def test_two_ranks_share_the_new_versions_without_overlap(table: Path) -> None:
+    for index in range(3):
+        append(table, 100 + 20 * index, 20)  # v2..v4: 60 new rows
+    dataset = delta_dataset(table, version=1, columns=["id"], order=OrderOptions(seed=3))
+    follow = FollowOptions(max_versions=3, idle_timeout_s=5, serve_snapshot=False)
+    ranks = [DeltaLoader(dataset, batch_size=7, rank=r, world_size=2, follow=follow) for r in range(2)]
+    served = [flat(ids_of(loader)) for loader in ranks]
+    assert not set(served[0]) & set(served[1])
+    assert len(served[0]) == len(served[1]) == 7 * (60 // 14)  # whole global steps of 14 only
+    assert set(served[0]) | set(served[1]) <= set(range(100, 160))
+    assert ranks[0].state_dict()["follow"] == ranks[1].state_dict()["follow"]
