@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "tierlake.commands.table",
     "tierlake.commands.report",
     "tierlake.commands.metrics",
+    "tierlake.commands.checkpoint",
 )
 
 
@@ -43,6 +44,7 @@ S3_COMMANDS: dict[str, frozenset[str] | None] = {
     "table": None,
     "cache": frozenset({"warm", "verify", "serve"}),
     "archive": None,
+    "checkpoint": None,
 }
 
 
