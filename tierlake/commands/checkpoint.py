@@ -1,0 +1,146 @@
+"""``tierlake checkpoint list|show|verify|restore|promote|gc``: training checkpoints over the tiers (training/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tierlake.commands import ExitCode, Subparsers
+from tierlake.config import Settings
+
+if TYPE_CHECKING:
+    from training.tiers import CheckpointTier
+
+
+def _tiers(settings: Settings) -> list[CheckpointTier]:
+    from training.setup import checkpoint_tiers  # noqa: PLC0415 - torch only for this command
+
+    return checkpoint_tiers(settings)
+
+
+def _write(args: argparse.Namespace, data: object, text: str) -> None:
+    sys.stdout.write((json.dumps(data) if args.json else text) + "\n")
+
+
+def _list(args: argparse.Namespace, settings: Settings) -> int:
+    from training.operations import list_checkpoints  # noqa: PLC0415
+
+    listings = list_checkpoints(_tiers(settings), args.run)
+    lines = [
+        f"{item.tier:6} {item.run}: committed {list(item.committed)}"
+        + (f", unfinished {list(item.uncommitted)}" if item.uncommitted else "")
+        for item in listings
+    ]
+    _write(args, [asdict(item) for item in listings], "\n".join(lines) or "no checkpoints")
+    return ExitCode.OK if listings else ExitCode.NOT_RUNNING
+
+
+def _show(args: argparse.Namespace, settings: Settings) -> int:
+    from training.operations import find_manifest  # noqa: PLC0415
+
+    tier, manifest = find_manifest(_tiers(settings), args.run, args.step)
+    body = json.loads(manifest.to_json()) | {"tier": tier.name, "where": tier.where(args.run, manifest.step)}
+    sys.stdout.write(json.dumps(body, indent=None if args.json else 1) + "\n")
+    return ExitCode.OK
+
+
+def _verify(args: argparse.Namespace, settings: Settings) -> int:
+    from training.operations import verify_run  # noqa: PLC0415
+
+    verdicts = verify_run(_tiers(settings), args.run, args.step)
+    text = (
+        "\n".join(f"{v.tier:6} step {v.step}: {'ok' if v.ok else 'BAD: ' + v.reason}" for v in verdicts)
+        or f"run {args.run!r} has no committed checkpoint"
+    )
+    _write(args, [asdict(v) for v in verdicts], text)
+    if not verdicts:
+        return ExitCode.NOT_RUNNING
+    return ExitCode.OK if all(v.ok for v in verdicts) else ExitCode.INCOMPLETE
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    from training.operations import restore_to  # noqa: PLC0415
+
+    source, step = restore_to(_tiers(settings), args.run, args.to, args.step)
+    _write(
+        args,
+        {"run": args.run, "step": step, "from": source, "to": str(args.to)},
+        f"restored step {step} of run {args.run} from tier {source} to {args.to} (dcp.load reads it with "
+        "torch.distributed.checkpoint.FileSystemReader)",
+    )
+    return ExitCode.OK
+
+
+def _promote(args: argparse.Namespace, settings: Settings) -> int:
+    from training.operations import copy_step, tier_named  # noqa: PLC0415
+
+    tiers = _tiers(settings)
+    target = tier_named(tiers, args.to)
+    source, refused = copy_step(tiers, args.run, args.step, target)
+    _write(
+        args,
+        {"run": args.run, "step": args.step, "from": source, "to": target.name, "refused": refused},
+        f"promoted step {args.step} of run {args.run} from {source} to {target.name}"
+        + "".join(f"\n  refused: {reason}" for reason in refused),
+    )
+    return ExitCode.OK
+
+
+def _gc(args: argparse.Namespace, settings: Settings) -> int:
+    from training.operations import apply_gc, plan_gc  # noqa: PLC0415
+    from training.setup import tier_policies  # noqa: PLC0415
+
+    tiers = _tiers(settings)
+    plan = plan_gc(tiers, tier_policies(settings), args.run)
+    if args.apply:
+        apply_gc(tiers, plan, args.run)
+    verb = "removed" if plan.applied else "would remove (dry run; --apply removes)"
+    lines = [f"{tier:6} {verb}: steps {steps}" for tier, steps in plan.remove.items()] or ["nothing to remove"]
+    _write(args, asdict(plan), "\n".join(lines))
+    return ExitCode.OK
+
+
+def _step(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step number") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: a step is 0 or more")
+    return value
+
+
+def register(sub: Subparsers) -> None:
+    parser = sub.add_parser("checkpoint", help="training checkpoints: list, show, verify, restore, promote, gc")
+    actions = parser.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="committed and unfinished steps per tier")
+    listing.add_argument("--run", help="one run (default: every run)")
+    listing.set_defaults(handler=_list)
+    show = actions.add_parser("show", help="a step's manifest (default: the newest committed step)")
+    show.add_argument("run")
+    show.add_argument("step", nargs="?", type=_step)
+    show.set_defaults(handler=_show)
+    verify = actions.add_parser("verify", help="check every committed copy against its manifest (sizes, CRC-32C)")
+    verify.add_argument("run")
+    verify.add_argument("--step", type=_step)
+    verify.set_defaults(handler=_verify)
+    restore = actions.add_parser("restore", help="copy the newest good checkpoint into a folder")
+    restore.add_argument("run")
+    restore.add_argument("--to", type=Path, required=True, help="an empty or new folder")
+    restore.add_argument("--step", type=_step, help="this step instead of the newest")
+    restore.set_defaults(handler=_restore)
+    promote = actions.add_parser("promote", help="copy one committed step to a tier (local, edge, rgw)")
+    promote.add_argument("run")
+    promote.add_argument("step", type=_step)
+    promote.add_argument("--to", required=True, help="the target tier: local, edge or rgw")
+    promote.set_defaults(handler=_promote)
+    gc = actions.add_parser("gc", help="keep-last-K per tier (conf/ checkpoint.<tier>.keep_last); dry run by default")
+    gc.add_argument("run")
+    gc.add_argument("--apply", action="store_true", help="remove; without it, only say what would go")
+    gc.set_defaults(handler=_gc)
+    for each in (listing, show, verify, restore, promote, gc):
+        each.add_argument("--json", action="store_true", help="one JSON document")
