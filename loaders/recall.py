@@ -18,6 +18,7 @@ from there. Recalls are audited with who asked (user, host, process) and why (``
 from __future__ import annotations
 
 import os
+import posixpath
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -95,7 +96,10 @@ class Recall:
                 key = parsed.path.lstrip("/")
                 by_bucket[parsed.netloc] |= {key, unquote(key)}
         catalog = self._catalog()
-        plans = [plan_for_objects(self.settings, catalog, b, "", keys, to=self.to) for b, keys in by_bucket.items()]
+        plans = [
+            plan_for_objects(self.settings, catalog, b, _folder_of(keys), keys, to=self.to)
+            for b, keys in by_bucket.items()
+        ]
         if len(plans) == 1:
             return plans[0]
         return RecallPlan(
@@ -183,6 +187,12 @@ class RecallingSource:
             self.recall.apply(plan, what=uri)
         cached = self._cached(uri)
         return cached if cached is not None else self.inner.open(uri)
+
+
+def _folder_of(keys: set[str]) -> str:
+    """The deepest folder holding every key (the table's, for a snapshot's files): the catalog scan's prefix."""
+    folders = [key.rsplit("/", 1)[0] if "/" in key else "" for key in keys]
+    return posixpath.commonpath(folders) if folders and all(folders) else ""
 
 
 def with_recall(snapshot: Snapshot, source: FileSource, recall: Recall | None) -> FileSource:

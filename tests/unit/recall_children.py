@@ -40,3 +40,16 @@ def recall_in_child(
         barrier.wait()
     report = recall(settings, catalog, plan, to="cache", progress=False, step=step)
     out.write_text(f"{len(report.recalled)} {len(report.already)}")
+
+
+def recall_to_lake_and_die(settings: Settings, uris: list[str], kill_step: str) -> None:
+    """A loader-side recall of ``uris`` to the lake, SIGKILLed at the first ``kill_step`` (integration tests)."""
+    from loaders.recall import Recall  # noqa: PLC0415 - only this child needs the loader package
+
+    def step(name: str, _path: str) -> None:
+        if name == kill_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    plan = Recall(settings=settings, mode="auto").plan(uris)
+    catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri, s3=settings.s3)
+    recall(settings, catalog, plan, to="lake", progress=False, step=step)
