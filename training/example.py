@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resume", action="store_true", help="restore the newest good checkpoint first")
     parser.add_argument("--final", help="torch.save the final model, optimizer and loader state to this file")
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         table_uri=args.table,
         batch_size=args.batch_size,
         hidden=args.hidden,
+        layers=args.layers,
         device=args.device,
         storage_options=storage,
     )

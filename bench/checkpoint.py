@@ -1,0 +1,231 @@
+"""Checkpoint benchmark: tierlake's asynchronous tiered checkpoints and the peers a user would write, in one run.
+
+The state: the example trainer's model (``training.example``) widened to about 256 MB of model and AdamW state on
+the CPU (hidden 2048, 6 layers: 21 M parameters x 12 bytes). Paths, all on the same state:
+
+- ``tierlake_stall_s``: what the train step waits for in ``TieredCheckpointer.maybe_save`` (the device -> host
+  snapshot; the write runs in the background), mean over ``--saves`` saves;
+- ``torch_save_local_s``: ``torch.save`` of the state dicts to a local file (blocking; no fsync, as users call it);
+- ``sync_dcp_rgw_s``: ``dcp.save`` to a local folder, then every file uploaded to RGW with boto3 (blocking): the
+  synchronous DCP save to RGW a user would write without tierlake;
+- ``restore_<tier>_s``: ``load_latest`` from that tier alone (local, edge, rgw; RGW downloads and checks CRC-32C);
+- ``steps_per_s_without`` / ``steps_per_s_with``: the trainer reading its Delta table, for the same number of
+  steps, without checkpoints and with the default cadence of ``conf/`` (500 ms / 15 s / 5 min);
+- ``recovery_s``: the trainer process killed with SIGKILL after its first committed checkpoint, restarted with
+  ``--resume``: seconds from the kill to its first step after resuming (process start, imports, restore).
+
+The local and edge folders sit on the same disk here (one machine). The last line printed is the JSON result; no
+asserts on time. Usage: ``.venv/bin/python bench/checkpoint.py [--quick] [--workdir DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+from torch.distributed.checkpoint.filesystem import FileSystemWriter  # noqa: E402
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save  # noqa: E402
+
+from tierlake.config import Settings, load_settings  # noqa: E402
+from tiers.s3 import s3_client  # noqa: E402
+from training.checkpointer import TieredCheckpointer, state_bytes  # noqa: E402
+from training.example import ToyTrainer, TrainOptions  # noqa: E402
+from training.policy import TierPolicy  # noqa: E402
+from training.restore import load_latest  # noqa: E402
+from training.setup import tier_policies  # noqa: E402
+from training.tiers import CheckpointTier, FolderTier, RgwTier  # noqa: E402
+
+logger = logging.getLogger("bench.checkpoint")
+HIDDEN, LAYERS = 2048, 6
+
+
+def write_table(path: Path, rows: int) -> str:
+    from deltalake import write_deltalake  # noqa: PLC0415
+
+    ids = np.arange(rows, dtype=np.int64)
+    tokens = pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(ids, 8).astype(np.int32)), 8)
+    write_deltalake(str(path), pa.table({"id": ids, "tokens": tokens}))
+    return str(path)
+
+
+def tiers_in(settings: Settings, workdir: Path) -> list[CheckpointTier]:
+    rgw = RgwTier(s3_client(settings.s3), settings.s3.lake_bucket, settings.checkpoint.prefix)
+    return [FolderTier("local", workdir / "local"), FolderTier("edge", workdir / "edge"), rgw]
+
+
+def stall(trainer: ToyTrainer, tier: CheckpointTier, run: str, saves: int) -> float:
+    """Mean seconds ``maybe_save`` holds the caller, each save written to ``tier`` before the next."""
+    checkpointer = TieredCheckpointer(run, [tier], [TierPolicy(every_steps=1, keep_last=1)])
+    for step in range(1, saves + 1):
+        checkpointer.maybe_save(step, trainer.state(), loader_state=trainer.loader.state_dict())
+        checkpointer.wait_written()
+    checkpointer.close()
+    return checkpointer.stats.stall_s_total / max(1, checkpointer.stats.saves_started)
+
+
+def torch_save_local(trainer: ToyTrainer, folder: Path) -> float:
+    started = time.perf_counter()
+    torch.save({"model": trainer.model.state_dict(), "optim": trainer.optimizer.state_dict()}, folder / "state.pt")
+    return time.perf_counter() - started
+
+
+def sync_dcp_rgw(trainer: ToyTrainer, settings: Settings, folder: Path, run: str) -> float:
+    """The peer: a blocking ``dcp.save`` to a local folder, then each file uploaded with boto3."""
+    client = s3_client(settings.s3)
+    started = time.perf_counter()
+    dcp_save(trainer.state(), storage_writer=FileSystemWriter(folder))
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = f"{settings.checkpoint.prefix}/bench-peer-{run}/{path.relative_to(folder).as_posix()}"
+        client.upload_file(str(path), settings.s3.lake_bucket, key)
+    return time.perf_counter() - started
+
+
+def restore_each(trainer: ToyTrainer, tiers: list[CheckpointTier], run: str) -> dict[str, float]:
+    figures = {}
+    for tier in tiers:
+        state = trainer.state()
+        started = time.perf_counter()
+        load_latest(run, [tier], state)
+        figures[f"restore_{tier.name}_s"] = round(time.perf_counter() - started, 3)
+    return figures
+
+
+def steps_per_s(trainer: ToyTrainer, steps: int, checkpointer: TieredCheckpointer | None) -> float:
+    started = time.perf_counter()
+    trainer.train(trainer.step + steps, checkpointer=checkpointer)
+    return steps / (time.perf_counter() - started)
+
+
+def _trainer_command(run: str, table: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "training.example", "--run", run, "--table", table, "--steps", "1000000",
+            "--hidden", str(HIDDEN), "--layers", str(LAYERS), *extra]  # fmt: skip
+
+
+def recovery(settings: Settings, table: str, workdir: Path, run: str, timeout_s: float) -> float:
+    """Kill the trainer after its first committed local checkpoint; seconds from the kill to its first step after
+    resuming."""
+    env = dict(os.environ)
+    env["TIERLAKE_CHECKPOINT__LOCAL_DIR"] = str(workdir / "local")
+    env["TIERLAKE_CHECKPOINT__EDGE_DIR"] = str(workdir / "edge")
+    first = subprocess.Popen(_trainer_command(run, table), env=env, cwd=settings.root, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    local = FolderTier("local", workdir / "local")
+    while not local.steps(run):
+        if time.monotonic() > deadline or first.poll() is not None:
+            first.kill()
+            raise RuntimeError(f"the trainer committed no checkpoint in {timeout_s} s (exit {first.poll()})")
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    killed = time.time()
+    first.wait()
+    second = subprocess.Popen(
+        _trainer_command(run, table, "--resume"), env=env, cwd=settings.root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert second.stdout is not None
+        for line in second.stdout:
+            event = json.loads(line)
+            if event.get("event") == "first_step":
+                return float(event["unix"]) - killed
+        raise RuntimeError(f"the resumed trainer ended before its first step (exit {second.wait()})")
+    finally:
+        second.kill()
+        second.wait()
+
+
+def clean_rgw(settings: Settings, runs: list[str]) -> None:
+    client = s3_client(settings.s3)
+    for run in runs:
+        prefix = f"{settings.checkpoint.prefix}/{run}/"
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3.lake_bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=settings.s3.lake_bucket, Key=obj["Key"])
+
+
+def run_bench(settings: Settings, workdir: Path, *, quick: bool) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    tag = uuid.uuid4().hex[:6]
+    run = f"bench-{tag}"
+    table = write_table(workdir / "table", 20_000)
+    trainer = ToyTrainer(TrainOptions(run=run, table_uri=table, hidden=HIDDEN, layers=LAYERS, batch_size=32))
+    trainer.train(2)  # creates the optimizer state: the state is now its full size
+    tiers = tiers_in(settings, workdir)
+    figures: dict[str, Any] = {"state_mb": round(state_bytes(trainer.state()) / 1e6, 1)}
+    saves = 2 if quick else 5
+    figures["tierlake_stall_s"] = round(stall(trainer, tiers[0], run, saves), 3)
+    (workdir / "peer-local").mkdir()
+    figures["torch_save_local_s"] = round(torch_save_local(trainer, workdir / "peer-local"), 3)
+    figures["sync_dcp_rgw_s"] = round(sync_dcp_rgw(trainer, settings, workdir / "peer-dcp", tag), 3)
+    for tier in tiers[1:]:  # the step written to local, promoted to the other tiers, for the restores
+        step = max(tiers[0].steps(run))
+        with tiers[0].local_copy(run, step) as (folder, manifest):
+            tier.put_step(folder, manifest)
+    figures.update(restore_each(trainer, tiers, run))
+    steps = 20 if quick else 60
+    figures["steps_per_s_without"] = round(steps_per_s(trainer, steps, None), 3)
+    cadence_run = f"{run}-cadence"
+    checkpointer = TieredCheckpointer(cadence_run, tiers, tier_policies(settings))
+    figures["steps_per_s_with"] = round(steps_per_s(trainer, steps, checkpointer), 3)
+    checkpointer.close()
+    figures["checkpoints_during_steps"] = checkpointer.stats.saves_committed
+    figures["skipped_busy"] = checkpointer.stats.skipped_busy
+    figures["recovery_s"] = round(recovery(settings, table, workdir, f"{run}-recovery", 300), 3)
+    clean_rgw(settings, [run, cadence_run, f"{run}-recovery", f"bench-peer-{tag}"])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer saves and steps; under 3 minutes on 2 cores")
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one, removed after)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    settings = load_settings()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tierlake-bench-ckpt-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        figures = run_bench(settings, workdir, quick=args.quick)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    ratios = {
+        "stall_vs_sync_rgw": round(figures["tierlake_stall_s"] / figures["sync_dcp_rgw_s"], 4),
+        "stall_vs_torch_save_local": round(figures["tierlake_stall_s"] / figures["torch_save_local_s"], 4),
+        "steps_with_vs_without_checkpoints": round(figures["steps_per_s_with"] / figures["steps_per_s_without"], 4),
+    }
+    setup = {
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cadence": [f"{c.tier}: every {c.every_steps} steps / {c.interval_s} s" for c in settings.checkpoint.cadence],
+        "seconds": round(time.perf_counter() - started, 1),
+        "trace_s": "not measured: lineage (tierlake lineage trace) is not built yet",
+    }
+    print(json.dumps({"bench": "checkpoint", "figures": figures, "ratios": ratios, "setup": setup}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
