@@ -93,11 +93,11 @@ def archive_section(settings: Settings) -> dict[str, Any] | None:
     states = {r["state"]: r["n"] for r in sql("SELECT state, count(DISTINCT file_id) AS n FROM catalog GROUP BY 1")}
     holds = sql("SELECT count(DISTINCT file_id) AS n FROM catalog WHERE legal_hold")[0]["n"]
     per_cartridge = sql(
-        "SELECT cartridge, any_value(site) AS site, count(*) AS files, sum(size) AS bytes "
+        "SELECT cartridge, any_value(site) AS site, count(*) AS files, sum(size)::BIGINT AS bytes "
         "FROM catalog GROUP BY 1 ORDER BY 1"
     )
     cartridges = {r["cartridge"]: r for r in per_cartridge}
-    events = sql("SELECT at, target, detail FROM audit WHERE action = 'verify'")
+    events = sql("SELECT \"at\", target, detail FROM audit WHERE action = 'verify'")
     verifies = last_verifies(events, sorted(cartridges))
     for cartridge, last in sorted(verifies.items()):
         verdicts.append(v.verify_verdict(cartridge, checked=last["checked"], bad=last["bad"], at=last["at"]))

@@ -264,7 +264,7 @@ def verify_verdict(cartridge: str, *, checked: int, bad: int, at: str) -> Verdic
             section="archive",
             subject=f"cartridge {cartridge}",
             level=Level.ERR,
-            value=f"last verify ({at}) found {bad} of {checked} files bad",
+            value=f"its last verify ({at}) found bad files on it ({bad} bad of {checked} checked in that run)",
             fix=(
                 f"`tierlake archive verify --cartridge {cartridge}` to re-read it; restores read the other site's "
                 "copy meanwhile; re-archive the bad files from the lake or that copy"
