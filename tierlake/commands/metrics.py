@@ -26,7 +26,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     registry = CollectorRegistry()
 
     def gather() -> LakeReport:
-        return build_report(settings, since_s=time.time() - args.since, driver_running=driver_running(settings))
+        return build_report(
+            settings,
+            since_s=time.time() - args.since,
+            grace_s=args.lag_grace_s,
+            driver_running=driver_running(settings),
+            extra_tables=args.table or [],
+        )
 
     registry.register(LakeCollector(gather, max_age_s=args.max_age_s))
     if (settings.cache.directory / "index.sqlite").exists():
@@ -54,4 +60,6 @@ def register(sub: Subparsers) -> None:
         "--max-age-s", type=positive_float, default=60.0, help="gather the lake again when figures are older"
     )
     serve.add_argument("--since", type=duration_s, default=duration_s("1h"), help="window of the per-window figures")
+    serve.add_argument("--lag-grace-s", type=positive_float, default=60.0, help="as `tierlake report --lag-grace-s`")
+    serve.add_argument("--table", action="append", help="a table to export besides those of conf/ (repeatable)")
     serve.set_defaults(handler=_serve)
