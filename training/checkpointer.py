@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict_saver import async_save
 
 from tierlake.errors import CommitConflict, TierlakeError
 from training.policy import LastSave, TierPolicy, is_due, stale_uncommitted, to_remove
-from training.storage import TierWriter
+from training.storage import HostSnapshot, TierWriter
 from training.tiers import CheckpointTier, FaultHook, FolderTier, check_run
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ class TieredCheckpointer:
         self._lock = threading.Lock()
         self._writing: Future[Any] | None = None
         self._writing_step: tuple[int, int] | None = None
+        self._snapshot = HostSnapshot(fault=fault)
         self._promoters = {i: _Promoter(self, i) for i in range(1, len(tiers))}
 
     @property
@@ -210,7 +211,7 @@ class TieredCheckpointer:
         self._last[index] = LastSave(step, now)
         self.stats.saves_started += 1
         started = time.perf_counter()
-        future = async_save(state_dict, storage_writer=writer)
+        future = async_save(state_dict, storage_writer=writer, async_stager=self._snapshot)
         stall = time.perf_counter() - started
         self.stats.stall_s_total += stall
         self.stats.stall_s_max = max(self.stats.stall_s_max, stall)
