@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
@@ -236,13 +236,32 @@ class PrefixMirrorReport:
         return not self.mismatched
 
 
+CHECKPOINT_MANIFEST = "MANIFEST.json"  # training/ writes it last: a step folder without one is unfinished
+_STEP_FOLDER = re.compile(r"^[^/]+/\d{12}/")  # <run>/<step>/ of training/'s layout under a checkpoint prefix
+
+
+def committed_checkpoint_keys(keys: Iterable[str], prefix: str) -> list[str]:
+    """What to copy under a checkpoint prefix, in order. Keys in training/'s layout (``<run>/<step>/...``) count
+    only when their step folder holds a manifest, and each step's manifest comes after its files, so the second
+    site never holds a half checkpoint, even if a copy stops midway. Other keys are plain objects, copied as such."""
+    keys = list(keys)
+    step_of = {key: m.group(0) for key in keys if (m := _STEP_FOLDER.match(key[len(prefix) :]))}
+    committed = {step_of[key] for key in step_of if key.endswith("/" + CHECKPOINT_MANIFEST)}
+    plain = sorted(key for key in keys if key not in step_of)
+    steps = [key for key in keys if step_of.get(key) in committed]
+    last = "/" + CHECKPOINT_MANIFEST
+    return plain + sorted(steps, key=lambda key: (step_of[key], key.endswith(last), key))
+
+
 def mirror_prefix(settings: Settings, prefix: str) -> PrefixMirrorReport:
-    """Copy every object under ``prefix`` (training checkpoints) that the mirror lacks or holds in another version."""
+    """Copy every object of the committed checkpoints under ``prefix`` that the mirror lacks or holds in another
+    version, manifests last (:func:`committed_checkpoint_keys`)."""
     source, target = _sites(settings)
-    objects = _listing(source, prefix)
+    listing = _listing(source, prefix)
+    objects = {key: listing[key] for key in committed_checkpoint_keys(listing, prefix)}
     present = _listing(target, prefix)
     copied, copied_bytes, hashes = 0, 0, {}
-    for key, info in sorted(objects.items()):
+    for key, info in objects.items():
         there = present.get(key)
         if there is not None and there["size"] == info["size"] and _same(source, target, key):
             continue
