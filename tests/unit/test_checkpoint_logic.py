@@ -12,6 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pipelines.lake.mirror import committed_checkpoint_keys
 from tierlake.errors import CommitConflict, ConfigError, NotFound, TierlakeError
 from training.checkpointer import TieredCheckpointer
 from training.example import fault_hook
@@ -192,3 +193,23 @@ def test_fault_spec_is_checked() -> None:
     assert fault_hook("") is None
     with pytest.raises(TierlakeError, match="TIERLAKE_CHECKPOINT_FAULT = 'upload:1' is invalid"):
         fault_hook("upload:1")
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["__0_0.distcp", ".metadata", "MANIFEST.json", "sub/x"])),
+        max_size=12,
+        unique=True,
+    ),
+    st.lists(st.sampled_from(["step-1.pt", "notes.txt"]), max_size=2, unique=True),
+)
+def test_the_mirror_copies_committed_steps_only_manifest_last(files: list[tuple[int, str]], plain: list[str]) -> None:
+    prefix = "training/checkpoints/"
+    keys = [f"{prefix}run/{step:012d}/{name}" for step, name in files] + [prefix + name for name in plain]
+    order = committed_checkpoint_keys(reversed(keys), prefix)
+    committed = {step for step, name in files if name == MANIFEST_NAME}
+    expected = {f"{prefix}run/{step:012d}/{name}" for step, name in files if step in committed}
+    assert set(order) == expected | {prefix + name for name in plain}
+    for step in committed:
+        positions = [i for i, key in enumerate(order) if f"/{step:012d}/" in key]
+        assert order[positions[-1]].endswith(MANIFEST_NAME)  # the manifest after every file of its step
