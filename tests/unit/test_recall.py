@@ -230,7 +230,7 @@ def test_a_recall_killed_at_any_step_leaves_nothing_half_recalled_and_the_next_o
     report = recall(settings, catalog, _plan(rows), to="cache", progress=False)
     assert len(report.recalled) == len(FILES) - (kill_step == "published")
     assert all(_in_cache(settings, n) == d for n, d in FILES.items())
-    assert not list((settings.archive.staging_dir / "recall").glob("*.tmp"))  # the killed recall's temp removed
+    assert not list((settings.cache.directory / "tmp").glob("*.tmp"))  # the killed fill's temp was cleared
 
 
 def test_concurrent_recalls_of_the_same_files_read_each_file_from_tape_once(

@@ -1,13 +1,14 @@
 """Recalls: the purged files a reader needs, read back from tape and put where the reader finds them.
 
-A table version whose files were archived and purged is still readable: :func:`find_purged` asks the catalog which
-of the version's files are on tape only, :func:`plan_recall` turns them into a **recall plan** (pure: the files
+A table version whose files were archived and purged is still readable: :func:`plan_for_objects` asks the catalog
+which of the version's files are on tape only, :func:`plan_recall` turns them into a **recall plan** (pure: the files
 grouped by cartridge, in their order on tape, one mount per cartridge, the copy of either site that needs the fewest
 mounts, and an estimate of bytes, cartridges, mounts and time at the drives' speed), and :func:`recall` carries it
-out. Each file goes from tape to a temp file in the staging folder, is checked against its SHA-256, and only then
-is published: to the lake under its original key (one PUT: an object appears whole or not at all) or only into the
-node's edge cache (its fills are temp -> fsync -> rename). A reader therefore never sees a half-recalled file, even
-when the recall is killed; the next recall starts that file again.
+out. Each file streams from tape, hashed on the way, and becomes visible only once its SHA-256 matched: in the
+lake under its original key (a temp file of the staging folder, then one PUT: an object appears whole or not at
+all), or only in the node's edge cache (one cache fill whose origin is the mounted cartridge: temp -> fsync ->
+rename, and the stream raises before its end on a wrong SHA-256, which aborts the fill). A reader therefore never
+sees a half-recalled file, even when the recall is killed; the next recall starts that file again.
 
 A copy that is unreadable or fails its SHA-256 is not published; the file is planned again without that cartridge,
 so the other site's copy is used. Readers of one file in several processes cause one recall: each file is copied
@@ -37,7 +38,7 @@ from tierlake.config import Settings
 from tierlake.errors import NotFound, StorageError, TapeError
 from tiers.archive.catalog import Catalog, quote
 from tiers.archive.state import FileState
-from tiers.store import LocalStore, ObjectStore, S3Store, fsync_dir
+from tiers.store import Body, ObjectInfo, ObjectStore, S3Store
 from tiers.tape.library import Library
 from tiers.tape.volume import Volume
 
@@ -247,9 +248,7 @@ def plan_for_objects(
     wanted_keys = set(keys)
     rows = [r for r in catalog_rows_under(catalog, bucket, prefix) if r["key"] in wanted_keys]
     purged = {str(r["key"]): int(r["size"]) for r in rows if r["state"] == FileState.PURGED.value}
-    places: list[Target] = [LakeTarget(S3Store(settings.s3))]
-    if to == "cache":
-        places.append(CacheTarget(settings))
+    places = [target_for(settings, "lake")] + ([target_for(settings, "cache")] if to == "cache" else [])
     wanted = [(bucket, k) for k, size in sorted(purged.items()) if not any(p.present(bucket, k, size) for p in places)]
     return plan_recall(rows, wanted)
 
@@ -258,23 +257,47 @@ def plan_for_objects(
 # Where recalled files go
 
 
+class ChecksumMismatch(TapeError):
+    """A copy read from tape is not the archived file (size or SHA-256 differ); it is never published."""
+
+
+def verified(chunks: Iterable[bytes], item: RecallFile, step: Step) -> Iterator[bytes]:
+    """The member's bytes, passed on as they are read and hashed; at the end, ChecksumMismatch unless the size and
+    SHA-256 are the catalog's. A target publishes only once this is exhausted without an error."""
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+        step("read", item.path)
+        yield chunk
+    if size != item.size or digest.hexdigest() != item.sha256:
+        raise ChecksumMismatch(
+            f"{item.path}: copy {item.copy} on {item.cartridge} has {size} bytes and another SHA-256"
+        )
+    step("verified", item.path)
+
+
 class Target(Protocol):
-    """Where a recall publishes a verified file, and how it tells that a file is already there."""
+    """Where a recall publishes a file, and how it tells that a file is already there. ``put`` consumes the
+    :func:`verified` stream to its end before the file becomes visible, so a bad copy or a kill publishes nothing."""
 
     name: str
 
     def present(self, bucket: str, key: str, size: int) -> bool: ...
 
-    def publish(self, item: RecallFile, staged: Path) -> str: ...
+    def put(self, item: RecallFile, chunks: Iterator[bytes]) -> str: ...
 
 
 class LakeTarget:
-    """The lake: the object store, under the file's original key (one PUT; visible whole or not at all)."""
+    """The lake: the object store, under the file's original key. The bytes go to a temp file of the staging
+    folder first (a PUT needs its length and must not start before the SHA-256 is known), then one PUT: the
+    object appears whole or not at all."""
 
     name = "lake"
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, staging: Path) -> None:
         self.store = store
+        self.staging = staging
 
     def present(self, bucket: str, key: str, size: int) -> bool:
         try:
@@ -282,23 +305,102 @@ class LakeTarget:
         except NotFound:
             return False
 
-    def publish(self, item: RecallFile, staged: Path) -> str:
-        self.store.put_file(item.bucket, item.key, staged)
+    def put(self, item: RecallFile, chunks: Iterator[bytes]) -> str:
+        for stale in self.staging.glob(f"{item.file_id}.*.tmp"):  # a killed recall's; the caller holds the lock
+            stale.unlink(missing_ok=True)
+        temp = self.staging / f"{item.file_id}.{os.getpid()}.tmp"
+        try:
+            with temp.open("wb") as out:  # no fsync: the PUT makes it durable, a crash leaves only this temp
+                for chunk in chunks:
+                    out.write(chunk)
+            self.store.put_file(item.bucket, item.key, temp)
+        finally:
+            temp.unlink(missing_ok=True)
         return item.uri
 
 
+class _Stream:
+    """A :class:`tiers.store.Body` over an iterator of chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._left = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size < 0:
+            return self._left + b"".join(self._chunks)
+        piece = self._left or next(self._chunks, b"")
+        self._left = piece[size:]
+        return piece[:size]
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class TapeOrigin:
+    """The edge cache's origin during a recall: it serves the one member being recalled, from the mounted
+    cartridge, and nothing else (NotFound), so the cache never asks the lake for a recalled file."""
+
+    name = "tape"
+
+    def __init__(self) -> None:
+        self.current: tuple[RecallFile, Iterator[bytes]] | None = None
+
+    def _member(self, bucket: str, key: str) -> tuple[RecallFile, Iterator[bytes]]:
+        if self.current is None or (self.current[0].bucket, self.current[0].key) != (bucket, key):
+            raise NotFound(f"s3://{bucket}/{key} is not being recalled from tape")
+        return self.current
+
+    def info(self, bucket: str, key: str) -> ObjectInfo:
+        item, _ = self._member(bucket, key)
+        return ObjectInfo(bucket=bucket, key=key, size=item.size, etag=item.sha256)
+
+    def open(self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None) -> Body:
+        item, chunks = self._member(bucket, key)
+        if start != 0 or end not in (None, item.size):
+            raise StorageError(f"s3://{bucket}/{key}: a recall fills whole files (asked for [{start}, {end}))")
+        return _Stream(chunks)
+
+    def open_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Body]:
+        return self.info(bucket, key), self.open(bucket, key)
+
+    def cat_file(
+        self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None
+    ) -> bytes:
+        return self.open(bucket, key, start=start, end=end).read()
+
+    def _refuse(self, verb: str) -> StorageError:
+        return StorageError(f"the tape origin of a recall is read-only: {verb} refused")
+
+    def pipe_file(self, bucket: str, key: str, data: bytes) -> ObjectInfo:
+        raise self._refuse("PUT")
+
+    def put_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
+        raise self._refuse("PUT")
+
+    def ls(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
+        return []
+
+    def rm(self, bucket: str, key: str) -> None:
+        raise self._refuse("DELETE")
+
+
 class CacheTarget:
-    """Only the node's edge cache. The verified file is the origin of one fill (a local store over the staging
-    folder), then removed: the cache index remembers the version, so every reader through the edge cache, the
-    node's S3-backed one included, is served the recalled file without asking the lake."""
+    """Only the node's edge cache: the member is streamed from tape into one cache fill (temp -> fsync -> rename,
+    with its CRC-32C), whose origin is the mounted cartridge (:class:`TapeOrigin`); the stream raises before its
+    end when the SHA-256 differs, which aborts the fill. The cache index then remembers the version, so every
+    reader through the edge cache, the node's S3-backed one included, is served the recalled file without asking
+    the lake."""
 
     name = "cache"
 
     def __init__(self, settings: Settings) -> None:
         from tiers.cache import EdgeCache, options_from_settings  # noqa: PLC0415 - the cache only when used
 
-        self.root = settings.archive.staging_dir / "recalled"
-        self.cache = EdgeCache(LocalStore(self.root), options_from_settings(settings))
+        self.origin = TapeOrigin()
+        self.cache = EdgeCache(self.origin, options_from_settings(settings))
 
     def local_path(self, bucket: str, key: str) -> Path | None:
         """The cached file, or None when the cache holds no copy (never recalled, or evicted since)."""
@@ -311,21 +413,20 @@ class CacheTarget:
         path = self.local_path(bucket, key)
         return path is not None and path.stat().st_size == size
 
-    def publish(self, item: RecallFile, staged: Path) -> str:
-        final = self.root / item.bucket / item.key
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, final)
-        fsync_dir(final.parent)
+    def put(self, item: RecallFile, chunks: Iterator[bytes]) -> str:
+        self.origin.current = (item, chunks)
         try:
             path = self.cache.get_path(item.bucket, item.key)
         finally:
-            final.unlink(missing_ok=True)
+            self.origin.current = None
         return f"cache:{path}"
 
 
 def target_for(settings: Settings, to: str) -> Target:
     if to == "lake":
-        return LakeTarget(S3Store(settings.s3))
+        staging = settings.archive.staging_dir / "recall"
+        staging.mkdir(parents=True, exist_ok=True)
+        return LakeTarget(S3Store(settings.s3), staging)
     if to == "cache":
         return CacheTarget(settings)
     raise StorageError(f"recall_to = {to!r} is invalid. Fix: use lake (the original keys) or cache (edge cache only)")
@@ -376,32 +477,6 @@ def _file_lock(folder: Path, file_id: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _copy_out(run: _Run, volume: Volume, item: RecallFile) -> Path | None:
-    """The member's bytes in a temp file of the staging folder, fsynced; None when size or SHA-256 differ."""
-    for stale in run.staging.glob(f"{item.file_id}.*.tmp"):  # left by a killed recall; we hold the file's lock
-        stale.unlink(missing_ok=True)
-    temp = run.staging / f"{item.file_id}.{os.getpid()}.tmp"
-    digest, size = hashlib.sha256(), 0
-    try:
-        with temp.open("wb") as out:
-            for chunk in volume.read(item.aggregate, start=item.member_offset, length=item.size):
-                out.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-                run.bar.update(len(chunk))
-                run.step("read", item.path)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    if size != item.size or digest.hexdigest() != item.sha256:
-        temp.unlink(missing_ok=True)
-        return None
-    run.step("verified", item.path)
-    return temp
-
-
 def _recall_one(run: _Run, volume: Volume, item: RecallFile) -> bool:
     """Recall one file under its lock; False when this copy is bad (the caller plans the other one)."""
     with _file_lock(run.staging / "locks", item.file_id):
@@ -409,18 +484,15 @@ def _recall_one(run: _Run, volume: Volume, item: RecallFile) -> bool:
             run.report.already.append(item.uri)
             run.bar.update(item.size)
             return True
+        chunks = volume.read(item.aggregate, start=item.member_offset, length=item.size)
         try:
-            staged = _copy_out(run, volume, item)
+            where = run.target.put(item, verified(_counted(chunks, run.bar), item, run.step))
+        except ChecksumMismatch:
+            run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) SHA-256 mismatch")
+            return False
         except TapeError as exc:
             run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) unreadable: {exc}")
             return False
-        if staged is None:
-            run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) SHA-256 mismatch")
-            return False
-        try:
-            where = run.target.publish(item, staged)
-        finally:
-            staged.unlink(missing_ok=True)
         run.step("published", item.path)
     run.report.recalled.append(
         {"file_id": item.file_id, "path": item.path, "uri": item.uri, "to": where, "copy": item.copy}
@@ -428,6 +500,12 @@ def _recall_one(run: _Run, volume: Volume, item: RecallFile) -> bool:
     )
     run.report.bytes += item.size
     return True
+
+
+def _counted(chunks: Iterable[bytes], bar: tqdm[Any]) -> Iterator[bytes]:
+    for chunk in chunks:
+        bar.update(len(chunk))
+        yield chunk
 
 
 def _recall_cartridge(run: _Run, cart: CartridgeRecall) -> list[RecallFile]:

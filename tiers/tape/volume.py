@@ -90,6 +90,7 @@ class VirtualVolume:
     def __init__(self, cartridge: VirtualCartridge, barcode: str) -> None:
         self.cartridge = cartridge
         self.barcode = barcode
+        self._index: fmt.Index | None = None  # read once per mount: no one else writes while it is mounted
 
     def volume_uuid(self) -> str:
         return self.cartridge.labels()[1].volume_uuid
@@ -101,6 +102,7 @@ class VirtualVolume:
         return self.cartridge.capacity_bytes - self.cartridge.used_bytes()
 
     def write_files(self, files: list[FileToWrite]) -> list[WrittenFile]:
+        self._index = None
         index = self.cartridge.append(files)
         names = {f.name for f in files}
         return [_written(entry, index) for entry in index.files if entry.name in names]
@@ -110,12 +112,17 @@ class VirtualVolume:
         return [_written(entry, index) for entry in index.files]
 
     def read(self, name: str, *, start: int = 0, length: int | None = None) -> Iterator[bytes]:
-        entry = next((f for f in self.cartridge.index().files if f.name == name), None)
+        """The bytes of a file; the index is read from the cartridge once per mount (finding it walks the data
+        partition to its end: 30 ms a file on a small cartridge, a recall reads many files per mount)."""
+        if self._index is None:
+            self._index = self.cartridge.index()
+        entry = next((f for f in self._index.files if f.name == name), None)
         if entry is None:
             raise TapeError(f"{self.barcode}: no file {name!r} in the volume's index")
         return self.cartridge.read_file(entry, start=start, length=length)
 
     def recover(self) -> int | None:
+        self._index = None
         index = self.cartridge.recover()
         return None if index is None else index.generation
 
