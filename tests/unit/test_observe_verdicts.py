@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -168,7 +168,12 @@ def test_since_durations(text: str, seconds: float) -> None:
     assert duration_s(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["24", "h", "-1h", "0h", "1y"])
+def test_since_a_moment_is_the_seconds_before_now() -> None:
+    moment = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    assert 7199 < duration_s(moment.isoformat()) < 7260
+
+
+@pytest.mark.parametrize("text", ["24", "h", "-1h", "0h", "1y", "2026-05-01T12:00:00", "2999-01-01T00:00:00Z"])
 def test_since_refuses_what_is_not_a_duration(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="Fix:"):
         duration_s(text)

@@ -59,7 +59,12 @@ def register(sub: Subparsers) -> None:
     serve.add_argument(
         "--max-age-s", type=positive_float, default=60.0, help="gather the lake again when figures are older"
     )
-    serve.add_argument("--since", type=duration_s, default=duration_s("1h"), help="window of the per-window figures")
+    serve.add_argument(
+        "--since",
+        type=duration_s,
+        default=duration_s("1h"),
+        help="window of the per-window figures (as the report's --since)",
+    )
     serve.add_argument("--lag-grace-s", type=positive_float, default=60.0, help="as `tierlake report --lag-grace-s`")
     serve.add_argument("--table", action="append", help="a table to export besides those of conf/ (repeatable)")
     serve.set_defaults(handler=_serve)

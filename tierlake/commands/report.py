@@ -8,6 +8,7 @@ import json
 import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from tierlake.commands import ExitCode, Subparsers, positive_float
@@ -18,13 +19,23 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$")
 
 
 def duration_s(text: str) -> float:
-    """argparse type for ``--since``: ``90s``, ``30m``, ``24h``, ``7d`` or ``2w`` as seconds above 0."""
+    """argparse type for ``--since``: ``90s``, ``30m``, ``24h``, ``7d`` or ``2w``, or a moment in ISO 8601 with its
+    zone (``2026-05-01T12:00:00Z``), as seconds before now (above 0)."""
     found = _DURATION.match(text)
-    if found is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration. Fix: a number and a unit, e.g. 30m, 24h or 7d")
-    seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if found is not None:
+        seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    else:
+        try:
+            moment = datetime.fromisoformat(text.strip())
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration or a moment with its zone. Fix: e.g. 30m, 24h, 7d or 2026-05-01T12:00:00Z"
+            )
+        seconds = time.time() - moment.timestamp()
     if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is no time at all. Fix: a window above 0, e.g. 24h")
+        raise argparse.ArgumentTypeError(f"{text!r} is no time before now. Fix: a window above 0, e.g. 24h")
     return seconds
 
 
@@ -79,7 +90,10 @@ def register(sub: Subparsers) -> None:
     report = sub.add_parser("report", help="the lake at a glance: one offline HTML page with charts and verdicts")
     report.add_argument("--out", type=Path, default=Path("report.html"), help="where to write it (default report.html)")
     report.add_argument(
-        "--since", type=duration_s, default=duration_s("24h"), help="the window of the time series, e.g. 24h or 30m"
+        "--since",
+        type=duration_s,
+        default=duration_s("24h"),
+        help="the window: 24h, 30m, 7d, or since a moment (2026-05-01T12:00:00Z)",
     )
     report.add_argument(
         "--lag-grace-s",
