@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "tierlake.commands.report",
     "tierlake.commands.metrics",
     "tierlake.commands.checkpoint",
+    "tierlake.commands.lineage",
 )
 
 
@@ -45,6 +46,7 @@ S3_COMMANDS: dict[str, frozenset[str] | None] = {
     "cache": frozenset({"warm", "verify", "serve"}),
     "archive": None,
     "checkpoint": None,
+    "lineage": None,
 }
 
 
