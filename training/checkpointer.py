@@ -30,6 +30,7 @@ import torch
 from torch.distributed.checkpoint.state_dict_saver import async_save
 
 from tierlake.errors import CommitConflict, TierlakeError
+from training.manifest import Manifest
 from training.policy import LastSave, TierPolicy, is_due, stale_uncommitted, to_remove
 from training.storage import HostSnapshot, TierWriter
 from training.tiers import CheckpointTier, FaultHook, FolderTier, check_run
@@ -128,6 +129,7 @@ class TieredCheckpointer:
         code_version: str = "",
         fault: FaultHook | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_commit: Callable[[Manifest, str], None] | None = None,
     ) -> None:
         if not tiers or len(tiers) != len(policies):
             raise TierlakeError(
@@ -140,6 +142,7 @@ class TieredCheckpointer:
         self.code_version = code_version
         self.fault = fault
         self.clock = clock
+        self.on_commit = on_commit
         self.stats = CheckpointStats()
         self.failed: set[int] = set()
         self._last: list[LastSave | None] = [None] * len(tiers)
@@ -220,13 +223,15 @@ class TieredCheckpointer:
         with self._lock:
             self._writing, self._writing_step = future, (step, index)
         needed = state_bytes(state_dict)
-        future.add_done_callback(lambda done: self._written(done, index, step, needed))
+        future.add_done_callback(lambda done: self._written(done, index, step, needed, writer))
 
-    def _written(self, future: Future[Any], index: int, step: int, needed: int) -> None:
+    def _written(self, future: Future[Any], index: int, step: int, needed: int, writer: TierWriter) -> None:
         tier = self.tiers[index]
         error = future.exception()
         if error is None:
             self.stats.saves_committed += 1
+            if writer.manifest is not None:
+                self._committed(writer.manifest, tier.where(self.run, step))
             self._schedule_promotions(index, step)
             self._collect(index)
             return
@@ -244,6 +249,15 @@ class TieredCheckpointer:
                 tier.remove(self.run, step)
         self.stats.errors.append(message)
         logger.error(message, extra={"step": step, "tier": tier.name})
+
+    def _committed(self, manifest: Manifest, where: str) -> None:
+        """Tell ``on_commit`` (the lineage log); its failure is logged, never the checkpoint's."""
+        if self.on_commit is None:
+            return
+        try:
+            self.on_commit(manifest, where)
+        except (OSError, ValueError, TierlakeError) as exc:
+            logger.warning("lineage of step %d at %s not recorded: %s", manifest.step, where, exc)
 
     def _next_name(self, index: int) -> str:
         later = [tier.name for i, tier in enumerate(self.tiers) if i > index and i not in self.failed]
@@ -270,6 +284,7 @@ class TieredCheckpointer:
             logger.error(message, extra={"step": step, "tier": dst.name})
             return False
         self.stats.promotions[dst.name] = self.stats.promotions.get(dst.name, 0) + 1
+        self._committed(manifest, dst.where(self.run, step))
         logger.info("promoted step %d of run %s to %s", step, self.run, dst.name, extra={"tier": dst.name})
         self._collect(target)
         return True

@@ -156,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from tierlake.config import load_settings  # noqa: PLC0415 - the process edge
     from tierlake.logs import configure_logging  # noqa: PLC0415
     from tiers.s3 import delta_storage_options  # noqa: PLC0415
+    from training.lineage import LineageLog  # noqa: PLC0415
     from training.setup import checkpoint_tiers, code_version, tier_policies  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m training.example", description=__doc__.split("\n")[0])
@@ -193,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         tier_policies(settings),
         code_version=code_version(settings.root),
         fault=fault_hook(os.environ.get(FAULT_ENV, "")),
+        on_commit=LineageLog(settings.checkpoint.lineage_dir).committed,
     )
     first = {"done": False}
 

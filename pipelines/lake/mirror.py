@@ -237,11 +237,11 @@ class PrefixMirrorReport:
 
 
 CHECKPOINT_MANIFEST = "MANIFEST.json"  # training/ writes it last: a step folder without one is unfinished
-_STEP_FOLDER = re.compile(r"^[^/]+/\d{12}/")  # <run>/<step>/ of training/'s layout under a checkpoint prefix
+_STEP_FOLDER = re.compile(r"^(?:[^/]+/)*?\d{12}/")  # [<run>/]<step>/: training/'s layout under a prefix
 
 
 def committed_checkpoint_keys(keys: Iterable[str], prefix: str) -> list[str]:
-    """What to copy under a checkpoint prefix, in order. Keys in training/'s layout (``<run>/<step>/...``) count
+    """What to copy under a checkpoint prefix, in order. Keys in training/'s layout (``[<run>/]<step>/...``) count
     only when their step folder holds a manifest, and each step's manifest comes after its files, so the second
     site never holds a half checkpoint, even if a copy stops midway. Other keys are plain objects, copied as such."""
     keys = list(keys)

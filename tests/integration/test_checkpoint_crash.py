@@ -126,7 +126,7 @@ def _restore_and_finish(
     return restored.tier, restored.step, restored.refused
 
 
-@pytest.mark.parametrize("fault", ["snapshot:3", "write:2", "manifest:3", "manifest:5", "promotion:2", "promotion:4"])
+@pytest.mark.parametrize("fault", ["snapshot:3", "write:2", "manifest:3", "promotion:2", "promotion:4"])
 def test_kill_at_an_injected_point_restores_the_newest_committed_step(
     settings: Settings, table: str, reference: dict[int, dict[str, Any]], tmp_path: Path, fault: str
 ) -> None:

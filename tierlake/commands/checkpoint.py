@@ -80,6 +80,13 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
 
     tiers = _tiers(settings)
     target = tier_named(tiers, args.to)
+    if args.step in target.steps(args.run):
+        _write(
+            args,
+            {"run": args.run, "step": args.step, "from": None, "to": target.name, "refused": []},
+            f"step {args.step} of run {args.run} is already committed on {target.name}: nothing to copy",
+        )
+        return ExitCode.OK
     source, refused = copy_step(tiers, args.run, args.step, target)
     _write(
         args,

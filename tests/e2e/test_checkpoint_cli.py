@@ -1,0 +1,132 @@
+"""``tierlake checkpoint`` and ``tierlake lineage trace`` on a real run of the example trainer (real RGW), and the
+second-site mirror of its checkpoints: committed steps only, verified there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from deltalake import CommitProperties, write_deltalake
+
+from pipelines.ingest.silver import commit_metadata
+from pipelines.lake.mirror import mirror_prefix
+from tests.unit.loader_tables import token_rows
+from tierlake.config import Settings
+from tiers.s3 import s3_client
+from training.manifest import MANIFEST_NAME
+from training.tiers import FolderTier, RgwTier
+
+pytestmark = pytest.mark.slow
+BATCHES = {"corpus.docs": [{0: (0, 99), 1: (7, 120)}, {0: (100, 249), 2: (0, 40)}]}
+
+
+def _env(root: Path, **cadence: int) -> dict[str, str]:
+    env = dict(os.environ)
+    for tier, every in {"LOCAL": 1, "EDGE": 1, "RGW": 1, **cadence}.items():
+        env[f"TIERLAKE_CHECKPOINT__{tier}__EVERY_STEPS"] = str(every)
+        env[f"TIERLAKE_CHECKPOINT__{tier}__INTERVAL_S"] = "0"
+    env["TIERLAKE_CHECKPOINT__LOCAL_DIR"] = str(root / "local")
+    env["TIERLAKE_CHECKPOINT__EDGE_DIR"] = str(root / "edge")
+    env["TIERLAKE_CHECKPOINT__LINEAGE_DIR"] = str(root / "lineage")
+    return env
+
+
+def _tierlake(settings: Settings, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "tierlake"), *args]
+    return subprocess.run(command, check=False, env=env, cwd=settings.root, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def trained(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """A run of 20 steps over a table whose two commits carry the Kafka offsets of two ingest batches."""
+    root = tmp_path_factory.mktemp("ckpt-cli")
+    table = str(root / "table")
+    for batch, ranges in enumerate(BATCHES["corpus.docs"]):
+        metadata = commit_metadata("corpus", batch, {"corpus.docs": ranges})
+        props = CommitProperties(custom_metadata={"userMetadata": metadata})
+        write_deltalake(table, token_rows(batch * 300, 300), mode="append", commit_properties=props)
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "training.example", "--run", run, "--table", table, "--steps", "20"]
+    done = subprocess.run(command, check=False, env=_env(root), cwd=settings.root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run, root, table
+
+
+def test_list_show_verify_and_a_damaged_copy(settings: Settings, trained: tuple[str, Path, str]) -> None:
+    run, root, table = trained
+    env = _env(root)
+    listing = json.loads(_tierlake(settings, env, "checkpoint", "list", "--run", run, "--json").stdout)
+    committed = {item["tier"]: item["committed"] for item in listing}
+    assert committed["local"]
+    assert committed["local"][-1] == committed["edge"][-1] == committed["rgw"][-1]
+    newest = committed["local"][-1]
+    shown = json.loads(_tierlake(settings, env, "checkpoint", "show", run, "--json").stdout)
+    assert (shown["step"], shown["tier"], shown["tables"]) == (newest, "local", {table: 1})
+    assert shown["loader_state"]["samples_consumed"] == newest * 16
+    assert _tierlake(settings, env, "checkpoint", "verify", run).returncode == 0
+    shard = FolderTier("local", root / "local").step_dir(run, newest) / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    verify = _tierlake(settings, env, "checkpoint", "verify", run)
+    assert verify.returncode == 4
+    bad = [line for line in verify.stdout.splitlines() if "BAD" in line]
+    assert len(bad) == 1
+    assert f"local  step {newest}: BAD" in bad[0]
+    assert "CRC-32C" in bad[0]
+    target = root / "restored"
+    restored = _tierlake(settings, env, "checkpoint", "restore", run, "--to", str(target), "--json")
+    assert json.loads(restored.stdout) == {"run": run, "step": newest, "from": "edge", "to": str(target)}
+    assert sorted(p.name for p in target.iterdir()) == [".metadata", MANIFEST_NAME, "__0_0.distcp"]
+
+
+def test_lineage_trace_gives_table_versions_and_kafka_offsets(
+    settings: Settings, trained: tuple[str, Path, str]
+) -> None:
+    run, root, table = trained
+    traced = json.loads(_tierlake(settings, _env(root), "lineage", "trace", run, "--json").stdout)
+    assert traced["tables"] == [
+        {
+            "uri": table,
+            "version": 1,
+            "ingest_commits": 2,
+            "offsets": {"corpus.docs": {"0": [0, 249], "1": [7, 120], "2": [0, 40]}},
+        }
+    ]
+    events = [json.loads(line) for line in (root / "lineage" / "checkpoints.jsonl").read_text().splitlines()]
+    newest = traced["checkpoint"]["step"]
+    mine = [e for e in events if e["outputs"][0]["name"].endswith(f"{run}/{newest:012d}/")]
+    assert [e["inputs"][0]["facets"]["version"]["datasetVersion"] for e in mine] == ["1"]  # its RGW copy
+    assert all(e["eventType"] == "COMPLETE" and e["job"]["name"] == f"checkpoint.{run}" for e in events)
+
+
+def test_gc_is_a_dry_run_until_applied(settings: Settings, trained: tuple[str, Path, str]) -> None:
+    run, root, _ = trained
+    env = _env(root) | {"TIERLAKE_CHECKPOINT__EDGE__KEEP_LAST": "1"}
+    edge = FolderTier("edge", root / "edge")
+    before = edge.steps(run)
+    dry = _tierlake(settings, env, "checkpoint", "gc", run, "--json")
+    assert json.loads(dry.stdout) == {"remove": {"edge": before[:-1]}, "applied": False}
+    assert edge.steps(run) == before
+    assert _tierlake(settings, env, "checkpoint", "gc", run, "--apply").returncode == 0
+    assert edge.steps(run) == before[-1:]
+
+
+def test_the_mirror_holds_committed_checkpoints_only(settings: Settings, trained: tuple[str, Path, str]) -> None:
+    run, _, _ = trained
+    client = s3_client(settings.s3)
+    prefix = f"{settings.checkpoint.prefix}/{run}/"
+    client.put_object(Bucket=settings.s3.lake_bucket, Key=f"{prefix}{999:012d}/__0_0.distcp", Body=b"half")
+    report = mirror_prefix(settings, prefix)
+    assert report.ok
+    source = RgwTier(client, settings.s3.lake_bucket, settings.checkpoint.prefix)
+    second = RgwTier(client, settings.mirror.bucket, settings.checkpoint.prefix, name="mirror")
+    assert second.steps(run) == source.steps(run)
+    assert second.uncommitted(run) == []  # the unfinished step 999 stayed behind
+    for step in second.steps(run):
+        second.verify(run, step)

@@ -1,0 +1,118 @@
+"""Lineage of a checkpoint: the Delta table versions its loader read and the Kafka offsets behind those versions.
+
+Each committed checkpoint is emitted as an OpenLineage run event (``COMPLETE``; job ``checkpoint.<run>``; inputs:
+the tables with their versions; output: the checkpoint's location), by default to a JSON-lines file (the file
+transport). :func:`trace` walks the other way: manifest -> table versions -> the ingest commits up to each version,
+whose Delta ``userMetadata`` records the Kafka offset ranges of the batch (``pipelines.ingest.silver``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from openlineage.client import OpenLineageClient
+from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
+from openlineage.client.facet_v2 import dataset_version_dataset
+from openlineage.client.transport.file import FileConfig, FileTransport
+
+from tierlake.errors import StorageError
+from training.manifest import Manifest
+
+logger = logging.getLogger(__name__)
+NAMESPACE = "tierlake"
+PRODUCER = "https://github.com/tierlake/tierlake/training"
+Offsets = dict[str, dict[str, list[int]]]  # topic -> partition -> [first, last]
+
+
+def checkpoint_event(manifest: Manifest, where: str) -> RunEvent:
+    """The OpenLineage event of one committed checkpoint (the same run id for every tier's copy of a step)."""
+    run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"tierlake-checkpoint:{manifest.run}:{manifest.step}"))
+    inputs = [
+        InputDataset(
+            namespace=NAMESPACE,
+            name=uri,
+            facets={"version": dataset_version_dataset.DatasetVersionDatasetFacet(datasetVersion=str(version))},
+        )
+        for uri, version in sorted(manifest.tables.items())
+    ]
+    return RunEvent(
+        eventType=RunState.COMPLETE,
+        eventTime=datetime.fromtimestamp(manifest.created_unix, tz=UTC).isoformat(),
+        run=Run(runId=run_id),
+        job=Job(namespace=NAMESPACE, name=f"checkpoint.{manifest.run}"),
+        producer=PRODUCER,
+        inputs=inputs,
+        outputs=[OutputDataset(namespace=NAMESPACE, name=where)],
+    )
+
+
+class LineageLog:
+    """Emits checkpoint events through OpenLineage's file transport into ``folder`` (one JSON event a line)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "checkpoints.jsonl"
+        self.client = OpenLineageClient(transport=FileTransport(FileConfig(log_file_path=str(self.path), append=True)))
+
+    def committed(self, manifest: Manifest, where: str) -> None:
+        self.client.emit(checkpoint_event(manifest, where))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TableTrace:
+    """One table version a checkpoint read, and the Kafka offsets its ingest commits up to that version hold."""
+
+    uri: str
+    version: int
+    ingest_commits: int
+    offsets: Offsets = field(default_factory=dict)
+
+
+def merge_offsets(into: Offsets, ranges: Mapping[str, Mapping[str, list[int]]]) -> None:
+    """Widen ``into`` by the [first, last] ranges of one commit, per topic and partition."""
+    for topic, partitions in ranges.items():
+        held = into.setdefault(topic, {})
+        for partition, (first, last) in partitions.items():
+            low, high = held.get(partition, [first, last])
+            held[partition] = [min(low, int(first)), max(high, int(last))]
+
+
+def offsets_of(history: list[dict[str, Any]], version: int) -> tuple[int, Offsets]:
+    """(commits with offsets, merged offset ranges) of the history entries at or below ``version``."""
+    merged: Offsets = {}
+    commits = 0
+    for entry in history:
+        if int(entry.get("version", -1)) > version:
+            continue
+        raw = entry.get("userMetadata")
+        try:
+            described = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            described = None
+        if isinstance(described, dict) and isinstance(described.get("offsets"), dict):
+            merge_offsets(merged, described["offsets"])
+            commits += 1
+    return commits, merged
+
+
+def trace(manifest: Manifest, storage_options: Mapping[str, str] | None = None) -> list[TableTrace]:
+    """The chain behind a checkpoint: each table version it read and the Kafka offsets behind that version."""
+    from deltalake import DeltaTable  # noqa: PLC0415 - only for the trace
+    from deltalake.exceptions import DeltaError, TableNotFoundError  # noqa: PLC0415
+
+    traces = []
+    for uri, version in sorted(manifest.tables.items()):
+        try:
+            history = DeltaTable(uri, storage_options=dict(storage_options or {})).history()
+        except (DeltaError, TableNotFoundError, OSError) as exc:
+            raise StorageError(f"reading the history of {uri} failed: {exc}. Fix: check the table URI") from exc
+        commits, offsets = offsets_of(history, version)
+        traces.append(TableTrace(uri=uri, version=version, ingest_commits=commits, offsets=offsets))
+    return traces
