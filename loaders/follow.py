@@ -417,57 +417,27 @@ def follow_batches(loader: DeltaLoader, following: Following) -> Iterator[dict[s
 
 
 def _follow(loader: DeltaLoader, following: Following) -> Iterator[dict[str, torch.Tensor]]:
-    import torch  # noqa: PLC0415 - torch only where batches become tensors
-
-    dataset = following.dataset
+    """Poll the log, serve the whole global steps laid out, move the cursor; until a stop condition holds."""
     options, cursor = following.options, following.cursor
-    stream = _Stream(dataset, cursor.version, options.window)
+    stream = _Stream(following.dataset, cursor.version, options.window)
     stream.log.check_reachable(cursor.version)
-    batch, step = loader.options.batch_size, loader.options.batch_size * loader.world_size
-    totals, taken, last_new = StoreStats(), 0, time.monotonic()
-    loader.stats.store = totals
+    taken, last_new = 0, time.monotonic()
+    loader.stats.store = StoreStats()
     while True:
-        limit = None if options.max_versions is None else options.max_versions - taken
-        read = stream.read_new(limit)
+        read = stream.read_new(None if options.max_versions is None else options.max_versions - taken)
         taken += read
         last_new = time.monotonic() if read else last_new
         layout = stream.layout()
-        store = RowGroupStore(
-            tuple(stream.sources),
-            loader._capacity(),
-            io_threads=loader.options.num_workers if layout.total - cursor.offset >= step else 0,
-        )
-        try:
-            while layout.total - cursor.offset >= step:
-                if options.stop is not None and options.stop.is_set():
-                    return
-                first = cursor.offset + loader.rank * batch
-                _prefetch(
-                    store,
-                    layout,
-                    offset=cursor.offset,
-                    first=first,
-                    step=step,
-                    batch=batch,
-                    ahead=loader.options.prefetch_batches,
-                )
-                waited = time.perf_counter()
-                slots, rgs, offsets = locate_stream(layout, np.arange(first, first + batch, dtype=np.int64))
-                arrays = assemble(store, slots, rgs, offsets)
-                loader.stats.wait_s += time.perf_counter() - waited
-                loader.stats.batches += 1
-                cursor.offset += step
-                yield {name: torch.from_numpy(array) for name, array in arrays.items()}
-        finally:
-            store.close()
-            _add_stats(totals, store.stats)
+        yield from _round_batches(loader, layout, tuple(stream.sources), cursor, options.stop)
         stream.drop_served(layout, cursor)
+        if options.stop is not None and options.stop.is_set():
+            return
         if stream.pending_error is not None:
             raise stream.pending_error
         if _should_stop(options, taken, last_new):
             logger.info(
                 "stopped following %s at version %d (offset %d): %d new versions read",
-                dataset.sources[0].plan.snapshot.table_uri,
+                stream.pinned.snapshot.table_uri,
                 cursor.version,
                 cursor.offset,
                 taken,
@@ -477,6 +447,38 @@ def _follow(loader: DeltaLoader, following: Following) -> Iterator[dict[str, tor
             options.stop.wait(options.poll_interval_s)
         else:
             time.sleep(options.poll_interval_s)
+
+
+def _round_batches(
+    loader: DeltaLoader,
+    layout: StreamLayout,
+    sources: tuple[TableSource, ...],
+    cursor: FollowCursor,
+    stop: threading.Event | None,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """This rank's batches of the global steps laid out and not served yet; the cursor moves before each yield,
+    so a ``state_dict`` taken while the caller holds a batch counts it served."""
+    import torch  # noqa: PLC0415 - torch only where batches become tensors
+
+    batch, step = loader.options.batch_size, loader.options.batch_size * loader.world_size
+    if layout.total - cursor.offset < step:
+        return
+    store = RowGroupStore(sources, loader._capacity(), io_threads=loader.options.num_workers)
+    try:
+        while layout.total - cursor.offset >= step and not (stop is not None and stop.is_set()):
+            first = cursor.offset + loader.rank * batch
+            ahead = loader.options.prefetch_batches
+            _prefetch(store, layout, offset=cursor.offset, first=first, step=step, batch=batch, ahead=ahead)
+            waited = time.perf_counter()
+            slots, rgs, offsets = locate_stream(layout, np.arange(first, first + batch, dtype=np.int64))
+            arrays = assemble(store, slots, rgs, offsets)
+            loader.stats.wait_s += time.perf_counter() - waited
+            loader.stats.batches += 1
+            cursor.offset += step
+            yield {name: torch.from_numpy(array) for name, array in arrays.items()}
+    finally:
+        store.close()
+        _add_stats(loader.stats.store, store.stats)
 
 
 def _prefetch(
