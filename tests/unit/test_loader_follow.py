@@ -16,7 +16,7 @@ from deltalake import DeltaTable, write_deltalake
 from loaders import DeltaLoader, OrderOptions, delta_dataset, token_dataset
 from loaders.follow import FollowOptions
 from tests.unit.loader_tables import token_rows, write_token_table
-from tierlake.errors import SchemaMismatch, TierlakeError
+from tierlake.errors import NotFound, SchemaMismatch, TierlakeError
 
 FAST = 0.05  # seconds between reads of the log
 
@@ -208,3 +208,13 @@ def test_two_ranks_share_the_new_versions_without_overlap(table: Path) -> None:
     assert len(served[0]) == len(served[1]) == 7 * (60 // 14)  # whole global steps of 14 only
     assert set(served[0]) | set(served[1]) <= set(range(100, 160))
     assert ranks[0].state_dict()["follow"] == ranks[1].state_dict()["follow"]
+
+
+def test_a_cursor_whose_commit_was_cleaned_from_the_log_is_not_found(table: Path) -> None:
+    dataset = delta_dataset(table, version=1, columns=["id"])
+    append(table, 100, 10)  # v2
+    append(table, 110, 10)  # v3
+    (table / "_delta_log" / f"{2:020d}.json").unlink()  # what log retention does to old commits
+    loader = DeltaLoader(dataset, batch_size=10, follow=FollowOptions(serve_snapshot=False, idle_timeout_s=5))
+    with pytest.raises(NotFound, match=r"commit 2 of .* is gone from its log .*oldest JSON commit left is 3"):
+        list(loader)
