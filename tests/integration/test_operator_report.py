@@ -1,0 +1,215 @@
+"""``tierlake report`` on a real stack with three problems injected, opened in headless Chromium.
+
+The lake: EV records ingested by a real ingest query, then more records produced while no driver runs (a driver
+stopped behind its topic); a table of 500 small files; a table archived to two virtual tape sites whose first copy
+is then damaged and verified (a cartridge whose verify failed). The report, built by the CLI, must show the matching
+ERR and WARN verdicts with their fixes, stay balanced where nothing is wrong, and load in Chromium without a console
+error or a request leaving the page, every chart drawn. The screenshot stays in the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pytest
+from deltalake import write_deltalake
+
+from pipelines.ingest.stream import run_ingest_until_caught_up
+from pipelines.synthetic.produce import produce_events
+from tests.integration.browser import open_in_chromium
+from tierlake.config import ArchiveTable, Settings
+from tiers.archive import compliance
+from tiers.archive.archiver import run
+from tiers.archive.catalog import Catalog
+from tiers.s3 import delta_storage_options
+from tiers.tape.library import Library
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+REPO = Path(__file__).resolve().parents[2]
+GRACE_S = 5.0
+
+
+def small_files_table(settings: Settings) -> str:
+    """A table of 500 files of one row each, in one commit (one partition per row)."""
+    table = f"scratch/report_small_{uuid.uuid4().hex[:8]}"
+    rows = pa.table({"part": list(range(500)), "power_kw": [float(n) for n in range(500)]})
+    uri = f"s3://{settings.s3.lake_bucket}/{table}"
+    write_deltalake(uri, rows, partition_by=["part"], mode="append", storage_options=delta_storage_options(settings.s3))
+    return table
+
+
+def damaged_archive(settings: Settings, folder: Path) -> tuple[Settings, str]:
+    """A small table archived to two sites; one byte of its first copy flipped, then verified (which fails)."""
+    table = f"tests/report/{uuid.uuid4().hex[:8]}/cold"
+    policy = ArchiveTable(
+        table=table,
+        partition_column="day",
+        key_column="station_id",
+        cold_by="age",
+        cold_after_days=30,
+        retention_days=0,
+    )
+    archive = dataclasses.replace(
+        settings.archive,
+        library_dir=folder / "tape",
+        catalog_uri=str(folder / "catalog"),
+        audit_uri=str(folder / "audit"),
+        staging_dir=folder / "staging",
+        block_size=65536,
+        cartridges_per_site=2,
+        tables={table: policy},
+    )
+    cold = dataclasses.replace(settings, archive=archive)
+    day = {
+        "station_id": [f"st-{n % 7}" for n in range(300)],
+        "kwh": [n * 0.5 for n in range(300)],
+        "day": ["2020-01-01"] * 300,
+    }
+    uri = f"s3://{settings.s3.lake_bucket}/{table}"
+    write_deltalake(
+        uri, pa.table(day), partition_by=["day"], mode="append", storage_options=delta_storage_options(settings.s3)
+    )
+    catalog = Catalog(archive.catalog_uri, archive.audit_uri, s3=settings.s3)
+    assert run(cold, catalog, table, ["day=2020-01-01"], progress=False).all_verified
+    row = next(r for r in catalog.rows().to_pylist() if r["copy"] == 1)
+    record = Library(archive).cartridge_dir(row["cartridge"]) / f"1_{row['start_block']}_R"
+    data = bytearray(record.read_bytes())
+    data[row["byte_offset"] + 10] ^= 0xFF
+    record.write_bytes(bytes(data))
+    assert compliance.verify(cold, catalog, None, progress=False)["bad"], "the damaged copy must fail its verify"
+    return cold, str(row["cartridge"])
+
+
+def cli_env(cold: Settings) -> dict[str, str]:
+    """The test stack's settings, with the archive of this test."""
+    return {
+        **os.environ,
+        "TIERLAKE_PROFILE": "ci",
+        "TIERLAKE_ARCHIVE__LIBRARY_DIR": str(cold.archive.library_dir),
+        "TIERLAKE_ARCHIVE__CATALOG_URI": cold.archive.catalog_uri,
+        "TIERLAKE_ARCHIVE__AUDIT_URI": cold.archive.audit_uri,
+    }
+
+
+def scrape_metrics_serve(cold: Settings, extra_table: str, *, since: str) -> str:
+    """Start ``tierlake metrics serve`` on a free loopback port, scrape /metrics once, stop it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tierlake.cli", "metrics", "serve", "--port", str(port)),
+            *("--since", since, "--lag-grace-s", str(GRACE_S), "--table", extra_table),
+        ],
+        cwd=REPO,
+        env=cli_env(cold),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as response:
+                    return str(response.read().decode())
+            except (ConnectionError, urllib.error.URLError):
+                assert server.poll() is None, f"metrics serve exited: {server.stderr.read() if server.stderr else ''}"
+                assert time.monotonic() < deadline, "metrics serve did not answer within 120 s"
+                time.sleep(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def report_cli(cold: Settings, out: Path, extra_table: str, *, since: str) -> dict[str, Any]:
+    env = cli_env(cold)
+    argv = ["report", "--out", str(out), "--since", since, "--lag-grace-s", str(GRACE_S), "--table", extra_table]
+    result = subprocess.run(
+        [sys.executable, "-m", "tierlake.cli", *argv, "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
+    return summary
+
+
+def problem(summary: dict[str, Any], subject: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [p for p in summary["problems"] if p["subject"] == subject]
+    assert found, f"no WARN/ERR on {subject!r} in {json.dumps(summary['problems'], indent=1)}"
+    return found[0]
+
+
+@pytest.mark.slow
+def test_report_of_a_lake_with_injected_problems_in_chromium(
+    settings: Settings, spark: SparkSession, tmp_path: Path
+) -> None:
+    # The window starts with this test: commits of earlier tests to the same checkpoint would widen the span of the
+    # lag window, and a stall is judged against that span (as Burrow does).
+    started = time.time()
+    produce_events(settings, dataset="ev", events=300, bad_fraction=0.05, progress=False, seed=24)
+    counts = run_ingest_until_caught_up(spark, settings, entity="ev")
+    assert counts["bronze"] >= 300
+    stopped_at = time.time()
+    produce_events(settings, dataset="ev", events=200, progress=False, seed=25)  # no driver runs now
+    small = small_files_table(settings)
+    cold, cartridge = damaged_archive(settings, tmp_path)
+    time.sleep(max(0.0, stopped_at + 2 * GRACE_S - time.time()))
+
+    out = tmp_path / "report.html"
+    since = datetime.fromtimestamp(started - 1, UTC).isoformat()
+    summary = report_cli(cold, out, small, since=since)
+
+    stalled = [p for p in summary["problems"] if p["subject"].startswith("ev.telemetry/")]
+    assert stalled, summary["problems"]
+    assert all(p["level"] == "ERR" and p["value"].startswith("STALLED") for p in stalled)
+    assert sum(int(p["value"].split("lag ")[1].split()[0]) for p in stalled) == 200
+    assert all("`tierlake ingest start`" in p["fix"] for p in stalled)
+    files = problem(summary, small)
+    assert files["level"] == "WARN"
+    assert "500 of 500 files are small" in files["value"]
+    assert f"`tierlake table optimize {small}`" in files["fix"]
+    tape = problem(summary, f"cartridge {cartridge}")
+    assert tape["level"] == "ERR"
+    assert f"`tierlake archive verify --cartridge {cartridge}`" in tape["fix"]
+    assert not [p for p in summary["problems"] if p["subject"].startswith("reconcile ev.telemetry")]
+    assert summary["bytes"] < 2_000_000
+
+    page = out.read_text()
+    for text in ("STALLED", "500 of 500 files are small", f"cartridge {cartridge}", "<h2>Training checkpoints</h2>"):
+        assert text in page
+    shot = tmp_path / "report.png"
+    visit = open_in_chromium(out, screenshot=shot, profile=tmp_path / "chromium")
+    assert visit.console_errors == []
+    assert visit.requests == [out.resolve().as_uri()], "the page must load nothing but itself"
+    names = {chart["name"] for chart in visit.charts}
+    assert {"freshness", "quarantine_by_rule", "kafka_lag", "table_files", "tape_sites"} <= names
+    assert all(chart["drawn"] > 10 and chart["width"] > 100 for chart in visit.charts), visit.charts
+    assert shot.stat().st_size > 10_000
+    print(f"report screenshot: {shot}")  # kept with the test's tmp folder (pytest keeps the last three)
+
+    metrics = scrape_metrics_serve(cold, small, since=since)
+    assert re.search(r'tierlake_kafka_lag_state\{partition="\d",state="STALLED",topic="ev.telemetry"\} 1.0', metrics)
+    assert f'tierlake_table_small_files{{table="{small}"}} 500.0' in metrics
+    assert f'tierlake_archive_verify_bad_files{{cartridge="{cartridge}"}} 1.0' in metrics
