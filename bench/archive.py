@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,8 @@ def _catalog(folder: Path, rows: int) -> Catalog:
     return catalog
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
+    """The options, with ``--block-size`` resolved from conf/ when not given, so the bench writes as archiving does."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--dir", type=Path, help="target folder (default: a temp folder under .cache/)")
@@ -171,6 +173,112 @@ def main() -> int:
     args = parser.parse_args()
     if args.block_size is None:
         args.block_size = load_settings().archive.block_size  # what `archive run` writes with
+    return args
+
+
+@dataclass
+class _Rounds:
+    """Seconds per round of each side, kept in step: a ratio pairs the sides round by round."""
+
+    tierlake_write: list[float] = field(default_factory=list)
+    tierlake_verify: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+    hashed: list[float] = field(default_factory=list)
+
+
+def _write_rounds(work: Path, members: list[Member], block_size: int, rounds: int) -> _Rounds:
+    """Raw copy, raw copy plus SHA-256, then tierlake, once per round: interleaved, so drift on a shared machine hits
+    all sides alike."""
+    timings = _Rounds()
+    for _ in range(rounds):
+        _drop(work / "raw")
+        timings.raw.append(_raw_copy(work / "raw", members))
+        _drop(work / "raw")
+        timings.hashed.append(_raw_copy(work / "raw", members, with_hash=True))
+        _drop(work / "tape")
+        w, v = _tierlake_write(work / "tape", members, block_size)
+        timings.tierlake_write.append(w)
+        timings.tierlake_verify.append(v)
+    _drop(work / "raw")
+    _drop(work / "tape")
+    return timings
+
+
+def _lookups(catalog: Catalog, rows: int) -> list[float]:
+    """Seconds of ``archive locate`` for a key near the start, the middle and the end of the catalog; each must find
+    exactly one row, or the timing measures the wrong thing."""
+    lookups = []
+    for i in (17, rows // 2, rows - 3):
+        start = time.perf_counter()
+        found = locate(catalog, "silver/ev", f"st-{i:09d}-500")
+        lookups.append(time.perf_counter() - start)
+        if len(found) != 1:
+            raise SystemExit(f"lookup of key {i} found {len(found)} rows")
+    return lookups
+
+
+def _figures_and_ratios(
+    timings: _Rounds, lookups: list[float], *, nbytes: int, rows: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The MB/s figures (best round of each side) and the ratios (median of per-round ratios, and best of)."""
+    tier_w, tier_v, raw, hashed = timings.tierlake_write, timings.tierlake_verify, timings.raw, timings.hashed
+    best_w, best_v, best_raw, best_hashed = min(tier_w), min(tier_v), min(raw), min(hashed)
+    # Each round times both sides back to back, so a round's ratio compares them under the same disk weather.
+    paired = statistics.median(r / w for r, w in zip(raw, tier_w, strict=True))
+    paired_hashed = statistics.median(h / w for h, w in zip(hashed, tier_w, strict=True))
+    mb = nbytes / 1e6
+    figures = {
+        "tierlake_write_mb_s": round(2 * mb / best_w, 1),
+        "raw_dd_copy_mb_s": round(2 * mb / best_raw, 1),
+        "raw_dd_copy_plus_sha256_mb_s": round(2 * mb / best_hashed, 1),
+        "tierlake_write_and_verify_mb_s": round(2 * mb / (best_w + best_v), 1),
+        "key_lookup_s": round(sorted(lookups)[len(lookups) // 2], 3),
+        "key_lookup_max_s": round(max(lookups), 3),
+        "catalog_rows": rows,
+    }
+    ratios = {
+        "write_vs_raw_copy": round(paired, 3),
+        "write_vs_raw_copy_best_of": round(best_raw / best_w, 3),
+        "write_vs_raw_copy_plus_sha256": round(paired_hashed, 3),
+        "write_and_verify_vs_raw_copy": round(best_raw / (best_w + best_v), 3),
+    }
+    return figures, ratios
+
+
+def _setup(
+    args: argparse.Namespace, timings: _Rounds, *, nbytes: int, files: int, rounds: int, work: Path
+) -> dict[str, Any]:
+    """How the figures were made: sizes, the sides compared, every round's seconds and the machine's load."""
+    return {
+        "bytes_per_copy": nbytes,
+        "copies": 2,
+        "files": files,
+        "block_size": args.block_size,
+        "rounds": rounds,
+        "tierlake": (
+            "archive write path: one read + one SHA-256 (Tee), two cartridges in parallel, "
+            "one file per record, records fdatasync'd (8 in flight) before the index generation; "
+            "verify timed apart"
+        ),
+        "peers": "dd bs=4M conv=fsync, two copies in parallel; the same plus one sha256sum beside them",
+        "like_for_like": "write_vs_raw_copy_plus_sha256 (same work: two durable copies and one SHA-256)",
+        "timing": (
+            "rounds interleaved (raw, raw + sha256, tierlake); write_vs_raw_copy*: median of the per-round "
+            "ratios; *_best_of and the MB/s figures: best round of each side"
+        ),
+        "rounds_s": {
+            "tierlake_write": [round(x, 3) for x in timings.tierlake_write],
+            "raw_dd_copy": [round(x, 3) for x in timings.raw],
+            "raw_dd_copy_plus_sha256": [round(x, 3) for x in timings.hashed],
+        },
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+        "target": str(work),
+        "quick": args.quick,
+    }
+
+
+def main() -> int:
+    args = _parse_args()
     total_mb, file_mb, rows, rounds = (192, 8, 1_000_000, 3) if args.quick else (768, 16, 2_000_000, 5)
     base = args.dir or Path(".cache")
     base.mkdir(parents=True, exist_ok=True)
@@ -179,75 +287,11 @@ def main() -> int:
         (work / "src").mkdir()
         members = _sources(work / "src", total_mb, file_mb)
         nbytes = sum(m.size for m in members)
-        tier_w, tier_v, raw, hashed = [], [], [], []
-        for _ in range(rounds):  # interleaved, so drift on a shared machine hits both alike
-            _drop(work / "raw")
-            raw.append(_raw_copy(work / "raw", members))
-            _drop(work / "raw")
-            hashed.append(_raw_copy(work / "raw", members, with_hash=True))
-            _drop(work / "tape")
-            w, v = _tierlake_write(work / "tape", members, args.block_size)
-            tier_w.append(w)
-            tier_v.append(v)
-        _drop(work / "raw")
-        _drop(work / "tape")
-        catalog = _catalog(work, rows)
-        lookups = []
-        for i in (17, rows // 2, rows - 3):
-            start = time.perf_counter()
-            found = locate(catalog, "silver/ev", f"st-{i:09d}-500")
-            lookups.append(time.perf_counter() - start)
-            if len(found) != 1:
-                raise SystemExit(f"lookup of key {i} found {len(found)} rows")
-        best_w, best_v, best_raw, best_hashed = min(tier_w), min(tier_v), min(raw), min(hashed)
-        # Each round times both sides back to back, so a round's ratio compares them under the same disk weather.
-        paired = statistics.median(r / w for r, w in zip(raw, tier_w, strict=True))
-        paired_hashed = statistics.median(h / w for h, w in zip(hashed, tier_w, strict=True))
-        mb = nbytes / 1e6
-        result = {
-            "bench": "archive",
-            "figures": {
-                "tierlake_write_mb_s": round(2 * mb / best_w, 1),
-                "raw_dd_copy_mb_s": round(2 * mb / best_raw, 1),
-                "raw_dd_copy_plus_sha256_mb_s": round(2 * mb / best_hashed, 1),
-                "tierlake_write_and_verify_mb_s": round(2 * mb / (best_w + best_v), 1),
-                "key_lookup_s": round(sorted(lookups)[len(lookups) // 2], 3),
-                "key_lookup_max_s": round(max(lookups), 3),
-                "catalog_rows": rows,
-            },
-            "ratios": {
-                "write_vs_raw_copy": round(paired, 3),
-                "write_vs_raw_copy_best_of": round(best_raw / best_w, 3),
-                "write_vs_raw_copy_plus_sha256": round(paired_hashed, 3),
-                "write_and_verify_vs_raw_copy": round(best_raw / (best_w + best_v), 3),
-            },
-            "setup": {
-                "bytes_per_copy": nbytes,
-                "copies": 2,
-                "files": len(members),
-                "block_size": args.block_size,
-                "rounds": rounds,
-                "tierlake": (
-                    "archive write path: one read + one SHA-256 (Tee), two cartridges in parallel, "
-                    "one file per record, records fdatasync'd (8 in flight) before the index generation; "
-                    "verify timed apart"
-                ),
-                "peers": "dd bs=4M conv=fsync, two copies in parallel; the same plus one sha256sum beside them",
-                "like_for_like": "write_vs_raw_copy_plus_sha256 (same work: two durable copies and one SHA-256)",
-                "timing": (
-                    "rounds interleaved (raw, raw + sha256, tierlake); write_vs_raw_copy*: median of the per-round "
-                    "ratios; *_best_of and the MB/s figures: best round of each side"
-                ),
-                "rounds_s": {
-                    "tierlake_write": [round(x, 3) for x in tier_w],
-                    "raw_dd_copy": [round(x, 3) for x in raw],
-                    "raw_dd_copy_plus_sha256": [round(x, 3) for x in hashed],
-                },
-                "load_avg_1m": round(os.getloadavg()[0], 1),
-                "target": str(work),
-                "quick": args.quick,
-            },
-        }
+        timings = _write_rounds(work, members, args.block_size, rounds)
+        lookups = _lookups(_catalog(work, rows), rows)
+        figures, ratios = _figures_and_ratios(timings, lookups, nbytes=nbytes, rows=rows)
+        setup = _setup(args, timings, nbytes=nbytes, files=len(members), rounds=rounds, work=work)
+        result = {"bench": "archive", "figures": figures, "ratios": ratios, "setup": setup}
         sys.stdout.write(json.dumps(result) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
