@@ -39,6 +39,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +193,7 @@ def store_clients(settings: Settings, keys: list[str]) -> dict[str, float]:
     arrow = pafs.S3FileSystem(
         access_key=access, secret_key=secret, endpoint_override=host, scheme=scheme, region=settings.s3.region
     )
-
-    def boto3_all() -> int:
-        total = 0
-        for key in keys:
-            body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
-            while chunk := body.read(MIB):
-                total += len(chunk)
-        return total
+    boto3_all = partial(_boto3_read_all, client, keys)
 
     def arrow_all() -> int:
         total = 0
@@ -212,20 +206,36 @@ def store_clients(settings: Settings, keys: list[str]) -> dict[str, float]:
     return {"store_boto3_get_mb_s": best_of(2, boto3_all), "store_pyarrow_s3fs_get_mb_s": best_of(2, arrow_all)}
 
 
+def _boto3_read_all(client: Any, keys: list[str]) -> int:
+    """Every object through one boto3 client, in MiB reads: how each boto3 reader of this bench reads (straight from
+    RGW or through the site server), written once so that the compared sides read alike."""
+    total = 0
+    for key in keys:
+        body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
+        while chunk := body.read(MIB):
+            total += len(chunk)
+    return total
+
+
 def miss_and_hit(settings: Settings, keys: list[str], work: Path) -> dict[str, float]:
+    """The miss path against direct GETs, then the hit path against raw local reads; the hit rounds read the cache
+    folder the last miss round filled."""
+    direct_runs, miss_runs = _miss_rounds(settings, keys, work)
+    figures: dict[str, float] = {"boto3_get_mb_s": max(direct_runs), "cache_miss_mb_s": max(miss_runs)}
+    figures |= _miss_then_read(settings, keys, work)
+    figures["miss_over_boto3_paired_median"] = paired_median(miss_runs, direct_runs)
+    rounds = _hit_rounds(_hit_readers(settings, keys, work))
+    figures |= {name: max(values) for name, values in rounds.items()}
+    figures |= _hit_ratios(rounds)
+    return figures
+
+
+def _miss_rounds(settings: Settings, keys: list[str], work: Path) -> tuple[list[float], list[float]]:
+    """MB/s of direct GETs and of cache fills into a fresh folder (``miss-<round>``), three rounds each."""
     client = s3_client(settings.s3)
-    figures: dict[str, float] = {}
-
-    def direct() -> int:
-        total = 0
-        for key in keys:
-            body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
-            while chunk := body.read(MIB):
-                total += len(chunk)
-        return total
-
     # Interleaved rounds (A B A B ...). The ratio is the median of the rounds' own ratios (each pair ran
     # back to back, under about the same load); the best of each side is reported as well.
+    direct = partial(_boto3_read_all, client, keys)
     direct_runs, miss_runs = [], []
     for run in range(3):
         direct_runs.append(mb_s(*timed(direct)))
@@ -235,9 +245,13 @@ def miss_and_hit(settings: Settings, keys: list[str], work: Path) -> dict[str, f
             return sum(cache.get_path(BUCKET, key).stat().st_size for key in keys)
 
         miss_runs.append(mb_s(*timed(fill_all)))
-    figures["boto3_get_mb_s"], figures["cache_miss_mb_s"] = max(direct_runs), max(miss_runs)
-    # What a reader that wants the bytes sees: the fill, then reading the file back (O_DIRECT fills leave it out of
-    # the page cache, so this read comes from the disk).
+    return direct_runs, miss_runs
+
+
+def _miss_then_read(settings: Settings, keys: list[str], work: Path) -> dict[str, float]:
+    """What a reader that wants the bytes sees: the fill, then reading the file back (O_DIRECT fills leave it out of
+    the page cache, so this read comes from the disk), with and without O_DIRECT."""
+    figures: dict[str, float] = {}
     for name, direct_io in (("cache_miss_then_read_mb_s", True), ("cache_miss_then_read_buffered_mb_s", False)):
         folder = work / f"miss-read-{direct_io}"
         reader = EdgeCache(
@@ -249,7 +263,25 @@ def miss_and_hit(settings: Settings, keys: list[str], work: Path) -> dict[str, f
 
         figures[name] = mb_s(*timed(fill_and_read))
         shutil.rmtree(folder, ignore_errors=True)
-    figures["miss_over_boto3_paired_median"] = paired_median(miss_runs, direct_runs)
+    return figures
+
+
+def _read_through(edge: EdgeCache, keys: list[str], given: dict[str, ObjectInfo] | None = None) -> Callable[[], int]:
+    """Reading every key through ``edge.open_path``, with the version given by the caller when ``given`` is."""
+
+    def run() -> int:
+        total = 0
+        for key in keys:
+            with edge.open_path(BUCKET, key, info=given[key] if given else None) as path:
+                total += len(path.read_bytes())
+        return total
+
+    return run
+
+
+def _hit_readers(settings: Settings, keys: list[str], work: Path) -> dict[str, Callable[[], int]]:
+    """The hit path's readers by figure name, all on the objects the last miss round cached (``miss-2``), so none of
+    them fills anything."""
     # The same cache folder twice: default options (these *.parquet keys are immutable: no HEAD per open), and
     # no immutable patterns (every open HEADs the origin, as for a Delta log file).
     options = CacheOptions(directory=work / "miss-2", max_bytes=8192 * MIB)
@@ -261,35 +293,33 @@ def miss_and_hit(settings: Settings, keys: list[str], work: Path) -> dict[str, f
     def local_read() -> int:
         return sum(len(path.read_bytes()) for path in paths)
 
-    def through(edge: EdgeCache, given: dict[str, ObjectInfo] | None = None) -> Callable[[], int]:
-        def run() -> int:
-            total = 0
-            for key in keys:
-                with edge.open_path(BUCKET, key, info=given[key] if given else None) as path:
-                    total += len(path.read_bytes())
-            return total
-
-        return run
-
     def verified() -> int:  # cat(): the whole entry is checked against its CRC-32C before it is served
         return sum(len(cache.cat(BUCKET, key)) for key in keys)
 
-    local_read()  # every timed read below comes from the page cache, the same files, the same way
-    rounds: dict[str, list[float]] = {
-        "local_read_mb_s": [],
-        "cache_hit_mb_s": [],
-        "cache_hit_mutable_key_mb_s": [],
-        "cache_hit_known_version_mb_s": [],
-        "cache_hit_verified_mb_s": [],
+    return {
+        "local_read_mb_s": local_read,
+        "cache_hit_mb_s": _read_through(cache, keys),
+        "cache_hit_mutable_key_mb_s": _read_through(mutable, keys),
+        "cache_hit_known_version_mb_s": _read_through(cache, keys, infos),
+        "cache_hit_verified_mb_s": verified,
     }
-    readers = dict(
-        zip(rounds, (local_read, through(cache), through(mutable), through(cache, infos), verified), strict=True)
-    )
+
+
+def _hit_rounds(readers: dict[str, Callable[[], int]]) -> dict[str, list[float]]:
+    """MB/s of each reader over 9 rounds; each round runs all of them, starting one further along, so none always
+    goes first."""
+    readers["local_read_mb_s"]()  # every timed read below comes from the page cache, the same files, the same way
+    rounds: dict[str, list[float]] = {name: [] for name in readers}
     names = list(rounds)
-    for run in range(9):  # each round runs all of them, starting one further along, so none always goes first
+    for run in range(9):
         for name in names[run % len(names) :] + names[: run % len(names)]:
             rounds[name].append(mb_s(*timed(readers[name])))
-    figures |= {name: max(values) for name, values in rounds.items()}
+    return rounds
+
+
+def _hit_ratios(rounds: dict[str, list[float]]) -> dict[str, float]:
+    """The hit path's paired medians: against a raw local read, and the CRC-32C-verified read against a plain hit."""
+    figures: dict[str, float] = {}
     for name, label in (("cache_hit_mb_s", "hit"), ("cache_hit_mutable_key_mb_s", "hit_mutable_key")):
         figures[f"{label}_over_local_paired_median"] = paired_median(rounds[name], rounds["local_read_mb_s"])
     figures["hit_known_version_over_local_paired_median"] = paired_median(
@@ -357,12 +387,7 @@ def site_mode(settings: Settings, keys: list[str], work: Path) -> dict[str, floa
         def four_readers(make_client: Callable[[], Any]) -> Callable[[], int]:
             def run() -> int:
                 def reader(offset: int) -> int:
-                    client, total = make_client(), 0
-                    for key in keys[offset:] + keys[:offset]:
-                        body = client.get_object(Bucket=BUCKET, Key=key)["Body"]
-                        while chunk := body.read(MIB):
-                            total += len(chunk)
-                    return total
+                    return _boto3_read_all(make_client(), keys[offset:] + keys[:offset])
 
                 with ThreadPoolExecutor(max_workers=4) as pool:
                     return sum(pool.map(reader, range(4)))
@@ -424,46 +449,45 @@ def upload(settings: Settings, count: int, size: int, run_id: str) -> list[str]:
     return keys
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; the module docstring is the help, as it says what each figure measures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer, smaller objects (< 3 minutes on 2 cores)")
-    args = parser.parse_args(argv)
-    count, size = (6, 32 * MIB) if args.quick else (12, 64 * MIB)
-    started, load_start = time.monotonic(), round(os.getloadavg()[0], 2)
-    settings = ensure_rgw(load_settings())
-    run_id = hashlib.sha1(str(time.time()).encode(), usedforsecurity=False).hexdigest()[:10]
-    work = Path(tempfile.mkdtemp(prefix="tierlake-bench-cache-", dir=settings.run_dir))
+    return parser.parse_args(argv)
+
+
+def _sections(settings: Settings, keys: list[str], work: Path, *, quick: bool) -> dict[str, float]:
+    """Every section's figures, one after the other on the uploaded objects (each section uses its own folders)."""
     figures: dict[str, float] = {}
-    try:
-        log(f"uploading {count} x {size // MIB} MiB to s3://{BUCKET}/bench/cache/{run_id}/")
-        keys = upload(settings, count, size, run_id)
-        log("S3 clients: boto3 vs pyarrow")
-        figures |= store_clients(settings, keys)
-        log("miss path and hit path")
-        figures |= miss_and_hit(settings, keys, work)
-        log("8 processes on cold objects: tierlake cache, then fsspec filecache")
-        options = CacheOptions(directory=work / "flight", max_bytes=8192 * MIB)
-        figures["backend_gets_per_object"] = concurrent_gets(
-            _tierlake_reader, (settings.s3, options), keys, work / "flight.log"
-        )
-        figures["fsspec_filecache_gets_per_object"] = concurrent_gets(
-            _fsspec_reader, (settings.s3, work / "fsspec-flight"), keys, work / "fsspec-flight.log"
-        )
-        log("fsspec filecache, one process")
-        figures |= fsspec_peer(settings, keys, work)
-        log("site mode, 4 concurrent remote readers")
-        figures |= site_mode(settings, keys, work)
-        log("eviction policies on traces")
-        figures |= policies(args.quick)
-        client = s3_client(settings.s3)
-        client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    log("S3 clients: boto3 vs pyarrow")
+    figures |= store_clients(settings, keys)
+    log("miss path and hit path")
+    figures |= miss_and_hit(settings, keys, work)
+    log("8 processes on cold objects: tierlake cache, then fsspec filecache")
+    options = CacheOptions(directory=work / "flight", max_bytes=8192 * MIB)
+    figures["backend_gets_per_object"] = concurrent_gets(
+        _tierlake_reader, (settings.s3, options), keys, work / "flight.log"
+    )
+    figures["fsspec_filecache_gets_per_object"] = concurrent_gets(
+        _fsspec_reader, (settings.s3, work / "fsspec-flight"), keys, work / "fsspec-flight.log"
+    )
+    log("fsspec filecache, one process")
+    figures |= fsspec_peer(settings, keys, work)
+    log("site mode, 4 concurrent remote readers")
+    figures |= site_mode(settings, keys, work)
+    log("eviction policies on traces")
+    figures |= policies(quick)
+    return figures
+
+
+def _ratios(figures: dict[str, float]) -> dict[str, float]:
+    """The headline ratios: the paired medians as measured, the rest from the best of each side (0.0 where the
+    other side measured nothing)."""
 
     def ratio(a: str, b: str) -> float:
         return round(figures[a] / figures[b], 3) if figures.get(b) else 0.0
 
-    ratios = {
+    return {
         "hit_vs_local_read": figures["hit_over_local_paired_median"],
         "hit_mutable_key_vs_local_read": figures["hit_mutable_key_over_local_paired_median"],
         "hit_known_version_vs_local_read": figures["hit_known_version_over_local_paired_median"],
@@ -480,10 +504,16 @@ def main(argv: list[str] | None = None) -> int:
         "s3fifo_vs_lru_hit_ratio_scan": ratio("hit_ratio_s3fifo_scan", "hit_ratio_lru_scan"),
         "s3fifo_vs_lru_hit_ratio_zipf": ratio("hit_ratio_s3fifo_zipf", "hit_ratio_lru_zipf"),
     }
-    setup = {
+
+
+def _setup(
+    settings: Settings, work: Path, *, count: int, size: int, quick: bool, load_start: float, started: float
+) -> dict[str, Any]:
+    """How the figures were made, read when the run ends (load average, seconds and threads at that point)."""
+    return {
         "objects": count,
         "object_mib": size // MIB,
-        "quick": args.quick,
+        "quick": quick,
         "origin": f"Ceph RGW {settings.s3.endpoint}",
         "cpus": os.cpu_count(),
         "revalidate_s": 0,
@@ -501,6 +531,25 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 1),
         "threads": threading.active_count(),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    count, size = (6, 32 * MIB) if args.quick else (12, 64 * MIB)
+    started, load_start = time.monotonic(), round(os.getloadavg()[0], 2)
+    settings = ensure_rgw(load_settings())
+    run_id = hashlib.sha1(str(time.time()).encode(), usedforsecurity=False).hexdigest()[:10]
+    work = Path(tempfile.mkdtemp(prefix="tierlake-bench-cache-", dir=settings.run_dir))
+    try:
+        log(f"uploading {count} x {size // MIB} MiB to s3://{BUCKET}/bench/cache/{run_id}/")
+        keys = upload(settings, count, size, run_id)
+        figures = _sections(settings, keys, work, quick=args.quick)
+        client = s3_client(settings.s3)
+        client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys]})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ratios = _ratios(figures)
+    setup = _setup(settings, work, count=count, size=size, quick=args.quick, load_start=load_start, started=started)
     sys.stdout.write(json.dumps({"bench": "cache", "figures": figures, "ratios": ratios, "setup": setup}) + "\n")
     return 0
 
