@@ -113,7 +113,8 @@ def repeat(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
         yield batch
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; the help is the docstring's first paragraph, the usage line stays out of it."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=65536)
     parser.add_argument("--batch", type=int, default=64)
@@ -122,18 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=4)
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        message = "bench/loader_gpu.py needs a CUDA device and torch.cuda.is_available() is False on this machine"
-        sys.stderr.write(message + "; run bench/loader.py for the CPU figures\n")
-        print(json.dumps({"bench": "loader_gpu", "error": message}))
-        return 2
+    return parser.parse_args(argv)
 
+
+def _runs(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The five timed runs, by name, on one table written for them; the loaders are imported only once CUDA is
+    known to be there."""
     from loaders.dataset import OrderOptions, delta_dataset  # noqa: PLC0415
     from loaders.device import DevicePrefetcher  # noqa: PLC0415
     from loaders.loader import DeltaLoader  # noqa: PLC0415
 
-    device = torch.device("cuda")
     with tempfile.TemporaryDirectory(prefix="tierlake-bench-gpu-") as tmp:
         table = Path(tmp) / "tokens"
         write_table(table, args.rows)
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         model = ToyModel(args.dim, args.layers).to(device)
         staged = {"tokens": next(iter(loader()))["tokens"].to(device)}
         train(repeat(staged), model, device, 10, move=False)  # warm-up: kernels, allocator
-        runs: dict[str, Any] = {
+        return {
             "compute_only": train(repeat(staged), model, device, args.steps, move=False),
             "sync": train(loader(), model, device, args.steps, move=True),
             "prefetch": train(
@@ -156,6 +155,18 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "loader_only": train(loader(), None, device, args.steps, move=False),
         }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if not torch.cuda.is_available():
+        message = "bench/loader_gpu.py needs a CUDA device and torch.cuda.is_available() is False on this machine"
+        sys.stderr.write(message + "; run bench/loader.py for the CPU figures\n")
+        print(json.dumps({"bench": "loader_gpu", "error": message}))
+        return 2
+
+    device = torch.device("cuda")
+    runs = _runs(args, device)
     compute = runs["compute_only"]["step_ms"]
     ratios = {
         "prefetch_vs_sync_step_time": round(runs["prefetch"]["step_ms"] / runs["sync"]["step_ms"], 3),
