@@ -341,14 +341,24 @@ def process_batch(
         high_water.record(batch_id, high)
     finally:
         judged.unpersist()
+    _log_batch(
+        entity.name, batch_id, counts, plan_s=plan_s, judged_s=judged_s, writes_s=time.monotonic() - began - judged_s
+    )
+    return counts
+
+
+def _log_batch(
+    entity: str, batch_id: int, counts: dict[str, int], *, plan_s: float, judged_s: float, writes_s: float
+) -> None:
+    """One line per batch: its counts and where its time went (planning, rules and history, writes), the entity
+    in ``extra`` so the line joins with the catalog."""
     logger.info(
         "silver %s batch %d: %s (plan %.1f s, rules and history %.1f s, writes %.1f s)",
-        entity.name,
+        entity,
         batch_id,
         counts,
         plan_s,
         judged_s,
-        time.monotonic() - began - judged_s,
-        extra={"entity": entity.name},
+        writes_s,
+        extra={"entity": entity},
     )
-    return counts
