@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 from tierlake.config import ArchiveTable, Settings
 from tierlake.errors import ConfigError, RetentionViolation
 from tiers.archive import compliance
-from tiers.archive.archiver import run
+from tiers.archive.archiver import RunReport, run
 from tiers.archive.catalog import MUTABLE, Catalog
 from tiers.s3 import delta_storage_options
 from tiers.store import S3Store
@@ -78,26 +79,31 @@ def _write_rs(settings: Settings, table: str, days: list[str], count: int = 500)
     return uri
 
 
+def _by_day(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in one order whatever wrote or read them, so Spark's and delta-rs's reads compare as lists."""
+    return sorted(rows, key=lambda r: (r["day"], r["station_id"], r["kwh"]))
+
+
 def _sorted(table: pa.Table) -> list[dict[str, Any]]:
-    return sorted(
-        table.select(["station_id", "kwh", "day"]).to_pylist(), key=lambda r: (r["day"], r["station_id"], r["kwh"])
+    """A delta-rs read, in the order :func:`_by_day` gives."""
+    return _by_day(table.select(["station_id", "kwh", "day"]).to_pylist())
+
+
+def _write_spark(spark: SparkSession, path: str, days: list[str]) -> None:
+    """300 rows a day, written by Spark and partitioned by day: the flow starts from a table Spark wrote."""
+    frame = spark.createDataFrame([r for d in days for r in pa.table(_rows(300, d)).to_pylist()])
+    frame.repartition(2).write.format("delta").partitionBy("day").mode("overwrite").save(path)
+
+
+def _read_spark(spark: SparkSession, path: str) -> list[dict[str, Any]]:
+    """The table as Spark reads it, in the order :func:`_by_day` gives, to compare with delta-rs's read."""
+    return _by_day(
+        r.asDict() for r in spark.read.format("delta").load(path).select("station_id", "kwh", "day").collect()
     )
 
 
-def test_archive_purge_restore_by_key_spark_and_delta_rs_agree(
-    settings: Settings, spark: SparkSession, tmp_path: Path
-) -> None:
-    table = f"tests/archive/{uuid.uuid4().hex[:8]}/events"
-    cold = _archive_settings(settings, tmp_path, table, retention_days=0)
-    path = f"s3a://{settings.s3.lake_bucket}/{table}"
-    days = [*OLD_DAYS, date.today().isoformat()]
-    frame = spark.createDataFrame([r for d in days for r in pa.table(_rows(300, d)).to_pylist()])
-    frame.repartition(2).write.format("delta").partitionBy("day").mode("overwrite").save(path)
-    uri = f"s3://{settings.s3.lake_bucket}/{table}"
-    options = delta_storage_options(settings.s3)
-    before = _sorted(DeltaTable(uri, storage_options=options).to_pyarrow_table())
-    catalog = _catalog(cold)
-
+def _archive_old_days(cold: Settings, catalog: Catalog, table: str) -> tuple[RunReport, list[dict[str, Any]]]:
+    """Archive what the policy selects (the old days only), check the report and the catalog's rows; returns both."""
     chosen = compliance.select(cold, catalog, table)
     assert [c["partition"] for c in chosen] == [f"day={d}" for d in OLD_DAYS]
     report = run(cold, catalog, table, [c["partition"] for c in chosen], progress=False)
@@ -109,31 +115,43 @@ def test_archive_purge_restore_by_key_spark_and_delta_rs_agree(
     assert {r["copy"] for r in rows} == {1, 2}
     assert all(r["state"] == "VERIFIED" and r["start_block"] >= 7 and len(r["volume_uuid"]) == 36 for r in rows)
     assert compliance.select(cold, catalog, table) == []  # archived partitions are no longer candidates
+    return report, rows
 
-    # A catalog rebuilt from the two cartridges alone equals the catalog, even after archive.block_size changed:
-    # extents count in the records of each cartridge's own label.
+
+def _comparable(source: Catalog) -> list[dict[str, Any]]:
+    """A catalog's rows without the columns that change after archiving (state, legal hold, hold reason), sorted."""
+    kept = [c for c in source.rows().column_names if c not in MUTABLE]
+    return sorted(source.rows().select(kept).to_pylist(), key=lambda r: (r["file_id"], r["copy"]))
+
+
+def _assert_rebuild_matches(cold: Settings, catalog: Catalog, report: RunReport, tmp_path: Path) -> None:
+    """A catalog rebuilt from the two cartridges alone equals the catalog, even after archive.block_size changed:
+    extents count in the records of each cartridge's own label."""
     rebuilt = Catalog(str(tmp_path / "rebuilt"), str(tmp_path / "audit"))
     resized = dataclasses.replace(cold, archive=dataclasses.replace(cold.archive, block_size=4096))
     for barcode in report.cartridges.values():
         compliance.rebuild(resized, catalog, barcode, into=rebuilt)
+    assert _comparable(rebuilt) == _comparable(catalog)
 
-    def comparable(source: Catalog) -> list[dict[str, Any]]:
-        kept = [c for c in source.rows().column_names if c not in MUTABLE]
-        return sorted(source.rows().select(kept).to_pylist(), key=lambda r: (r["file_id"], r["copy"]))
 
-    assert comparable(rebuilt) == comparable(catalog)
-
+def _purge_archived(
+    settings: Settings, cold: Settings, catalog: Catalog, *, table: str, report: RunReport, keys: set[str]
+) -> S3Store:
+    """Retention, a dry run that deletes nothing, then the purge: every archived key gone from RGW, all rows PURGED."""
     assert compliance.retention(catalog)["became_purgeable"] == report.files
     dry = compliance.purge(cold, catalog, f"\"table\" = '{table}'", execute=False)
     assert dry["dry_run"]
     store = S3Store(settings.s3)
-    keys = {r["key"] for r in rows}
     assert all(store.info(settings.s3.lake_bucket, k).size > 0 for k in keys)  # dry run deleted nothing
     purged = compliance.purge(cold, catalog, f"\"table\" = '{table}'", execute=True)
     assert len(purged["files"]) == report.files
     assert not any(o.key in keys for o in store.ls(settings.s3.lake_bucket, table))
     assert {r["state"] for r in catalog.rows().to_pylist()} == {"PURGED"}
+    return store
 
+
+def _restore_by_key(cold: Settings, catalog: Catalog, table: str) -> None:
+    """Restore one key (found in both copies, no fallback), then the rest of the purged files by partition."""
     key = f"st-{OLD_DAYS[0]}-03"
     located = compliance.locate(catalog, table, key)
     assert {loc["copy"] for loc in located} == {1, 2}
@@ -141,12 +159,29 @@ def test_archive_purge_restore_by_key_spark_and_delta_rs_agree(
     assert restored.fallbacks == []
     # The key lives in the first old day's files; restore the rest of the purged files by partition too.
     compliance.restore(cold, catalog, compliance._scope(table, partition=f"day={OLD_DAYS[1]}"), "s3", progress=False)
+
+
+def test_archive_purge_restore_by_key_spark_and_delta_rs_agree(
+    settings: Settings, spark: SparkSession, tmp_path: Path
+) -> None:
+    table = f"tests/archive/{uuid.uuid4().hex[:8]}/events"
+    cold = _archive_settings(settings, tmp_path, table, retention_days=0)
+    path = f"s3a://{settings.s3.lake_bucket}/{table}"
+    days = [*OLD_DAYS, date.today().isoformat()]
+    _write_spark(spark, path, days)
+    uri = f"s3://{settings.s3.lake_bucket}/{table}"
+    options = delta_storage_options(settings.s3)
+    before = _sorted(DeltaTable(uri, storage_options=options).to_pyarrow_table())
+    catalog = _catalog(cold)
+
+    report, rows = _archive_old_days(cold, catalog, table)
+    _assert_rebuild_matches(cold, catalog, report, tmp_path)
+    keys = {r["key"] for r in rows}
+    store = _purge_archived(settings, cold, catalog, table=table, report=report, keys=keys)
+    _restore_by_key(cold, catalog, table)
     assert all(store.info(settings.s3.lake_bucket, k).size > 0 for k in keys)
     after_rs = _sorted(DeltaTable(uri, storage_options=options).to_pyarrow_table())
-    after_spark = sorted(
-        (r.asDict() for r in spark.read.format("delta").load(path).select("station_id", "kwh", "day").collect()),
-        key=lambda r: (r["day"], r["station_id"], r["kwh"]),
-    )
+    after_spark = _read_spark(spark, path)
     assert after_rs == before
     assert after_spark == before
     actions = [a["action"] for a in catalog.audit().to_pylist()]

@@ -40,10 +40,9 @@ def _kind(folder: Path, part: int, block: int) -> str | None:
     return None
 
 
-def _read_back(folder: Path) -> dict[str, bytes]:
-    """An independent reader: only the layout rules of the reference file backend and the LTFS spec."""
-    names = os.listdir(folder)
-    assert all(re.fullmatch(r"[01]_\d+_[RFE]|attr_[01]_[0-9a-f]+", n) for n in names), names
+def _partition_kinds(folder: Path) -> dict[int, list[str]]:
+    """Each partition's record kinds up to its EOD, once its start is mkltfs's (VOL1, filemark, label, filemark)
+    and its VOL1 label is LTFS's."""
     kinds = {}
     for part in (0, 1):
         block, seen = 0, []
@@ -58,11 +57,14 @@ def _read_back(folder: Path) -> dict[str, bytes]:
         assert vol1[24:28] == b"LTFS"
         assert vol1[79:80] == b"4"
         kinds[part] = seen
-    labels = [ET.fromstring((folder / f"{p}_2_R").read_bytes()) for p in (0, 1)]  # noqa: S314
-    assert [label.findtext("location/partition") for label in labels] == ["a", "b"]
-    assert labels[0].findtext("volumeuuid") == labels[1].findtext("volumeuuid")
-    assert labels[0].findtext("formattime") == labels[1].findtext("formattime")
-    blocksize = int(labels[1].findtext("blocksize") or 0)
+    return kinds
+
+
+def _last_indexes(
+    folder: Path, kinds: dict[int, list[str]], volume_uuid: str | None
+) -> dict[str, tuple[int, ET.Element]]:
+    """Each partition's last index (the records between the last two filemarks before EOD), by partition letter,
+    with its start block; each must say where it stands and name the labels' volume."""
     indexes = {}
     for part, letter in ((0, "a"), (1, "b")):
         seen = kinds[part]
@@ -75,33 +77,52 @@ def _read_back(folder: Path) -> dict[str, bytes]:
         index = ET.fromstring(xml)  # noqa: S314
         assert index.findtext("location/partition") == letter
         assert int(index.findtext("location/startblock") or -1) == start
-        assert index.findtext("volumeuuid") == labels[0].findtext("volumeuuid")
+        assert index.findtext("volumeuuid") == volume_uuid
         indexes[letter] = (start, index)
+    return indexes
+
+
+def _file_bytes(folder: Path, node: ET.Element, blocksize: int) -> bytes:
+    """One file of the index, read by its extents alone; its length and SHA-256 xattr must match what was read."""
+    data = bytearray()
+    for extent in node.iterfind("extentinfo/extent"):
+        part = {"a": 0, "b": 1}[extent.findtext("partition") or ""]
+        block = int(extent.findtext("startblock") or 0)
+        skip = int(extent.findtext("byteoffset") or 0)
+        left = int(extent.findtext("bytecount") or 0)
+        while left:
+            record = (folder / f"{part}_{block}_R").read_bytes()
+            assert len(record) <= blocksize
+            piece = record[skip : skip + left]
+            data += piece
+            left -= len(piece)
+            skip, block = 0, block + 1
+    assert len(data) == int(node.findtext("length") or -1)
+    hashes = {x.findtext("key"): x.findtext("value") for x in node.iterfind("extendedattributes/xattr")}
+    assert hashes["ltfs.hash.sha256sum"] == hashlib.sha256(data).hexdigest()
+    return bytes(data)
+
+
+def _read_back(folder: Path) -> dict[str, bytes]:
+    """An independent reader: only the layout rules of the reference file backend and the LTFS spec."""
+    names = os.listdir(folder)
+    assert all(re.fullmatch(r"[01]_\d+_[RFE]|attr_[01]_[0-9a-f]+", n) for n in names), names
+    kinds = _partition_kinds(folder)
+    labels = [ET.fromstring((folder / f"{p}_2_R").read_bytes()) for p in (0, 1)]  # noqa: S314
+    assert [label.findtext("location/partition") for label in labels] == ["a", "b"]
+    assert labels[0].findtext("volumeuuid") == labels[1].findtext("volumeuuid")
+    assert labels[0].findtext("formattime") == labels[1].findtext("formattime")
+    blocksize = int(labels[1].findtext("blocksize") or 0)
+    indexes = _last_indexes(folder, kinds, labels[0].findtext("volumeuuid"))
     dp_start, dp = indexes["b"]
     _ip_start, ip = indexes["a"]
     assert ip.findtext("generationnumber") == dp.findtext("generationnumber")
     assert ip.findtext("previousgenerationlocation/partition") == "b"
     assert int(ip.findtext("previousgenerationlocation/startblock") or -1) == dp_start
-    files = {}
-    for node in dp.iterfind("directory/contents/file"):
-        data = bytearray()
-        for extent in node.iterfind("extentinfo/extent"):
-            part = {"a": 0, "b": 1}[extent.findtext("partition") or ""]
-            block = int(extent.findtext("startblock") or 0)
-            skip = int(extent.findtext("byteoffset") or 0)
-            left = int(extent.findtext("bytecount") or 0)
-            while left:
-                record = (folder / f"{part}_{block}_R").read_bytes()
-                assert len(record) <= blocksize
-                piece = record[skip : skip + left]
-                data += piece
-                left -= len(piece)
-                skip, block = 0, block + 1
-        assert len(data) == int(node.findtext("length") or -1)
-        hashes = {x.findtext("key"): x.findtext("value") for x in node.iterfind("extendedattributes/xattr")}
-        assert hashes["ltfs.hash.sha256sum"] == hashlib.sha256(data).hexdigest()
-        files[node.findtext("name") or ""] = bytes(data)
-    return files
+    return {
+        node.findtext("name") or "": _file_bytes(folder, node, blocksize)
+        for node in dp.iterfind("directory/contents/file")
+    }
 
 
 def test_fresh_cartridge_matches_mkltfs_layout(tmp_path: Path) -> None:
