@@ -47,6 +47,29 @@ def test_expired_lease_is_taken_over_and_the_old_holder_learns_it_lost(settings:
     new.release()
 
 
+def test_a_holder_paused_past_several_renewals_of_the_next_one_learns_it_lost(settings: Settings) -> None:
+    """The new holder's renewals delete old generations; the paused one's next create then succeeds (its generation
+    was deleted), and only the listing after it shows the lease moved on."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    paused = _lease(settings, name, "paused-driver", ttl_s=3)
+    paused.acquire()  # generation 1
+    time.sleep(3.2)
+    new = _lease(settings, name, "new-driver", ttl_s=3)
+    new.acquire()  # generation 2
+    for _ in range(3):
+        new.renew()  # 3, 4, 5: generations 1 and 2 are deleted
+    with pytest.raises(CommitConflict, match="taken over by another writer"):
+        paused.renew()  # recreates generation 2
+    assert paused.lost.is_set()
+    assert not paused.may_commit()
+    holder = new.current()
+    assert holder is not None
+    assert holder.owner == "new-driver"
+    new.renew()
+    assert new.may_commit()
+    new.release()
+
+
 def test_holder_killed_on_this_host_is_replaced_at_once(settings: Settings) -> None:
     name = f"test-{uuid.uuid4().hex[:8]}"
     code = (
