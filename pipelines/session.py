@@ -164,9 +164,6 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         "spark.hadoop.fs.s3a.secret.key": secret_key,
         "spark.hadoop.fs.s3a.attempts.maximum": "5",
         "spark.hadoop.fs.s3a.connection.timeout": "30000",
-        # Delta on S3 without DynamoDB: a log store whose commits the object store arbitrates (spark.delta_commits).
-        "spark.delta.logStore.s3a.impl": LOG_STORES[spark.delta_commits],
-        "spark.hadoop.fs.s3a.create.conditional.enabled": "true",
         "spark.databricks.delta.retentionDurationCheck.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
         # The ingest and gold queries share the cores: with FIFO an ingest batch's tasks queued behind gold's.
@@ -186,11 +183,7 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
     }
     jars = jars_in(spark.jars_dir)
-    if spark.delta_commits == "conditional" and not any(jar.name.startswith("tierlake-logstore") for jar in jars):
-        raise DependencyMissing(
-            f"spark.delta_commits is conditional but {spark.jars_dir} has no tierlake-logstore jar "
-            "(infra/logstore, compiled by set-up). Fix: run `make setup`, or set spark.delta_commits: single_driver"
-        )
+    conf.update(_delta_commit_conf(spark.delta_commits, spark.jars_dir, jars))
     conf.update(_jar_conf(spark.master, jars))
     if s3.endpoint.startswith("http://"):
         # Over plain http the AWS SDK v2 signs each upload chunk (aws-chunked); RGW 16.2 rejects the last chunk
@@ -202,6 +195,19 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         conf["spark.driver.bindAddress"] = spark.local_ip
     conf.update(spark.extra_conf)
     return conf
+
+
+def _delta_commit_conf(mode: str, jars_dir: Path, jars: list[Path]) -> dict[str, str]:
+    """Delta on S3 without DynamoDB: a log store whose commits the object store arbitrates (``spark.delta_commits``)."""
+    if mode == "conditional" and not any(jar.name.startswith("tierlake-logstore") for jar in jars):
+        raise DependencyMissing(
+            f"spark.delta_commits is conditional but {jars_dir} has no tierlake-logstore jar "
+            "(infra/logstore, compiled by set-up). Fix: run `make setup`, or set spark.delta_commits: single_driver"
+        )
+    return {
+        "spark.delta.logStore.s3a.impl": LOG_STORES[mode],
+        "spark.hadoop.fs.s3a.create.conditional.enabled": "true",
+    }
 
 
 def _jar_conf(master: str, jars: list[Path]) -> dict[str, str]:

@@ -124,6 +124,19 @@ def gold_checkpoint(lake_bucket: str, entity: str) -> TablePath:
     return TablePath(lake_bucket, f"gold/{CHECKPOINTS}/{entity}")
 
 
+def entity_tables(lake_bucket: str, entity: str, topic: str) -> list[TablePath]:
+    """Every table the ingestion of ``entity`` (from ``topic``) writes: the ones its writer lease covers."""
+    return [
+        bronze(lake_bucket, topic),
+        silver(lake_bucket, entity),
+        quarantine(lake_bucket, entity),
+        dropped(lake_bucket, entity),
+        gold_windows(lake_bucket, entity),
+        gold_anomalies(lake_bucket, entity),
+        gold_tokens(lake_bucket, entity),
+    ]
+
+
 def lease_prefix(name: str) -> str:
     """The key prefix of writer lease ``name`` in the lake bucket (its generations are objects under it)."""
     return f"{LEASES}/{name}/"

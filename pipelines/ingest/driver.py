@@ -20,6 +20,7 @@ from pipelines.ingest.gold import run_gold_until_caught_up, schema_changed, star
 from pipelines.ingest.silver import silver_tables
 from pipelines.ingest.stream import data_loss, run_ingest_until_caught_up, start_ingest
 from pipelines.lake.lease import TableLease
+from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict, IngestFailed, TierlakeError, first_line
 from tiers.s3 import s3_client
@@ -56,6 +57,29 @@ def holding(leases: list[TableLease]) -> Iterator[list[TableLease]]:
             lease.release()
 
 
+def fence_commits(spark: SparkSession, settings: Settings, leases: dict[str, TableLease]) -> None:
+    """Give each entity's lease deadline to Spark's Delta log store, as a fence at the storage layer.
+
+    The lease's own check (the ledger's gate) runs before Delta plans a commit; a driver paused (SIGSTOP, a long GC)
+    after it and resumed once another driver took over would still finish that commit. The log store
+    (``infra/logstore``) checks the deadline again right before its PUT, on the JVM's monotonic clock, which runs on
+    while the process is stopped. Only the conditional log store has the fence.
+    """
+    if settings.spark.delta_commits != "conditional":
+        return
+    store = spark._jvm.io.tierlake.delta.ConditionalPutLogStore  # type: ignore[union-attr]
+    for entity, lease in leases.items():
+        spec = settings.entities[entity]
+        prefixes = [f"{t.s3a}/" for t in catalog.entity_tables(settings.s3.lake_bucket, entity, spec.topic)]
+
+        def tell(seconds: float, prefixes: list[str] = prefixes) -> None:
+            for prefix in prefixes:
+                store.fence(prefix, int(seconds * 1000))
+
+        lease.on_confirmed = tell
+        tell(lease.valid_until - lease.margin_s - time.monotonic() if lease.may_commit() else 0.0)
+
+
 def run_until_caught_up(
     spark: SparkSession, settings: Settings, *, entities: list[str], leases: list[TableLease] | None = None
 ) -> dict[str, Any]:
@@ -68,6 +92,7 @@ def run_until_caught_up(
     if leases is None:
         with holding(entity_leases(settings, entities)) as held:
             return run_until_caught_up(spark, settings, entities=entities, leases=held)
+    fence_commits(spark, settings, dict(zip(entities, leases, strict=True)))
     report: dict[str, Any] = {}
     errors: list[TierlakeError] = []
     for entity in entities:
@@ -124,6 +149,7 @@ def run_continuous(
             return run_continuous(
                 spark, settings, entities=entities, trigger_s=trigger_s, stop=stop, status_file=status_file, leases=held
             )
+    fence_commits(spark, settings, dict(zip(entities, leases, strict=True)))
     ingest = IngestQueries(spark, settings, trigger_s=trigger_s, leases=dict(zip(entities, leases, strict=True)))
     gold = GoldQueries(spark, settings, trigger_s=trigger_s)
 

@@ -17,6 +17,8 @@ count as a committed batch.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,18 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 logger = logging.getLogger(__name__)
+
+# Fault injection for tests (not a setting): while the file this names exists, the next commit, after its lease
+# check, deletes it and stops the driver's whole process group (SIGSTOP), as a long pause would; the test resumes it.
+PAUSE_AFTER_GATE_ENV = "TIERLAKE_FAULT_PAUSE_AFTER_GATE"
+
+
+def _pause_point() -> None:
+    trigger = os.environ.get(PAUSE_AFTER_GATE_ENV)
+    if trigger and os.path.exists(trigger):
+        os.unlink(trigger)
+        logger.warning("fault injection: pausing after the lease check, before the commit")
+        os.killpg(os.getpgrp(), signal.SIGSTOP)
 
 
 class CommitLedger:
@@ -69,7 +83,8 @@ class CommitLedger:
         if merge_schema:
             writer = writer.option("mergeSchema", "true")
         if self._gate is not None:
-            self._gate()  # the last moment before the commit: a driver whose lease is unconfirmed writes nothing
-        writer.save(uri)
+            self._gate()  # before Delta plans the commit: a driver whose lease is unconfirmed writes nothing
+            _pause_point()
+        writer.save(uri)  # the log store checks the lease's deadline again right before its PUT
         self._last[uri] = batch_id
         return True

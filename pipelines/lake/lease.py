@@ -4,6 +4,8 @@ Delta on S3 without DynamoDB loses commits when two drivers write one table, so 
 its tables before it starts a query. The lease is a series of objects ``_leases/<name>/<generation>.json``; the
 highest generation is the current holder. Taking or renewing the lease means creating the next generation with
 ``If-None-Match: *`` (RGW 16.2 honours it; ``If-Match`` on PUT it does not), so of two contenders exactly one wins.
+Old generations are deleted, so a holder paused long enough could recreate one; every create is therefore followed
+by a listing, and a higher generation than the one just created means the lease belongs to someone else.
 
 A lease expires ``ttl_s`` after its last renewal. A contender takes an expired lease; a driver restarted on the
 same host takes over at once from a holder whose pid is gone (kill -9 leaves no one to release it). A holder that
@@ -25,6 +27,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,9 +77,18 @@ class TableLease:
         self.fenced = threading.Event()  # set while the lease could not be confirmed in time
         self.valid_until = 0.0  # monotonic: ttl_s after the start of the last confirmed create
         self.last_error = ""
+        # Told, after each confirmed create, how many seconds commits stay allowed (0: none): the storage layer's
+        # own fence (the Spark log store's, ``pipelines.ingest.driver``) follows the lease without a second clock.
+        self.on_confirmed: Callable[[float], None] | None = None
 
     def _key(self, generation: int) -> str:
         return f"{catalog.lease_prefix(self.name)}{generation:012d}.json"
+
+    def _newest(self) -> int:
+        """The highest generation in the store."""
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=catalog.lease_prefix(self.name))
+        keys = [o["Key"] for o in listed.get("Contents", []) if "Key" in o]
+        return max((int(k.rsplit("/", 1)[1].removesuffix(".json")) for k in keys), default=0)
 
     def current(self) -> LeaseRecord | None:
         listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=catalog.lease_prefix(self.name))
@@ -105,10 +117,22 @@ class TableLease:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 return None  # someone else created this generation first
             raise
+        if self._newest() > generation:
+            # Another writer moved on while we were away (a pause past the TTL) and deleted old generations, so our
+            # create of one it had deleted succeeded: it is not ours to hold.
+            return None
         self.valid_until = started + self.ttl_s
+        self._tell(0.0 if released else self.valid_until - self.margin_s - time.monotonic())
         if generation > 2:  # keep the last generations for the record; delete older ones
             self.client.delete_object(Bucket=self.bucket, Key=self._key(generation - 3))
         return record
+
+    def _tell(self, commit_for_s: float) -> None:
+        if self.on_confirmed is not None:
+            try:
+                self.on_confirmed(max(0.0, commit_for_s))
+            except Exception:  # the fence is a second guard; the lease's own check still runs before each commit
+                logger.exception("lease %s: could not pass its deadline to the storage fence", self.name)
 
     def acquire(self) -> LeaseRecord:
         """Take the lease or raise :class:`CommitConflict` naming the holder and when it expires."""
@@ -134,6 +158,7 @@ class TableLease:
         record = self._create(self.held.generation + 1)
         if record is None:
             self.lost.set()
+            self._tell(0.0)
             raise CommitConflict(f"lease {self.name!r} was taken over by another writer; stop writing")
         self.held = record
 
@@ -205,6 +230,7 @@ class TableLease:
                 self._create(self.held.generation + 1, released=True)
             except (BotoCoreError, ClientError) as exc:  # the lease then ends by its TTL
                 logger.warning("lease %s: release failed (%s); it expires in %.0f s", self.name, exc, self.ttl_s)
+        self._tell(0.0)
         self.held = None
 
     def __enter__(self) -> TableLease:

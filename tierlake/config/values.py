@@ -20,6 +20,7 @@ ENV_NESTING = "__"
 SECRET_KEYS = frozenset({"s3.access_key", "s3.secret_key"})
 _OPAQUE_KEYS = frozenset({"spark.extra_conf", "entities", "maintenance.tables", "archive.tables"})
 _ENV_NOT_KEYS = frozenset({"TIERLAKE_PROFILE", "TIERLAKE_CONF_DIR", "TIERLAKE_CACHE"})  # choose files, not values
+FAULT_PREFIX = "TIERLAKE_FAULT_"  # fault-injection hooks of the tests (e.g. pipelines.ingest.ledger), not values
 _T = TypeVar("_T")
 
 
@@ -114,7 +115,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def env_layer(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
     flat: dict[str, tuple[Any, str]] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS or name.startswith(FAULT_PREFIX):
             continue
         key = name[len(ENV_PREFIX) :].lower().replace(ENV_NESTING, ".")
         # Parse as a YAML scalar so TIERLAKE_KAFKA__NODES=3 is the integer 3; secrets stay verbatim strings.

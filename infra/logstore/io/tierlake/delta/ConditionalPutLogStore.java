@@ -5,6 +5,8 @@ import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.util.Iterator;
+import java.util.Map;
+import java.util.concurrent.ConcurrentHashMap;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.FSDataOutputStream;
 import org.apache.hadoop.fs.FSDataOutputStreamBuilder;
@@ -24,6 +26,11 @@ import org.apache.hadoop.fs.s3a.RemoteFileChangedException;
  * own conflict check and, when the transactions do not conflict, a retry at the next version. delta-rs does the same
  * with its {@code conditional_put} option, so Spark and delta-rs writers are arbitrated by one rule.
  *
+ * <p>Fences: the driver that holds a table's writer lease says after each confirmed renewal how long it may still
+ * commit ({@link #fence}); a write under a fenced prefix after that moment is refused. The check runs right before
+ * the PUT, after Delta has planned its commit, so a driver paused (SIGSTOP, a long GC) past its lease and then resumed
+ * cannot finish a commit it had started; the JVM's monotonic clock keeps running while the process is stopped.
+ *
  * <p>Overwrites (checkpoints, {@code _last_checkpoint}) and reads/listing are the parent's.
  */
 public class ConditionalPutLogStore extends S3SingleDriverLogStore {
@@ -31,14 +38,41 @@ public class ConditionalPutLogStore extends S3SingleDriverLogStore {
   /** hadoop-aws (3.4.2+) create-file option: PUT with {@code If-None-Match: *}. */
   static final String CONDITIONAL_CREATE = "fs.option.create.conditional.overwrite";
 
+  /** Table path prefix -> System.nanoTime() after which its commits are refused. */
+  private static final Map<String, Long> FENCES = new ConcurrentHashMap<>();
+
   public ConditionalPutLogStore(Configuration initHadoopConf) {
     super(initHadoopConf);
+  }
+
+  /** Commits under {@code prefix} (e.g. {@code s3a://lake/silver/ev/}) are allowed for the next {@code millis} ms. */
+  public static void fence(String prefix, long millis) {
+    FENCES.put(prefix, System.nanoTime() + Math.max(0L, millis) * 1_000_000L);
+  }
+
+  /** Forget the fence of {@code prefix} (the writer no longer holds a lease there). */
+  public static void unfence(String prefix) {
+    FENCES.remove(prefix);
+  }
+
+  static void checkFence(Path path) throws IOException {
+    String target = path.toString();
+    long now = System.nanoTime();
+    for (Map.Entry<String, Long> fence : FENCES.entrySet()) {
+      if (target.startsWith(fence.getKey()) && now - fence.getValue() >= 0) {
+        throw new IOException(
+            "commit to " + target + " refused: this driver's writer lease for " + fence.getKey()
+                + " is unconfirmed (the driver was paused or cut off from the object store), so another driver"
+                + " may own the table now");
+      }
+    }
   }
 
   @Override
   public void write(Path path, Iterator<String> actions, Boolean overwrite, Configuration hadoopConf)
       throws IOException {
     if (overwrite) {
+      checkFence(path);
       super.write(path, actions, true, hadoopConf);
       return;
     }
@@ -46,6 +80,7 @@ public class ConditionalPutLogStore extends S3SingleDriverLogStore {
     // still being produced must not publish half an entry.
     byte[] entry = encode(actions);
     FileSystem fs = path.getFileSystem(hadoopConf);
+    checkFence(path); // the last moment before the PUT
     try {
       FSDataOutputStreamBuilder<?, ?> builder = fs.createFile(path).overwrite(false);
       builder.must(CONDITIONAL_CREATE, true);
