@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict_saver import async_save
 from tierlake.errors import CommitConflict, TierlakeError
 from training.manifest import Manifest
 from training.policy import LastSave, TierPolicy, is_due, stale_uncommitted, to_remove
-from training.storage import HostSnapshot, TierWriter
+from training.storage import HostSnapshot, TierWriter, yield_cpu
 from training.tiers import CheckpointTier, FaultHook, FolderTier, check_run
 
 logger = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ class _Promoter:
         self.thread.join()
 
     def _loop(self) -> None:
+        yield_cpu()  # promotions give way to the train step
         while True:
             with self.cond:
                 while self.pending is None and not self.closed:
@@ -210,6 +211,7 @@ class TieredCheckpointer:
             tables=tables,
             code_version=self.code_version,
             fault=self.fault,
+            background=True,
         )
         self._last[index] = LastSave(step, now)
         self.stats.saves_started += 1
