@@ -4,7 +4,8 @@ The lake: EV records ingested by a real ingest query, then more records produced
 stopped behind its topic); a table of 500 small files; a table archived to two virtual tape sites whose first copy
 is then damaged and verified (a cartridge whose verify failed). The report, built by the CLI, must show the matching
 ERR and WARN verdicts with their fixes, stay balanced where nothing is wrong, and load in Chromium without a console
-error or a request leaving the page, every chart drawn. The screenshot stays in the test's tmp folder.
+error or a request leaving the page, every chart drawn. The page and its screenshot are kept under the run
+folder's ``artifacts/``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -207,7 +209,11 @@ def test_report_of_a_lake_with_injected_problems_in_chromium(
     assert {"freshness", "quarantine_by_rule", "kafka_lag", "table_files", "tape_sites"} <= names
     assert all(chart["drawn"] > 10 and chart["width"] > 100 for chart in visit.charts), visit.charts
     assert shot.stat().st_size > 10_000
-    print(f"report screenshot: {shot}")  # kept with the test's tmp folder (pytest keeps the last three)
+    kept = settings.run_dir / "artifacts"  # pytest's tmp folders rotate; the run folder lasts until the next session
+    kept.mkdir(exist_ok=True)
+    for artifact in (shot, out):
+        shutil.copy2(artifact, kept / artifact.name)
+    print(f"report and screenshot: {kept}")
 
     metrics = scrape_metrics_serve(cold, small, since=since)
     assert re.search(r'tierlake_kafka_lag_state\{partition="\d",state="STALLED",topic="ev.telemetry"\} 1.0', metrics)
