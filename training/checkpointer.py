@@ -36,6 +36,7 @@ from training.storage import HostSnapshot, TierWriter, yield_cpu
 from training.tiers import CheckpointTier, FaultHook, FolderTier, check_run
 
 logger = logging.getLogger(__name__)
+WHEN_BUSY = ("skip", "wait")  # a save due while the last is still being written: skip it, or wait for the write
 
 
 @dataclass
@@ -46,6 +47,7 @@ class CheckpointStats:
     saves_committed: int = 0
     save_failures: int = 0
     skipped_busy: int = 0
+    waited_busy_s: float = 0.0
     superseded: int = 0
     promotions: dict[str, int] = field(default_factory=dict)
     promotion_failures: dict[str, int] = field(default_factory=dict)
@@ -117,6 +119,10 @@ class _Promoter:
 class TieredCheckpointer:
     """Checkpoints of one run over ``tiers`` (nearest first), each with its :class:`TierPolicy`.
 
+    ``when_busy``: a save that comes due while the last one is still being written is skipped (``skip``, the
+    default: the step never waits for a write) or waits for that write (``wait``: every due step is saved, and the
+    step waits when the disk is slower than the cadence; ``stats.waited_busy_s``).
+
     Call :meth:`maybe_save` after every step; it returns at once unless a checkpoint is due, then after the
     snapshot. :meth:`close` waits for the write and the promotions in flight.
     """
@@ -131,6 +137,7 @@ class TieredCheckpointer:
         fault: FaultHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_commit: Callable[[Manifest, str], None] | None = None,
+        when_busy: str = "skip",
     ) -> None:
         if not tiers or len(tiers) != len(policies):
             raise TierlakeError(
@@ -144,6 +151,9 @@ class TieredCheckpointer:
         self.fault = fault
         self.clock = clock
         self.on_commit = on_commit
+        if when_busy not in WHEN_BUSY:
+            raise TierlakeError(f"when_busy = {when_busy!r} is invalid. Fix: use one of {WHEN_BUSY}")
+        self.when_busy = when_busy
         self.stats = CheckpointStats()
         self.failed: set[int] = set()
         self._last: list[LastSave | None] = [None] * len(tiers)
@@ -179,7 +189,12 @@ class TieredCheckpointer:
             return False
         with self._lock:
             busy = self._writing is not None and not self._writing.done()
-        if busy:
+        if busy and self.when_busy == "wait":
+            waited = time.perf_counter()
+            self.wait_written()
+            self.stats.waited_busy_s += time.perf_counter() - waited
+            index = self.write_tier  # the write just finished may have failed its tier
+        elif busy:
             self.stats.skipped_busy += 1
             logger.info(
                 "checkpoint of step %d skipped: step %s is still being written to %s (back-pressure)",

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from loaders.dataset import OrderOptions, delta_dataset
 from loaders.loader import DeltaLoader
 from tierlake.errors import TierlakeError
-from training.checkpointer import TieredCheckpointer
+from training.checkpointer import WHEN_BUSY, TieredCheckpointer
 from training.restore import Restored, load_latest
 from training.tiers import CheckpointTier, FaultHook
 
@@ -168,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--resume", action="store_true", help="restore the newest good checkpoint first")
+    parser.add_argument(
+        "--when-busy",
+        choices=WHEN_BUSY,
+        default="skip",
+        help="a save due during a write: skip it or wait for the write",
+    )
     parser.add_argument("--final", help="torch.save the final model, optimizer and loader state to this file")
     args = parser.parse_args(argv)
     settings = load_settings(env={name: value for name, value in os.environ.items() if name != FAULT_ENV})
@@ -195,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         code_version=code_version(settings.root),
         fault=fault_hook(os.environ.get(FAULT_ENV, "")),
         on_commit=LineageLog(settings.checkpoint.lineage_dir).committed,
+        when_busy=args.when_busy,
     )
     first = {"done": False}
 

@@ -52,6 +52,7 @@ def trained(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tup
         write_deltalake(table, token_rows(batch * 300, 300), mode="append", commit_properties=props)
     run = f"cli-{uuid.uuid4().hex[:8]}"
     command = [sys.executable, "-m", "training.example", "--run", run, "--table", table, "--steps", "20"]
+    command += ["--when-busy", "wait"]  # every step is saved: what the tiers hold does not hang on timing
     done = subprocess.run(command, check=False, env=_env(root), cwd=settings.root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return run, root, table
@@ -108,13 +109,17 @@ def test_lineage_trace_gives_table_versions_and_kafka_offsets(
 def test_gc_is_a_dry_run_until_applied(settings: Settings, trained: tuple[str, Path, str]) -> None:
     run, root, _ = trained
     env = _env(root) | {"TIERLAKE_CHECKPOINT__EDGE__KEEP_LAST": "1"}
-    edge = FolderTier("edge", root / "edge")
-    before = edge.steps(run)
-    dry = _tierlake(settings, env, "checkpoint", "gc", run, "--json")
-    assert json.loads(dry.stdout) == {"remove": {"edge": before[:-1]}, "applied": False}
-    assert edge.steps(run) == before
+    edge, local = FolderTier("edge", root / "edge"), FolderTier("local", root / "local")
+    before, local_before = edge.steps(run), local.steps(run)
+    assert len(before) > 1
+    dry = json.loads(_tierlake(settings, env, "checkpoint", "gc", run, "--json").stdout)
+    assert dry["applied"] is False
+    assert dry["remove"]["edge"] == before[:-1]
+    assert dry["remove"].get("local", []) == local_before[:-3]  # keep_last 3; a step kept for a promotion goes now
+    assert (edge.steps(run), local.steps(run)) == (before, local_before)  # a dry run removes nothing
     assert _tierlake(settings, env, "checkpoint", "gc", run, "--apply").returncode == 0
     assert edge.steps(run) == before[-1:]
+    assert local.steps(run) == local_before[-3:]
 
 
 def test_the_mirror_holds_committed_checkpoints_only(settings: Settings, trained: tuple[str, Path, str]) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import torch
 
+from infra import procs
+from infra.stack import LocalStack
 from tests.unit.loader_tables import write_token_table
 from tierlake.config import Settings
 from tiers.s3 import s3_client
@@ -84,7 +86,8 @@ def _trainer_env(root: Path, *, fault: str = "", local_dir: Path | None = None) 
 def _run_trainer(
     settings: Settings, run: str, table: str, env: dict[str, str], *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "training.example", "--run", run, "--table", table, "--steps", str(STEPS), *extra]
+    command = [sys.executable, "-m", "training.example", "--run", run, "--table", table, "--steps", str(STEPS)]
+    command += ["--when-busy", "wait", *extra]  # every due step is saved: the fault counts do not hang on timing
     return subprocess.run(command, check=False, env=env, cwd=settings.root, capture_output=True, text=True, timeout=240)
 
 
@@ -208,3 +211,38 @@ def test_local_disk_full_is_a_clear_error_and_training_goes_on(
     restored = trainer.restore(tiers)
     assert restored.tier == "edge"
     assert restored.step == max(tiers[1].steps(run))
+
+
+def test_rgw_killed_during_a_promotion_is_counted_and_the_next_promotion_lands(
+    stack: LocalStack, table: str, tmp_path: Path
+) -> None:
+    """RGW killed (kill -9) when a promotion has uploaded its shards, before its manifest: the promotion fails and
+    is counted, training goes on, and once RGW is started again the next checkpoint reaches it, committed and whole."""
+    settings = stack.settings
+    run = f"rgw-{uuid.uuid4().hex[:8]}"
+    tiers = _tiers(settings, tmp_path)
+    rgw_daemon = next(d for d in stack.ceph.daemons() if d.name == "ceph-client.rgw.gw")
+    killed: list[int] = []
+
+    def kill_rgw_once(point: str) -> None:
+        if point == "promotion" and not killed:
+            killed.append(1)
+            procs.kill9(rgw_daemon)
+
+    policies = [TierPolicy(every_steps=1), TierPolicy(every_steps=1)]
+    checkpointer = TieredCheckpointer(run, [tiers[0], tiers[2]], policies, fault=kill_rgw_once)
+    trainer = ToyTrainer(TrainOptions(run=run, table_uri=table))
+    try:
+        trainer.train(1, checkpointer=checkpointer)
+        checkpointer.wait()
+    finally:
+        stack.up()
+    assert killed
+    assert checkpointer.stats.promotion_failures == {"rgw": 1}
+    assert "promoting step 1" in checkpointer.stats.errors[-1]
+    assert tiers[2].steps(run) == []  # shards uploaded, no manifest: not a checkpoint
+    trainer.train(2, checkpointer=checkpointer)
+    checkpointer.close()
+    assert tiers[2].steps(run) == [2]
+    assert tiers[2].uncommitted(run) == []  # the half promotion of step 1 was cleared
+    tiers[2].verify(run, 2)

@@ -213,3 +213,31 @@ def test_the_mirror_copies_committed_steps_only_manifest_last(files: list[tuple[
     for step in committed:
         positions = [i for i, key in enumerate(order) if f"/{step:012d}/" in key]
         assert order[positions[-1]].endswith(MANIFEST_NAME)  # the manifest after every file of its step
+
+
+def test_when_busy_wait_saves_every_due_step_after_the_write_before(tmp_path: Path) -> None:
+    tiers = _tiers(tmp_path)[:1]
+    release = threading.Event()
+
+    def hold_the_write(point: str) -> None:
+        if point == "write":
+            release.wait(30)
+
+    checkpointer = TieredCheckpointer(
+        "r",
+        tiers,
+        [TierPolicy(every_steps=1)],
+        fault=hold_the_write,
+        when_busy="wait",
+    )
+    model, optimizer = _model_state(1)
+    assert checkpointer.maybe_save(1, _state(model, optimizer))
+    second = threading.Thread(target=checkpointer.maybe_save, args=(2, _state(model, optimizer)))
+    second.start()  # blocks in maybe_save until the write of step 1 is done
+    release.set()
+    second.join(60)
+    checkpointer.close()
+    assert tiers[0].steps("r") == [1, 2]
+    assert checkpointer.stats.skipped_busy == 0
+    with pytest.raises(TierlakeError, match="when_busy = 'later' is invalid"):
+        TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1)], when_busy="later")
