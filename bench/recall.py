@@ -46,6 +46,7 @@ from tierlake.config import ArchiveTable, Settings, load_settings
 from tiers.archive import compliance
 from tiers.archive.archiver import run
 from tiers.archive.catalog import Catalog, quote
+from tiers.archive.context import ArchiveContext
 from tiers.archive.recall import recall
 from tiers.s3 import delta_storage_options
 from tiers.store import S3Store
@@ -70,6 +71,11 @@ def _settings(base: Settings, work: Path, table: str, cache: Path) -> Settings:
     return dataclasses.replace(loaded, archive=archive)
 
 
+def _context(settings: Settings) -> ArchiveContext:
+    """The archive tier's part of the settings (it never takes the whole Settings)."""
+    return ArchiveContext(archive=settings.archive, s3=settings.s3, cache=settings.cache.options)
+
+
 def _write_table(settings: Settings, uri: str, files: int, file_mb: int) -> None:
     rows = 64
     for n in range(files):
@@ -83,7 +89,7 @@ def _write_table(settings: Settings, uri: str, files: int, file_mb: int) -> None
 
 def _purge(settings: Settings, catalog: Catalog, table: str) -> int:
     compliance.retention(catalog)
-    return len(compliance.purge(settings, catalog, f'"table" = {quote(table)}', execute=True)["files"])
+    return len(compliance.purge(_context(settings), catalog, f'"table" = {quote(table)}', execute=True)["files"])
 
 
 def _raw_copy(records: list[Path], target: Path) -> float:
@@ -99,8 +105,10 @@ def _recall_once(settings: Settings, uris: list[str], to: str) -> tuple[float, i
     """Seconds, bytes recalled and mounts of one recall of ``uris`` (plan included)."""
     catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri, s3=settings.s3)
     start = time.perf_counter()
-    plan = Recall(settings=settings, mode="auto", to=to).plan(uris)
-    report = recall(settings, catalog, plan, to=to, asked_by="bench/recall.py", reason="benchmark", progress=False)
+    plan = Recall(context=_context(settings), mode="auto", to=to).plan(uris)
+    report = recall(
+        _context(settings), catalog, plan, to=to, asked_by="bench/recall.py", reason="benchmark", progress=False
+    )
     return time.perf_counter() - start, report.bytes, report.mounts
 
 
@@ -135,7 +143,13 @@ def _measure(base: Settings, work: Path, rounds: int, files: int, file_mb: int) 
     _write_table(settings, uri, files, file_mb)
     first_from_lake = _first_batch(settings, uri, None)
     catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri, s3=settings.s3)
-    run(settings, catalog, table, [f"day=2020-01-{n % 28 + 1:02d}" for n in range(min(files, 28))], progress=False)
+    run(
+        _context(settings),
+        catalog,
+        table,
+        [f"day=2020-01-{n % 28 + 1:02d}" for n in range(min(files, 28))],
+        progress=False,
+    )
     uris = [f"s3://{r['bucket']}/{r['key']}" for r in catalog.rows().to_pylist() if r["copy"] == 1]
     _purge(settings, catalog, table)
     records = _cartridge_records(settings, catalog)
@@ -150,7 +164,7 @@ def _measure(base: Settings, work: Path, rounds: int, files: int, file_mb: int) 
     lake_s, lake_bytes, _ = _recall_once(settings, uris, "lake")
     _purge(settings, catalog, table)
     fresh = _settings(base, work, table, work / "cache-first")
-    first_from_tape = _first_batch(fresh, uri, Recall(settings=fresh, mode="auto", to="cache", progress=False))
+    first_from_tape = _first_batch(fresh, uri, Recall(context=_context(fresh), mode="auto", to="cache", progress=False))
     store = S3Store(settings.s3)
     for info in store.ls(settings.s3.lake_bucket, table + "/"):  # the bench's table goes; tape and catalog too
         store.rm(settings.s3.lake_bucket, info.key)

@@ -1,6 +1,6 @@
 """Reads through tape: what the loader does when files of the pinned version were archived and purged.
 
-``Recall(settings=..., mode=...)`` (or :meth:`Recall.from_settings`, which takes ``archive.recall`` and
+``Recall(context=..., mode=...)`` (or :meth:`Recall.from_context`, which takes ``archive.recall`` and
 ``archive.recall_to`` from conf/) is passed to :func:`loaders.delta_dataset` / :func:`loaders.token_dataset`:
 
 - before planning, :meth:`Recall.prepare` asks the archive catalog which files of the version are on tape only and
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from loaders.table import FileSource, Snapshot
-from tierlake.config import Settings
 from tierlake.config.archive import RECALL_MODES, RECALL_TARGETS
 from tierlake.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
     from tiers.archive.catalog import Catalog
+    from tiers.archive.context import ArchiveContext
     from tiers.archive.recall import Estimate, RecallPlan, RecallReport
 
 Confirm = Callable[["RecallPlan", "Estimate"], bool]
@@ -39,9 +39,10 @@ Confirm = Callable[["RecallPlan", "Estimate"], bool]
 
 @dataclass(frozen=True, kw_only=True)
 class Recall:
-    """How a read treats files of its version that are on tape only. ``reason`` goes to the audit log."""
+    """How a read treats files of its version that are on tape only. ``reason`` goes to the audit log. ``context``
+    is the archive's part of the settings (the entry point builds it), not the whole ``Settings``."""
 
-    settings: Settings
+    context: ArchiveContext
     mode: str = "never"
     to: str = "lake"
     reason: str = ""
@@ -59,9 +60,9 @@ class Recall:
             )
 
     @classmethod
-    def from_settings(
+    def from_context(
         cls,
-        settings: Settings,
+        context: ArchiveContext,
         *,
         mode: str | None = None,
         to: str | None = None,
@@ -71,9 +72,9 @@ class Recall:
     ) -> Recall:
         """``mode`` and ``to`` default to conf/'s ``archive.recall`` and ``archive.recall_to``."""
         return cls(
-            settings=settings,
-            mode=mode or settings.archive.recall,
-            to=to or settings.archive.recall_to,
+            context=context,
+            mode=mode or context.archive.recall,
+            to=to or context.archive.recall_to,
             reason=reason,
             confirm=confirm,
             progress=progress,
@@ -82,8 +83,8 @@ class Recall:
     def _catalog(self) -> Catalog:
         from tiers.archive.catalog import Catalog  # noqa: PLC0415 - the archive only when a read needs it
 
-        archive = self.settings.archive
-        return Catalog(archive.catalog_uri, archive.audit_uri, s3=self.settings.s3)
+        archive = self.context.archive
+        return Catalog(archive.catalog_uri, archive.audit_uri, s3=self.context.s3)
 
     def plan(self, uris: list[str]) -> RecallPlan:
         """The recall plan of those of ``uris`` (s3:// data files) that are purged and not back yet."""
@@ -97,7 +98,7 @@ class Recall:
                 by_bucket[parsed.netloc] |= {key, unquote(key)}
         catalog = self._catalog()
         plans = [
-            plan_for_objects(self.settings, catalog, b, _folder_of(keys), keys, to=self.to)
+            plan_for_objects(self.context, catalog, b, _folder_of(keys), keys, to=self.to)
             for b, keys in by_bucket.items()
         ]
         if len(plans) == 1:
@@ -122,7 +123,7 @@ class Recall:
         from tiers.archive.catalog import actor  # noqa: PLC0415
         from tiers.archive.recall import recall  # noqa: PLC0415
 
-        estimate = plan.estimate(drive_mb_s=self.settings.archive.drive_mb_s)
+        estimate = plan.estimate(drive_mb_s=self.context.archive.drive_mb_s)
         confirmed = self.mode == "auto" or (
             self.mode == "ask" and self.confirm is not None and self.confirm(plan, estimate)
         )
@@ -135,7 +136,7 @@ class Recall:
                 "mode='auto') (or archive.recall: auto in conf/), or run `tierlake archive restore --version`"
             )
         return recall(
-            self.settings,
+            self.context,
             self._catalog(),
             plan,
             to=self.to,
@@ -170,7 +171,7 @@ class RecallingSource:
         if self._cache is None:
             from tiers.archive.recall import CacheTarget  # noqa: PLC0415
 
-            self._cache = CacheTarget(self.recall.settings)
+            self._cache = CacheTarget(self.recall.context.cache)
         parsed = urlparse(uri)
         path = self._cache.local_path(parsed.netloc, unquote(parsed.path).lstrip("/"))
         return None if path is None else str(path)

@@ -112,8 +112,8 @@ class ArrowFileSource:
 class EdgeCacheSource:
     """Reads S3 data files through the node's edge cache (``tiers.cache``): each file is fetched once per node and
     then read from local disk; local paths pass through. ``make_cache`` (e.g.
-    ``functools.partial(tiers.cache.cache_from_settings, settings)``) builds the cache lazily in each process;
-    pickling drops the cache and keeps the factory.
+    ``functools.partial(tiers.cache.cache_from_settings, settings.cache.options, settings.s3)``) builds the cache
+    lazily in each process; pickling drops the cache and keeps the factory.
     """
 
     def __init__(self, make_cache: Callable[[], Any]) -> None:

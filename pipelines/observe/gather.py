@@ -149,7 +149,7 @@ def cache_section(settings: Settings) -> dict[str, Any] | None:
         return None
     from tiers.cache import cache_from_settings  # noqa: PLC0415
 
-    stats = cache_from_settings(settings).stats()
+    stats = cache_from_settings(settings.cache.options, settings.s3).stats()
     counters = dict(stats.counters)
     bytes_hit, bytes_filled = counters.get("bytes_hit", 0), counters.get("bytes_filled", 0)
     moved = bytes_hit + bytes_filled

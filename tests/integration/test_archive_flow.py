@@ -22,6 +22,7 @@ from tierlake.errors import ConfigError, RetentionViolation
 from tiers.archive import compliance
 from tiers.archive.archiver import RunReport, run
 from tiers.archive.catalog import MUTABLE, Catalog
+from tiers.archive.context import ArchiveContext
 from tiers.s3 import delta_storage_options
 from tiers.store import S3Store
 from tiers.tape.library import Library
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 OLD_DAYS = ["2020-01-01", "2020-01-02"]
 
 
-def _archive_settings(settings: Settings, tmp_path: Path, table: str, *, retention_days: int) -> Settings:
+def _archive_context(settings: Settings, tmp_path: Path, table: str, *, retention_days: int) -> ArchiveContext:
+    """The archive tier's part of ``settings`` (issue 18: never the whole Settings), on a library under tmp_path."""
     policy = ArchiveTable(
         table=table,
         partition_column="day",
@@ -51,11 +53,11 @@ def _archive_settings(settings: Settings, tmp_path: Path, table: str, *, retenti
         cartridges_per_site=2,
         tables={table: policy},
     )
-    return dataclasses.replace(settings, archive=archive)
+    return ArchiveContext(archive=archive, s3=settings.s3, cache=settings.cache.options)
 
 
-def _catalog(settings: Settings) -> Catalog:
-    return Catalog(settings.archive.catalog_uri, settings.archive.audit_uri, s3=settings.s3)
+def _catalog(context: ArchiveContext) -> Catalog:
+    return Catalog(context.archive.catalog_uri, context.archive.audit_uri, s3=context.s3)
 
 
 def _rows(count: int, day: str) -> dict[str, list[Any]]:
@@ -102,7 +104,7 @@ def _read_spark(spark: SparkSession, path: str) -> list[dict[str, Any]]:
     )
 
 
-def _archive_old_days(cold: Settings, catalog: Catalog, table: str) -> tuple[RunReport, list[dict[str, Any]]]:
+def _archive_old_days(cold: ArchiveContext, catalog: Catalog, table: str) -> tuple[RunReport, list[dict[str, Any]]]:
     """Archive what the policy selects (the old days only), check the report and the catalog's rows; returns both."""
     chosen = compliance.select(cold, catalog, table)
     assert [c["partition"] for c in chosen] == [f"day={d}" for d in OLD_DAYS]
@@ -124,7 +126,7 @@ def _comparable(source: Catalog) -> list[dict[str, Any]]:
     return sorted(source.rows().select(kept).to_pylist(), key=lambda r: (r["file_id"], r["copy"]))
 
 
-def _assert_rebuild_matches(cold: Settings, catalog: Catalog, report: RunReport, tmp_path: Path) -> None:
+def _assert_rebuild_matches(cold: ArchiveContext, catalog: Catalog, report: RunReport, tmp_path: Path) -> None:
     """A catalog rebuilt from the two cartridges alone equals the catalog, even after archive.block_size changed:
     extents count in the records of each cartridge's own label."""
     rebuilt = Catalog(str(tmp_path / "rebuilt"), str(tmp_path / "audit"))
@@ -135,7 +137,7 @@ def _assert_rebuild_matches(cold: Settings, catalog: Catalog, report: RunReport,
 
 
 def _purge_archived(
-    settings: Settings, cold: Settings, catalog: Catalog, *, table: str, report: RunReport, keys: set[str]
+    settings: Settings, cold: ArchiveContext, catalog: Catalog, *, table: str, report: RunReport, keys: set[str]
 ) -> S3Store:
     """Retention, a dry run that deletes nothing, then the purge: every archived key gone from RGW, all rows PURGED."""
     assert compliance.retention(catalog)["became_purgeable"] == report.files
@@ -150,7 +152,7 @@ def _purge_archived(
     return store
 
 
-def _restore_by_key(cold: Settings, catalog: Catalog, table: str) -> None:
+def _restore_by_key(cold: ArchiveContext, catalog: Catalog, table: str) -> None:
     """Restore one key (found in both copies, no fallback), then the rest of the purged files by partition."""
     key = f"st-{OLD_DAYS[0]}-03"
     located = compliance.locate(catalog, table, key)
@@ -165,7 +167,7 @@ def test_archive_purge_restore_by_key_spark_and_delta_rs_agree(
     settings: Settings, spark: SparkSession, tmp_path: Path
 ) -> None:
     table = f"tests/archive/{uuid.uuid4().hex[:8]}/events"
-    cold = _archive_settings(settings, tmp_path, table, retention_days=0)
+    cold = _archive_context(settings, tmp_path, table, retention_days=0)
     path = f"s3a://{settings.s3.lake_bucket}/{table}"
     days = [*OLD_DAYS, date.today().isoformat()]
     _write_spark(spark, path, days)
@@ -191,7 +193,7 @@ def test_archive_purge_restore_by_key_spark_and_delta_rs_agree(
 
 def test_bit_rot_in_one_copy_is_reported_and_restore_uses_the_other(settings: Settings, tmp_path: Path) -> None:
     table = f"tests/archive/{uuid.uuid4().hex[:8]}/rot"
-    cold = _archive_settings(settings, tmp_path, table, retention_days=0)
+    cold = _archive_context(settings, tmp_path, table, retention_days=0)
     _write_rs(settings, table, OLD_DAYS[:1], count=5000)
     catalog = _catalog(cold)
     report = run(cold, catalog, table, [f"day={OLD_DAYS[0]}"], progress=False)
@@ -217,7 +219,7 @@ def test_bit_rot_in_one_copy_is_reported_and_restore_uses_the_other(settings: Se
 
 def test_retention_hold_and_path_traversal_refusals(settings: Settings, tmp_path: Path) -> None:
     table = f"tests/archive/{uuid.uuid4().hex[:8]}/held"
-    retained = _archive_settings(settings, tmp_path, table, retention_days=3650)
+    retained = _archive_context(settings, tmp_path, table, retention_days=3650)
     _write_rs(settings, table, OLD_DAYS)
     catalog = _catalog(retained)
     run(retained, catalog, table, [f"day={d}" for d in OLD_DAYS], progress=False)

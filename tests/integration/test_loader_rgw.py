@@ -73,12 +73,14 @@ def test_rgw_table_through_the_edge_cache(settings: Settings, table_uri: str) ->
 
     options = delta_storage_options(settings.s3)
     cached = delta_dataset(
-        table_uri, storage_options=options, file_source=EdgeCacheSource(partial(cache_from_settings, settings))
+        table_uri,
+        storage_options=options,
+        file_source=EdgeCacheSource(partial(cache_from_settings, settings.cache.options, settings.s3)),
     )
     direct = delta_dataset(table_uri, storage_options=options, file_source=ArrowFileSource(options))
     through_cache = [b["id"].tolist() for b in DeltaLoader(cached, batch_size=64)]
     assert through_cache == [b["id"].tolist() for b in DeltaLoader(direct, batch_size=64)]
-    cache = cache_from_settings(settings)
+    cache = cache_from_settings(settings.cache.options, settings.s3)
     for file in cached.sources[0].plan.snapshot.files:
         parsed = urlparse(file.uri)
         assert cache.get_path(parsed.netloc, parsed.path.lstrip("/")).is_relative_to(settings.cache.directory)

@@ -37,6 +37,7 @@ from tierlake.config import ArchiveTable, Settings
 from tiers.archive import compliance
 from tiers.archive.archiver import run
 from tiers.archive.catalog import Catalog
+from tiers.archive.context import ArchiveContext
 from tiers.s3 import delta_storage_options
 from tiers.tape.library import Library
 
@@ -78,6 +79,7 @@ def damaged_archive(settings: Settings, folder: Path) -> tuple[Settings, str]:
         tables={table: policy},
     )
     cold = dataclasses.replace(settings, archive=archive)
+    context = ArchiveContext(archive=archive, s3=settings.s3, cache=settings.cache.options)
     day = {
         "station_id": [f"st-{n % 7}" for n in range(300)],
         "kwh": [n * 0.5 for n in range(300)],
@@ -88,13 +90,13 @@ def damaged_archive(settings: Settings, folder: Path) -> tuple[Settings, str]:
         uri, pa.table(day), partition_by=["day"], mode="append", storage_options=delta_storage_options(settings.s3)
     )
     catalog = Catalog(archive.catalog_uri, archive.audit_uri, s3=settings.s3)
-    assert run(cold, catalog, table, ["day=2020-01-01"], progress=False).all_verified
+    assert run(context, catalog, table, ["day=2020-01-01"], progress=False).all_verified
     row = next(r for r in catalog.rows().to_pylist() if r["copy"] == 1)
     record = Library(archive).cartridge_dir(row["cartridge"]) / f"1_{row['start_block']}_R"
     data = bytearray(record.read_bytes())
     data[row["byte_offset"] + 10] ^= 0xFF
     record.write_bytes(bytes(data))
-    assert compliance.verify(cold, catalog, None, progress=False)["bad"], "the damaged copy must fail its verify"
+    assert compliance.verify(context, catalog, None, progress=False)["bad"], "the damaged copy must fail its verify"
     return cold, str(row["cartridge"])
 
 

@@ -32,6 +32,7 @@ from tierlake.errors import NotFound
 from tiers.archive import compliance
 from tiers.archive.archiver import run
 from tiers.archive.catalog import Catalog, quote
+from tiers.archive.context import ArchiveContext
 from tiers.s3 import delta_storage_options
 from tiers.store import S3Store
 from tiers.tape.library import Library
@@ -58,6 +59,11 @@ def _cold(settings: Settings, tmp_path: Path, table: str) -> Settings:
         tables={table: policy},
     )
     return dataclasses.replace(settings, archive=archive)
+
+
+def _context(cold: Settings) -> ArchiveContext:
+    """The archive tier's part of ``cold`` (issue 18: tiers and loaders never take the whole Settings)."""
+    return ArchiveContext(archive=cold.archive, s3=cold.s3, cache=cold.cache.options)
 
 
 def _append(uri: str, settings: Settings, days: list[str], start: int, count: int) -> int:
@@ -91,7 +97,7 @@ def _spark_rows(spark: SparkSession, path: str) -> list[tuple[int, float, str]]:
 
 def _purge(cold: Settings, catalog: Catalog, table: str) -> list[str]:
     compliance.retention(catalog)
-    purged: list[str] = compliance.purge(cold, catalog, f'"table" = {quote(table)}', execute=True)["files"]
+    purged: list[str] = compliance.purge(_context(cold), catalog, f'"table" = {quote(table)}', execute=True)["files"]
     return purged
 
 
@@ -118,18 +124,20 @@ def test_an_old_version_on_tape_reads_the_same_rows_through_the_loader_and_spark
     assert len(before_loader) == len(before_spark) == 900
 
     catalog = Catalog(cold.archive.catalog_uri, cold.archive.audit_uri)
-    assert run(cold, catalog, table, [f"day={d}" for d in OLD_DAYS], progress=False).all_verified
+    assert run(_context(cold), catalog, table, [f"day={d}" for d in OLD_DAYS], progress=False).all_verified
     purged = _purge(cold, catalog, table)
     assert len(purged) == 4  # two files in each old partition
     cartridges = sorted({r["cartridge"] for r in catalog.rows().to_pylist()})
 
     with pytest.raises(NotFound, match=r"4 data file\(s\) of .* are on tape only") as refused:
-        _loader_rows(settings, uri, Recall(settings=cold, mode="never"))
+        _loader_rows(settings, uri, Recall(context=_context(cold), mode="never"))
     assert all(f"{u} " in str(refused.value) for u in purged)
     assert all(c in str(refused.value) for c in cartridges)
 
     bad = _corrupt_copy_one(cold, catalog, purged)
-    child = multiprocessing.get_context("spawn").Process(target=recall_to_lake_and_die, args=(cold, purged, "verified"))
+    child = multiprocessing.get_context("spawn").Process(
+        target=recall_to_lake_and_die, args=(_context(cold), purged, "verified")
+    )
     child.start()
     child.join()
     assert child.exitcode == -signal.SIGKILL
@@ -138,7 +146,7 @@ def test_an_old_version_on_tape_reads_the_same_rows_through_the_loader_and_spark
         with pytest.raises(NotFound):
             store.info(settings.s3.lake_bucket, key)
 
-    recall = Recall(settings=cold, mode="auto", reason="integration test: version 1", progress=False)
+    recall = Recall(context=_context(cold), mode="auto", reason="integration test: version 1", progress=False)
     assert _loader_rows(settings, uri, recall) == before_loader
     assert _spark_rows(spark, path) == before_spark
     events = [e for e in catalog.audit().to_pylist() if e["action"] == "recalled"]
@@ -161,7 +169,7 @@ def test_archive_restore_version_recalls_into_the_edge_cache_and_the_loader_read
     _append(uri, settings, OLD_DAYS, start, 50)
     before = _loader_rows(settings, uri)
     catalog = Catalog(cold.archive.catalog_uri, cold.archive.audit_uri)
-    run(cold, catalog, table, [f"day={d}" for d in OLD_DAYS], progress=False)
+    run(_context(cold), catalog, table, [f"day={d}" for d in OLD_DAYS], progress=False)
     purged = _purge(cold, catalog, table)
 
     args = argparse.Namespace(table=table, version=1, to="cache", reason="case 9", json=True)
@@ -171,4 +179,4 @@ def test_archive_restore_version_recalls_into_the_edge_cache_and_the_loader_read
     assert sorted(r["uri"] for r in document["recalled"]) == sorted(purged)
     assert all(r["to"].startswith("cache:") for r in document["recalled"])
     assert {r["state"] for r in catalog.rows().to_pylist()} == {"PURGED"}  # the lake still lacks them
-    assert _loader_rows(settings, uri, Recall(settings=cold, mode="never", to="cache")) == before
+    assert _loader_rows(settings, uri, Recall(context=_context(cold), mode="never", to="cache")) == before

@@ -8,8 +8,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from tierlake.config import Settings
 from tiers.archive.catalog import Catalog
+from tiers.archive.context import ArchiveContext
 from tiers.archive.recall import plan_recall, recall
 
 BUCKET = "tierlake-lake"
@@ -18,7 +18,7 @@ FILES = {f"day=2020-01-0{d}/part-{d}.parquet": os.urandom(150_000 + d * 7) for d
 
 
 def recall_in_child(
-    settings: Settings,
+    context: ArchiveContext,
     rows: list[dict[str, Any]],
     kill_step: str | None,
     out: Path,
@@ -35,14 +35,14 @@ def recall_in_child(
 
     avoid = {r["file_id"]: {x["cartridge"] for x in rows if x["copy"] != copy} for r in rows} if copy else None
     plan = plan_recall(rows, [(BUCKET, f"{TABLE}/{n}") for n in FILES], avoid=avoid)
-    catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri)
+    catalog = Catalog(context.archive.catalog_uri, context.archive.audit_uri)
     if barrier is not None:
         barrier.wait()
-    report = recall(settings, catalog, plan, to="cache", progress=False, step=step)
+    report = recall(context, catalog, plan, to="cache", progress=False, step=step)
     out.write_text(f"{len(report.recalled)} {len(report.already)}")
 
 
-def recall_to_lake_and_die(settings: Settings, uris: list[str], kill_step: str) -> None:
+def recall_to_lake_and_die(context: ArchiveContext, uris: list[str], kill_step: str) -> None:
     """A loader-side recall of ``uris`` to the lake, SIGKILLed at the first ``kill_step`` (integration tests)."""
     from loaders.recall import Recall  # noqa: PLC0415 - only this child needs the loader package
 
@@ -50,6 +50,6 @@ def recall_to_lake_and_die(settings: Settings, uris: list[str], kill_step: str) 
         if name == kill_step:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    plan = Recall(settings=settings, mode="auto").plan(uris)
-    catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri, s3=settings.s3)
-    recall(settings, catalog, plan, to="lake", progress=False, step=step)
+    plan = Recall(context=context, mode="auto").plan(uris)
+    catalog = Catalog(context.archive.catalog_uri, context.archive.audit_uri, s3=context.s3)
+    recall(context, catalog, plan, to="lake", progress=False, step=step)

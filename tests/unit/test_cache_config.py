@@ -17,7 +17,7 @@ def test_defaults_follow_the_run_dir() -> None:
     settings = load_settings("ci", conf_dir=REPO_CONF, env={"TIERLAKE_RUN_DIR": ".run-elsewhere"})
     assert settings.cache.directory == settings.root / ".run-elsewhere" / "edge-cache"
     assert settings.cache.site_credentials_file == settings.root / ".run-elsewhere" / "secrets" / "cache-site.env"
-    options = options_from_settings(settings)
+    options = options_from_settings(settings.cache)
     assert (options.max_bytes, options.revalidate_s, options.block_bytes) == (10737418240, 0.0, 8388608)
     assert options.immutable_patterns == ("*.parquet", "!_delta_log/*", "!*/_delta_log/*")
     assert options.direct_io is True
@@ -25,10 +25,10 @@ def test_defaults_follow_the_run_dir() -> None:
 
 def test_immutable_patterns_and_direct_io_from_the_environment() -> None:
     env = {"TIERLAKE_CACHE__IMMUTABLE_PATTERNS": "['frozen/*', '!frozen/tmp/*']", "TIERLAKE_CACHE__DIRECT_IO": "false"}
-    options = options_from_settings(load_settings("ci", conf_dir=REPO_CONF, env=env))
+    options = options_from_settings(load_settings("ci", conf_dir=REPO_CONF, env=env).cache)
     assert (options.immutable_patterns, options.direct_io) == (("frozen/*", "!frozen/tmp/*"), False)
     none = options_from_settings(
-        load_settings("ci", conf_dir=REPO_CONF, env={"TIERLAKE_CACHE__IMMUTABLE_PATTERNS": "[]"})
+        load_settings("ci", conf_dir=REPO_CONF, env={"TIERLAKE_CACHE__IMMUTABLE_PATTERNS": "[]"}).cache
     )
     assert none.immutable_patterns == ()
 

@@ -1,7 +1,9 @@
-"""The layer contracts in pyproject.toml ([tool.importlinter]): kept by the tree, and broken by a wrong arrow."""
+"""The layer contracts in pyproject.toml ([tool.importlinter]): kept by the tree, and broken by a wrong arrow. And
+issue 18: tiers and loaders take their own config section, never the root ``tierlake.config.Settings``."""
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -66,3 +68,80 @@ def test_production_code_importing_the_dev_stack_breaks_the_build(tmp_path: Path
     result = _lint(tmp_path)
     assert result.returncode == 1, result.stdout
     assert "pipelines is not allowed to import infra" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiers and loaders get their own section, never the whole Settings (issue 18)
+
+OWN_SECTION_PACKAGES = ("tiers", "loaders")
+
+
+def _string_names(node: ast.AST) -> list[str]:
+    """Names inside a string annotation (``"Settings | None"``); a string that is not an expression has none."""
+    if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+        return []
+    try:
+        parsed = ast.parse(node.value, mode="eval")
+    except SyntaxError:
+        return []
+    return [n.id for n in ast.walk(parsed) if isinstance(n, ast.Name)]
+
+
+def _annotations(tree: ast.AST) -> list[ast.expr]:
+    found: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign | ast.arg) and node.annotation is not None:
+            found.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns is not None:
+            found.append(node.returns)
+    return found
+
+
+def root_settings_uses(source: str) -> list[str]:
+    """Where ``source`` imports the root ``Settings`` (any spelling) or names it in an annotation, as
+    "line N: what"; sections such as ``S3Settings`` or ``ArchiveSettings`` are fine."""
+    tree = ast.parse(source)
+    uses = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "tierlake.config":
+            uses += [f"line {node.lineno}: import {a.name}" for a in node.names if a.name in ("Settings", "*")]
+        elif isinstance(node, ast.Attribute) and node.attr == "Settings":
+            uses.append(f"line {node.lineno}: {ast.unparse(node)}")
+    for annotation in _annotations(tree):
+        names = [n.id for n in ast.walk(annotation) if isinstance(n, ast.Name)]
+        names += [name for n in ast.walk(annotation) for name in _string_names(n)]
+        if "Settings" in names:
+            uses.append(f"line {annotation.lineno}: annotated {ast.unparse(annotation)}")
+    return uses
+
+
+def test_tiers_and_loaders_never_take_the_whole_settings() -> None:
+    offenders = {
+        str(path.relative_to(REPO)): uses
+        for package in OWN_SECTION_PACKAGES
+        for path in sorted((REPO / package).rglob("*.py"))
+        if (uses := root_settings_uses(path.read_text()))
+    }
+    assert offenders == {}, (
+        f"tiers/ and loaders/ take their own section (S3Settings, CacheOptions, ArchiveContext...), never "
+        f"tierlake.config.Settings; the entry point builds the section: {offenders}"
+    )
+
+
+def test_every_spelling_of_the_root_settings_is_caught() -> None:
+    wrong = {
+        "from tierlake.config import Settings": "import Settings",
+        "from tierlake.config import Settings as Conf": "import Settings",
+        "from tierlake.config import *": "import *",
+        "import tierlake.config\ndef f(s: tierlake.config.Settings) -> None: ...": "tierlake.config.Settings",
+        "from tierlake import config\nx: config.Settings": "config.Settings",
+        "def f(s: 'Settings | None') -> None: ...": "annotated",
+        "def f() -> list[Settings]: ...": "annotated",
+    }
+    for source, what in wrong.items():
+        uses = root_settings_uses(source)
+        assert len(uses) == 1, (source, uses)
+        assert what in uses[0], (source, uses)
+    fine = "from tierlake.config import ArchiveSettings, S3Settings\nsettings: S3Settings = load()\n"
+    fine += "def f(s: S3Settings, a: 'ArchiveSettings') -> None: ..."
+    assert root_settings_uses(fine) == []

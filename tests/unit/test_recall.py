@@ -22,11 +22,12 @@ from hypothesis import strategies as st
 
 from loaders.recall import Recall
 from tests.unit.recall_children import BUCKET, FILES, TABLE, recall_in_child
-from tierlake.config import Settings, load_settings
+from tierlake.config import load_settings
 from tierlake.errors import ConfigError, NotFound
 from tiers.archive import archiver
 from tiers.archive.aggregate import Member
 from tiers.archive.catalog import Catalog, quote
+from tiers.archive.context import ArchiveContext
 from tiers.archive.recall import CacheTarget, Estimate, RecallPlan, plan_recall, recall
 from tiers.tape.library import Library
 
@@ -102,20 +103,21 @@ def test_a_file_whose_copies_are_all_avoided_or_absent_is_named_and_holders_are_
 
 def test_recall_options_refuse_unknown_modes_and_targets_with_the_valid_ones(tmp_path: Path) -> None:
     settings = load_settings("ci", conf_dir=REPO / "conf", env={})
-    assert Recall.from_settings(settings).mode == settings.archive.recall == "never"
+    context = ArchiveContext(archive=settings.archive, s3=settings.s3, cache=settings.cache.options)
+    assert Recall.from_context(context).mode == settings.archive.recall == "never"
     with pytest.raises(
         ConfigError, match=re.escape("recall mode = 'always' is invalid. Fix: use one of never, ask, auto")
     ):
-        Recall(settings=settings, mode="always")
+        Recall(context=context, mode="always")
     with pytest.raises(ConfigError, match=re.escape("recall_to = 'tape' is invalid. Fix: use lake")):
-        Recall(settings=settings, to="tape")
+        Recall(context=context, to="tape")
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Recalls into the edge cache from a real virtual library
 
 
-def _settings(tmp_path: Path) -> Settings:
+def _context(tmp_path: Path) -> ArchiveContext:
     base = load_settings("ci", conf_dir=REPO / "conf", env={"TIERLAKE_CACHE__DIR": str(tmp_path / "cache")})
     archive = dataclasses.replace(
         base.archive,
@@ -126,15 +128,15 @@ def _settings(tmp_path: Path) -> Settings:
         block_size=65536,
         cartridges_per_site=2,
     )
-    return dataclasses.replace(base, archive=archive)
+    return ArchiveContext(archive=archive, s3=base.s3, cache=base.cache.options)
 
 
-def _archive(settings: Settings, catalog: Catalog, files: dict[str, bytes]) -> list[dict[str, Any]]:
+def _archive(context: ArchiveContext, catalog: Catalog, files: dict[str, bytes]) -> list[dict[str, Any]]:
     """Both sites' cartridges written as ``archive run`` writes them; every file PURGED in the catalog."""
     now = datetime.now(UTC)
     members = []
     for name, data in files.items():
-        source = settings.archive.staging_dir / "src" / name
+        source = context.archive.staging_dir / "src" / name
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_bytes(data)
         fields: dict[str, Any] = {
@@ -149,7 +151,7 @@ def _archive(settings: Settings, catalog: Catalog, files: dict[str, bytes]) -> l
         fields |= {"retention_until": (now - timedelta(days=1)).isoformat()}
         members.append(Member(source=source, size=len(data), fields=fields))
     groups = archiver._groups(members, uuid.uuid4().hex[:12], 1 << 30)
-    results = archiver._write_both_sites(settings, groups, progress=False, label=TABLE)
+    results = archiver._write_both_sites(context.archive, groups, progress=False, label=TABLE)
     catalog.append([row for _, rows in results for row in rows])
     catalog.update(f'"table" = {quote(TABLE)}', {"state": quote("PURGED")})
     rows: list[dict[str, Any]] = catalog.rows().to_pylist()
@@ -157,94 +159,94 @@ def _archive(settings: Settings, catalog: Catalog, files: dict[str, bytes]) -> l
 
 
 @pytest.fixture
-def archived(tmp_path: Path) -> tuple[Settings, Catalog, list[dict[str, Any]]]:
-    settings = _settings(tmp_path)
-    catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri)
-    return settings, catalog, _archive(settings, catalog, FILES)
+def archived(tmp_path: Path) -> tuple[ArchiveContext, Catalog, list[dict[str, Any]]]:
+    context = _context(tmp_path)
+    catalog = Catalog(context.archive.catalog_uri, context.archive.audit_uri)
+    return context, catalog, _archive(context, catalog, FILES)
 
 
 def _plan(rows: list[dict[str, Any]], names: list[str] | None = None) -> RecallPlan:
     return plan_recall(rows, [(BUCKET, f"{TABLE}/{n}") for n in names or FILES])
 
 
-def _in_cache(settings: Settings, name: str) -> bytes | None:
-    path = CacheTarget(settings).local_path(BUCKET, f"{TABLE}/{name}")
+def _in_cache(context: ArchiveContext, name: str) -> bytes | None:
+    path = CacheTarget(context.cache).local_path(BUCKET, f"{TABLE}/{name}")
     return None if path is None else path.read_bytes()
 
 
 def test_a_recall_to_the_cache_mounts_each_cartridge_once_and_audits_who_and_why(
-    archived: tuple[Settings, Catalog, list[dict[str, Any]]],
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]],
 ) -> None:
-    settings, catalog, rows = archived
+    context, catalog, rows = archived
     plan = _plan(rows)
     assert len(plan.cartridges) == 1
     assert plan.cartridges[0].site == "site-a"
-    report = recall(settings, catalog, plan, to="cache", asked_by="trainer-7", reason="epoch 3", progress=False)
+    report = recall(context, catalog, plan, to="cache", asked_by="trainer-7", reason="epoch 3", progress=False)
     assert report.mounts == 1
     assert report.fallbacks == []
     assert len(report.recalled) == len(FILES)
-    assert all(_in_cache(settings, name) == data for name, data in FILES.items())
+    assert all(_in_cache(context, name) == data for name, data in FILES.items())
     events = [e for e in catalog.audit().sort_by("at").to_pylist() if e["action"] in ("recall", "recalled")]
     assert [e["action"] for e in events] == ["recall", "recalled"]
     assert all('"asked_by": "trainer-7"' in e["detail"] and '"reason": "epoch 3"' in e["detail"] for e in events)
     assert catalog.audit_chain_ok()
     assert {r["state"] for r in catalog.rows().to_pylist()} == {"PURGED"}  # the lake still lacks them
-    again = recall(settings, catalog, plan, to="cache", progress=False)  # another reader, later: nothing re-read
+    again = recall(context, catalog, plan, to="cache", progress=False)  # another reader, later: nothing re-read
     assert again.recalled == []
     assert len(again.already) == len(FILES)
 
 
 def test_a_corrupted_copy_is_never_published_and_the_other_site_copy_is_used(
-    archived: tuple[Settings, Catalog, list[dict[str, Any]]],
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]],
 ) -> None:
-    settings, catalog, rows = archived
+    context, catalog, rows = archived
     name = next(iter(FILES))
     row = next(r for r in rows if r["path"] == name and r["copy"] == 1)
-    record = Library(settings.archive).cartridge_dir(row["cartridge"]) / f"1_{row['start_block']}_R"
+    record = Library(context.archive).cartridge_dir(row["cartridge"]) / f"1_{row['start_block']}_R"
     data = bytearray(record.read_bytes())
     data[row["byte_offset"] + 10] ^= 0xFF
     record.write_bytes(bytes(data))
-    report = recall(settings, catalog, _plan(rows), to="cache", progress=False)
+    report = recall(context, catalog, _plan(rows), to="cache", progress=False)
     used = {r["path"]: r["copy"] for r in report.recalled}
     assert used[name] == 2
     assert all(copy == 1 for path, copy in used.items() if path != name)
     assert report.fallbacks == [f"{name}: copy 1 ({row['cartridge']}) SHA-256 mismatch"]
     assert report.mounts == 2
-    assert all(_in_cache(settings, n) == d for n, d in FILES.items())
+    assert all(_in_cache(context, n) == d for n, d in FILES.items())
 
 
 @pytest.mark.parametrize("kill_step", ["read", "verified", "published"])
 def test_a_recall_killed_at_any_step_leaves_nothing_half_recalled_and_the_next_one_completes(
-    archived: tuple[Settings, Catalog, list[dict[str, Any]]], tmp_path: Path, kill_step: str
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]], tmp_path: Path, kill_step: str
 ) -> None:
-    settings, catalog, rows = archived
-    context = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
-    child = context.Process(target=recall_in_child, args=(settings, rows, kill_step, tmp_path / "out"))
+    context, catalog, rows = archived
+    spawn = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
+    child = spawn.Process(target=recall_in_child, args=(context, rows, kill_step, tmp_path / "out"))
     child.start()
     child.join()
     assert child.exitcode == -signal.SIGKILL
     first = next(iter(FILES))
     # The killed file is absent (read, verified) or whole (published): never a part of it, never another file's.
-    assert _in_cache(settings, first) in ((FILES[first],) if kill_step == "published" else (None,))
-    assert all(_in_cache(settings, n) is None for n in list(FILES)[1:])
-    report = recall(settings, catalog, _plan(rows), to="cache", progress=False)
+    assert _in_cache(context, first) in ((FILES[first],) if kill_step == "published" else (None,))
+    assert all(_in_cache(context, n) is None for n in list(FILES)[1:])
+    report = recall(context, catalog, _plan(rows), to="cache", progress=False)
     assert len(report.recalled) == len(FILES) - (kill_step == "published")
-    assert all(_in_cache(settings, n) == d for n, d in FILES.items())
-    assert not list((settings.cache.directory / "tmp").glob("*.tmp"))  # the killed fill's temp was cleared
+    assert all(_in_cache(context, n) == d for n, d in FILES.items())
+    assert not list((context.cache.directory / "tmp").glob("*.tmp"))  # the killed fill's temp was cleared
 
 
 def test_concurrent_recalls_of_the_same_files_read_each_file_from_tape_once(
-    archived: tuple[Settings, Catalog, list[dict[str, Any]]], tmp_path: Path
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     """Two readers, each from another site's cartridge (so the two mounts do not serialise them), start together:
     every file is copied from tape by exactly one of them; the other finds it recalled."""
-    settings, _catalog, rows = archived
-    context = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
-    barrier = context.Barrier(2)
+    context, _catalog, rows = archived
+    spawn = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
+    barrier = spawn.Barrier(2)
     children = [
-        context.Process(
+        spawn.Process(
             target=recall_in_child,
-            args=(settings, rows, None, tmp_path / f"out{copy}"),
+            args=(context, rows, None, tmp_path / f"out{copy}"),
             kwargs={"copy": copy, "barrier": barrier},
         )
         for copy in (1, 2)
@@ -257,17 +259,17 @@ def test_concurrent_recalls_of_the_same_files_read_each_file_from_tape_once(
     counts = [tuple(map(int, (tmp_path / f"out{copy}").read_text().split())) for copy in (1, 2)]
     assert sum(recalled for recalled, _ in counts) == len(FILES)  # each file copied from tape by one of them
     assert all(recalled + already == len(FILES) for recalled, already in counts)
-    assert all(_in_cache(settings, n) == d for n, d in FILES.items())
+    assert all(_in_cache(context, n) == d for n, d in FILES.items())
 
 
 def test_recall_never_names_each_file_and_its_cartridges(
-    archived: tuple[Settings, Catalog, list[dict[str, Any]]],
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]],
 ) -> None:
-    settings, _catalog, rows = archived
+    context, _catalog, rows = archived
     plan = _plan(rows)
     holders = sorted({r["cartridge"] for r in rows})
     with pytest.raises(NotFound, match=f"cartridges {holders[0]}, {holders[1]}") as caught:
-        Recall(settings=settings, mode="never").apply(plan, what="the test table at version 0")
+        Recall(context=context, mode="never").apply(plan, what="the test table at version 0")
     text = str(caught.value)
     assert all(f"s3://{BUCKET}/{TABLE}/{n}" in text for n in FILES)
     assert "3 data file(s) of the test table at version 0 are on tape only" in text
@@ -278,5 +280,5 @@ def test_recall_never_names_each_file_and_its_cartridges(
         return False
 
     with pytest.raises(NotFound, match="on tape only"):
-        Recall(settings=settings, mode="ask", confirm=decline).apply(plan, what="v0")
+        Recall(context=context, mode="ask", confirm=decline).apply(plan, what="v0")
     assert asked == [3]

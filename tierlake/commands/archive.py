@@ -15,6 +15,14 @@ from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
     from tiers.archive.catalog import Catalog
+    from tiers.archive.context import ArchiveContext
+
+
+def _context(settings: Settings) -> ArchiveContext:
+    """The archive tier's part of the settings: the tier never takes the whole ``Settings``."""
+    from tiers.archive.context import ArchiveContext  # noqa: PLC0415
+
+    return ArchiveContext(archive=settings.archive, s3=settings.s3, cache=settings.cache.options)
 
 
 def _catalog(settings: Settings, uri: str | None = None) -> Catalog:
@@ -41,7 +49,7 @@ def _scope(args: argparse.Namespace) -> str:
 def _select(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.compliance import select  # noqa: PLC0415
 
-    chosen = select(settings, _catalog(settings), args.table)
+    chosen = select(_context(settings), _catalog(settings), args.table)
     lines = [f"{c['partition']}: {c['files']} files, {c['bytes'] / 1e6:.1f} MB ({c['why']})" for c in chosen]
     _out(args, {"table": args.table, "partitions": chosen}, "\n".join(lines) or "no cold partitions")
     return 0
@@ -52,8 +60,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.compliance import select  # noqa: PLC0415
 
     catalog = _catalog(settings)
-    partitions = args.partition or [c["partition"] for c in select(settings, catalog, args.table)]
-    report = run(settings, catalog, args.table, partitions, progress=not args.json)
+    context = _context(settings)
+    partitions = args.partition or [c["partition"] for c in select(context, catalog, args.table)]
+    report = run(context, catalog, args.table, partitions, progress=not args.json)
     document = asdict(report) | {"all_verified": report.all_verified}
     _out(
         args,
@@ -67,7 +76,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.compliance import purge  # noqa: PLC0415
 
-    result = purge(settings, _catalog(settings), _scope(args), execute=args.execute)
+    result = purge(_context(settings), _catalog(settings), _scope(args), execute=args.execute)
     verb = "purged" if args.execute else "would purge (dry run; --execute to delete)"
     _out(args, result, f"{verb} {len(result['files'])} files; already purged {result['already_purged']}")
     return 0
@@ -120,7 +129,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.version is not None:
         return _restore_version(args, settings)
-    report = restore(settings, _catalog(settings), _scope(args), args.to, progress=not args.json)
+    report = restore(_context(settings), _catalog(settings), _scope(args), args.to, progress=not args.json)
     text = [f"restored {r['path']} -> {r['to']} (copy {r['copy']}, {r['cartridge']})" for r in report.restored]
     text += [f"fell back: {f}" for f in report.fallbacks]
     _out(args, asdict(report), "\n".join(text))
@@ -142,7 +151,7 @@ def _restore_version(args: argparse.Namespace, settings: Settings) -> int:
     uri = f"s3://{settings.s3.lake_bucket}/{args.table.strip('/')}"
     snapshot = pin_snapshot(uri, version=args.version, storage_options=delta_storage_options(settings.s3))
     reason = args.reason or f"archive restore --version {args.version}"
-    recall = Recall(settings=settings, mode="auto", to=targets[args.to], reason=reason, progress=not args.json)
+    recall = Recall(context=_context(settings), mode="auto", to=targets[args.to], reason=reason, progress=not args.json)
     recall = replace(recall, requester="tierlake archive restore --version")
     plan = recall.plan([f.uri for f in snapshot.files])
     estimate = plan.estimate(drive_mb_s=settings.archive.drive_mb_s)
@@ -159,7 +168,7 @@ def _restore_version(args: argparse.Namespace, settings: Settings) -> int:
 def _verify(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.compliance import verify  # noqa: PLC0415
 
-    result = verify(settings, _catalog(settings), args.cartridge, progress=not args.json)
+    result = verify(_context(settings), _catalog(settings), args.cartridge, progress=not args.json)
     text = [
         f"checked {result['files_checked']} file copies on {', '.join(result['cartridges'])}: {len(result['bad'])} bad"
     ]
@@ -184,7 +193,7 @@ def _rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
     catalog = _catalog(settings)
     into = _catalog(settings, args.into) if args.into else None
-    count = rebuild(settings, catalog, args.cartridge, into=into)
+    count = rebuild(_context(settings), catalog, args.cartridge, into=into)
     _out(args, {"cartridge": args.cartridge, "rows_added": count}, f"{args.cartridge}: {count} catalog rows added")
     return 0
 

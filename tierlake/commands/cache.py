@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def _cache(settings: Settings) -> EdgeCache:
     from tiers.cache import cache_from_settings  # noqa: PLC0415 - each subcommand imports only what it needs
 
-    return cache_from_settings(settings)
+    return cache_from_settings(settings.cache.options, settings.s3)
 
 
 def _object(uri: str, lake_bucket: str) -> tuple[str, str]:

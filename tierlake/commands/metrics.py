@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         from tiers.cache import cache_from_settings  # noqa: PLC0415
         from tiers.cache.metrics import CacheCollector  # noqa: PLC0415
 
-        registry.register(CacheCollector(cache_from_settings(settings)))
+        registry.register(CacheCollector(cache_from_settings(settings.cache.options, settings.s3)))
     server, thread = start_http_server(args.port, addr=args.host, registry=registry)
     sys.stderr.write(f"metrics on http://{args.host}:{args.port}/metrics (figures at most {args.max_age_s:g} s old)\n")
     try:

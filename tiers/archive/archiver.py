@@ -25,11 +25,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from tierlake.config import ArchiveTable, Settings
+from tierlake.config import ArchiveSettings, ArchiveTable
 from tierlake.errors import StorageError, TapeError
 from tiers.archive import aggregate
 from tiers.archive.aggregate import Member
 from tiers.archive.catalog import Catalog
+from tiers.archive.context import ArchiveContext
 from tiers.archive.policy import DataFile, snapshot
 from tiers.archive.state import FileState, advance
 from tiers.archive.tee import Tee
@@ -315,7 +316,7 @@ def _stage_all(
 
 
 def _write_both_sites(
-    settings: Settings,
+    archive: ArchiveSettings,
     groups: list[tuple[str, bytes, list[Member]]],
     *,
     progress: bool,
@@ -324,33 +325,36 @@ def _write_both_sites(
     """Write the aggregates to a cartridge at each site at once, from one read of the staged files (a tee)."""
     total = sum(len(h) + sum(m.size for m in g) for _, h, g in groups)
     bar = tqdm(total=2 * total, unit="B", unit_scale=True, desc=f"write 2 sites {label}", disable=not progress)
-    blocksize = settings.archive.block_size
-    tees = [Tee(aggregate.chunks(head, group, blocksize), len(settings.archive.sites)) for _, head, group in groups]
+    blocksize = archive.block_size
+    tees = [Tee(aggregate.chunks(head, group, blocksize), len(archive.sites)) for _, head, group in groups]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-site") as pool:
         futures = [
             pool.submit(
                 _write_site,
-                Library(settings.archive),
+                Library(archive),
                 site,
                 copy,
                 groups,
                 tees,
-                verify=settings.archive.verify_after_write,
+                verify=archive.verify_after_write,
                 blocksize=blocksize,
                 bar=bar,
             )
-            for copy, site in enumerate(settings.archive.sites, start=1)
+            for copy, site in enumerate(archive.sites, start=1)
         ]
         results = [f.result() for f in futures]
     bar.close()
     return results
 
 
-def run(settings: Settings, catalog: Catalog, table: str, partitions: list[str], *, progress: bool = True) -> RunReport:
+def run(
+    context: ArchiveContext, catalog: Catalog, table: str, partitions: list[str], *, progress: bool = True
+) -> RunReport:
     from tiers.archive.policy import policy_for  # noqa: PLC0415
 
-    policy = policy_for(settings.archive.tables, table)
-    snap = snapshot(settings.s3, table)
+    archive = context.archive
+    policy = policy_for(archive.tables, table)
+    snap = snapshot(context.s3, table)
     known = snap.partitions()
     if missing := [p for p in partitions if p not in known]:
         raise TapeError(
@@ -363,16 +367,16 @@ def run(settings: Settings, catalog: Catalog, table: str, partitions: list[str],
     if not todo:
         return report
     run_id = uuid.uuid4().hex[:12]
-    staging = settings.archive.staging_dir / run_id
+    staging = archive.staging_dir / run_id
     journal = staging / "journal.json"
     states: dict[str, FileState] = {}
-    store = S3Store(settings.s3)
+    store = S3Store(context.s3)
     try:
         staged = _stage_all(store, todo, staging, policy, states, progress=progress, label=table)
         _journal(journal, states)
         members = _members(staged, table, policy, snap.version, now=datetime.now(UTC))
-        groups = _groups(members, run_id, settings.archive.aggregate_mb * 1024 * 1024)
-        results = _write_both_sites(settings, groups, progress=progress, label=table)
+        groups = _groups(members, run_id, archive.aggregate_mb * 1024 * 1024)
+        results = _write_both_sites(archive, groups, progress=progress, label=table)
         for path, state in list(states.items()):
             states[path] = advance(advance(state, FileState.WRITTEN), FileState.VERIFIED)
         _journal(journal, states)
@@ -381,7 +385,7 @@ def run(settings: Settings, catalog: Catalog, table: str, partitions: list[str],
         report.files = len(todo)
         report.bytes = sum(m.size for m in members)
         report.aggregates = len(groups)
-        report.cartridges = {site: barcode for site, (barcode, _) in zip(settings.archive.sites, results, strict=True)}
+        report.cartridges = {site: barcode for site, (barcode, _) in zip(archive.sites, results, strict=True)}
         catalog.record(
             "archive",
             table=table,

@@ -18,11 +18,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tierlake.config import Settings
 from tierlake.errors import ConfigError, NotFound, RetentionViolation, TapeError
 from tiers.archive import aggregate
 from tiers.archive.archiver import catalog_rows, verify_aggregate
 from tiers.archive.catalog import Catalog, quote
+from tiers.archive.context import ArchiveContext
 from tiers.archive.policy import is_cold, policy_for, snapshot
 from tiers.archive.state import FileState
 from tiers.store import S3Store, publish_atomically
@@ -32,17 +32,17 @@ logger = logging.getLogger(__name__)
 HEADER_PROBE = 1024 * 1024
 
 
-def select(settings: Settings, catalog: Catalog, table: str) -> list[dict[str, Any]]:
+def select(context: ArchiveContext, catalog: Catalog, table: str) -> list[dict[str, Any]]:
     """Cold partitions not yet archived, with the reason each is cold."""
-    policy = policy_for(settings.archive.tables, table)
-    snap = snapshot(settings.s3, table)
+    policy = policy_for(context.archive.tables, table)
+    snap = snapshot(context.s3, table)
     archived = {r["path"] for r in catalog.rows().select(["table", "path"]).to_pylist() if r["table"] == table}
     now = datetime.now(UTC)
     chosen = []
     for partition, files in snap.partitions().items():
         if all(f.path in archived for f in files):
             continue
-        cold, why = is_cold(policy, files, now=now, cache_index=settings.cache.directory / "index.sqlite")
+        cold, why = is_cold(policy, files, now=now, cache_index=context.cache_index)
         if cold:
             chosen.append(
                 {"partition": partition, "files": len(files), "bytes": sum(f.size for f in files), "why": why}
@@ -105,7 +105,7 @@ def _read_member(library: Library, row: dict[str, Any]) -> bytes:
 
 
 def restore(
-    settings: Settings, catalog: Catalog, predicate: str, destination: str, *, progress: bool = True
+    context: ArchiveContext, catalog: Catalog, predicate: str, destination: str, *, progress: bool = True
 ) -> RestoreReport:
     rows = find(catalog, predicate)
     if not rows:
@@ -113,8 +113,8 @@ def restore(
     copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         copies[row["file_id"]].append(row)
-    library = Library(settings.archive)
-    store = S3Store(settings.s3)
+    library = Library(context.archive)
+    store = S3Store(context.s3)
     report = RestoreReport()
     if destination not in ("s3", "cache"):
         root = Path(destination)
@@ -136,7 +136,7 @@ def restore(
             report.fallbacks.append(f"{row['path']}: copy {row['copy']} ({row['cartridge']}) SHA-256 mismatch")
         if data is None or used is None:
             raise TapeError(f"no healthy copy of {group[0]['path']} ({len(group)} copies tried): {report.fallbacks}")
-        where = _put(settings, store, used, data, destination)
+        where = _put(context, store, used, data, destination)
         report.restored.append(
             {"path": used["path"], "to": where, "copy": used["copy"], "cartridge": used["cartridge"]}
         )
@@ -149,20 +149,22 @@ def restore(
     return report
 
 
-def _put(settings: Settings, store: S3Store, row: dict[str, Any], data: bytes, destination: str) -> str:
+def _put(context: ArchiveContext, store: S3Store, row: dict[str, Any], data: bytes, destination: str) -> str:
     if destination in ("s3", "cache"):
         store.pipe_file(row["bucket"], row["key"], data)
         if destination == "cache":
             from tiers.cache import cache_from_settings  # noqa: PLC0415
 
-            cache_from_settings(settings).get_path(row["bucket"], row["key"])
+            cache_from_settings(context.cache, context.s3).get_path(row["bucket"], row["key"])
         return f"s3://{row['bucket']}/{row['key']}"
     target = safe_destination(Path(destination), row["bucket"], row["key"])
     publish_atomically(target, data)
     return str(target)
 
 
-def verify(settings: Settings, catalog: Catalog, cartridge: str | None, *, progress: bool = True) -> dict[str, Any]:
+def verify(
+    context: ArchiveContext, catalog: Catalog, cartridge: str | None, *, progress: bool = True
+) -> dict[str, Any]:
     """Re-read every aggregate of the cartridge(s) in the catalog; report the members that no longer match."""
     rows = catalog.rows().to_pylist()
     by_cartridge: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -171,7 +173,7 @@ def verify(settings: Settings, catalog: Catalog, cartridge: str | None, *, progr
             by_cartridge[row["cartridge"]][row["aggregate"]].append(row)
     if cartridge is not None and cartridge not in by_cartridge:
         raise NotFound(f"cartridge {cartridge!r} holds nothing in the catalog. Fix: `archive query` lists cartridges")
-    library = Library(settings.archive)
+    library = Library(context.archive)
     bad: list[dict[str, Any]] = []
     checked = 0
     bar = tqdm(total=sum(len(a) for a in by_cartridge.values()), unit="aggregate", desc="verify", disable=not progress)
@@ -252,7 +254,7 @@ def retention(catalog: Catalog, *, apply: bool = True) -> dict[str, Any]:
     }
 
 
-def purge(settings: Settings, catalog: Catalog, predicate: str, *, execute: bool) -> dict[str, Any]:
+def purge(context: ArchiveContext, catalog: Catalog, predicate: str, *, execute: bool) -> dict[str, Any]:
     rows = find(catalog, predicate)
     if not rows:
         raise NotFound(f"nothing archived matches {predicate}. Fix: archive it first (`tierlake archive run`)")
@@ -276,7 +278,7 @@ def purge(settings: Settings, catalog: Catalog, predicate: str, *, execute: bool
     already = sum(1 for g in copies.values() if all(r["state"] == FileState.PURGED.value for r in g))
     plan = [f"s3://{r['bucket']}/{r['key']}" for r in candidates]
     if execute and candidates:
-        store = S3Store(settings.s3)
+        store = S3Store(context.s3)
         for row in tqdm(candidates, unit="file", desc="purge", disable=len(candidates) < 20):
             store.rm(row["bucket"], row["key"])
         ids = ",".join(quote(r["file_id"]) for r in candidates)
@@ -285,11 +287,11 @@ def purge(settings: Settings, catalog: Catalog, predicate: str, *, execute: bool
     return {"dry_run": not execute, "files": plan, "already_purged": already}
 
 
-def rebuild(settings: Settings, catalog: Catalog, barcode: str, *, into: Catalog | None = None) -> int:
+def rebuild(context: ArchiveContext, catalog: Catalog, barcode: str, *, into: Catalog | None = None) -> int:
     """Catalog rows for a cartridge from its own LTFS index and aggregate headers (hold state is not on tape)."""
-    library = Library(settings.archive)
+    library = Library(context.archive)
     slot = library.find(barcode)
-    copy = settings.archive.sites.index(slot.site) + 1
+    copy = context.archive.sites.index(slot.site) + 1
     target = into or catalog
     existing = {(r["file_id"], r["copy"]) for r in target.rows().select(["file_id", "copy"]).to_pylist()}
     rows = []
@@ -308,7 +310,7 @@ def rebuild(settings: Settings, catalog: Catalog, barcode: str, *, into: Catalog
                 site=slot.site,
                 copy=copy,
                 cartridge=barcode,
-                blocksize=volume.block_size() or settings.archive.block_size,  # extents in the label's records
+                blocksize=volume.block_size() or context.archive.block_size,  # extents in the label's records
             ):
                 if (row["file_id"], row["copy"]) not in existing:
                     rows.append(row)

@@ -34,9 +34,10 @@ from typing import Any, Literal, Protocol
 
 from tqdm import tqdm
 
-from tierlake.config import Settings
+from tierlake.config.cache import CacheOptions
 from tierlake.errors import NotFound, StorageError, TapeError
 from tiers.archive.catalog import Catalog, quote
+from tiers.archive.context import ArchiveContext
 from tiers.archive.state import FileState
 from tiers.store import Body, ObjectInfo, ObjectStore, S3Store
 from tiers.tape.library import Library
@@ -238,7 +239,7 @@ def catalog_rows_under(catalog: Catalog, bucket: str, prefix: str) -> list[dict[
 
 
 def plan_for_objects(
-    settings: Settings, catalog: Catalog, bucket: str, prefix: str, keys: Iterable[str], *, to: str = "lake"
+    context: ArchiveContext, catalog: Catalog, bucket: str, prefix: str, keys: Iterable[str], *, to: str = "lake"
 ) -> RecallPlan:
     """The recall plan of the objects ``keys`` under ``s3://bucket/prefix/`` that are purged and not back yet.
 
@@ -248,7 +249,7 @@ def plan_for_objects(
     wanted_keys = set(keys)
     rows = [r for r in catalog_rows_under(catalog, bucket, prefix) if r["key"] in wanted_keys]
     purged = {str(r["key"]): int(r["size"]) for r in rows if r["state"] == FileState.PURGED.value}
-    places = [target_for(settings, "lake")] + ([target_for(settings, "cache")] if to == "cache" else [])
+    places = [target_for(context, "lake")] + ([target_for(context, "cache")] if to == "cache" else [])
     wanted = [(bucket, k) for k, size in sorted(purged.items()) if not any(p.present(bucket, k, size) for p in places)]
     return plan_recall(rows, wanted)
 
@@ -396,11 +397,11 @@ class CacheTarget:
 
     name = "cache"
 
-    def __init__(self, settings: Settings) -> None:
-        from tiers.cache import EdgeCache, options_from_settings  # noqa: PLC0415 - the cache only when used
+    def __init__(self, options: CacheOptions) -> None:
+        from tiers.cache import EdgeCache  # noqa: PLC0415 - the cache only when used
 
         self.origin = TapeOrigin()
-        self.cache = EdgeCache(self.origin, options_from_settings(settings))
+        self.cache = EdgeCache(self.origin, options)
 
     def local_path(self, bucket: str, key: str) -> Path | None:
         """The cached file, or None when the cache holds no copy (never recalled, or evicted since)."""
@@ -422,13 +423,13 @@ class CacheTarget:
         return f"cache:{path}"
 
 
-def target_for(settings: Settings, to: str) -> Target:
+def target_for(context: ArchiveContext, to: str) -> Target:
     if to == "lake":
-        staging = settings.archive.staging_dir / "recall"
+        staging = context.archive.staging_dir / "recall"
         staging.mkdir(parents=True, exist_ok=True)
-        return LakeTarget(S3Store(settings.s3), staging)
+        return LakeTarget(S3Store(context.s3), staging)
     if to == "cache":
-        return CacheTarget(settings)
+        return CacheTarget(context.cache)
     raise StorageError(f"recall_to = {to!r} is invalid. Fix: use lake (the original keys) or cache (edge cache only)")
 
 
@@ -530,7 +531,7 @@ def _recall_cartridge(run: _Run, cart: CartridgeRecall) -> list[RecallFile]:
 
 
 def recall(
-    settings: Settings,
+    context: ArchiveContext,
     catalog: Catalog,
     plan: RecallPlan,
     *,
@@ -547,13 +548,13 @@ def recall(
             f"{len(plan.unarchived)} wanted file(s) have no copy in the archive catalog: {list(plan.unarchived)[:5]}. "
             "Fix: they were not archived (vacuumed?); pin a version whose files are in the lake or on tape"
         )
-    staging = settings.archive.staging_dir / "recall"
+    staging = context.archive.staging_dir / "recall"
     staging.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=plan.bytes, unit="B", unit_scale=True, desc="recall from tape", disable=not progress)
     run = _Run(
         catalog=catalog,
-        library=Library(settings.archive),
-        target=target_for(settings, to),
+        library=Library(context.archive),
+        target=target_for(context, to),
         staging=staging,
         bar=bar,
         step=step or _no_step,
