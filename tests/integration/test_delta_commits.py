@@ -54,6 +54,26 @@ def test_an_existing_log_entry_is_refused_by_the_object_store_and_kept(spark: Sp
     assert body == b'{"commitInfo":{"writer":"first"}}\n'
 
 
+def test_a_fenced_table_refuses_commits_once_its_deadline_passes(spark: SparkSession, settings: Settings) -> None:
+    """The writer lease's deadline, as the driver passes it on: commits under the prefix pass before it, and are
+    refused with a clear reason after it (a driver resumed from a pause past its lease)."""
+    jvm: Any = spark._jvm
+    store = jvm.io.tierlake.delta.ConditionalPutLogStore
+    prefix = f"s3a://{settings.s3.lake_bucket}/scratch/fenced_{uuid.uuid4().hex[:8]}/"
+    store.fence(prefix, 60_000)
+    try:
+        _write_entry(spark, f"{prefix}_delta_log/00000000000000000000.json", ['{"commitInfo":{}}'])
+        store.fence(prefix, 0)
+        with pytest.raises(Py4JJavaError, match=r"refused: this driver's writer lease .* is unconfirmed"):
+            _write_entry(spark, f"{prefix}_delta_log/00000000000000000001.json", ['{"commitInfo":{}}'])
+        other = f"s3a://{settings.s3.lake_bucket}/scratch/unfenced_{uuid.uuid4().hex[:8]}/_delta_log/0.json"
+        _write_entry(spark, other, ['{"commitInfo":{}}'])  # other tables are not this lease's
+    finally:
+        store.unfence(prefix)
+    keys = s3_client(settings.s3).list_objects_v2(Bucket=settings.s3.lake_bucket, Prefix=prefix.split("/", 3)[3])
+    assert [o["Key"].rsplit("/", 1)[1] for o in keys.get("Contents", [])] == ["00000000000000000000.json"]
+
+
 RUST_WRITER = textwrap.dedent(
     """
     import json, sys
