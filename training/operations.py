@@ -4,17 +4,16 @@ one step to a tier, and keep-last-K (dry run by default)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierlake.errors import NotFound, StorageError, TierlakeError
 from training.manifest import Manifest
 from training.policy import TierPolicy, to_remove
-from training.tiers import CheckpointTier, FolderTier
+from training.tiers import CheckpointTier, FolderTier, Progress
 
 logger = logging.getLogger(__name__)
-Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,6 +97,8 @@ def copy_step(
     run: str,
     step: int,
     target: CheckpointTier,
+    *,
+    progress: Progress | None = None,
 ) -> tuple[str, list[str]]:
     """Copy committed ``step`` to ``target`` from the nearest other tier whose copy passes.
 
@@ -108,7 +109,7 @@ def copy_step(
             continue
         try:
             with tier.local_copy(run, step) as (folder, manifest):
-                target.put_step(folder, manifest)
+                target.put_step(folder, manifest, progress=progress)
         except (StorageError, OSError) as exc:
             refused.append(f"{tier.name}: {exc}")
             continue
@@ -119,12 +120,14 @@ def copy_step(
     )
 
 
-def restore_to(tiers: Sequence[CheckpointTier], run: str, dest: Path, step: int | None = None) -> tuple[str, int]:
+def restore_to(
+    tiers: Sequence[CheckpointTier], run: str, dest: Path, step: int | None = None, *, progress: Progress | None = None
+) -> tuple[str, int]:
     """Copy the newest good checkpoint (or ``step``) into folder ``dest``, a DCP checkpoint ``dcp.load`` reads."""
     if dest.exists() and any(dest.iterdir()):
         raise TierlakeError(f"--to {dest} is not empty. Fix: give an empty or new folder")
     _, manifest = find_manifest(tiers, run, step)
-    source, _ = copy_step(tiers, run, manifest.step, _PlainFolder(dest))
+    source, _ = copy_step(tiers, run, manifest.step, _PlainFolder(dest), progress=progress)
     return source, manifest.step
 
 

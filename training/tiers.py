@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FaultHook = Callable[[str], None]
+Progress = Callable[[int], object]
 
 
 def check_run(run: str) -> str:
@@ -76,8 +77,11 @@ class CheckpointTier(Protocol):
 
     def manifest(self, run: str, step: int) -> Manifest: ...
 
-    def put_step(self, source: Path, manifest: Manifest, *, fault: FaultHook | None = None) -> None:
-        """Copy a committed step folder here, checking each file against ``manifest``; commit it last."""
+    def put_step(
+        self, source: Path, manifest: Manifest, *, fault: FaultHook | None = None, progress: Progress | None = None
+    ) -> None:
+        """Copy a committed step folder here, checking each file against ``manifest``; commit it last.
+        ``progress`` is called with the bytes of each file copied (a progress bar's ``update``)."""
         ...
 
     @contextlib.contextmanager
@@ -161,7 +165,9 @@ class FolderTier:
             raise NotFound(f"{path}: no manifest, so step {step} is not committed on tier {self.name}") from exc
         return Manifest.from_json(raw, str(path))
 
-    def put_step(self, source: Path, manifest: Manifest, *, fault: FaultHook | None = None) -> None:
+    def put_step(
+        self, source: Path, manifest: Manifest, *, fault: FaultHook | None = None, progress: Progress | None = None
+    ) -> None:
         target = self.step_dir(manifest.run, manifest.step)
         target.mkdir(parents=True, exist_ok=True)
         for entry in manifest.shards:
@@ -174,6 +180,8 @@ class FolderTier:
                 os.fsync(writer.fileno())
             check_shard(entry, size, crc, str(source))
             os.replace(tmp, dest)
+            if progress is not None:
+                progress(size)
         _fsync_dir(target)
         if fault is not None:
             fault("promotion")
@@ -255,7 +263,9 @@ class RgwTier:
             raise StorageError(f"reading s3://{self.bucket}/{key} failed: {exc}") from exc
         return Manifest.from_json(raw, f"s3://{self.bucket}/{key}")
 
-    def put_step(self, source: Path, manifest: Manifest, *, fault: FaultHook | None = None) -> None:
+    def put_step(
+        self, source: Path, manifest: Manifest, *, fault: FaultHook | None = None, progress: Progress | None = None
+    ) -> None:
         base = self.step_prefix(manifest.run, manifest.step)
         try:
             for entry in manifest.shards:
@@ -263,6 +273,8 @@ class RgwTier:
                     size, crc = checksum_stream(stream)
                     check_shard(entry, size, crc, str(source))  # never promote a damaged copy
                 self.client.upload_file(str(source / entry.name), self.bucket, base + entry.name)
+                if progress is not None:
+                    progress(size)
             if fault is not None:
                 fault("promotion")
             self._publish(base + MANIFEST_NAME, manifest, fault)

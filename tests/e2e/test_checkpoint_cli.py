@@ -120,6 +120,13 @@ def test_gc_is_a_dry_run_until_applied(settings: Settings, trained: tuple[str, P
     assert _tierlake(settings, env, "checkpoint", "gc", run, "--apply").returncode == 0
     assert edge.steps(run) == before[-1:]
     assert local.steps(run) == local_before[-3:]
+    older = local.steps(run)[-2]  # gone from edge now: promote it back from local
+    promoted = _tierlake(settings, env, "checkpoint", "promote", run, str(older), "--to", "edge")
+    assert promoted.returncode == 0, promoted.stderr
+    assert f"promoted step {older} of run {run} from local to edge" in promoted.stdout
+    assert "copying" in promoted.stderr  # the progress bar
+    assert older in edge.steps(run)
+    edge.verify(run, older)
 
 
 def test_the_mirror_holds_committed_checkpoints_only(settings: Settings, trained: tuple[str, Path, str]) -> None:

@@ -7,7 +7,9 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+
+from tqdm import tqdm
 
 from tierlake.commands import ExitCode, Subparsers
 from tierlake.config import Settings
@@ -20,6 +22,11 @@ def _tiers(settings: Settings) -> list[CheckpointTier]:
     from training.setup import checkpoint_tiers  # noqa: PLC0415 - torch only for this command
 
     return checkpoint_tiers(settings)
+
+
+def _bar(args: argparse.Namespace, total: int) -> tqdm[NoReturn]:
+    """A progress bar on stderr for copies (none with --json)."""
+    return tqdm(total=total, unit="B", unit_scale=True, desc="copying", disable=args.json, file=sys.stderr)
 
 
 def _write(args: argparse.Namespace, data: object, text: str) -> None:
@@ -63,9 +70,11 @@ def _verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _restore(args: argparse.Namespace, settings: Settings) -> int:
-    from training.operations import restore_to  # noqa: PLC0415
+    from training.operations import find_manifest, restore_to  # noqa: PLC0415
 
-    source, step = restore_to(_tiers(settings), args.run, args.to, args.step)
+    tiers = _tiers(settings)
+    with _bar(args, find_manifest(tiers, args.run, args.step)[1].total_bytes) as bar:
+        source, step = restore_to(tiers, args.run, args.to, args.step, progress=bar.update)
     _write(
         args,
         {"run": args.run, "step": step, "from": source, "to": str(args.to)},
@@ -76,7 +85,7 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _promote(args: argparse.Namespace, settings: Settings) -> int:
-    from training.operations import copy_step, tier_named  # noqa: PLC0415
+    from training.operations import copy_step, find_manifest, tier_named  # noqa: PLC0415
 
     tiers = _tiers(settings)
     target = tier_named(tiers, args.to)
@@ -87,7 +96,9 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
             f"step {args.step} of run {args.run} is already committed on {target.name}: nothing to copy",
         )
         return ExitCode.OK
-    source, refused = copy_step(tiers, args.run, args.step, target)
+    total = find_manifest(tiers, args.run, args.step)[1].total_bytes  # NotFound, with the fix, if no tier has it
+    with _bar(args, total) as bar:
+        source, refused = copy_step(tiers, args.run, args.step, target, progress=bar.update)
     _write(
         args,
         {"run": args.run, "step": args.step, "from": source, "to": target.name, "refused": refused},
