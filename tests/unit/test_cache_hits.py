@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tierlake.config.cache import CacheOptions
 from tiers.cache.core import EdgeCache
+from tiers.cache.index import last_access
 from tiers.store import LocalStore
 
 BUCKET = "lake"
@@ -59,3 +60,17 @@ def test_a_forked_child_writes_its_own_hits_at_exit_and_not_its_parents(tmp_path
     assert child.exitcode == 0
     assert _stored_hits(cache) == 1 + 10  # the child's ten, written as it exited; the parent's four still pending
     assert cache.stats().counters["hits"] == 15
+
+
+def test_last_access_reads_the_index_without_changing_it(tmp_path: Path) -> None:
+    """What the archive policy asks of a node's cache (cold by access): the newest fill or HEAD of the keys."""
+    cache = _cache(tmp_path)
+    index = cache.root / "index.sqlite"
+    assert last_access(tmp_path / "absent.sqlite", BUCKET, [KEY]) is None
+    cache.cat(BUCKET, KEY)
+    before = index.read_bytes()
+    seen = last_access(index, BUCKET, [KEY, "t/never-read.parquet"])
+    assert seen is not None
+    assert seen > 0
+    assert last_access(index, BUCKET, ["t/never-read.parquet"]) is None
+    assert index.read_bytes() == before

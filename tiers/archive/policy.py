@@ -7,7 +7,6 @@ commits of ``_delta_log`` (a checkpointed log falls back to the snapshot version
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ import pyarrow as pa
 from tierlake import catalog
 from tierlake.config import ArchiveTable, S3Settings
 from tierlake.errors import ConfigError, NotFound, StorageError
+from tiers.cache.index import last_access
 from tiers.s3 import delta_storage_options
 from tiers.store import S3Store
 
@@ -110,28 +110,6 @@ def _added_versions(s3: S3Settings, uri: str, version: int) -> dict[str, int]:
             if "add" in action:
                 added.setdefault(action["add"]["path"], number)
     return added
-
-
-def last_access(cache_index: Path, bucket: str, keys: list[str]) -> float | None:
-    """The latest time any of the keys was read through the edge cache (its HEAD or fill), None if never."""
-    if not cache_index.exists():
-        return None
-    connection = sqlite3.connect(f"file:{cache_index}?mode=ro", uri=True)
-    try:
-        latest: float | None = None
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for sql in (
-                f"SELECT max(checked) FROM heads WHERE bucket = ? AND key IN ({marks})",  # noqa: S608
-                f"SELECT max(filled_at) FROM entries WHERE bucket = ? AND key IN ({marks})",  # noqa: S608
-            ):
-                (value,) = connection.execute(sql, [bucket, *chunk]).fetchone()
-                if value is not None:
-                    latest = max(latest or 0.0, float(value))
-        return latest
-    finally:
-        connection.close()
 
 
 def is_cold(

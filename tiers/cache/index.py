@@ -159,6 +159,29 @@ def _flush_at_exit(hits: _HitBuffer) -> None:
         logger.warning("cache index %s: %d hits not recorded at exit: %s", hits.path, counters.get("hits", 0), exc)
 
 
+def last_access(index_file: Path, bucket: str, keys: list[str]) -> float | None:
+    """The latest time any of ``keys`` was read through the cache (its HEAD or its fill), None if never.
+
+    Opens the index read-only, without an :class:`Index` (no schema, no hit buffer): the archive policy asks this
+    of a node's cache to judge whether files are cold, and must not change the cache it looks at.
+    """
+    if not index_file.exists():
+        return None
+    with closing(sqlite3.connect(f"file:{index_file}?mode=ro", uri=True)) as connection:
+        latest: float | None = None
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for sql in (
+                f"SELECT max(checked) FROM heads WHERE bucket = ? AND key IN ({marks})",  # noqa: S608
+                f"SELECT max(filled_at) FROM entries WHERE bucket = ? AND key IN ({marks})",  # noqa: S608
+            ):
+                (value,) = connection.execute(sql, [bucket, *chunk]).fetchone()
+                if value is not None:
+                    latest = max(latest or 0.0, float(value))
+        return latest
+
+
 class Index:
     """One connection per thread and process (SQLite connections must not cross a fork or a thread).
 
