@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Mapping
+from pathlib import Path
 
 import pyarrow as pa
 from deltalake import write_deltalake
 
 from pipelines.lake import maintenance
-from tierlake.config import Settings
+from tierlake.config import ArchiveSettings, ArchiveTable, Settings
 from tiers.s3 import delta_storage_options
 
 
@@ -30,3 +33,20 @@ def small_table(settings: Settings, prefix: str, *, appends: int, rows: int, sta
             storage_options=delta_storage_options(settings.s3),
         )
     return table
+
+
+def scratch_archive(
+    archive: ArchiveSettings, folder: Path, tables: Mapping[str, ArchiveTable] | None = None
+) -> ArchiveSettings:
+    """The archive section pointed at a test's own folder (tape library, catalog, audit log, staging), with small
+    blocks and two cartridges per site; ``tables``: the archive policies, if the test sets its own."""
+    return dataclasses.replace(
+        archive,
+        library_dir=folder / "tape",
+        catalog_uri=str(folder / "catalog"),
+        audit_uri=str(folder / "audit"),
+        staging_dir=folder / "staging",
+        block_size=65536,
+        cartridges_per_site=2,
+        tables=dict(tables) if tables is not None else archive.tables,
+    )

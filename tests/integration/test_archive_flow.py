@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from tests.lake_tables import scratch_archive
 from tierlake.config import ArchiveTable, Settings
 from tierlake.errors import ConfigError, RetentionViolation
 from tiers.archive import compliance
@@ -43,16 +44,7 @@ def _archive_context(settings: Settings, tmp_path: Path, table: str, *, retentio
         cold_after_days=30,
         retention_days=retention_days,
     )
-    archive = dataclasses.replace(
-        settings.archive,
-        library_dir=tmp_path / "tape",
-        catalog_uri=str(tmp_path / "catalog"),
-        audit_uri=str(tmp_path / "audit"),
-        staging_dir=tmp_path / "staging",
-        block_size=65536,
-        cartridges_per_site=2,
-        tables={table: policy},
-    )
+    archive = scratch_archive(settings.archive, tmp_path, {table: policy})
     return ArchiveContext(archive=archive, s3=settings.s3, cache=settings.cache.options)
 
 

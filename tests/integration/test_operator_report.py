@@ -33,6 +33,7 @@ from deltalake import write_deltalake
 from pipelines.ingest.stream import run_ingest_until_caught_up
 from pipelines.synthetic.produce import produce_events
 from tests.integration.browser import open_in_chromium
+from tests.lake_tables import scratch_archive
 from tierlake.config import ArchiveTable, Settings
 from tiers.archive import compliance
 from tiers.archive.archiver import run
@@ -68,16 +69,7 @@ def damaged_archive(settings: Settings, folder: Path) -> tuple[Settings, str]:
         cold_after_days=30,
         retention_days=0,
     )
-    archive = dataclasses.replace(
-        settings.archive,
-        library_dir=folder / "tape",
-        catalog_uri=str(folder / "catalog"),
-        audit_uri=str(folder / "audit"),
-        staging_dir=folder / "staging",
-        block_size=65536,
-        cartridges_per_site=2,
-        tables={table: policy},
-    )
+    archive = scratch_archive(settings.archive, folder, {table: policy})
     cold = dataclasses.replace(settings, archive=archive)
     context = ArchiveContext(archive=archive, s3=settings.s3, cache=settings.cache.options)
     day = {

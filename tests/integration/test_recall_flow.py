@@ -25,6 +25,7 @@ from deltalake import write_deltalake
 from loaders.dataset import OrderOptions, delta_dataset
 from loaders.loader import DeltaLoader
 from loaders.recall import Recall
+from tests.lake_tables import scratch_archive
 from tests.unit.recall_children import recall_to_lake_and_die
 from tierlake.commands.archive import _restore
 from tierlake.config import ArchiveTable, Settings
@@ -48,16 +49,7 @@ def _cold(settings: Settings, tmp_path: Path, table: str) -> Settings:
     policy = ArchiveTable(
         table=table, partition_column="day", key_column="id", cold_by="age", cold_after_days=30, retention_days=0
     )
-    archive = dataclasses.replace(
-        settings.archive,
-        library_dir=tmp_path / "tape",
-        catalog_uri=str(tmp_path / "catalog"),
-        audit_uri=str(tmp_path / "audit"),
-        staging_dir=tmp_path / "staging",
-        block_size=65536,
-        cartridges_per_site=2,
-        tables={table: policy},
-    )
+    archive = scratch_archive(settings.archive, tmp_path, {table: policy})
     return dataclasses.replace(settings, archive=archive)
 
 

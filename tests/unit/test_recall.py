@@ -5,7 +5,6 @@ and a recall killed (SIGKILL from a hook) at any step leaves nothing half-recall
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import multiprocessing
 import re
@@ -21,6 +20,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from loaders.recall import Recall
+from tests.lake_tables import scratch_archive
 from tests.unit.recall_children import BUCKET, FILES, TABLE, recall_in_child
 from tierlake.config import load_settings
 from tierlake.errors import ConfigError, NotFound
@@ -119,15 +119,7 @@ def test_recall_options_refuse_unknown_modes_and_targets_with_the_valid_ones(tmp
 
 def _context(tmp_path: Path) -> ArchiveContext:
     base = load_settings("ci", conf_dir=REPO / "conf", env={"TIERLAKE_CACHE__DIR": str(tmp_path / "cache")})
-    archive = dataclasses.replace(
-        base.archive,
-        library_dir=tmp_path / "tape",
-        catalog_uri=str(tmp_path / "catalog"),
-        audit_uri=str(tmp_path / "audit"),
-        staging_dir=tmp_path / "staging",
-        block_size=65536,
-        cartridges_per_site=2,
-    )
+    archive = scratch_archive(base.archive, tmp_path)
     return ArchiveContext(archive=archive, s3=base.s3, cache=base.cache.options)
 
 
