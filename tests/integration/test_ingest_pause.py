@@ -1,0 +1,138 @@
+"""A driver paused past its lease (SIGSTOP, as a long GC or a frozen VM would) after its lease check and before its
+commit, a second driver taking over, then the first resumed (SIGCONT): the first commits nothing more. Meanwhile
+OPTIMIZE compacts the silver table in a loop beside both drivers.
+
+The pause is injected at the worst moment (``pipelines.ingest.ledger``'s fault point, after the lease check and
+before Delta plans the commit). What stops the resumed driver's commit is either its lease thread (it finds the lease
+taken over and ends the driver) or the storage-layer fence (the Spark log store's deadline check right before its
+PUT, tested on its own in ``test_delta_commits``), whichever comes first. Every record lands exactly once and
+reconcile balances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from infra.stack import LocalStack
+from pipelines.ingest.ledger import PAUSE_AFTER_GATE_ENV
+from pipelines.lake import maintenance
+from pipelines.synthetic.datasets import EV_SPACING_S, good_records, recent_start
+from tests.integration.test_ingest import REPO, Oracle
+from tierlake.errors import NotFound
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+TTL_S = 6  # fences 4 s after its last renewal
+
+
+def _wait(what: str, done: Callable[[], bool], *, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _optimize_until(stop: threading.Event, oracle: Oracle, done: list[int], errors: list[str]) -> None:
+    """OPTIMIZE the entity's silver table in a loop (delta-rs, beside both drivers) until ``stop``."""
+    settings = oracle.settings()
+    table = f"silver/{oracle.entity}"
+    while not stop.wait(2):
+        try:
+            maintenance.optimize(settings, table)
+            done.append(1)
+        except NotFound:  # the first batch has not created it yet
+            pass
+        except Exception as exc:  # reported at the end of the test
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (T: stopped); "gone" once it has exited."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_a_driver_resumed_after_another_took_over_commits_nothing_more(stack: LocalStack, tmp_path: Path) -> None:
+    oracle = Oracle(stack)
+    trigger = tmp_path / "pause-now"
+    base = {**os.environ, **oracle.env(), "TIERLAKE_MAINTENANCE__LEASE_TTL_S": str(TTL_S)}
+    first_env = {**base, PAUSE_AFTER_GATE_ENV: str(trigger)}
+    # The second driver: its own run folder (pid, status, logs), the same Kafka, RGW, tables and checkpoints.
+    second_env = {
+        **base,
+        "TIERLAKE_RUN_DIR": str(tmp_path / "second"),
+        "TIERLAKE_S3__CREDENTIALS_FILE": str(stack.settings.s3.credentials_file),
+    }
+
+    def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "tierlake.cli", "--profile", "ci", *args]
+        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
+
+    def silver_ids() -> Counter[str]:
+        try:
+            return Counter(row["event_id"] for row in oracle.table("silver"))
+        except Exception:  # not there yet
+            return Counter()
+
+    records = list(good_records("ev", 600, seed=57, start=recent_start(600, EV_SPACING_S)))
+    oracle.produce(records[:200])
+    started = cli(first_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
+    assert started.returncode == 0, started.stderr[-3000:]
+    first = int((stack.settings.run_dir / "ingest" / "driver.pid").read_text().split()[0])
+    first_log = stack.settings.run_dir / "ingest" / "driver.log"
+    second_started = False
+    stop_optimizing = threading.Event()
+    optimized: list[int] = []
+    optimize_errors: list[str] = []
+    optimizer = threading.Thread(
+        target=_optimize_until, args=(stop_optimizing, oracle, optimized, optimize_errors), daemon=True
+    )
+    optimizer.start()
+    try:
+        _wait("the first 200 records in silver", lambda: sum(silver_ids().values()) == 200)
+        trigger.touch()  # the next commit pauses the first driver after its lease check
+        oracle.produce(records[200:400])
+        _wait("the first driver to stop itself at the fault point", lambda: _state(first) == "T")
+        time.sleep(TTL_S + 1)  # its lease expires while it is stopped (nothing else can be waited on here)
+        second = cli(second_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
+        second_started = second.returncode == 0
+        assert second_started, second.stderr[-3000:]
+        _wait("the second driver to land 400 records", lambda: sum(silver_ids().values()) >= 400)
+        os.killpg(first, signal.SIGCONT)  # the first resumes inside the commit it had started
+        oracle.produce(records[400:])
+        _wait("the second driver to land all 600 records", lambda: sum(silver_ids().values()) >= 600)
+        _wait(
+            "the first driver to say it lost its lease",
+            lambda: "taken over by another writer" in first_log.read_text(errors="replace"),
+            timeout_s=60,
+        )
+        time.sleep(3)  # a commit the first driver would still make lands within its next trigger
+    finally:
+        stop_optimizing.set()
+        optimizer.join(timeout=120)
+        if _state(first) == "T":
+            os.killpg(first, signal.SIGCONT)
+        assert cli(first_env, "ingest", "stop").returncode == 0
+        if second_started:
+            assert cli(second_env, "ingest", "stop").returncode == 0
+    assert optimized, "OPTIMIZE ran beside the drivers"
+    assert not optimize_errors
+    ids = silver_ids()
+    assert set(ids) == {r.event_id for r in records}
+    assert max(ids.values()) == 1, [k for k, n in ids.items() if n > 1][:5]
+    verdict = cli(base, "ingest", "reconcile", "--entity", oracle.entity, "--json")
+    assert verdict.returncode == 0, verdict.stdout[-3000:]
+    log = first_log.read_text(errors="replace")
+    assert "stopped for good: its lease was taken over" in log, "the first driver ended, saying why"
+    assert json.loads(verdict.stdout)
