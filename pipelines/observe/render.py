@@ -77,13 +77,24 @@ def _times(values: Iterable[float]) -> list[datetime]:
 
 
 def _time_axis(axes: Any, stamps: Sequence[float]) -> None:
-    """Clock times on the x axis; a lone point gets a minute either side instead of matplotlib's years."""
+    """Clock times on the x axis (with seconds when the span is under 10 minutes, so ticks do not repeat one minute);
+    a lone point gets a minute either side instead of matplotlib's years."""
     from matplotlib.dates import DateFormatter  # noqa: PLC0415
 
-    axes.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=UTC))  # type: ignore[no-untyped-call]
+    span = max(stamps) - min(stamps) if stamps else 0.0
+    clock = "%H:%M:%S" if span < 600 else "%H:%M"
+    axes.xaxis.set_major_formatter(DateFormatter(clock, tz=UTC))  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(_few_ticks())
     axes.set_xlabel("UTC")
-    if stamps and max(stamps) - min(stamps) < 60:
+    if stamps and span < 60:
         axes.set_xlim(*_times([min(stamps) - 60, max(stamps) + 60]))
+
+
+def _few_ticks() -> Any:
+    """At most five time ticks: long labels (with seconds) overlap beyond that in a chart this wide."""
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    return MaxNLocator(nbins=5)
 
 
 def verdicts_html(verdicts: list[Verdict]) -> str:
