@@ -6,7 +6,9 @@ The pause is injected at the worst moment (``pipelines.ingest.ledger``'s fault p
 before Delta plans the commit). What stops the resumed driver's commit is either its lease thread (it finds the lease
 taken over and ends the driver) or the storage-layer fence (the Spark log store's deadline check right before its
 PUT, tested on its own in ``test_delta_commits``), whichever comes first. Every record lands exactly once and
-reconcile balances."""
+reconcile balances.
+
+Also: two drivers of one entity started at the same moment, twice: one writes, the other refuses naming the owner."""
 
 from __future__ import annotations
 
@@ -136,3 +138,48 @@ def test_a_driver_resumed_after_another_took_over_commits_nothing_more(stack: Lo
     log = first_log.read_text(errors="replace")
     assert "stopped for good: its lease was taken over" in log, "the first driver ended, saying why"
     assert json.loads(verdict.stdout)
+
+
+def test_two_drivers_started_at_once_never_both_write(stack: LocalStack, tmp_path: Path) -> None:
+    """Twice, two `ingest run` of one entity start together: exactly one takes the lease and writes, the other
+    refuses before its first commit, naming the owner. Afterwards every record is in silver once; reconcile balances."""
+    oracle = Oracle(stack)
+    base = {**os.environ, **oracle.env()}
+    records = list(good_records("ev", 200, seed=58, start=recent_start(200, EV_SPACING_S)))
+    argv = [sys.executable, "-m", "tierlake.cli", "--profile", "ci", "ingest", "run", "--entity", oracle.entity]
+    for round_ in range(2):
+        oracle.produce(records[round_ * 100 : (round_ + 1) * 100])
+        envs = [
+            {
+                **base,
+                "TIERLAKE_RUN_DIR": str(tmp_path / f"r{round_}-{i}"),
+                "TIERLAKE_S3__CREDENTIALS_FILE": str(stack.settings.s3.credentials_file),
+            }
+            for i in range(2)
+        ]
+        logs = [tmp_path / f"r{round_}-{i}.err" for i in range(2)]
+        with logs[0].open("w") as err_0, logs[1].open("w") as err_1:
+            drivers = [
+                subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                for env, err in zip(envs, (err_0, err_1), strict=True)
+            ]
+            codes = [d.wait(timeout=600) for d in drivers]
+        outcomes = [(code, log.read_text()) for code, log in zip(codes, logs, strict=True)]
+        winners = [err for code, err in outcomes if code == 0]
+        losers = [err for code, err in outcomes if code != 0]
+        assert len(winners) == 1, outcomes
+        assert len(losers) == 1, outcomes
+        assert "owned by writer" in losers[0] or "took the lease of" in losers[0], losers[0][-2000:]
+    ids = Counter(row["event_id"] for row in oracle.table("silver"))
+    assert set(ids) == {r.event_id for r in records}
+    assert max(ids.values()) == 1
+    verdict = subprocess.run(
+        [*argv[:5], "ingest", "reconcile", "--entity", oracle.entity, "--json"],
+        cwd=REPO,
+        env=base,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert verdict.returncode == 0, verdict.stdout[-3000:]
