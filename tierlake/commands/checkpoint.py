@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from tqdm import tqdm
 
-from tierlake.commands import ExitCode, Subparsers
+from tierlake.commands import ExitCode, Subparsers, non_negative_int
 from tierlake.config import Settings
 
 if TYPE_CHECKING:
@@ -122,16 +122,6 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
-def _step(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a step number") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value}: a step is 0 or more")
-    return value
-
-
 def register(sub: Subparsers) -> None:
     parser = sub.add_parser("checkpoint", help="training checkpoints: list, show, verify, restore, promote, gc")
     actions = parser.add_subparsers(dest="action", required=True)
@@ -140,20 +130,20 @@ def register(sub: Subparsers) -> None:
     listing.set_defaults(handler=_list)
     show = actions.add_parser("show", help="a step's manifest (default: the newest committed step)")
     show.add_argument("run")
-    show.add_argument("step", nargs="?", type=_step)
+    show.add_argument("step", nargs="?", type=non_negative_int)
     show.set_defaults(handler=_show)
     verify = actions.add_parser("verify", help="check every committed copy against its manifest (sizes, CRC-32C)")
     verify.add_argument("run")
-    verify.add_argument("--step", type=_step)
+    verify.add_argument("--step", type=non_negative_int)
     verify.set_defaults(handler=_verify)
     restore = actions.add_parser("restore", help="copy the newest good checkpoint into a folder")
     restore.add_argument("run")
     restore.add_argument("--to", type=Path, required=True, help="an empty or new folder")
-    restore.add_argument("--step", type=_step, help="this step instead of the newest")
+    restore.add_argument("--step", type=non_negative_int, help="this step instead of the newest")
     restore.set_defaults(handler=_restore)
     promote = actions.add_parser("promote", help="copy one committed step to a tier (local, edge, rgw)")
     promote.add_argument("run")
-    promote.add_argument("step", type=_step)
+    promote.add_argument("step", type=non_negative_int)
     promote.add_argument("--to", required=True, help="the target tier: local, edge or rgw")
     promote.set_defaults(handler=_promote)
     gc = actions.add_parser("gc", help="keep-last-K per tier (conf/ checkpoint.<tier>.keep_last); dry run by default")
