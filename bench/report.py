@@ -15,7 +15,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ast
+import dis
+import inspect
 import json
 import os
 import platform
@@ -88,13 +89,34 @@ class Run:
             ) from exc
 
 
+def module_docstring(path: Path) -> str:
+    """The module's docstring, taken from its compiled code rather than from ``ast.parse``.
+
+    On Python 3.11, ``ast.parse`` raises "SystemError: AST constructor recursion depth mismatch" when a garbage
+    collection during the parse runs a finalizer that logs a traceback (the traceback module parses too; CPython
+    gh-106905). In the test suite that finalizer is py4j's, and CI failed on it once. Compiling to a code object
+    builds no AST objects, so nothing can re-enter.
+    """
+    code = compile(path.read_text(), str(path), "exec", dont_inherit=True)
+    previous = None
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("RESUME", "NOP", "SETUP_ANNOTATIONS"):
+            continue
+        if instruction.opname == "STORE_NAME" and instruction.argval == "__doc__" and previous is not None:
+            return inspect.cleandoc(previous.argval) if previous.opname == "LOAD_CONST" else ""
+        if previous is not None:
+            return ""
+        previous = instruction
+    return ""
+
+
 def benches(bench_dir: Path) -> dict[str, str]:
     """Each bench's name and the first line of its docstring (read without importing it)."""
     found = {}
     for path in sorted(bench_dir.glob("*.py")):
         if path.stem in NOT_BENCHES or path.stem.startswith("_"):
             continue
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        doc = module_docstring(path)
         found[path.stem] = doc.splitlines()[0] if doc else ""
     return found
 

@@ -4,6 +4,7 @@ issue 18: tiers and loaders take their own config section, never the root ``tier
 from __future__ import annotations
 
 import ast
+import gc
 import os
 import shutil
 import subprocess
@@ -76,12 +77,25 @@ def test_production_code_importing_the_dev_stack_breaks_the_build(tmp_path: Path
 OWN_SECTION_PACKAGES = ("tiers", "loaders")
 
 
+def _parse(source: str, mode: str = "exec") -> ast.AST:
+    """``ast.parse`` with the garbage collector held off: on Python 3.11 a collection during the parse can run a
+    finalizer that formats a traceback, which parses too and breaks the parser's recursion count ("AST constructor
+    recursion depth mismatch", CPython gh-106905). py4j's finalizers do that once a Spark test has run."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(source, mode=mode)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _string_names(node: ast.AST) -> list[str]:
     """Names inside a string annotation (``"Settings | None"``); a string that is not an expression has none."""
     if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
         return []
     try:
-        parsed = ast.parse(node.value, mode="eval")
+        parsed = _parse(node.value, mode="eval")
     except SyntaxError:
         return []
     return [n.id for n in ast.walk(parsed) if isinstance(n, ast.Name)]
@@ -100,7 +114,7 @@ def _annotations(tree: ast.AST) -> list[ast.expr]:
 def root_settings_uses(source: str) -> list[str]:
     """Where ``source`` imports the root ``Settings`` (any spelling) or names it in an annotation, as
     "line N: what"; sections such as ``S3Settings`` or ``ArchiveSettings`` are fine."""
-    tree = ast.parse(source)
+    tree = _parse(source)
     uses = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module == "tierlake.config":
