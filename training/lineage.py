@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from openlineage.client.facet_v2 import dataset_version_dataset
 from openlineage.client.transport.file import FileConfig, FileTransport
 
 from tierlake.errors import StorageError
+from training.lineage_archive import Archived, archived_files
 from training.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class TableTrace:
     version: int
     ingest_commits: int
     offsets: Offsets = field(default_factory=dict)
+    archived: list[Archived] = field(default_factory=list)  # the version's files on tape, where archived
 
 
 def merge_offsets(into: Offsets, ranges: Mapping[str, Mapping[str, list[int]]]) -> None:
@@ -102,8 +104,15 @@ def offsets_of(history: list[dict[str, Any]], version: int) -> tuple[int, Offset
     return commits, merged
 
 
-def trace(manifest: Manifest, storage_options: Mapping[str, str] | None = None) -> list[TableTrace]:
-    """The chain behind a checkpoint: each table version it read and the Kafka offsets behind that version."""
+def trace(
+    manifest: Manifest,
+    storage_options: Mapping[str, str] | None = None,
+    *,
+    catalog: Sequence[Mapping[str, Any]] | None = None,
+    lake_bucket: str = "",
+) -> list[TableTrace]:
+    """The chain behind a checkpoint: each table version it read, the Kafka offsets behind that version, and
+    where its files are on tape (``catalog``: the archive catalog's rows)."""
     from deltalake import DeltaTable  # noqa: PLC0415 - only for the trace
     from deltalake.exceptions import DeltaError, TableNotFoundError  # noqa: PLC0415
 
@@ -114,5 +123,6 @@ def trace(manifest: Manifest, storage_options: Mapping[str, str] | None = None) 
         except (DeltaError, TableNotFoundError, OSError) as exc:
             raise StorageError(f"reading the history of {uri} failed: {exc}. Fix: check the table URI") from exc
         commits, offsets = offsets_of(history, version)
-        traces.append(TableTrace(uri=uri, version=version, ingest_commits=commits, offsets=offsets))
+        archived = archived_files(uri, version, list(catalog or []), storage_options or {}, lake_bucket=lake_bucket)
+        traces.append(TableTrace(uri=uri, version=version, ingest_commits=commits, offsets=offsets, archived=archived))
     return traces

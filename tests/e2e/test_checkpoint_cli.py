@@ -97,6 +97,7 @@ def test_lineage_trace_gives_table_versions_and_kafka_offsets(
             "version": 1,
             "ingest_commits": 2,
             "offsets": {"corpus.docs": {"0": [0, 249], "1": [7, 120], "2": [0, 40]}},
+            "archived": [],  # not archived (tests/integration/test_lineage.py traces archived files)
         }
     ]
     events = [json.loads(line) for line in (root / "lineage" / "checkpoints.jsonl").read_text().splitlines()]

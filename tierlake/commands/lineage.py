@@ -1,4 +1,9 @@
-"""``tierlake lineage trace <run>[@<step>]``: a checkpoint -> the table versions it read -> the Kafka offsets."""
+"""``tierlake lineage trace <run>[@<step>] | <table>[@<version>]`` and ``tierlake lineage sync``.
+
+A checkpoint traces to the table versions it read, the Kafka offsets behind them and the cartridges and extents of
+their archived files; a table version to the Kafka offsets and upstream versions that made it, the checkpoints
+that read it and its files on tape. ``sync`` keeps the lineage Delta table up to date from what the lake recorded.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,72 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from tierlake import catalog
 from tierlake.commands import ExitCode, Subparsers
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
+if TYPE_CHECKING:
+    from training.lineage_archive import Archived
+    from training.lineage_trace import VersionTrace
+
+CHECKPOINT_EVENTS = "checkpoints.jsonl"
+LAKE_EVENTS = "lake.jsonl"
+
 
 def _target(text: str) -> tuple[str, int | None]:
-    run, _, step = text.partition("@")
-    if step and not step.isdigit():
-        raise ConfigError(f"checkpoint {text!r}: the step after @ must be a number. Fix: e.g. myrun@1200 or myrun")
-    return run, int(step) if step else None
+    name, _, number = text.rpartition("@") if "@" in text else (text, "", "")
+    if number and not number.isdigit():
+        raise ConfigError(
+            f"trace target {text!r}: the number after @ must be a step or a version. "
+            "Fix: e.g. myrun@1200, myrun, silver/ev@42 or silver/ev"
+        )
+    return name, int(number) if number else None
 
 
-def _trace(args: argparse.Namespace, settings: Settings) -> int:
+def _table_uri(name: str, settings: Settings) -> str | None:
+    """The table a trace target names (a lake path such as silver/ev, an s3:// URI, a local folder), or None when
+    it names a checkpoint run (a run name has no /)."""
+    if "/" not in name:
+        return None
+    if name.startswith("/"):
+        return name
+    return catalog.parse_table(name, lake_bucket=settings.s3.lake_bucket, other_buckets=True).s3
+
+
+def _store(args: argparse.Namespace, settings: Settings) -> Any:
+    from tiers.s3 import delta_storage_options  # noqa: PLC0415
+    from training.lineage_store import LineageStore, default_uri  # noqa: PLC0415
+
+    return LineageStore(args.lineage_table or default_uri(settings.s3.lake_bucket), delta_storage_options(settings.s3))
+
+
+def _archive_lines(archived: list[Archived], indent: str) -> list[str]:
+    lines = []
+    for item in archived:
+        extent = item.extent
+        lines.append(
+            f"{indent}-> tape {item.site}/{item.cartridge} copy {item.copy}: {item.path} (partition "
+            f"{extent.get('extent_partition')}, block {extent.get('start_block')}, {extent.get('byte_count')} bytes "
+            f"at {extent.get('byte_offset')})"
+        )
+    return lines
+
+
+def _trace_checkpoint(args: argparse.Namespace, settings: Settings, run: str, step: int | None) -> int:
     from tiers.s3 import delta_storage_options  # noqa: PLC0415
     from training.lineage import trace  # noqa: PLC0415
+    from training.lineage_store import catalog_rows  # noqa: PLC0415
     from training.operations import find_manifest  # noqa: PLC0415
     from training.setup import checkpoint_tiers  # noqa: PLC0415
 
-    run, step = _target(args.checkpoint)
     tier, manifest = find_manifest(checkpoint_tiers(settings), run, step)
-    tables = trace(manifest, delta_storage_options(settings.s3))
+    options = delta_storage_options(settings.s3)
+    tape = catalog_rows(settings.archive.catalog_uri, options)
+    tables = trace(manifest, options, catalog=tape, lake_bucket=settings.s3.lake_bucket)
     where = tier.where(run, manifest.step)
     if args.json:
         body = {
@@ -36,7 +85,7 @@ def _trace(args: argparse.Namespace, settings: Settings) -> int:
             "code_version": manifest.code_version,
             "tables": [asdict(table) for table in tables],
         }
-        sys.stdout.write(json.dumps(body) + "\n")
+        sys.stdout.write(json.dumps(body, default=str) + "\n")
         return ExitCode.OK
     lines = [f"checkpoint {run}@{manifest.step} ({tier.name}: {where}), code {manifest.code_version or '?'}"]
     if manifest.loader_state:
@@ -44,19 +93,105 @@ def _trace(args: argparse.Namespace, settings: Settings) -> int:
         lines.append(f"  loader: epoch {state.get('epoch')}, samples consumed {state.get('samples_consumed')}")
     for table in tables:
         lines.append(f"  -> {table.uri} @ version {table.version} ({table.ingest_commits} ingest commits)")
-        for topic, partitions in sorted(table.offsets.items()):
-            for partition, (first, last) in sorted(partitions.items(), key=lambda item: int(item[0])):
-                lines.append(f"     -> kafka {topic} partition {partition}: offsets {first}..{last}")
+        lines += _offset_lines(table.offsets, "     ")
+        lines += _archive_lines(table.archived, "     ")
     if not tables:
         lines.append("  (the manifest names no table)")
     sys.stdout.write("\n".join(lines) + "\n")
     return ExitCode.OK
 
 
+def _offset_lines(offsets: dict[str, dict[str, list[int]]], indent: str) -> list[str]:
+    return [
+        f"{indent}-> kafka {topic} partition {partition}: offsets {first}..{last}"
+        for topic, partitions in sorted(offsets.items())
+        for partition, (first, last) in sorted(partitions.items(), key=lambda item: int(item[0]))
+    ]
+
+
+def _version_lines(found: VersionTrace) -> list[str]:
+    lines = [f"table {found.uri} @ version {found.version}: {found.operation} (from the {found.source})"]
+    if found.batch is not None:
+        lines.append(f"  batch {found.batch['batch_id']} of {found.batch['query']}:")
+        lines += _offset_lines(found.batch["offsets"], "    ")
+    lines.append(f"  up to this version: {found.ingest_commits} ingest commits")
+    lines += _offset_lines(found.offsets, "    ")
+    lines += [f"  <- upstream {item}" for item in found.upstream]
+    lines += [
+        f"  -> read by {c['job']} at version {c['version']}{'' if c['exact'] else ' (a later one)'}: {c['output']}"
+        for c in found.checkpoints
+    ]
+    return lines + _archive_lines(found.archived, "  ")
+
+
+def _trace_table(args: argparse.Namespace, settings: Settings, uri: str, version: int | None) -> int:
+    from tiers.s3 import delta_storage_options  # noqa: PLC0415
+    from training.lineage_store import catalog_rows, read_events  # noqa: PLC0415
+    from training.lineage_trace import as_json, latest_version, trace_version  # noqa: PLC0415
+
+    options = delta_storage_options(settings.s3)
+    found = trace_version(
+        uri,
+        latest_version(uri, options) if version is None else version,
+        store=_store(args, settings),
+        options=options,
+        catalog=catalog_rows(settings.archive.catalog_uri, options),
+        checkpoint_events=read_events(settings.checkpoint.lineage_dir / CHECKPOINT_EVENTS),
+        lake_bucket=settings.s3.lake_bucket,
+    )
+    sys.stdout.write((as_json(found) if args.json else "\n".join(_version_lines(found))) + "\n")
+    return ExitCode.OK
+
+
+def _trace(args: argparse.Namespace, settings: Settings) -> int:
+    name, number = _target(args.target)
+    uri = _table_uri(name, settings)
+    if uri is None:
+        return _trace_checkpoint(args, settings, name, number)
+    return _trace_table(args, settings, uri, number)
+
+
+def _sync(args: argparse.Namespace, settings: Settings) -> int:
+    from training.lineage_store import LineageSources, sync  # noqa: PLC0415
+
+    lake = settings.s3.lake_bucket
+    tables = [catalog.parse_table(t, lake_bucket=lake, other_buckets=True).s3 for t in args.table]
+    if not tables:
+        for name, spec in sorted(settings.entities.items()):
+            tables += [t.s3 for t in catalog.entity_tables(lake, name, spec.topic)]
+    folder: Path = settings.checkpoint.lineage_dir
+    sources = LineageSources(
+        tables=list(dict.fromkeys(tables)),
+        lake_bucket=lake,
+        catalog_uri=settings.archive.catalog_uri,
+        checkpoint_events=folder / CHECKPOINT_EVENTS,
+        events_out=folder / LAKE_EVENTS,
+    )
+    report = sync(_store(args, settings), sources)
+    if args.json:
+        sys.stdout.write(json.dumps(asdict(report)) + "\n")
+    else:
+        added = ", ".join(f"{count} {kind}" for kind, count in sorted(report.rows.items())) or "nothing new"
+        sys.stdout.write(f"lineage table {report.uri}: {added} ({report.events} events)\n")
+        if report.missing_tables:
+            sys.stdout.write(f"not Delta tables (yet): {', '.join(report.missing_tables)}\n")
+    return ExitCode.OK
+
+
 def register(sub: Subparsers) -> None:
-    parser = sub.add_parser("lineage", help="lineage: what a checkpoint was trained on")
+    parser = sub.add_parser("lineage", help="lineage: what a checkpoint or a table version came from")
     actions = parser.add_subparsers(dest="action", required=True)
-    trace = actions.add_parser("trace", help="checkpoint -> table versions -> Kafka offset ranges")
-    trace.add_argument("checkpoint", help="<run>@<step>, or <run> for its newest committed checkpoint")
+    trace = actions.add_parser(
+        "trace", help="checkpoint or table version -> table versions -> Kafka offset ranges -> cartridges"
+    )
+    trace.add_argument(
+        "target", help="<run>@<step> or <run> (a checkpoint); <table>@<version> or <table> (silver/ev, s3://...)"
+    )
+    trace.add_argument("--lineage-table", default="", help="the lineage table (default s3://<lake>/_lineage/events)")
     trace.add_argument("--json", action="store_true", help="one JSON document")
     trace.set_defaults(handler=_trace)
+    sync = actions.add_parser("sync", help="add to the lineage table what the lake recorded since the last sync")
+    sync.add_argument("--table", action="append", default=[], help="a table to follow (default: every ingest table)")
+    sync.add_argument("--lineage-table", default="", help="the lineage table (default s3://<lake>/_lineage/events)")
+    sync.add_argument("--json", action="store_true", help="one JSON document")
+    sync.set_defaults(handler=_sync)

@@ -1,0 +1,162 @@
+"""Lineage records derived from Delta history, the archive catalog and checkpoint events; their OpenLineage events
+checked against the schema (and broken ones refused); a table version traced from a local Delta table, from its
+history and from the lineage table alike."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from openlineage.client.serde import Serde
+
+from pipelines.ingest.silver import commit_metadata
+from tierlake.errors import SchemaMismatch
+from training.lineage import checkpoint_event
+from training.lineage_records import archive_rows, checkpoint_rows, history_rows, validate_event
+from training.lineage_store import LineageSources, LineageStore, sync
+from training.lineage_trace import FROM_HISTORY, FROM_TABLE, trace_version
+from training.manifest import Manifest
+
+pytestmark = pytest.mark.unit
+BATCHES = [{0: (0, 99), 1: (7, 120)}, {0: (100, 249), 2: (0, 40)}, {1: (121, 130)}]
+
+
+def _ingest_entry(version: int, batch: int, ranges: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    return {
+        "version": version,
+        "timestamp": 1_760_000_000_000 + version,
+        "operation": "WRITE",
+        "userMetadata": commit_metadata("ev", batch, {"ev.telemetry": ranges}),
+    }
+
+
+def _catalog_row(path: str, copy_number: int, *, site: str, cartridge: str) -> dict[str, Any]:
+    return {
+        "table": "bronze/ev_telemetry",
+        "path": path,
+        "version_min": 1,
+        "version_max": 3,
+        "copy": copy_number,
+        "site": site,
+        "cartridge": cartridge,
+        "aggregate": "agg-1",
+        "member_offset": 512,
+        "extent_partition": "b",
+        "start_block": 7,
+        "byte_offset": 0,
+        "byte_count": 4096,
+        "archived_at": None,
+    }
+
+
+def _events(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [json.loads(e) for e in dict.fromkeys(r["event"] for r in rows)]
+
+
+def test_an_ingest_commit_is_one_row_per_partition_and_one_valid_event() -> None:
+    rows = history_rows("s3://lake/bronze/ev_telemetry", [_ingest_entry(1, 0, BATCHES[0])])
+    assert [(r["kind"], r["batch_id"], r["topic"], r["kafka_partition"]) for r in rows] == [
+        ("ingest", 0, "ev.telemetry", 0),
+        ("ingest", 0, "ev.telemetry", 1),
+    ]
+    assert [(r["offset_first"], r["offset_last"]) for r in rows] == [(0, 99), (7, 120)]
+    (event,) = _events(rows)
+    validate_event(event)
+    assert event["job"]["name"] == "ingest_ev"
+    assert [(d["namespace"], d["name"]) for d in event["inputs"]] == [("tierlake", "kafka://ev.telemetry")]
+    assert event["outputs"][0]["facets"]["version"]["datasetVersion"] == "1"
+
+
+def test_maintenance_and_plain_writes_name_their_operation_and_starting_version() -> None:
+    history = [
+        {"version": 0, "timestamp": 1, "operation": "CREATE TABLE"},
+        {"version": 4, "timestamp": 2, "operation": "OPTIMIZE", "readVersion": 3},
+        {"version": 5, "timestamp": 3, "operation": "VACUUM END", "readVersion": 4},
+    ]
+    rows = history_rows("s3://lake/silver/ev", history, after=0)  # version 0 already held
+    assert [(r["kind"], r["job"], r["version"], r["read_version"]) for r in rows] == [
+        ("maintenance", "maintenance.optimize", 4, 3),
+        ("maintenance", "maintenance.vacuum_end", 5, 4),
+    ]
+    for event in _events(rows):
+        validate_event(event)
+
+
+def test_archive_and_checkpoint_records_carry_valid_events() -> None:
+    catalog = [_catalog_row("day=1/a.parquet", 1, site="a", cartridge="A00001L9")]
+    catalog.append(_catalog_row("day=1/a.parquet", 2, site="b", cartridge="B00001L9"))
+    rows = archive_rows(catalog, {"bronze/ev_telemetry": "s3://lake/bronze/ev_telemetry"})
+    assert [(r["output"], r["copy"], json.loads(r["extent"])["start_block"]) for r in rows] == [
+        ("tape://a/A00001L9", 1, 7),
+        ("tape://b/B00001L9", 2, 7),
+    ]
+    manifest = Manifest(run="r", step=5, created_unix=1.7e9, shards=(), tables={"s3://lake/gold/t": 9})
+    event = json.loads(Serde.to_json(checkpoint_event(manifest, "s3://lake/ckpt/r/5/")))
+    (row,) = checkpoint_rows([event])
+    assert (row["kind"], row["table_uri"], row["version"], row["output"]) == (
+        "checkpoint",
+        "s3://lake/gold/t",
+        9,
+        "s3://lake/ckpt/r/5/",
+    )
+    for item in [*_events(rows), event]:
+        validate_event(item)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "field"),
+    [
+        (lambda e: e["run"].pop("runId"), "run"),
+        (lambda e: e["run"].update(runId="batch-7"), "run/runId"),
+        (lambda e: e.update(eventType="DONE"), "eventType"),
+        (lambda e: e.pop("producer"), "(the event)"),  # a required property is missing from the event itself
+        (lambda e: e["job"].update(name=""), "job/name"),
+        (lambda e: e["outputs"][0]["facets"]["version"].pop("_producer"), "outputs/0/facets/version"),
+        (lambda e: e.update(eventTime="yesterday"), "eventTime"),
+    ],
+)
+def test_a_broken_event_is_refused_naming_its_field(breakage: Any, field: str) -> None:
+    (good,) = _events(history_rows("s3://lake/bronze/t", [_ingest_entry(1, 0, BATCHES[0])]))
+    validate_event(good)
+    broken = copy.deepcopy(good)
+    breakage(broken)
+    with pytest.raises(SchemaMismatch, match=re.escape(f"lineage event field '{field}'")):
+        validate_event(broken)
+
+
+def _local_table(folder: Path) -> str:
+    uri = str(folder / "bronze")
+    for batch, ranges in enumerate(BATCHES):
+        props = CommitProperties(custom_metadata={"userMetadata": commit_metadata("ev", batch, {"ev.t": ranges})})
+        write_deltalake(uri, pa.table({"n": list(range(10))}), mode="append", commit_properties=props)
+    DeltaTable(uri).optimize.compact()
+    return uri
+
+
+def test_a_table_version_traces_the_same_from_history_and_from_the_lineage_table(tmp_path: Path) -> None:
+    uri = _local_table(tmp_path)
+    silver = str(tmp_path / "silver")  # batch 1 also wrote silver: bronze@1's upstream
+    props = CommitProperties(custom_metadata={"userMetadata": commit_metadata("ev", 1, {"ev.t": BATCHES[1]})})
+    write_deltalake(silver, pa.table({"n": [1]}), mode="append", commit_properties=props)
+    derived = trace_version(uri, 1, store=None, options={})
+    assert derived.source == FROM_HISTORY
+    assert derived.batch == {"query": "ingest_ev", "batch_id": 1, "offsets": {"ev.t": {"0": [100, 249], "2": [0, 40]}}}
+    assert (derived.ingest_commits, derived.offsets) == (2, {"ev.t": {"0": [0, 249], "1": [7, 120], "2": [0, 40]}})
+    store = LineageStore(str(tmp_path / "lineage"))
+    report = sync(store, LineageSources(tables=[uri, silver], lake_bucket="lake"))
+    assert report.rows == {"ingest": 7, "maintenance": 1}  # bronze 2 + 2 + 1 partitions, silver 2
+    assert sync(store, LineageSources(tables=[uri, silver], lake_bucket="lake")).rows == {}  # nothing twice
+    kept = trace_version(uri, 1, store=store, options={})
+    assert kept.source == FROM_TABLE
+    assert (kept.batch, kept.ingest_commits, kept.offsets) == (derived.batch, derived.ingest_commits, derived.offsets)
+    assert kept.upstream == [f"{silver}@0"]
+    optimized = trace_version(uri, 3, store=store, options={})
+    assert (optimized.operation, optimized.read_version, optimized.batch) == ("OPTIMIZE", 2, None)
+    assert optimized.upstream == [f"{uri}@2"]
+    assert optimized.offsets == {"ev.t": {"0": [0, 249], "1": [7, 130], "2": [0, 40]}}
