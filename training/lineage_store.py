@@ -91,15 +91,18 @@ class LineageStore:
     def exists(self) -> bool:
         return _is_delta(self.uri, _options_for(self.uri, self.options))
 
-    def read(self, *, columns: list[str] | None = None, table_uri: str | None = None) -> pa.Table:
-        """Rows of the lineage table (of one table's lineage when ``table_uri``); empty when there is none yet."""
+    def read(
+        self, *, columns: list[str] | None = None, table_uri: str | None = None, batch_id: int | None = None
+    ) -> pa.Table:
+        """Rows of the lineage table (only one table's, one batch's when given); empty when there is none yet."""
         from deltalake import DeltaTable  # noqa: PLC0415
         from deltalake.exceptions import DeltaError, TableNotFoundError  # noqa: PLC0415
 
         wanted = columns or LINEAGE_SCHEMA.names
         if not self.exists():
             return LINEAGE_SCHEMA.empty_table().select(wanted)
-        filters = [("table_uri", "=", table_uri)] if table_uri is not None else None
+        wanted_rows = [("table_uri", "=", table_uri), ("batch_id", "=", batch_id)]
+        filters = [(name, op, value) for name, op, value in wanted_rows if value is not None] or None
         try:
             delta = DeltaTable(self.uri, storage_options=_options_for(self.uri, self.options))
             rows: pa.Table = delta.to_pyarrow_table(columns=wanted, filters=filters)

@@ -19,11 +19,12 @@ import pyarrow.compute as pc
 from tierlake.errors import NotFound, StorageError
 from training.lineage import Offsets, merge_offsets
 from training.lineage_archive import Archived, archived_files
-from training.lineage_records import HISTORY_KINDS, history_rows, to_table
+from training.lineage_records import HISTORY_KINDS, LINEAGE_SCHEMA, history_rows, to_table
 from training.lineage_store import LineageStore
 
 FROM_TABLE = "lineage table"
 FROM_HISTORY = "delta history"
+TRACE_COLUMNS = [name for name in LINEAGE_SCHEMA.names if name != "event"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +58,7 @@ def _history_table(uri: str, options: Mapping[str, str]) -> pa.Table:
 def _own_rows(store: LineageStore | None, uri: str, version: int, options: Mapping[str, str]) -> tuple[pa.Table, str]:
     """The table's lineage rows: from the lineage table when it reaches ``version``, else from the history."""
     if store is not None and store.exists():
-        rows = store.read(table_uri=uri)
+        rows = store.read(columns=TRACE_COLUMNS, table_uri=uri)  # not the events' JSON: most of the bytes
         kinds = rows.filter(pc.is_in(rows["kind"], value_set=pa.array(HISTORY_KINDS)))
         if kinds.num_rows and pc.max(kinds["version"]).as_py() >= version:
             return rows, FROM_TABLE
@@ -90,11 +91,11 @@ def _upstream(store: LineageStore | None, uri: str, batch: Mapping[str, Any] | N
     found = [f"{uri}@{read}"] if read is not None else []
     if batch is None or store is None or not store.exists():
         return found
-    rows = store.read(columns=["kind", "job", "batch_id", "table_uri", "version"])
+    rows = store.read(columns=["kind", "job", "batch_id", "table_uri", "version"], batch_id=int(batch["batch_id"]))
     same = rows.filter(
         pc.and_(
             pc.and_(pc.equal(rows["kind"], "ingest"), pc.equal(rows["job"], batch["query"])),
-            pc.and_(pc.equal(rows["batch_id"], batch["batch_id"]), pc.not_equal(rows["table_uri"], uri)),
+            pc.not_equal(rows["table_uri"], uri),
         )
     )
     return found + sorted(
