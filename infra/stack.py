@@ -1,8 +1,9 @@
 """The local stack as one: ``up`` (idempotent), ``status``, ``down``. What ``tierlake stack ...`` calls.
 
-Order: S3 credentials (a secret file made once), Ceph + RGW + buckets, Kafka + topics. Spark runs in the
-driver process (``local[2]``), so for Spark the stack only checks that its jar set is in place. Everything lives
-under ``settings.run_dir``; a lock file keeps two ``up`` calls from racing.
+Order: S3 credentials (a secret file made once), Ceph + RGW + buckets, Kafka + topics, then Spark: by default it
+runs in the driver process (``local[2]``) and the stack only checks that its jar set is in place; with
+``spark_cluster.workers`` (or ``--spark-workers N``) it also starts a standalone master and N workers
+(``infra/spark.py``). Everything lives under ``settings.run_dir``; a lock file keeps two ``up`` calls from racing.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from infra.ceph import CephCluster
 from infra.jars import jar_paths
 from infra.kafka import KafkaCluster
+from infra.spark import SparkCluster
 from tierlake.config import Settings, read_credentials_file
 from tierlake.errors import DependencyMissing
 
@@ -31,11 +33,12 @@ logger = logging.getLogger(__name__)
 class LocalStack:
     """Kafka (KRaft), Ceph RGW and Spark's jars for one settings profile."""
 
-    def __init__(self, settings: Settings, *, kafka_nodes: int | None = None) -> None:
+    def __init__(self, settings: Settings, *, kafka_nodes: int | None = None, spark_workers: int | None = None) -> None:
         self.settings = settings
         self.kafka_nodes = kafka_nodes or self._running_kafka_nodes() or settings.kafka.nodes
         self.kafka = KafkaCluster(settings, nodes=self.kafka_nodes)
         self.ceph = CephCluster(settings)
+        self.spark_cluster = SparkCluster(settings, workers=spark_workers)
 
     def _running_kafka_nodes(self) -> int | None:
         meta = self.settings.run_dir / "kafka" / "cluster.json"
@@ -75,13 +78,16 @@ class LocalStack:
                 if created_topics:
                     logger.info("created topics %s", ", ".join(created_topics))
             self._spark_jars()
+            if spark_started := self.spark_cluster.up():
+                logger.info("started %s (%s)", ", ".join(spark_started), self.spark_cluster.master_url)
         logger.info("stack up in %.1f s", time.monotonic() - started)
         return settings
 
     def down(self) -> list[str]:
         """Stop every process of ours, by pid. Data stays under run_dir (``rm -rf`` it to start over)."""
         with self._locked():
-            stopped = self.kafka.down() if self.settings.kafka.managed else []
+            stopped = self.spark_cluster.down()
+            stopped += self.kafka.down() if self.settings.kafka.managed else []
             if self.settings.ceph.managed:
                 stopped += self.ceph.down()
         return stopped
@@ -92,6 +98,7 @@ class LocalStack:
             services += self.kafka.node_status()
         if self.settings.ceph.managed:
             services += self.ceph.status()
+        services += self.spark_cluster.status()
         try:
             jars = len(self._spark_jars())
             spark_health = "ok"

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
 from tierlake.config import Settings
 from tierlake.errors import DependencyMissing
@@ -210,16 +211,45 @@ def _delta_commit_conf(mode: str, jars_dir: Path, jars: list[Path]) -> dict[str,
     }
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
 def _jar_conf(master: str, jars: list[Path]) -> dict[str, str]:
     """How the jar set reaches the JVM.
 
     A ``local[...]`` driver is its own executor, so the jars go straight onto its classpath. With ``spark.jars``
     Spark copies every jar (~680 MB with the AWS SDK bundle) into a ``/tmp/spark-*/userFiles-*`` folder per
-    session, and a driver that dies by kill -9 never removes it. A cluster's executors need ``spark.jars``.
+    session, and a driver that dies by kill -9 never removes it. A cluster's executors need ``spark.jars``, or,
+    on a cluster of this machine (the stack's), the same classpath as the driver's.
     """
+    classpath = {"spark.driver.extraClassPath": os.pathsep.join(str(jar) for jar in jars)}
     if master.startswith("local"):
-        return {"spark.driver.extraClassPath": os.pathsep.join(str(jar) for jar in jars)}
+        return classpath
+    if urlsplit(master).hostname in _LOOPBACK:
+        # Workers on this machine see the same files: the jars join each executor's classpath where they are.
+        # Through spark.jars every executor fetched a copy into its folder, 681 MB per executor and application
+        # (seen on the stack's cluster; ``local:`` URIs were copied too, as file: URLs).
+        return classpath | {"spark.executor.extraClassPath": classpath["spark.driver.extraClassPath"]}
     return {"spark.jars": ",".join(str(jar) for jar in jars)}
+
+
+# The S3 keys among spark_conf's pairs: never on a command line (see _launch_jvm).
+KEY_CONF = frozenset({"spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key"})
+
+
+def _launch_jvm(conf: dict[str, str]) -> None:
+    """Start pyspark's JVM (``spark-submit``) with ``conf`` on its command line, unless it runs already.
+
+    pyspark passes a new session's settings to ``spark-submit`` as ``--conf key=value`` arguments, where ``ps``
+    shows them to every user of the machine. Started here first without the keys, the JVM then receives the
+    session's settings, keys included, over py4j into its SparkConf: executors get them from the driver over
+    Spark's RPC (on a cluster too), and Spark redacts them wherever it prints its conf.
+    """
+    from pyspark import SparkConf, SparkContext  # noqa: PLC0415 - pyspark only on Spark paths
+
+    # pyspark has no public hook for the launch command; _ensure_initialized is what its SparkContext calls.
+    if SparkContext._gateway is None:
+        SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(conf.items())))
 
 
 def spark_session(settings: Settings, *, app_name: str = "tierlake") -> SparkSession:
@@ -237,8 +267,10 @@ def spark_session(settings: Settings, *, app_name: str = "tierlake") -> SparkSes
     pools.write_text(POOLS, encoding="utf-8")
     log4j_file(settings).write_text(LOG4J.format(path=spark_log(settings)), encoding="utf-8")
     spark_log(settings).parent.mkdir(parents=True, exist_ok=True)
+    conf = spark_conf(settings, app_name=app_name)
+    _launch_jvm({key: value for key, value in conf.items() if key not in KEY_CONF})
     builder = SparkSession.builder
-    for key, value in spark_conf(settings, app_name=app_name).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session: SparkSession = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")

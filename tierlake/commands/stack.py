@@ -7,14 +7,14 @@ import json
 import sys
 from typing import Any
 
-from tierlake.commands import ExitCode, Subparsers
+from tierlake.commands import ExitCode, Subparsers, non_negative_int
 from tierlake.config import Settings
 
 
 def _up(args: argparse.Namespace, settings: Settings) -> int:
     from infra.stack import LocalStack  # noqa: PLC0415 - each subcommand imports only what it needs
 
-    stack = LocalStack(settings, kafka_nodes=args.kafka_nodes)
+    stack = LocalStack(settings, kafka_nodes=args.kafka_nodes, spark_workers=args.spark_workers)
     stack.up()
     print_status(stack.status(), as_json=False)
     return 0
@@ -58,6 +58,11 @@ def register(sub: Subparsers) -> None:
     )
     up = stack.add_parser("up", help="start Ceph RGW and Kafka (idempotent) and wait until healthy")
     up.add_argument("--kafka-nodes", type=int, choices=(1, 3), help="1 (demo) or 3 (RF 3, min ISR 2)")
+    up.add_argument(
+        "--spark-workers",
+        type=non_negative_int,
+        help="also start a Spark standalone master and this many workers (default: spark_cluster.workers)",
+    )
     up.set_defaults(handler=_up)
     stack.add_parser("down", help="stop every process of the stack, by pid").set_defaults(handler=_down)
     status = stack.add_parser("status", help="each service with pid, port and health (exit 3 if unhealthy)")

@@ -35,6 +35,7 @@ from tierlake.config.lake import (
     build_mirror,
 )
 from tierlake.config.s3 import S3Settings, Secret, build_s3, read_credentials_file
+from tierlake.config.spark_cluster import SparkClusterSettings, build_spark_cluster
 from tierlake.config.stack import (
     CephSettings,
     KafkaSettings,
@@ -65,6 +66,7 @@ __all__ = [
     "S3Settings",
     "Secret",
     "Settings",
+    "SparkClusterSettings",
     "SparkSettings",
     "TableMaintenance",
     "TopicSettings",
@@ -74,7 +76,7 @@ __all__ = [
     "read_credentials_file",
 ]
 
-PROFILES = ("local", "ci", "prod")
+PROFILES = ("local", "ci", "prod", "cluster")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,7 @@ class Settings:
     ceph: CephSettings
     s3: S3Settings
     spark: SparkSettings
+    spark_cluster: SparkClusterSettings
     cache: CacheSettings
     archive: ArchiveSettings
     maintenance: MaintenanceSettings
@@ -177,6 +180,7 @@ def _build(values: Values, *, profile: str, root: Path, sources: tuple[str, ...]
         ceph=ceph,
         s3=s3,
         spark=build_spark(values, root),
+        spark_cluster=build_spark_cluster(values),
         cache=build_cache(values, root, run_dir),
         archive=build_archive(values, root, run_dir),
         maintenance=build_maintenance(values, root, run_dir),
