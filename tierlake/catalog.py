@@ -8,6 +8,10 @@ boto3 and the cold tier as ``s3://``. Users may name a table either way or by it
     silver/<entity>  quarantine/<entity>  dropped/<entity>                silver/_checkpoints/<entity>  (unused by
     gold/<entity>_windows  gold/<entity>_anomalies  gold/<entity>_tokens gold/_checkpoints/<entity>    the one-hop
     _leases/<name>/<generation>.json           writer leases                                        ingest query)
+
+Each table the pipeline writes is laid out for its lifecycle (:func:`day_layout`): bronze by ingest day, silver and
+gold by event day, so a day's rows live in files of their own and the cold tier moves whole days
+(docs/lifecycle.md says why partitions rather than Delta clustering).
 """
 
 from __future__ import annotations
@@ -76,6 +80,35 @@ def parse_table(text: str, *, lake_bucket: str, other_buckets: bool = False) -> 
     if (why := check_table_path(name)) is not None:
         raise ConfigError(f"table {text!r} is invalid: {why}. Fix: e.g. silver/ev or s3://{lake_bucket}/silver/ev")
     return TablePath(bucket, name)
+
+
+INGEST_DAY = "ingest_date"
+EVENT_DAY = "event_date"
+
+
+@dataclass(frozen=True)
+class DayLayout:
+    """A table partitioned by day: the writer adds ``column``, the UTC date of the timestamp column ``source``."""
+
+    column: str
+    source: str
+
+
+def day_layout(path: str, *, event_time: str = "ts") -> DayLayout | None:
+    """How the pipeline lays out the table at ``path`` (None: not partitioned, e.g. quarantine or gold tokens).
+
+    ``event_time``: the entity's event-time field (``entities.<name>.event_time`` in conf/).
+    """
+    layer, _, rest = path.strip("/").partition("/")
+    if layer == "bronze" and rest and not rest.startswith("_"):
+        return DayLayout(INGEST_DAY, "ingest_time")
+    if layer == "silver" and rest and not rest.startswith("_"):
+        return DayLayout(EVENT_DAY, event_time)
+    if layer == "gold" and rest.endswith("_windows"):
+        return DayLayout(EVENT_DAY, "window_start")
+    if layer == "gold" and rest.endswith("_anomalies"):
+        return DayLayout(EVENT_DAY, "ts")
+    return None
 
 
 def topic_folder(topic: str) -> str:

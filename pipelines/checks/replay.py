@@ -16,6 +16,7 @@ from pipelines.ingest.gold_ev import append_replayed_anomalies, gold_paths
 from pipelines.ingest.rules import classify
 from pipelines.ingest.silver import HighWater, SilverTables, judge, outputs, silver_tables, table_exists
 from pipelines.lake.lease import TableLease
+from tierlake import catalog
 from tierlake.config import Settings
 from tiers.s3 import s3_client
 
@@ -88,7 +89,8 @@ def replay_quarantine(
                     spark, passing, uri=gold_paths(settings.s3.lake_bucket, entity)[1], batch_id=REPLAY_BATCH
                 )
             if moved:
-                passing.write.format("delta").mode("append").option("mergeSchema", "true").save(tables.silver)
+                writer = passing.write.format("delta").mode("append").option("mergeSchema", "true")
+                writer.partitionBy(catalog.EVENT_DAY).save(tables.silver)
             mark_replayed(spark, tables)
             stayed = still_bad.count()
         finally:

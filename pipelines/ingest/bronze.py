@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 BRONZE_DDL = (
     "key binary, value binary, topic string, partition int, offset long, kafka_timestamp timestamp, "
-    "ingest_time timestamp, _batch_id long"
+    f"ingest_time timestamp, _batch_id long, {catalog.INGEST_DAY} date"
 )
 
 
@@ -86,7 +86,7 @@ def ensure_bronze(spark: SparkSession, table: BronzeTable) -> None:
 
     if not DeltaTable.isDeltaTable(spark, table.table_uri):
         empty = spark.createDataFrame([], BRONZE_DDL)
-        empty.write.format("delta").mode("ignore").save(table.table_uri)
+        empty.write.format("delta").mode("ignore").partitionBy(catalog.INGEST_DAY).save(table.table_uri)
 
 
 def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable, ledger: CommitLedger) -> None:
@@ -96,5 +96,9 @@ def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable, ledger: Co
     """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    rows = batch.select(*BRONZE_COLUMNS, F.lit(batch_id).cast("long").alias("_batch_id"))
-    ledger.append(rows, table.table_uri, batch_id)
+    rows = batch.select(
+        *BRONZE_COLUMNS,
+        F.lit(batch_id).cast("long").alias("_batch_id"),
+        F.to_date("ingest_time").alias(catalog.INGEST_DAY),  # the partition (catalog.day_layout)
+    )
+    ledger.append(rows, table.table_uri, batch_id, partition_by=catalog.INGEST_DAY)

@@ -92,6 +92,9 @@ def start_gold(
 
     writer = (
         spark.readStream.format("delta")
+        # A commit that rewrites silver's rows (`tierlake table migrate`, a GDPR delete) holds no new rows: gold
+        # has seen them. OPTIMIZE commits are skipped by Delta anyway (dataChange false).
+        .option("skipChangeCommits", "true")
         .load(silver_uri)
         .writeStream.foreachBatch(handle)
         .option("checkpointLocation", gold_checkpoint(settings, entity))

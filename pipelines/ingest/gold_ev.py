@@ -63,6 +63,7 @@ def anomalies(silver_rows: DataFrame) -> DataFrame:
         silver_rows.withColumn("reason", reason)
         .where(F.col("reason").isNotNull())
         .select("event_id", "station_id", "ts", F.round(score, 3).alias("score"), "reason", "temp_c", "power_kw")
+        .withColumn(catalog.EVENT_DAY, F.to_date("ts"))  # the partition (catalog.day_layout)
     )
 
 
@@ -107,6 +108,7 @@ def windows(
             F.sum("start").alias("sessions"),
         )
         .withColumn("window_minutes", F.lit(minutes))
+        .withColumn(catalog.EVENT_DAY, F.to_date("window_start"))  # the partition (catalog.day_layout)
     )
 
 
@@ -124,7 +126,8 @@ def append_anomalies(silver_rows: DataFrame, *, uri: str, batch_id: int, ledger:
     try:
         count = flagged.count()
         if count:
-            ledger.append(flagged, uri, batch_id, merge_schema=True)  # lakes from before flagged_at and _batch_id
+            # merge_schema: lakes from before flagged_at and _batch_id
+            ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY)
         return count
     finally:
         flagged.unpersist()
@@ -140,7 +143,7 @@ def append_replayed_anomalies(spark: SparkSession, moved: DataFrame, *, uri: str
     if DeltaTable.isDeltaTable(spark, uri):
         flagged = flagged.join(spark.read.format("delta").load(uri).select("event_id"), "event_id", "left_anti")
     rows = flagged.withColumn("flagged_at", F.current_timestamp()).withColumn("_batch_id", F.lit(batch_id).cast("long"))
-    rows.write.format("delta").mode("append").option("mergeSchema", "true").save(uri)
+    rows.write.format("delta").mode("append").option("mergeSchema", "true").partitionBy(catalog.EVENT_DAY).save(uri)
 
 
 def update_gold(spark: SparkSession, *, silver_uri: str, batch_rows: DataFrame, lake_bucket: str, entity: str) -> int:
@@ -166,7 +169,7 @@ def _upsert(spark: SparkSession, uri: str, rows: DataFrame, key: list[str]) -> N
     from delta.tables import DeltaTable  # noqa: PLC0415
 
     if not DeltaTable.isDeltaTable(spark, uri):
-        rows.limit(0).write.format("delta").save(uri)
+        rows.limit(0).write.format("delta").partitionBy(catalog.EVENT_DAY).save(uri)
     condition = " AND ".join(f"t.{k} = s.{k}" for k in key)
     (
         DeltaTable.forPath(spark, uri)

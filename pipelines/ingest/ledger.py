@@ -22,6 +22,8 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tierlake.errors import SchemaMismatch
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -49,6 +51,7 @@ class CommitLedger:
         self._gate = gate
         self._last: dict[str, int] = {}
         self._metadata: dict[int, str] = {}
+        self._layout_checked: set[str] = set()
 
     def describe(self, batch_id: int, metadata: str) -> None:
         """What every commit of batch ``batch_id`` records as Delta ``userMetadata`` (query, batch, offsets)."""
@@ -69,15 +72,22 @@ class CommitLedger:
             self._last[uri] = last
         return self._last[uri]
 
-    def append(self, frame: DataFrame, uri: str, batch_id: int, *, merge_schema: bool = False) -> bool:
+    def append(
+        self, frame: DataFrame, uri: str, batch_id: int, *, merge_schema: bool = False, partition_by: str | None = None
+    ) -> bool:
         """Append ``frame`` (its rows carry ``_batch_id`` = ``batch_id``) unless the table already holds the batch.
 
+        ``partition_by``: the table's day column (``tierlake.catalog.day_layout``); a new table is created
+        partitioned by it, and a table laid out otherwise is refused with the command that migrates it.
         Returns whether it wrote.
         """
         if batch_id <= self.last(uri):
             logger.info("batch %d is already in %s (a replay after a crash); not written again", batch_id, uri)
             return False
         writer = frame.write.format("delta").mode("append")
+        if partition_by is not None:
+            self._check_layout(uri, partition_by)
+            writer = writer.partitionBy(partition_by)
         if batch_id in self._metadata:
             writer = writer.option("userMetadata", self._metadata[batch_id])
         if merge_schema:
@@ -88,3 +98,21 @@ class CommitLedger:
         writer.save(uri)  # the log store checks the lease's deadline again right before its PUT
         self._last[uri] = batch_id
         return True
+
+    def _check_layout(self, uri: str, column: str) -> None:
+        """Refuse to append to a table partitioned otherwise than by ``column`` (once per table and driver)."""
+        if uri in self._layout_checked:
+            return
+        from delta.tables import DeltaTable  # noqa: PLC0415
+
+        if DeltaTable.isDeltaTable(self._spark, uri):
+            detail = DeltaTable.forPath(self._spark, uri).detail().first()
+            current = list(detail["partitionColumns"]) if detail is not None else []
+            if current != [column]:
+                path = uri.split("://", 1)[-1].partition("/")[2]
+                raise SchemaMismatch(
+                    f"table {uri} is partitioned by {current}, the writer lays it out by [{column!r}]. "
+                    f"Fix: run `tierlake table migrate --table {path} --execute` once (a rewrite, nothing lost), "
+                    "then start the ingestion again"
+                )
+        self._layout_checked.add(uri)

@@ -199,6 +199,7 @@ def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[Da
         *source,
         now.alias("silver_time"),
         F.lit(batch_id).alias("_batch_id"),
+        F.to_date(F.col(f"_rec.`{entity.event_time}`")).alias(catalog.EVENT_DAY),  # the partition (UTC day)
     )
     quarantine = judged.where(F.col("rule").isNotNull()).select(
         F.lit(entity.name).alias("entity"),
@@ -284,9 +285,10 @@ def table_writes(
     """The appends of a batch's silver, quarantine and dropped rows, for the tables that get rows: an empty write
     would still cost a job and a commit, and skipping it is as deterministic."""
     uris = (tables.silver, tables.quarantine, tables.dropped)
+    days = (catalog.EVENT_DAY, None, None)  # silver by event day (catalog.day_layout); the others stay small
     return [
-        partial(ledger.append, frame, uri, batch_id, merge_schema=True)
-        for name, frame, uri in zip(("silver", "quarantine", "dropped"), frames, uris, strict=True)
+        partial(ledger.append, frame, uri, batch_id, merge_schema=True, partition_by=day)
+        for name, frame, uri, day in zip(("silver", "quarantine", "dropped"), frames, uris, days, strict=True)
         if counts[name]
     ]
 

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -137,6 +137,21 @@ class TableStats:
     rows: int
     small_files: int
     last_commit_s: float
+    partitions: int = 0  # 0: not partitioned
+    max_files_per_partition: int = 0  # the small-file signal of a day-partitioned table (OPTIMIZE brings it to ~1)
+    files_per_partition: dict[str, int] = field(default_factory=dict)  # "event_date=2026-01-01" -> files
+
+
+def files_by_partition(actions: dict[str, list[Any]]) -> dict[str, int]:
+    """Data files per partition (``col=value/...``) from flattened add actions; {} for an unpartitioned table."""
+    columns = sorted(c for c in actions if c.startswith("partition."))
+    if not columns:
+        return {}
+    counts: dict[str, int] = {}
+    for values in zip(*(actions[c] for c in columns), strict=True):
+        name = "/".join(f"{c.removeprefix('partition.')}={v}" for c, v in zip(columns, values, strict=True))
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _optimize_version(dt: RustTable, *, since: int) -> int:
@@ -172,6 +187,7 @@ def table_stats(settings: Settings, table: str, version: int | None = None) -> T
     rows = [int(n or 0) for n in actions.get("num_records", [])]
     small = settings.maintenance.target_file_mb * 1024 * 1024 // SMALL_FILE_FRACTION
     history = dt.history(1)
+    per_partition = files_by_partition(actions)
     return TableStats(
         table=table,
         version=dt.version(),
@@ -180,6 +196,9 @@ def table_stats(settings: Settings, table: str, version: int | None = None) -> T
         rows=sum(rows),
         small_files=sum(1 for s in sizes if s < small),
         last_commit_s=float(history[0].get("timestamp", 0)) / 1000 if history else 0.0,
+        partitions=len(per_partition),
+        max_files_per_partition=max(per_partition.values(), default=0),
+        files_per_partition=per_partition,
     )
 
 
@@ -190,6 +209,8 @@ _METRICS = {
     "rows": "rows in the latest snapshot (from the add actions' stats)",
     "small_files": "data files under a quarter of maintenance.target_file_mb (OPTIMIZE compacts them)",
     "last_commit_s": "Unix time of the latest commit",
+    "partitions": "partitions (days) in the latest snapshot; 0 for an unpartitioned table",
+    "max_files_per_partition": "data files in the partition that has the most (small files per day)",
 }
 
 

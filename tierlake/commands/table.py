@@ -1,4 +1,4 @@
-"""``tierlake table optimize|vacuum|checkpoint|history|stats|mirror``: Delta table maintenance without Airflow
+"""``tierlake table optimize|vacuum|checkpoint|history|stats|migrate|mirror``: Delta table maintenance without Airflow
 (pipelines/lake/maintenance.py, pipelines/lake/mirror.py). The lake_maintenance and mirror DAGs call these commands."""
 
 from __future__ import annotations
@@ -145,6 +145,14 @@ def _stats(args: argparse.Namespace, settings: Settings) -> int:
         lambda r: (
             f"{r['table']}: version {r['version']}, {r['files']} files ({r['small_files']} small), "
             f"{r['bytes'] / 1e6:.1f} MB, {r['rows']} rows"
+            + (
+                f", {r['partitions']} partitions, at most {r['max_files_per_partition']} files in one (files of the "
+                + "newest: "
+                + ", ".join(f"{p} {n}" for p, n in list(r["files_per_partition"].items())[-7:])
+                + ")"
+                if r["partitions"]
+                else ""
+            )
         ),
     )
     if not args.json:
@@ -180,6 +188,31 @@ def _mirror(args: argparse.Namespace, settings: Settings) -> int:
 
     _emit(args, results, line)
     return ExitCode.OK if all(r["ok"] for r in results) else ExitCode.DEGRADED
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipelines.lake.layout import migrate, pipeline_tables  # noqa: PLC0415
+
+    tables = _existing(settings, _tables(args, settings, tuple(pipeline_tables(settings))), skip_missing=args.all)
+    results = []
+    with spark_for(settings, "tierlake-migrate") as spark:
+        for table in tables:
+            report = migrate(spark, settings, table, execute=args.execute)
+            results.append(asdict(report) | {"migrated": report.migrated})
+    _emit(
+        args,
+        results,
+        lambda r: (
+            f"{r['table']}: partitioned by {r['partitioned_before']} -> [{r['partition_column']!r}]: "
+            + (
+                f"would rewrite {r['rows_before']} rows in {r['files_before']} files (add --execute)"
+                if r["dry_run"] and r["version_after"] is None
+                else f"version {r['version_before']} -> {r['version_after']}, rows {r['rows_before']} -> "
+                f"{r['rows_after']}, checksum equal, files {r['files_before']} -> {r['files_after']}"
+            )
+        ),
+    )
+    return 0
 
 
 def _add_tables(parser: argparse.ArgumentParser, what: str) -> None:
@@ -223,6 +256,13 @@ def register(sub: Subparsers) -> None:
     _add_tables(stats, "maintenance.tables")
     stats.add_argument("--metrics-file", type=Path, help="default maintenance.metrics_file")
     stats.set_defaults(handler=_stats)
+
+    migrate = actions.add_parser(
+        "migrate", help="rewrite a table once, partitioned by day as the pipeline now lays it out (nothing lost)"
+    )
+    _add_tables(migrate, "the pipeline (bronze, silver, gold windows and anomalies of every entity)")
+    migrate.add_argument("--execute", action="store_true", help="rewrite (without it: a dry run saying what would)")
+    migrate.set_defaults(handler=_migrate)
 
     mirror = actions.add_parser("mirror", help="copy tables (consistent snapshots) and checkpoints to the 2nd site")
     _add_tables(mirror, "mirror.tables")
