@@ -35,7 +35,8 @@ DEFAULT_ARGS: dict[str, Any] = {
 # The asset "a new version of the training table landed in gold". ingest_supervisor's announce_gold task emits it
 # with {"table": ..., "version": ...} in the event's extra; cache_warmup is scheduled on it.
 # The lake bucket comes from conf/ (read once when the DAG files are parsed; env TIERLAKE_* applies as everywhere).
-_TOKENS = catalog.gold_tokens(load_settings(conf_dir=ROOT / "conf").s3.lake_bucket, "corpus")
+_SETTINGS = load_settings(conf_dir=ROOT / "conf")
+_TOKENS = catalog.gold_tokens(_SETTINGS.s3.lake_bucket, "corpus")
 TRAINING_TABLE = _TOKENS.path
 GOLD_VERSION_LANDED = Asset(name="gold_version_landed", uri=_TOKENS.s3)
 
@@ -65,3 +66,8 @@ def table_args(params: Mapping[str, Any]) -> list[str]:
     """The tables a run names in its ``tables`` param, else ``--all`` (every table of the conf/ section)."""
     tables = [str(t) for t in params.get("tables") or []]
     return tables or ["--all"]
+
+
+def archive_tables(params: Mapping[str, Any]) -> list[str]:
+    """The tables a run names in its ``tables`` param, else those with a policy in ``archive.tables`` of conf/."""
+    return [str(t) for t in params.get("tables") or []] or sorted(_SETTINGS.archive.tables)

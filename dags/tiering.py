@@ -1,5 +1,7 @@
 """tiering: pick the cold partitions by policy, archive them to both sites (two tape copies), verify, and purge
-them from the lake when policy allows. Each task runs one `tierlake archive ...` command (tiers/archive)."""
+them from the lake when policy allows. Out of the box it moves the tables of ``archive.tables`` in conf/ (the
+pipeline's silver and gold tables, partitioned by day); the purge is a dry run unless the run says ``purge``.
+Each task runs one `tierlake archive ...` command (tiers/archive)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from dags.common import DEFAULT_ARGS, run_tierlake
+from dags.common import DEFAULT_ARGS, archive_tables, run_tierlake
 
 
 @dag(
@@ -19,7 +21,7 @@ from dags.common import DEFAULT_ARGS, run_tierlake
     default_args=DEFAULT_ARGS,
     tags=["tierlake", "archive"],
     params={
-        "tables": Param(["silver/ev"], type="array", minItems=1, description="tables whose cold partitions move"),
+        "tables": Param([], type="array", description="tables whose cold partitions move; empty: archive.tables"),
         # A dry run by default, as `tierlake archive purge` is: deleting the lake's copy is opted into, per run
         # or by changing this default, never implied by scheduling the DAG.
         "purge": Param(False, type="boolean", description="purge archived partitions when policy allows"),
@@ -28,15 +30,15 @@ from dags.common import DEFAULT_ARGS, run_tierlake
 def tiering() -> None:
     @task
     def tables() -> list[str]:
-        return [str(t) for t in get_current_context()["params"]["tables"]]
+        return archive_tables(get_current_context()["params"])
 
     @task
     def select(table: str) -> Any:
-        return run_tierlake("archive", "select", "--table", table, "--json")
+        return run_tierlake("archive", "select", "--table", table, "--if-exists", "--json")
 
     @task
     def archive(table: str) -> Any:
-        return run_tierlake("archive", "run", "--table", table, "--json")
+        return run_tierlake("archive", "run", "--table", table, "--if-exists", "--json")
 
     @task
     def verify() -> Any:
@@ -45,7 +47,8 @@ def tiering() -> None:
     @task
     def purge(table: str) -> Any:
         execute = ["--execute"] if get_current_context()["params"]["purge"] else []
-        return run_tierlake("archive", "purge", "--table", table, *execute, "--json")
+        # --only-due: files still retained or under legal hold stay (counted), the rest go; none archived is no error
+        return run_tierlake("archive", "purge", "--table", table, "--only-due", *execute, "--json")
 
     names = tables()
     selected = select.expand(table=names)

@@ -46,9 +46,26 @@ def _scope(args: argparse.Namespace) -> str:
     )
 
 
+def _table_missing(args: argparse.Namespace, settings: Settings) -> bool:
+    """With --if-exists, a table not written yet (a fresh install) is reported and skipped, not an error."""
+    from tierlake.errors import NotFound  # noqa: PLC0415
+    from tiers.archive.policy import snapshot  # noqa: PLC0415
+
+    if not args.if_exists:
+        return False
+    try:
+        snapshot(settings.s3, args.table)
+    except NotFound:
+        _out(args, {"table": args.table, "missing": True, "partitions": []}, f"{args.table}: no table yet")
+        return True
+    return False
+
+
 def _select(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.compliance import select  # noqa: PLC0415
 
+    if _table_missing(args, settings):
+        return 0
     chosen = select(_context(settings), _catalog(settings), args.table)
     lines = [f"{c['partition']}: {c['files']} files, {c['bytes'] / 1e6:.1f} MB ({c['why']})" for c in chosen]
     _out(args, {"table": args.table, "partitions": chosen}, "\n".join(lines) or "no cold partitions")
@@ -59,6 +76,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.archiver import run  # noqa: PLC0415
     from tiers.archive.compliance import select  # noqa: PLC0415
 
+    if _table_missing(args, settings):
+        return 0
     catalog = _catalog(settings)
     context = _context(settings)
     partitions = args.partition or [c["partition"] for c in select(context, catalog, args.table)]
@@ -76,9 +95,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 def _purge(args: argparse.Namespace, settings: Settings) -> int:
     from tiers.archive.compliance import purge  # noqa: PLC0415
 
-    result = purge(_context(settings), _catalog(settings), _scope(args), execute=args.execute)
+    result = purge(_context(settings), _catalog(settings), _scope(args), execute=args.execute, only_due=args.only_due)
     verb = "purged" if args.execute else "would purge (dry run; --execute to delete)"
-    _out(args, result, f"{verb} {len(result['files'])} files; already purged {result['already_purged']}")
+    _out(
+        args,
+        result,
+        f"{verb} {len(result['files'])} files; already purged {result['already_purged']}; "
+        f"kept {result['kept']} (legal hold or retention)",
+    )
     return 0
 
 
@@ -213,9 +237,16 @@ def register(sub: Subparsers) -> None:
     command("select", _select, "cold partitions by policy", table=True)
     run = command("run", _run, "archive partitions to both sites and verify", table=True)
     run.add_argument("--partition", action="append", help="e.g. day=2026-01-01 (repeatable; default: selected)")
+    for parser in (commands.choices["select"], run):
+        parser.add_argument("--if-exists", action="store_true", help="a table not written yet is skipped, not an error")
     purge = command("purge", _purge, "delete object-store copies of verified files (dry run by default)", table=True)
     purge.add_argument("--partition")
     purge.add_argument("--execute", action="store_true", help="really delete (default: dry run)")
+    purge.add_argument(
+        "--only-due",
+        action="store_true",
+        help="purge what retention and holds allow and keep the rest (default: any retained file refuses all)",
+    )
     retention = command("retention", _retention, "holds, retention dates; mark purgeable what expired")
     retention.add_argument("--report-only", action="store_true", help="change no state")
     query = command("query", _query, "SQL (DuckDB) over the tables `catalog` and `audit`")

@@ -21,6 +21,7 @@ class ArchiveTable:
     cold_by: str  # "age" (the partition's date value) or "access" (last read through the edge cache)
     cold_after_days: int
     retention_days: int
+    hold_reason: str = ""  # a legal hold put on every file archived ("" = none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,15 +53,18 @@ class ArchiveSettings:
 RECALL_MODES = ("never", "ask", "auto")
 RECALL_TARGETS = ("lake", "cache")
 _ARCHIVE_TABLE_KEYS = {"partition_column", "key_column", "cold_by", "cold_after_days", "retention_days"}
+_ARCHIVE_TABLE_OPTIONAL = {"hold_reason"}
 
 
 def build_archive_tables(values: Values) -> dict[str, ArchiveTable]:
     raw = values.get("archive.tables", dict, default={}, fix="a mapping of lake table path -> policy")
     tables = {}
     for name, policy in raw.items():
-        fix = f"give archive.tables.{name} the keys {sorted(_ARCHIVE_TABLE_KEYS)}"
-        if not isinstance(policy, dict) or set(policy) != _ARCHIVE_TABLE_KEYS:
-            raise values.fail("archive.tables", {name: policy}, "a table policy needs exactly its five keys", fix)
+        fix = f"give archive.tables.{name} the keys {sorted(_ARCHIVE_TABLE_KEYS)} (optional: hold_reason)"
+        if not isinstance(policy, dict) or not _ARCHIVE_TABLE_KEYS <= set(policy) <= (
+            _ARCHIVE_TABLE_KEYS | _ARCHIVE_TABLE_OPTIONAL
+        ):
+            raise values.fail("archive.tables", {name: policy}, "a table policy needs its five keys (and may have hold_reason)", fix)
         if policy["cold_by"] not in ("age", "access"):
             raise values.fail("archive.tables", {name: policy}, "cold_by must be age or access", fix)
         numbers = (policy["cold_after_days"], policy["retention_days"])
@@ -73,6 +77,7 @@ def build_archive_tables(values: Values) -> dict[str, ArchiveTable]:
             cold_by=policy["cold_by"],
             cold_after_days=policy["cold_after_days"],
             retention_days=policy["retention_days"],
+            hold_reason=str(policy.get("hold_reason") or ""),
         )
     return tables
 

@@ -148,6 +148,7 @@ def _members(
             "key_max": info["key_max"],
             "archived_at": now.isoformat(),
             "retention_until": retention.isoformat(),
+            "hold_reason": policy.hold_reason,  # the policy's default legal hold ("" = none), kept on tape too
         }
         members.append(Member(source=Path(info["source"]), size=info["size"], fields=fields))
     return members
@@ -197,8 +198,8 @@ def catalog_rows(
                 "byte_offset": offset % blocksize,
                 "byte_count": int(member["size"]),
                 "state": FileState.VERIFIED.value,
-                "legal_hold": False,
-                "hold_reason": "",
+                "legal_hold": bool(fields.get("hold_reason")),
+                "hold_reason": str(fields.get("hold_reason") or ""),
             }
         )
     return rows

@@ -254,11 +254,22 @@ def retention(catalog: Catalog, *, apply: bool = True) -> dict[str, Any]:
     }
 
 
-def purge(context: ArchiveContext, catalog: Catalog, predicate: str, *, execute: bool) -> dict[str, Any]:
+def purge(
+    context: ArchiveContext, catalog: Catalog, predicate: str, *, execute: bool, only_due: bool = False
+) -> dict[str, Any]:
+    """Delete the object-store copy of the verified files matching ``predicate`` (a plan without ``execute``).
+
+    A file under legal hold or retention refuses the whole purge, unless ``only_due``: then such files are kept
+    (counted in ``kept``) and the rest purged, and nothing archived is no error (the tiering DAG's daily run).
+    """
     rows = find(catalog, predicate)
-    if not rows:
+    if not rows and not only_due:
         raise NotFound(f"nothing archived matches {predicate}. Fix: archive it first (`tierlake archive run`)")
     now = datetime.now(UTC)
+    due = [r for r in rows if not r["legal_hold"] and r["retention_until"] <= now]
+    kept = len({r["file_id"] for r in rows} - {r["file_id"] for r in due})
+    if only_due:
+        rows = due
     for row in rows:
         if row["legal_hold"]:
             raise RetentionViolation(
@@ -284,7 +295,7 @@ def purge(context: ArchiveContext, catalog: Catalog, predicate: str, *, execute:
         ids = ",".join(quote(r["file_id"]) for r in candidates)
         catalog.update(f"file_id IN ({ids})", {"state": quote(FileState.PURGED.value)})
         catalog.record("purge", table=candidates[0]["table"], target=predicate, files=len(candidates))
-    return {"dry_run": not execute, "files": plan, "already_purged": already}
+    return {"dry_run": not execute, "files": plan, "already_purged": already, "kept": kept}
 
 
 def rebuild(context: ArchiveContext, catalog: Catalog, barcode: str, *, into: Catalog | None = None) -> int:
