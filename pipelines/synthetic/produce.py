@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipelines.synthetic.datasets import CORPUS_SPACING_S, EV_SPACING_S, Record, ev_stream, good_records, recent_start
@@ -68,8 +69,13 @@ def produce_events(
     bad_fraction: float = 0.0,
     progress: bool = True,
     seed: int | None = None,
+    days_ago: int = 0,
 ) -> ProduceSummary:
-    """Send ``events`` synthetic records of ``dataset``; returns the counted summary once all are acknowledged."""
+    """Send ``events`` synthetic records of ``dataset``; returns the counted summary once all are acknowledged.
+
+    ``days_ago``: back-date the event times, so the events end that many days before now (history for the cold
+    tier; silver quarantines them as late if it already holds newer events of the entity).
+    """
     if dataset not in DATASET_ENTITIES:
         raise ConfigError(f"dataset {dataset!r} is unknown. Fix: use one of {sorted(DATASET_ENTITIES)}")
     if events < 1:
@@ -78,15 +84,18 @@ def produce_events(
         raise ConfigError(f"--rate {rate} must be >= 0 (0 = as fast as possible)")
     if not 0 <= bad_fraction <= 0.5 or (bad_fraction and dataset != "ev"):
         raise ConfigError(f"--bad-fraction {bad_fraction} must be within [0, 0.5], and bad records exist for ev only")
+    if days_ago < 0:
+        raise ConfigError(f"--days-ago {days_ago} must be >= 0 (0 = events ending now)")
     entity = settings.entities[DATASET_ENTITIES[dataset]]
+    now = datetime.now(UTC) - timedelta(days=days_ago)
     # A new seed per run by default: the same seed twice sends the same event ids, which silver drops as duplicates.
     seed = time.time_ns() % 2**31 if seed is None else seed
     logger.info("producing %d %s records with seed %d", events, dataset, seed, extra={"topic": entity.topic})
     if dataset == "ev":
-        start = recent_start(events, EV_SPACING_S)
+        start = recent_start(events, EV_SPACING_S, now=now)
         records = ev_stream(events, bad_fraction=bad_fraction, seed=seed, max_bytes=entity.max_bytes, start=start)
     else:
-        records = good_records(dataset, events, seed=seed, start=recent_start(events, CORPUS_SPACING_S))
+        records = good_records(dataset, events, seed=seed, start=recent_start(events, CORPUS_SPACING_S, now=now))
     return send_records(settings, entity.topic, records, total=events, rate=rate, progress=progress)
 
 

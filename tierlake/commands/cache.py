@@ -43,6 +43,7 @@ def _warm(args: argparse.Namespace, settings: Settings) -> int:
             concurrency=concurrency,
             pin=args.pin,
             progress=not args.json,
+            partitions=tuple(args.partition or ()),
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -149,6 +150,9 @@ def register(sub: Subparsers) -> None:
     warm.add_argument("--version", type=int, help="the Delta version (default: the latest)")
     warm.add_argument("--concurrency", type=positive_int, help="parallel GETs (default: cache.warm_concurrency)")
     warm.add_argument("--pin", action="store_true", help="never evict these files until unpinned")
+    warm.add_argument(
+        "--partition", action="append", help="only this partition, e.g. event_date=2026-01-07 (repeatable)"
+    )
     warm.add_argument("--json", action="store_true")
     warm.set_defaults(handler=_warm)
     stats = cache.add_parser("stats", help="hits, misses, bytes, evictions, hit ratio")

@@ -17,6 +17,7 @@ from tierlake.commands import (
     Subparsers,
     fraction,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     spark_for,
@@ -36,6 +37,7 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
         bad_fraction=args.bad_fraction,
         seed=args.seed,
         progress=not args.json,
+        days_ago=args.days_ago,
     )
     sys.stdout.write((json.dumps(summary.as_dict()) if args.json else summary.describe()) + "\n")
     return ExitCode.OK if summary.failed == 0 else ExitCode.INCOMPLETE
@@ -230,6 +232,9 @@ def register(sub: Subparsers) -> None:
     )
     produce.add_argument("--bad-fraction", type=fraction, default=0.0, help="share of bad records (ev), e.g. 0.02")
     produce.add_argument("--seed", type=int, help="generator seed (default: new each run); equal seeds, equal records")
+    produce.add_argument(
+        "--days-ago", type=non_negative_int, default=0, help="back-date event times: they end this many days ago"
+    )
     produce.add_argument("--json", action="store_true")
     produce.set_defaults(handler=_produce)
 

@@ -64,12 +64,23 @@ def warm(
     concurrency: int = 4,
     pin: bool = False,
     progress: bool = True,
+    partitions: tuple[str, ...] = (),
 ) -> WarmReport:
-    """Fill the cache with a snapshot's files (``pin``: never evict them until unpinned)."""
+    """Fill the cache with a snapshot's files (``pin``: never evict them until unpinned).
+
+    ``partitions``: only the files of these partitions, e.g. ``("event_date=2026-01-07",)`` (the newest day).
+    """
     if concurrency < 1:
         raise ValueError(f"concurrency = {concurrency} is invalid. Fix: at least 1 parallel GET")
     uri = table_uri(table, s3.lake_bucket)
     at_version, files = snapshot_files(s3, uri, version)
+    if partitions:
+        files = [(b, k) for b, k in files if any(f"/{p.strip('/')}/" in f"/{k}" for p in partitions)]
+        if not files:
+            raise ValueError(
+                f"partitions {list(partitions)} hold no file of {uri}@{at_version}. Fix: name a partition "
+                "as `tierlake table stats` lists it, e.g. event_date=2026-01-07"
+            )
     report = WarmReport(table=uri, version=at_version, files=len(files))
     misses_before = cache.stats().counters["misses"]
 
