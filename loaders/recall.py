@@ -10,6 +10,10 @@
 - ``auto``: the files are recalled (progress bar), to the lake under their keys or only into the edge cache
   (``to``), checked against their SHA-256, then read.
 
+A read does not wait for the whole recall (:func:`with_recall`): the refusal (``never``, ``ask`` declined) comes
+at once, then the recall runs in a background thread (:class:`PendingRecall`), in tape order, and each file can be
+opened as soon as it is verified and published; an open of a file still on its way waits for that file only.
+
 The file source is wrapped (:class:`RecallingSource`) so that a file found missing later (after a cached plan, or
 purged while the epoch runs) is recalled on its own by the same rule, and a file recalled into the cache is read
 from there. Recalls are audited with who asked (user, host, process) and why (``reason``).
@@ -17,8 +21,10 @@ from there. Recalls are audited with who asked (user, host, process) and why (``
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,8 +38,9 @@ from tierlake.errors import ConfigError, NotFound
 if TYPE_CHECKING:
     from tiers.archive.catalog import Catalog
     from tiers.archive.context import ArchiveContext
-    from tiers.archive.recall import Estimate, RecallPlan, RecallReport
+    from tiers.archive.recall import Estimate, RecallFile, RecallPlan, RecallReport
 
+logger = logging.getLogger(__name__)
 Confirm = Callable[["RecallPlan", "Estimate"], bool]
 
 
@@ -118,11 +125,32 @@ class Recall:
             return None
         return self.apply(plan, what=f"{snapshot.table_uri} at version {snapshot.version}")
 
-    def apply(self, plan: RecallPlan, *, what: str) -> RecallReport:
-        """Recall ``plan`` as the mode says, or raise NotFound naming each file, its cartridges and the estimate."""
-        from tiers.archive.catalog import actor  # noqa: PLC0415
+    def apply(
+        self, plan: RecallPlan, *, what: str, published: Callable[[RecallFile, str], None] | None = None
+    ) -> RecallReport:
+        """Recall ``plan`` as the mode says, or raise NotFound naming each file, its cartridges and the estimate.
+        ``published(file, where)``: called as each file becomes readable."""
         from tiers.archive.recall import recall  # noqa: PLC0415
 
+        self.check(plan, what=what)
+        return recall(
+            self.context,
+            self._catalog(),
+            plan,
+            to=self.to,
+            asked_by=self._asked_by(),
+            reason=self.reason or f"read of {what}",
+            progress=self.progress,
+            published=published,
+        )
+
+    def _asked_by(self) -> str:
+        from tiers.archive.catalog import actor  # noqa: PLC0415
+
+        return f"{actor()} pid {os.getpid()} ({self.requester})"
+
+    def check(self, plan: RecallPlan, *, what: str) -> None:
+        """NotFound naming each file, its cartridges and the estimate, unless the mode allows recalling ``plan``."""
         estimate = plan.estimate(drive_mb_s=self.context.archive.drive_mb_s)
         confirmed = self.mode == "auto" or (
             self.mode == "ask" and self.confirm is not None and self.confirm(plan, estimate)
@@ -135,18 +163,82 @@ class Recall:
                 f"{estimate.mounts} mount(s), about {estimate.seconds:.0f} s. Fix: pass recall=Recall(..., "
                 "mode='auto') (or archive.recall: auto in conf/), or run `tierlake archive restore --version`"
             )
-        return recall(
-            self.context,
-            self._catalog(),
-            plan,
-            to=self.to,
-            asked_by=f"{actor()} pid {os.getpid()} ({self.requester})",
-            reason=self.reason or f"read of {what}",
-            progress=self.progress,
-        )
 
-    def wrap(self, source: FileSource) -> RecallingSource:
-        return RecallingSource(source, self)
+    def start(self, snapshot: Snapshot) -> PendingRecall | None:
+        """Like :meth:`prepare`, but the recall runs in a background thread: the refusal (never, ask declined) is
+        raised here, then each file is readable as soon as it is published (:meth:`PendingRecall.wait`)."""
+        plan = self.plan([f.uri for f in snapshot.files])
+        if not plan.cartridges and not plan.unarchived:
+            return None
+        what = f"{snapshot.table_uri} at version {snapshot.version}"
+        self.check(plan, what=what)
+        if plan.unarchived:  # recall() names them; at once, not from the thread
+            return PendingRecall.finished(self.apply(plan, what=what))
+        return PendingRecall(self, plan, what=what)
+
+    def wrap(self, source: FileSource, pending: PendingRecall | None = None) -> RecallingSource:
+        return RecallingSource(source, self, pending)
+
+
+class PendingRecall:
+    """A recall running in a background thread, in tape order. :meth:`wait` returns as soon as one file is
+    published (verified first: never a part of it), so a reader starts on the first file while the rest come."""
+
+    def __init__(self, recall: Recall | None, plan: RecallPlan | None, *, what: str = "") -> None:
+        self._files = {f.uri: threading.Event() for f in plan.files} if plan is not None else {}
+        self._done = threading.Event()
+        self.error: BaseException | None = None
+        self.report: RecallReport | None = None
+        if recall is not None and plan is not None:
+            thread = threading.Thread(target=self._run, args=(recall, plan, what), name="recall", daemon=True)
+            thread.start()
+        else:
+            self._done.set()
+
+    @classmethod
+    def finished(cls, report: RecallReport) -> PendingRecall:
+        pending = cls(None, None)
+        pending.report = report
+        return pending
+
+    def _run(self, recall: Recall, plan: RecallPlan, what: str) -> None:
+        try:
+            self.report = recall.apply(plan, what=what, published=self._published)
+        except BaseException as exc:  # handed to the readers waiting for a file, raised there
+            logger.warning("recall of %s failed: %s", what, exc)
+            self.error = exc
+        finally:
+            self._done.set()
+            for event in self._files.values():
+                event.set()
+
+    def _published(self, item: RecallFile, _where: str) -> None:
+        if (event := self._files.get(item.uri)) is not None:
+            event.set()
+
+    def wait(self, uri: str) -> bool:
+        """Block until ``uri`` is published or the recall ended; False when ``uri`` is not part of this recall.
+        Raises the recall's error when it ended without publishing ``uri``."""
+        event = self._files.get(uri) or self._files.get(_unquoted(uri))
+        if event is None:
+            return False
+        event.wait()
+        if self.error is not None and self._done.is_set() and not self._was_published(uri):
+            raise self.error
+        return True
+
+    def _was_published(self, uri: str) -> bool:
+        return self.report is not None and any(r["uri"] in (uri, _unquoted(uri)) for r in self.report.recalled)
+
+    def join(self) -> RecallReport | None:
+        """Wait for the whole recall; its report (None if it failed: ``error`` says why)."""
+        self._done.wait()
+        return self.report
+
+
+def _unquoted(uri: str) -> str:
+    parsed = urlparse(uri)
+    return f"{parsed.scheme}://{parsed.netloc}/{unquote(parsed.path).lstrip('/')}"
 
 
 class RecallingSource:
@@ -154,9 +246,10 @@ class RecallingSource:
     serves files recalled into the edge cache from there. Pickling drops ``confirm`` (a worker process never asks:
     under ``ask`` it raises NotFound) and the cache handle."""
 
-    def __init__(self, inner: FileSource, recall: Recall) -> None:
+    def __init__(self, inner: FileSource, recall: Recall, pending: PendingRecall | None = None) -> None:
         self.inner = inner
         self.recall = recall
+        self.pending = pending
         self._cache: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -180,12 +273,17 @@ class RecallingSource:
         try:
             return self.inner.open(uri)
         except NotFound:
+            if self.pending is not None and self.pending.wait(uri):  # on its way from tape: this file only
+                return self._published(uri)
             if (cached := self._cached(uri)) is not None:
                 return cached
             plan = self.recall.plan([uri])
             if not plan.cartridges and not plan.unarchived:
                 raise  # not on tape: missing for another reason (vacuumed)
             self.recall.apply(plan, what=uri)
+        return self._published(uri)
+
+    def _published(self, uri: str) -> Any:
         cached = self._cached(uri)
         return cached if cached is not None else self.inner.open(uri)
 
@@ -198,8 +296,8 @@ def _folder_of(keys: set[str]) -> str:
 
 def with_recall(snapshot: Snapshot, source: FileSource, recall: Recall | None) -> FileSource:
     """The loaders' hook: ``source`` itself when no recall is asked for; else the version's files on tape are
-    recalled (or refused) now, once for all of them, and ``source`` is wrapped for files found missing later."""
+    refused now, or recalled in the background, once for all of them, in tape order (each file readable as soon as
+    it is published), and ``source`` is wrapped for those and for files found missing later."""
     if recall is None:
         return source
-    recall.prepare(snapshot)
-    return recall.wrap(source)
+    return recall.wrap(source, recall.start(snapshot))

@@ -9,6 +9,7 @@ import hashlib
 import multiprocessing
 import re
 import signal
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,16 +20,16 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from loaders.recall import Recall
+from loaders.recall import PendingRecall, Recall
 from tests.lake_tables import scratch_archive
 from tests.unit.recall_children import BUCKET, FILES, TABLE, recall_in_child
 from tierlake.config import load_settings
-from tierlake.errors import ConfigError, NotFound
-from tiers.archive import archiver
+from tierlake.errors import ConfigError, NotFound, TapeError
+from tiers.archive import archiver, recall_io
 from tiers.archive.aggregate import Member
 from tiers.archive.catalog import Catalog, quote
 from tiers.archive.context import ArchiveContext
-from tiers.archive.recall import CacheTarget, Estimate, RecallPlan, plan_recall, recall
+from tiers.archive.recall import CacheTarget, Estimate, RecallFile, RecallPlan, plan_recall, recall
 from tiers.tape.library import Library
 
 pytestmark = pytest.mark.unit
@@ -274,3 +275,39 @@ def test_recall_never_names_each_file_and_its_cartridges(
     with pytest.raises(NotFound, match="on tape only"):
         Recall(context=context, mode="ask", confirm=decline).apply(plan, what="v0")
     assert asked == [3]
+
+
+class _Purged:
+    """The lake's file source after the purge: every file is missing."""
+
+    def open(self, uri: str) -> Any:
+        raise NotFound(f"data file {uri} is missing from the object store")
+
+
+def test_a_reader_opens_the_first_recalled_file_while_the_rest_is_still_on_tape(
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recall streams: the second file's publication is held until the reader has opened the first one, so a
+    read that waited for the whole recall would never get its file (the hold gives up and the recall fails)."""
+    context, _catalog, rows = archived
+    plan = _plan(rows)
+    first, *rest = plan.files
+    opened_first = threading.Event()
+    put = recall_io.CacheTarget.put
+
+    def held_put(self: recall_io.CacheTarget, item: RecallFile, chunks: Any) -> str:
+        if item.path != first.path and not opened_first.wait(timeout=30):
+            raise TapeError("the reader never got the first file while the others waited")
+        return put(self, item, chunks)
+
+    monkeypatch.setattr(recall_io.CacheTarget, "put", held_put)
+    policy = Recall(context=context, mode="auto", to="cache", reason="streaming", progress=False)
+    pending = PendingRecall(policy, plan, what="three files")
+    source = policy.wrap(_Purged(), pending)
+    assert Path(source.open(first.uri)).read_bytes() == FILES[first.path]
+    opened_first.set()
+    report = pending.join()
+    assert pending.error is None
+    assert report is not None
+    assert [r["path"] for r in report.recalled] == [f.path for f in plan.files]  # tape order, each once
+    assert all(Path(source.open(f.uri)).read_bytes() == FILES[f.path] for f in rest)

@@ -22,24 +22,31 @@ it stays PURGED, since the lake still lacks it.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from tqdm import tqdm
 
-from tierlake.config.cache import CacheOptions
-from tierlake.errors import NotFound, StorageError, TapeError
+from tierlake.errors import NotFound, TapeError
 from tiers.archive.catalog import Catalog, quote
 from tiers.archive.context import ArchiveContext
+from tiers.archive.recall_io import (
+    CacheTarget,
+    ChecksumMismatch,
+    LakeTarget,
+    Step,
+    TapeOrigin,
+    Target,
+    read_ahead,
+    target_for,
+    verified,
+)
 from tiers.archive.state import FileState
-from tiers.store import Body, ObjectInfo, ObjectStore, S3Store
 from tiers.tape.library import Library
 from tiers.tape.volume import Volume
 
@@ -49,9 +56,20 @@ NOMINAL_DRIVE_MB_S = 360.0
 """The estimate's drive speed when ``archive.drive_mb_s`` is 0 (virtual drives at disk speed): LTO-8 native."""
 MOUNT_S = 20.0
 """The estimate's cost of one mount: robot move, load and thread (LTO-8 takes 15-20 s before the first locate)."""
-Step = Callable[[str, str], None]
-"""A hook called at each step of one file's recall (``read``, ``verified``, ``published``) with its path; tests
-kill the process there."""
+Published = Callable[["RecallFile", str], None]
+"""Called as each file of a recall becomes readable, with where it went (empty: another reader put it there)."""
+__all__ = [
+    "CacheTarget",
+    "ChecksumMismatch",
+    "LakeTarget",
+    "RecallPlan",
+    "TapeOrigin",
+    "Target",
+    "plan_for_objects",
+    "plan_recall",
+    "recall",
+    "target_for",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,194 +261,17 @@ def plan_for_objects(
 ) -> RecallPlan:
     """The recall plan of the objects ``keys`` under ``s3://bucket/prefix/`` that are purged and not back yet.
 
-    One catalog scan finds which of them have PURGED copies; only those are checked (one HEAD each) in the lake,
-    and, for ``to="cache"``, in the edge cache: a file recalled earlier is not planned again.
+    One catalog scan finds which of them are PURGED: the lake lacks those (a recall or restore to the lake sets
+    them VERIFIED again), so no HEAD is sent; for ``to="cache"`` the ones the edge cache holds already are left
+    out (a local lookup). A file published by a recall killed before it updated the catalog is planned again and
+    found there by the recall's own check under the file's lock, not read twice.
     """
     wanted_keys = set(keys)
     rows = [r for r in catalog_rows_under(catalog, bucket, prefix) if r["key"] in wanted_keys]
     purged = {str(r["key"]): int(r["size"]) for r in rows if r["state"] == FileState.PURGED.value}
-    places = [target_for(context, "lake")] + ([target_for(context, "cache")] if to == "cache" else [])
-    wanted = [(bucket, k) for k, size in sorted(purged.items()) if not any(p.present(bucket, k, size) for p in places)]
+    cache = target_for(context, "cache") if to == "cache" and purged else None
+    wanted = [(bucket, k) for k, size in sorted(purged.items()) if cache is None or not cache.present(bucket, k, size)]
     return plan_recall(rows, wanted)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Where recalled files go
-
-
-class ChecksumMismatch(TapeError):
-    """A copy read from tape is not the archived file (size or SHA-256 differ); it is never published."""
-
-
-def verified(chunks: Iterable[bytes], item: RecallFile, step: Step) -> Iterator[bytes]:
-    """The member's bytes, passed on as they are read and hashed; at the end, ChecksumMismatch unless the size and
-    SHA-256 are the catalog's. A target publishes only once this is exhausted without an error."""
-    digest, size = hashlib.sha256(), 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-        step("read", item.path)
-        yield chunk
-    if size != item.size or digest.hexdigest() != item.sha256:
-        raise ChecksumMismatch(
-            f"{item.path}: copy {item.copy} on {item.cartridge} has {size} bytes and another SHA-256"
-        )
-    step("verified", item.path)
-
-
-class Target(Protocol):
-    """Where a recall publishes a file, and how it tells that a file is already there. ``put`` consumes the
-    :func:`verified` stream to its end before the file becomes visible, so a bad copy or a kill publishes nothing."""
-
-    name: str
-
-    def present(self, bucket: str, key: str, size: int) -> bool: ...
-
-    def put(self, item: RecallFile, chunks: Iterator[bytes]) -> str: ...
-
-
-class LakeTarget:
-    """The lake: the object store, under the file's original key. The bytes go to a temp file of the staging
-    folder first (a PUT needs its length and must not start before the SHA-256 is known), then one PUT: the
-    object appears whole or not at all."""
-
-    name = "lake"
-
-    def __init__(self, store: ObjectStore, staging: Path) -> None:
-        self.store = store
-        self.staging = staging
-
-    def present(self, bucket: str, key: str, size: int) -> bool:
-        try:
-            return self.store.info(bucket, key).size == size
-        except NotFound:
-            return False
-
-    def put(self, item: RecallFile, chunks: Iterator[bytes]) -> str:
-        for stale in self.staging.glob(f"{item.file_id}.*.tmp"):  # a killed recall's; the caller holds the lock
-            stale.unlink(missing_ok=True)
-        temp = self.staging / f"{item.file_id}.{os.getpid()}.tmp"
-        try:
-            with temp.open("wb") as out:  # no fsync: the PUT makes it durable, a crash leaves only this temp
-                for chunk in chunks:
-                    out.write(chunk)
-            self.store.put_file(item.bucket, item.key, temp)
-        finally:
-            temp.unlink(missing_ok=True)
-        return item.uri
-
-
-class _Stream:
-    """A :class:`tiers.store.Body` over an iterator of chunks."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._left = b""
-
-    def read(self, size: int = -1, /) -> bytes:
-        if size < 0:
-            return self._left + b"".join(self._chunks)
-        piece = self._left or next(self._chunks, b"")
-        self._left = piece[size:]
-        return piece[:size]
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-
-
-class TapeOrigin:
-    """The edge cache's origin during a recall: it serves the one member being recalled, from the mounted
-    cartridge, and nothing else (NotFound), so the cache never asks the lake for a recalled file."""
-
-    name = "tape"
-
-    def __init__(self) -> None:
-        self.current: tuple[RecallFile, Iterator[bytes]] | None = None
-
-    def _member(self, bucket: str, key: str) -> tuple[RecallFile, Iterator[bytes]]:
-        if self.current is None or (self.current[0].bucket, self.current[0].key) != (bucket, key):
-            raise NotFound(f"s3://{bucket}/{key} is not being recalled from tape")
-        return self.current
-
-    def info(self, bucket: str, key: str) -> ObjectInfo:
-        item, _ = self._member(bucket, key)
-        return ObjectInfo(bucket=bucket, key=key, size=item.size, etag=item.sha256)
-
-    def open(self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None) -> Body:
-        item, chunks = self._member(bucket, key)
-        if start != 0 or end not in (None, item.size):
-            raise StorageError(f"s3://{bucket}/{key}: a recall fills whole files (asked for [{start}, {end}))")
-        return _Stream(chunks)
-
-    def open_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Body]:
-        return self.info(bucket, key), self.open(bucket, key)
-
-    def cat_file(
-        self, bucket: str, key: str, *, start: int = 0, end: int | None = None, etag: str | None = None
-    ) -> bytes:
-        return self.open(bucket, key, start=start, end=end).read()
-
-    def _refuse(self, verb: str) -> StorageError:
-        return StorageError(f"the tape origin of a recall is read-only: {verb} refused")
-
-    def pipe_file(self, bucket: str, key: str, data: bytes) -> ObjectInfo:
-        raise self._refuse("PUT")
-
-    def put_file(self, bucket: str, key: str, path: Path) -> ObjectInfo:
-        raise self._refuse("PUT")
-
-    def ls(self, bucket: str, prefix: str = "") -> list[ObjectInfo]:
-        return []
-
-    def rm(self, bucket: str, key: str) -> None:
-        raise self._refuse("DELETE")
-
-
-class CacheTarget:
-    """Only the node's edge cache: the member is streamed from tape into one cache fill (temp -> fsync -> rename,
-    with its CRC-32C), whose origin is the mounted cartridge (:class:`TapeOrigin`); the stream raises before its
-    end when the SHA-256 differs, which aborts the fill. The cache index then remembers the version, so every
-    reader through the edge cache, the node's S3-backed one included, is served the recalled file without asking
-    the lake."""
-
-    name = "cache"
-
-    def __init__(self, options: CacheOptions) -> None:
-        from tiers.cache import EdgeCache  # noqa: PLC0415 - the cache only when used
-
-        self.origin = TapeOrigin()
-        self.cache = EdgeCache(self.origin, options)
-
-    def local_path(self, bucket: str, key: str) -> Path | None:
-        """The cached file, or None when the cache holds no copy (never recalled, or evicted since)."""
-        try:
-            return self.cache.get_path(bucket, key)
-        except (NotFound, FileNotFoundError):
-            return None
-
-    def present(self, bucket: str, key: str, size: int) -> bool:
-        path = self.local_path(bucket, key)
-        return path is not None and path.stat().st_size == size
-
-    def put(self, item: RecallFile, chunks: Iterator[bytes]) -> str:
-        self.origin.current = (item, chunks)
-        try:
-            path = self.cache.get_path(item.bucket, item.key)
-        finally:
-            self.origin.current = None
-        return f"cache:{path}"
-
-
-def target_for(context: ArchiveContext, to: str) -> Target:
-    if to == "lake":
-        staging = context.archive.staging_dir / "recall"
-        staging.mkdir(parents=True, exist_ok=True)
-        return LakeTarget(S3Store(context.s3), staging)
-    if to == "cache":
-        return CacheTarget(context.cache)
-    raise StorageError(f"recall_to = {to!r} is invalid. Fix: use lake (the original keys) or cache (edge cache only)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -457,12 +298,17 @@ class _Run:
     staging: Path
     bar: tqdm[Any]
     step: Step
+    published: Published
     asked_by: str
     reason: str
     report: RecallReport
 
 
 def _no_step(_step: str, _path: str) -> None:
+    return None
+
+
+def _no_publish(_item: RecallFile, _where: str) -> None:
     return None
 
 
@@ -479,15 +325,17 @@ def _file_lock(folder: Path, file_id: str) -> Iterator[None]:
 
 
 def _recall_one(run: _Run, volume: Volume, item: RecallFile) -> bool:
-    """Recall one file under its lock; False when this copy is bad (the caller plans the other one)."""
+    """Recall one file under its lock in one streaming pass (tiers/archive/recall_io.py); False when this copy is
+    bad (the caller plans the other one)."""
     with _file_lock(run.staging / "locks", item.file_id):
         if run.target.present(item.bucket, item.key, item.size):
             run.report.already.append(item.uri)
             run.bar.update(item.size)
+            run.published(item, "")
             return True
         chunks = volume.read(item.aggregate, start=item.member_offset, length=item.size)
         try:
-            where = run.target.put(item, verified(_counted(chunks, run.bar), item, run.step))
+            where = run.target.put(item, read_ahead(verified(_counted(chunks, run.bar), item, run.step)))
         except ChecksumMismatch:
             run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) SHA-256 mismatch")
             return False
@@ -500,6 +348,7 @@ def _recall_one(run: _Run, volume: Volume, item: RecallFile) -> bool:
         | {"cartridge": item.cartridge}
     )
     run.report.bytes += item.size
+    run.published(item, where)
     return True
 
 
@@ -511,9 +360,6 @@ def _counted(chunks: Iterable[bytes], bar: tqdm[Any]) -> Iterator[bytes]:
 
 def _recall_cartridge(run: _Run, cart: CartridgeRecall) -> list[RecallFile]:
     """One mount: every file of ``cart`` in tape order; returns the files whose copy here was bad."""
-    table = cart.files[0].table
-    detail = {"asked_by": run.asked_by, "reason": run.reason, "to": run.target.name, "site": cart.site}
-    run.catalog.record("recall", table=table, target=cart.cartridge, files=[f.path for f in cart.files], **detail)
     before = len(run.report.recalled)
     failed = []
     try:
@@ -525,9 +371,17 @@ def _recall_cartridge(run: _Run, cart: CartridgeRecall) -> list[RecallFile]:
         run.report.fallbacks += [f"{f.path}: copy {f.copy} ({cart.cartridge}) unusable: {exc}" for f in cart.files]
         done = {r["path"] for r in run.report.recalled[before:]} | set(run.report.already)
         failed = [f for f in cart.files if f.path not in done and f.uri not in done]
-    if published := run.report.recalled[before:]:
-        run.catalog.record("recalled", table=table, target=cart.cartridge, files=published, **detail)
     return failed
+
+
+def _audit(run: _Run, action: str, plan: RecallPlan, files: list[Any]) -> None:
+    """One audit event for the whole recall (not one per cartridge): ``recall`` before any read (who asked, why,
+    which files from which cartridges), ``recalled`` after (what was published from which copy)."""
+    tables = sorted({f.table for f in plan.files})
+    cartridges = ",".join(c.cartridge for c in plan.cartridges)
+    detail: dict[str, Any] = {"asked_by": run.asked_by, "reason": run.reason, "to": run.target.name}
+    detail["sites"] = sorted({c.site for c in plan.cartridges})
+    run.catalog.record(action, table=",".join(tables), target=cartridges, files=files, **detail)
 
 
 def recall(
@@ -540,9 +394,12 @@ def recall(
     reason: str = "",
     progress: bool = True,
     step: Step | None = None,
+    published: Published | None = None,
 ) -> RecallReport:
     """Carry out ``plan``: each cartridge mounted once, its files read in tape order, verified, published to
-    ``to`` (lake or cache). A bad copy sends its file to the next pass, planned without that cartridge."""
+    ``to`` (lake or cache). A bad copy sends its file to the next pass, planned without that cartridge.
+    ``published(file, where)`` is called as each file becomes readable (``where`` empty: it was there already),
+    so a reader can start on the first file while the others are recalled."""
     if plan.unarchived:
         raise NotFound(
             f"{len(plan.unarchived)} wanted file(s) have no copy in the archive catalog: {list(plan.unarchived)[:5]}. "
@@ -558,27 +415,37 @@ def recall(
         staging=staging,
         bar=bar,
         step=step or _no_step,
+        published=published or _no_publish,
         asked_by=asked_by,
         reason=reason,
         report=RecallReport(),
     )
-    avoid: dict[str, set[str]] = defaultdict(set)
-    todo = plan
+    if not plan.cartridges:
+        return run.report
+    _audit(run, "recall", plan, [f.path for f in plan.files])
     try:
-        while todo.cartridges:
-            failed = [item for cart in todo.cartridges for item in _recall_cartridge(run, cart)]
-            for item in failed:
-                avoid[item.file_id].add(item.cartridge)
-            todo = plan_recall(plan.rows, [(f.bucket, f.key) for f in failed], avoid=avoid)
-            if todo.unarchived:
-                raise TapeError(
-                    f"no healthy copy of {list(todo.unarchived)} on any cartridge: {run.report.fallbacks}. "
-                    "Fix: `tierlake archive verify` the cartridges named, then rebuild the bad copies"
-                )
+        _carry_out(run, plan)
     finally:
         bar.close()
+        if run.report.recalled:  # also when a later file failed: what was published is audited
+            _audit(run, "recalled", plan, run.report.recalled)
     _mark_restored(catalog, run)
     return run.report
+
+
+def _carry_out(run: _Run, plan: RecallPlan) -> None:
+    avoid: dict[str, set[str]] = defaultdict(set)
+    todo = plan
+    while todo.cartridges:
+        failed = [item for cart in todo.cartridges for item in _recall_cartridge(run, cart)]
+        for item in failed:
+            avoid[item.file_id].add(item.cartridge)
+        todo = plan_recall(plan.rows, [(f.bucket, f.key) for f in failed], avoid=avoid)
+        if todo.unarchived:
+            raise TapeError(
+                f"no healthy copy of {list(todo.unarchived)} on any cartridge: {run.report.fallbacks}. "
+                "Fix: `tierlake archive verify` the cartridges named, then rebuild the bad copies"
+            )
 
 
 def _mark_restored(catalog: Catalog, run: _Run) -> None:
