@@ -1,5 +1,8 @@
 """Kafka 4.4 in KRaft mode from the Maven jar set: 1 or 3 combined broker/controller nodes on loopback.
 
+Node N sits in rack ``kafka.racks[N-1]`` (``broker.rack``; a rack stands for an availability zone), so topics get
+their replicas on distinct racks and consumers that set ``kafka.client_rack`` read from their rack's replica.
+
 Layout under ``<run_dir>/kafka``: ``cluster.json`` (cluster id and node count), ``node-N/server.properties``,
 ``node-N/data`` (log.dirs), ``node-N/kafka.log`` (stdout/stderr) and ``node-N/logs`` (log4j2 files), and
 ``node-N.pid``. Data survives ``stack down``; a change of node count starts a new cluster (the old data is
@@ -26,6 +29,13 @@ logger = logging.getLogger(__name__)
 
 _LOG4J2 = Path(__file__).parent / "kafka_log4j2.properties"
 START_TIMEOUT_S = 90.0
+RACK_SELECTOR = "org.apache.kafka.common.replica.RackAwareReplicaSelector"
+"""Brokers let a consumer that names its rack (client.rack) fetch from that rack's replica (KIP-392)."""
+
+
+def min_insync(nodes: int) -> int:
+    """min.insync.replicas of a cluster of ``nodes``: 2 from 3 nodes on (one may fail), else 1."""
+    return 2 if nodes >= 3 else 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,7 +174,7 @@ class KafkaCluster:
 
     def _server_properties(self, node: KafkaNode) -> str:
         replication = min(3, self.size)
-        min_isr = 2 if self.size >= 3 else 1
+        min_isr = min_insync(self.size)
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         lines = {
             "process.roles": "broker,controller",
@@ -188,6 +198,10 @@ class KafkaCluster:
             "auto.create.topics.enable": "false",
             "unclean.leader.election.enable": "false",
             "log.segment.bytes": 64 * 1024 * 1024,
+            # One rack per availability zone: new topics get replicas on distinct racks, and a consumer that names
+            # its rack (client.rack) fetches from that rack's replica (KIP-392).
+            "broker.rack": self.kafka.rack(node.node_id),
+            "replica.selector.class": RACK_SELECTOR,
         }
         header = "# written by tierlake (infra/kafka.py) on every start; edit conf/, not this file\n"
         return header + "".join(f"{key}={value}\n" for key, value in lines.items())
@@ -228,7 +242,7 @@ class KafkaCluster:
                 t.name,
                 num_partitions=t.partitions,
                 replication_factor=min(t.replication, self.size),
-                config={"retention.ms": str(t.retention_ms), "min.insync.replicas": str(min(2, self.size))},
+                config={"retention.ms": str(t.retention_ms), "min.insync.replicas": str(min_insync(self.size))},
             )
             for t in self.kafka.topics
             if t.name not in existing
@@ -242,6 +256,32 @@ class KafkaCluster:
                 raise StackError(f"creating topic {topic} failed: {exc}; see {self.nodes[0].daemon.log}") from exc
         return [t.topic for t in wanted]
 
+    def replica_racks(self, topic: str, *, timeout_s: float = 30.0) -> dict[int, list[str]]:
+        """The rack of every replica of each partition of ``topic``, as the cluster describes it.
+
+        A topic created a moment ago may not have reached the answering broker's metadata yet: UNKNOWN_TOPIC_OR_PART
+        is retried until ``timeout_s``, then raised.
+        """
+        from confluent_kafka import KafkaError, KafkaException, TopicCollection  # noqa: PLC0415 - light `stack status`
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                description = admin.describe_topics(TopicCollection([topic]), request_timeout=30)[topic].result()
+                break
+            except KafkaException as exc:
+                unknown = exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                if not unknown or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        return {p.id: [replica.rack or "" for replica in p.replicas] for p in description.partitions}
+
+    def rack_nodes(self, rack: str) -> list[KafkaNode]:
+        """The local nodes of one rack (availability zone)."""
+        return [n for n in self.nodes if self.kafka.rack(n.node_id) == rack]
+
     def node_status(self) -> list[dict[str, object]]:
         registered = set(self.brokers()) if any(n.daemon.running_pid() for n in self.nodes) else set()
         return [
@@ -250,6 +290,7 @@ class KafkaCluster:
                 "pid": n.daemon.running_pid(),
                 "port": n.broker_port,
                 "controller_port": n.controller_port,
+                "rack": self.kafka.rack(n.node_id),
                 "health": "ok" if n.node_id in registered else ("starting" if n.daemon.running_pid() else "down"),
                 "log": str(n.daemon.log),
             }

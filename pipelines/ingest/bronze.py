@@ -50,16 +50,19 @@ def bronze_table(settings: Settings, topic: str) -> BronzeTable:
 
 
 def kafka_source(spark: SparkSession, settings: Settings, topic: str) -> DataFrame:
-    """The Kafka records of ``topic`` as a stream, from the earliest offset, failing on data loss."""
-    return (
+    """The Kafka records of ``topic`` as a stream, from the earliest offset, failing on data loss; from the
+    replica in ``kafka.client_rack`` where that is set."""
+    reader = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka.bootstrap())
         .option("subscribe", topic)
         .option("startingOffsets", "earliest")
         .option("failOnDataLoss", "true")
         .option("maxOffsetsPerTrigger", 200_000)
-        .load()
     )
+    if settings.kafka.client_rack:  # KIP-392: fetch from the replica in the consumer's own rack
+        reader = reader.option("kafka.client.rack", settings.kafka.client_rack)
+    return reader.load()
 
 
 BRONZE_COLUMNS = ("key", "value", "topic", "partition", "offset", "kafka_timestamp", "ingest_time")

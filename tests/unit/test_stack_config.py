@@ -47,6 +47,23 @@ def test_three_node_kafka_has_rf3_min_isr2_and_three_voters(tmp_path: Path) -> N
     assert props["log.dirs"] == str(tmp_path / ".run-test" / "kafka" / "node-2" / "data")
 
 
+def test_each_kafka_node_sits_in_its_own_rack_and_serves_the_nearest_replica(tmp_path: Path) -> None:
+    cluster = KafkaCluster(_settings(tmp_path, "ci"), nodes=3)
+    racks = [_props(cluster, node)["broker.rack"] for node in (1, 2, 3)]
+    assert racks == ["az-a", "az-b", "az-c"]
+    assert _props(cluster, 1)["replica.selector.class"] == "org.apache.kafka.common.replica.RackAwareReplicaSelector"
+    assert [n.node_id for n in cluster.rack_nodes("az-b")] == [2]
+
+
+@pytest.mark.parametrize(
+    ("racks", "why"),
+    [("[]", "non-empty list"), ('["az-a", "az-a"]', "must be distinct"), ('["az a"]', "letters, digits")],
+)
+def test_bad_kafka_racks_are_refused(tmp_path: Path, racks: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=rf"kafka.racks.*{why}.*Fix: e.g. \[az-a, az-b, az-c\]"):
+        _settings(tmp_path, "ci", TIERLAKE_KAFKA__RACKS=racks)
+
+
 def test_one_node_kafka_has_rf1(tmp_path: Path) -> None:
     cluster = KafkaCluster(_settings(tmp_path), nodes=1)
     props = _props(cluster, 1)

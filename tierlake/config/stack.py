@@ -30,6 +30,12 @@ class KafkaSettings:
     port_stride: int
     heap_mb: int
     topics: tuple[TopicSettings, ...]
+    racks: tuple[str, ...]  # broker.rack of node N is racks[N - 1]: one rack stands for one availability zone
+    client_rack: str  # the consumer's rack (client.rack, KIP-392): fetch from the nearest replica; "" = the leader
+
+    def rack(self, node_id: int) -> str:
+        """The rack (availability zone) of local node ``node_id`` (1-based), round-robin over ``racks``."""
+        return self.racks[(node_id - 1) % len(self.racks)]
 
     def broker_ports(self, nodes: int | None = None) -> list[int]:
         return [self.broker_port + i * self.port_stride for i in range(nodes or self.nodes)]
@@ -108,6 +114,7 @@ def build_kafka(values: Values) -> KafkaSettings:
                 retention_ms=int(item["retention_ms"]),
             )
         )
+    racks: list[object] = values.get("kafka.racks", list, check=_racks, fix="e.g. [az-a, az-b, az-c]: one per zone")
     kafka = KafkaSettings(
         managed=managed,
         nodes=nodes,
@@ -122,9 +129,24 @@ def build_kafka(values: Values) -> KafkaSettings:
             check=lambda n: None if n >= 256 else "a broker needs at least 256 MB of heap",
         ),
         topics=tuple(topics),
+        racks=tuple(str(rack) for rack in racks),
+        client_rack=values.get(
+            "kafka.client_rack",
+            str,
+            default="",
+            fix="the zone the consumer runs in, e.g. az-a; empty to always fetch from the leader",
+        ),
     )
     check_kafka_ports(values, kafka)
     return kafka
+
+
+def _racks(racks: list[object]) -> str | None:
+    if not racks or not all(isinstance(r, str) and re.fullmatch(r"[A-Za-z0-9._-]+", r) for r in racks):
+        return "must be a non-empty list of rack names (letters, digits, . _ -)"
+    if len(set(racks)) != len(racks):
+        return "rack names must be distinct"
+    return None
 
 
 def check_kafka_ports(values: Values, kafka: KafkaSettings) -> None:
