@@ -45,7 +45,9 @@ S3_COMMANDS: dict[str, frozenset[str] | None] = {
     "table": None,
     "cache": frozenset({"warm", "verify", "serve"}),
     "archive": None,
-    "checkpoint": None,
+    # list, show, verify and restore go on without the lake's RGW: its tier is refused and the others (the second
+    # site's among them) are read, so the lake's endpoint must not be required up front.
+    "checkpoint": frozenset({"promote", "gc"}),
     "lineage": None,
 }
 

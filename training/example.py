@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from tierlake.logs import configure_logging  # noqa: PLC0415
     from tiers.s3 import delta_storage_options  # noqa: PLC0415
     from training.lineage import LineageLog  # noqa: PLC0415
-    from training.setup import checkpoint_tiers, code_version, tier_policies  # noqa: PLC0415
+    from training.setup import checkpoint_tiers, code_version, restore_tiers, tier_policies  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m training.example", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True)
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     trainer = ToyTrainer(options)
     tiers = checkpoint_tiers(settings)
-    if args.resume:
-        restored = trainer.restore(tiers)
+    if args.resume:  # the nearest good tier, down to the second site's copy
+        restored = trainer.restore(restore_tiers(settings))
         _say({"event": "restored", "step": restored.step, "tier": restored.tier, "refused": list(restored.refused)})
     checkpointer = TieredCheckpointer(
         args.run,

@@ -51,28 +51,41 @@ def list_checkpoints(tiers: Sequence[CheckpointTier], run: str | None = None) ->
     """Committed and unfinished steps of ``run`` (or of every run) on each tier."""
     listings = []
     for tier in tiers:
-        for name in [run] if run else tier.runs():
-            listings.append(
+        try:
+            listings += [
                 TierListing(
                     tier=tier.name,
                     run=name,
                     committed=tuple(tier.steps(name)),
                     uncommitted=tuple(tier.uncommitted(name)),
                 )
-            )
+                for name in ([run] if run else tier.runs())
+            ]
+        except (StorageError, OSError) as exc:
+            logger.warning("tier %s cannot be listed, left out: %s", tier.name, exc, extra={"tier": tier.name})
     return listings
 
 
 def find_manifest(tiers: Sequence[CheckpointTier], run: str, step: int | None) -> tuple[CheckpointTier, Manifest]:
-    """The manifest of ``step`` (None: the newest committed step) from the nearest tier that has it."""
-    steps = {tier.name: tier.steps(run) for tier in tiers}
+    """The manifest of ``step`` (None: the newest committed step) from the nearest tier that has it; a tier that
+    cannot be listed (its endpoint gone) is passed over, logged, and named if no tier has the step."""
+    steps: dict[str, list[int]] = {}
+    unreachable = []
+    for tier in tiers:
+        try:
+            steps[tier.name] = tier.steps(run)
+        except (StorageError, OSError) as exc:
+            logger.warning("tier %s cannot be listed, passed over: %s", tier.name, exc, extra={"tier": tier.name})
+            unreachable.append(f"{tier.name} ({exc})")
+            steps[tier.name] = []
     wanted = step if step is not None else max((s for found in steps.values() for s in found), default=None)
     for tier in tiers:
         if wanted is not None and wanted in steps[tier.name]:
             return tier, tier.manifest(run, wanted)
     raise NotFound(
         f"run {run!r} has no committed step {wanted if wanted is not None else ''} on tiers "
-        f"{[t.name for t in tiers]}. Fix: see `tierlake checkpoint list --run {run}`"
+        f"{[t.name for t in tiers]}{'; unreachable: ' + '; '.join(unreachable) if unreachable else ''}. "
+        f"Fix: see `tierlake checkpoint list --run {run}`"
     )
 
 
@@ -80,7 +93,12 @@ def verify_run(tiers: Sequence[CheckpointTier], run: str, step: int | None = Non
     """Check every committed copy (or those of ``step``) against its manifest."""
     verdicts = []
     for tier in tiers:
-        for found in tier.steps(run):
+        try:
+            steps = tier.steps(run)
+        except (StorageError, OSError) as exc:  # an endpoint gone: a bad verdict, not the end of the check
+            verdicts.append(Verdict(tier=tier.name, step=-1 if step is None else step, ok=False, reason=str(exc)))
+            continue
+        for found in steps:
             if step is not None and found != step:
                 continue
             try:
@@ -105,9 +123,11 @@ def copy_step(
     Returns the source tier and the copies refused on the way."""
     refused: list[str] = []
     for tier in tiers:
-        if tier is target or step not in tier.steps(run):
+        if tier is target:
             continue
         try:
+            if step not in tier.steps(run):
+                continue
             with tier.local_copy(run, step) as (folder, manifest):
                 target.put_step(folder, manifest, progress=progress)
         except (StorageError, OSError) as exc:

@@ -21,6 +21,25 @@ def checkpoint_tiers(settings: Settings, *, with_rgw: bool = True) -> list[Check
     return tiers
 
 
+def mirror_tier(settings: Settings) -> RgwTier | None:
+    """The second site's copy of the checkpoints (``mirror.checkpoint_prefixes`` covers ``checkpoint.prefix``):
+    read-only for restores, written by the mirror alone (``pipelines.lake.mirror``); None when not mirrored."""
+    from pipelines.lake.mirror import mirror_s3  # noqa: PLC0415 - only where the second site is read
+
+    prefix = settings.checkpoint.prefix.strip("/") + "/"
+    if not any(prefix.startswith(covered) for covered in settings.mirror.checkpoint_prefixes):
+        return None
+    second = mirror_s3(settings)
+    return RgwTier(s3_client(second, attempts=2), second.lake_bucket, settings.checkpoint.prefix, name="mirror")
+
+
+def restore_tiers(settings: Settings) -> list[CheckpointTier]:
+    """The tiers a restore reads, nearest first: :func:`checkpoint_tiers`, then the second site when mirrored."""
+    tiers = checkpoint_tiers(settings)
+    second = mirror_tier(settings)
+    return [*tiers, second] if second is not None else tiers
+
+
 def tier_policies(settings: Settings) -> list[TierPolicy]:
     """One :class:`TierPolicy` per tier, in the order of :func:`checkpoint_tiers`."""
     return [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -18,7 +19,7 @@ from pipelines.lake.mirror import mirror_prefix
 from tests.unit.loader_tables import token_rows
 from tierlake.config import Settings
 from tiers.s3 import s3_client
-from training.manifest import MANIFEST_NAME
+from training.manifest import MANIFEST_NAME, Manifest, verify_folder
 from training.tiers import FolderTier, RgwTier
 
 pytestmark = pytest.mark.slow
@@ -143,3 +144,35 @@ def test_the_mirror_holds_committed_checkpoints_only(settings: Settings, trained
     assert second.uncommitted(run) == []  # the unfinished step 999 stayed behind
     for step in second.steps(run):
         second.verify(run, step)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: the lake's RGW, gone."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_restore_without_the_lakes_rgw_comes_from_the_second_site(
+    settings: Settings, trained: tuple[str, Path, str], tmp_path: Path
+) -> None:
+    run, _, _ = trained
+    assert mirror_prefix(settings, f"{settings.checkpoint.prefix}/{run}/").ok
+    client = s3_client(settings.s3)
+    second = RgwTier(client, settings.mirror.bucket, settings.checkpoint.prefix, name="mirror")
+    newest = second.steps(run)[-1]
+    dead = {"TIERLAKE_S3__ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "TIERLAKE_CEPH__MANAGED": "false"}
+    gone = _env(tmp_path) | dead  # the lake's RGW gone, and the node with its local and edge folders
+    target = tmp_path / "restored"
+    refused = _tierlake(settings, gone, "checkpoint", "restore", run, "--to", str(target))
+    assert refused.returncode == 2  # the second site on the same (dead) endpoint: nowhere to restore from
+    assert "unreachable: rgw" in refused.stderr
+    assert "mirror" in refused.stderr
+    at_second_site = gone | {"TIERLAKE_MIRROR__ENDPOINT": settings.s3.endpoint}  # the second site answers
+    restored = _tierlake(settings, at_second_site, "checkpoint", "restore", run, "--to", str(target), "--json")
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert json.loads(restored.stdout) == {"run": run, "step": newest, "from": "mirror", "to": str(target)}
+    manifest = Manifest.from_json((target / MANIFEST_NAME).read_bytes(), str(target))
+    verify_folder(target, manifest)  # every file, its size and CRC-32C
+    primary = RgwTier(client, settings.s3.lake_bucket, settings.checkpoint.prefix).manifest(run, newest)
+    assert manifest.to_json() == primary.to_json()

@@ -18,10 +18,12 @@ if TYPE_CHECKING:
     from training.tiers import CheckpointTier
 
 
-def _tiers(settings: Settings) -> list[CheckpointTier]:
-    from training.setup import checkpoint_tiers  # noqa: PLC0415 - torch only for this command
+def _tiers(settings: Settings, *, second_site: bool = True) -> list[CheckpointTier]:
+    """The checkpoint tiers, then the second site's copy where the mirror keeps one (read only: nothing here writes
+    it but ``promote --to mirror``; gc leaves it to the mirror)."""
+    from training.setup import checkpoint_tiers, restore_tiers  # noqa: PLC0415 - torch only for this command
 
-    return checkpoint_tiers(settings)
+    return restore_tiers(settings) if second_site else checkpoint_tiers(settings)
 
 
 def _bar(args: argparse.Namespace, total: int) -> tqdm[NoReturn]:
@@ -112,7 +114,7 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
     from training.operations import apply_gc, plan_gc  # noqa: PLC0415
     from training.setup import tier_policies  # noqa: PLC0415
 
-    tiers = _tiers(settings)
+    tiers = _tiers(settings, second_site=False)
     plan = plan_gc(tiers, tier_policies(settings), args.run)
     if args.apply:
         apply_gc(tiers, plan, args.run)
