@@ -1,5 +1,6 @@
 """Kafka across racks (three racks standing for three availability zones, one broker each here): every partition
-has a replica on each rack, and a whole rack killed (kill -9) while records are produced and ingested loses no
+has a replica on each rack, a consumer that names its rack fetches from the replica there (KIP-392), and a whole
+rack killed (kill -9) while records are produced and ingested loses no
 acknowledged record and duplicates none. The ingest driver names its own rack (client.rack, KIP-392), the rack
 that is killed, so it must go on fetching from the other racks' replicas."""
 
@@ -9,13 +10,18 @@ import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from infra import procs
 from infra.stack import LocalStack
 from pipelines.checks.reconcile import reconcile
 from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
+from pipelines.synthetic.produce import producer_config
 from tests.integration.test_ingest import Oracle
+from tests.integration.test_kafka import _create_topic
 from tierlake.config import Settings
 
 if TYPE_CHECKING:
@@ -40,6 +46,47 @@ def test_every_partition_has_one_replica_per_rack(stack: LocalStack, settings: S
         assert len(placement) == 3, topic
         for partition, racks in placement.items():
             assert sorted(racks) == sorted(settings.kafka.racks), (topic, partition, racks)
+
+
+def test_a_consumer_that_names_its_rack_fetches_from_the_replica_there(stack: LocalStack, settings: Settings) -> None:
+    """KIP-392 on the brokers: the leader sends a consumer of another rack to that rack's follower."""
+    topic = _create_topic(settings, partitions=1)
+    producer = Producer(producer_config(settings))
+    for i in range(200):
+        producer.produce(topic, value=f"m-{i}".encode())
+    assert producer.flush(60) == 0
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap()})
+    leader = admin.list_topics(topic, timeout=10).topics[topic].partitions[0].leader
+    follower = next(node for node in (1, 2, 3) if node != leader)
+    stats: list[dict[str, object]] = []
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap(),
+            "group.id": f"g-{topic}",
+            "client.rack": settings.kafka.rack(follower),
+            "statistics.interval.ms": 500,
+            "stats_cb": lambda raw: stats.append(json.loads(raw)),
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    received, fetched_by = 0, None
+    deadline = time.monotonic() + 60
+    try:
+        while (received < 200 or fetched_by != follower) and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            received += message is not None and message.error() is None
+            if stats:
+                fetched_by = _fetching_broker(stats[-1], topic)
+    finally:
+        consumer.close()
+    assert received == 200
+    assert fetched_by == follower, f"partition 0 (leader {leader}) fetched from broker {fetched_by}"
+
+
+def _fetching_broker(stats: dict[str, Any], topic: str) -> int | None:
+    partition = stats.get("topics", {}).get(topic, {}).get("partitions", {}).get("0", {})
+    broker = partition.get("broker")
+    return int(broker) if isinstance(broker, int) and broker >= 0 else None
 
 
 def _produce_in_chunks(oracle: Oracle, records: list[Record]) -> None:
