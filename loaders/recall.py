@@ -278,9 +278,10 @@ class RecallingSource:
             if (cached := self._cached(uri)) is not None:
                 return cached
             plan = self.recall.plan([uri])
-            if not plan.cartridges and not plan.unarchived:
-                raise  # not on tape: missing for another reason (vacuumed)
-            self.recall.apply(plan, what=uri)
+            if plan.cartridges or plan.unarchived:
+                self.recall.apply(plan, what=uri)
+            # else another reader recalled it since the open above (the catalog or the cache says so), or it is
+            # not on tape (vacuumed): then the source's own NotFound is raised
         return self._published(uri)
 
     def _published(self, uri: str) -> Any:

@@ -3,7 +3,8 @@ to two virtual sites and purged; an old version is then read through the loader 
 row for row as before the purge. On the way: ``never`` names every missing file and its cartridges, a recall killed
 (SIGKILL from the fault-injection hook) publishes nothing, one corrupted copy sends the recall to the other site,
 and ``tierlake archive restore --version`` recalls the same version into the edge cache only, which the loader
-then reads from there."""
+then reads from there. A file found missing while reading (``RecallingSource``, the per-file path) is recalled
+once for several readers of it in several processes, and only that file."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from deltalake import write_deltalake
 from loaders.dataset import OrderOptions, delta_dataset
 from loaders.loader import DeltaLoader
 from loaders.recall import Recall
+from loaders.table import ArrowFileSource
 from tests.lake_tables import scratch_archive
-from tests.unit.recall_children import recall_to_lake_and_die
+from tests.unit.recall_children import read_through_recalling_source, recall_to_lake_and_die
 from tierlake.commands.archive import _restore
 from tierlake.config import ArchiveTable, Settings
 from tierlake.errors import NotFound
@@ -34,6 +36,7 @@ from tiers.archive import compliance
 from tiers.archive.archiver import run
 from tiers.archive.catalog import Catalog, quote
 from tiers.archive.context import ArchiveContext
+from tiers.archive.recall import CacheTarget
 from tiers.s3 import delta_storage_options
 from tiers.store import S3Store
 from tiers.tape.library import Library
@@ -172,3 +175,57 @@ def test_archive_restore_version_recalls_into_the_edge_cache_and_the_loader_read
     assert all(r["to"].startswith("cache:") for r in document["recalled"])
     assert {r["state"] for r in catalog.rows().to_pylist()} == {"PURGED"}  # the lake still lacks them
     assert _loader_rows(settings, uri, Recall(context=_context(cold), mode="never", to="cache")) == before
+
+
+@pytest.mark.parametrize("to", ["lake", "cache"])
+def test_a_file_found_missing_while_reading_is_recalled_once_for_concurrent_readers_and_alone(
+    settings: Settings, tmp_path: Path, to: str
+) -> None:
+    table = f"tests/recall/{uuid.uuid4().hex[:8]}/per_file"
+    cold = _cold(settings, tmp_path, table)
+    options = dataclasses.replace(cold.cache.options, directory=tmp_path / "edge-cache")
+    cold = dataclasses.replace(cold, cache=dataclasses.replace(cold.cache, options=options))
+    uri = f"s3://{settings.s3.lake_bucket}/{table}"
+    start = _append(uri, settings, [*OLD_DAYS, date.today().isoformat()], 0, 100)
+    _append(uri, settings, OLD_DAYS, start, 50)
+    catalog = Catalog(cold.archive.catalog_uri, cold.archive.audit_uri)
+    run(_context(cold), catalog, table, [f"day={d}" for d in OLD_DAYS], progress=False)
+    purged = _purge(cold, catalog, table)
+    rows = {f"s3://{r['bucket']}/{r['key']}": r for r in catalog.rows().to_pylist() if r["copy"] == 1}
+    wanted, others = purged[0], purged[1:]
+    plain = ArrowFileSource(delta_storage_options(settings.s3))
+    with pytest.raises(NotFound, match="is missing from the object store"):
+        plain.open(wanted)
+
+    spawn = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
+    barrier = spawn.Barrier(3)
+    readers = [
+        spawn.Process(
+            target=read_through_recalling_source, args=(_context(cold), wanted, to, barrier, tmp_path / f"read{n}")
+        )
+        for n in range(3)
+    ]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+        assert reader.exitcode == 0
+    assert {(tmp_path / f"read{n}").read_text() for n in range(3)} == {rows[wanted]["sha256"]}
+    events = [e for e in catalog.audit().to_pylist() if e["action"] == "recalled"]
+    published = [f["path"] for e in events for f in json.loads(e["detail"])["files"]]
+    assert published == [rows[wanted]["path"]]  # one recall of that file for the three readers; no other file
+    assert all(json.loads(e["detail"])["reason"] == "worker" for e in events)
+
+    states = {f"s3://{r['bucket']}/{r['key']}": r["state"] for r in catalog.rows().to_pylist()}
+    store, cache = S3Store(settings.s3), CacheTarget(_context(cold).cache)
+    for other in others:  # the files nobody opened stay on tape only
+        assert states[other] == "PURGED"
+        with pytest.raises(NotFound):
+            store.info(settings.s3.lake_bucket, other.removeprefix(f"s3://{settings.s3.lake_bucket}/"))
+        assert cache.local_path(settings.s3.lake_bucket, other.removeprefix(f"s3://{settings.s3.lake_bucket}/")) is None
+    assert states[wanted] == ("VERIFIED" if to == "lake" else "PURGED")
+
+    never_archived = f"{uri}/day={OLD_DAYS[0]}/never-archived.parquet"
+    source = Recall(context=_context(cold), mode="auto", to=to, progress=False).wrap(plain)
+    with pytest.raises(NotFound, match="is missing from the object store"):
+        source.open(never_archived)  # missing for another reason (vacuumed): not a recall

@@ -53,3 +53,21 @@ def recall_to_lake_and_die(context: ArchiveContext, uris: list[str], kill_step: 
     plan = Recall(context=context, mode="auto").plan(uris)
     catalog = Catalog(context.archive.catalog_uri, context.archive.audit_uri, s3=context.s3)
     recall(context, catalog, plan, to="lake", progress=False, step=step)
+
+
+def read_through_recalling_source(context: ArchiveContext, uri: str, to: str, barrier: Any, out: Path) -> None:
+    """One reader (a DataLoader worker, say) of ``uri`` through :class:`loaders.recall.RecallingSource` over the
+    plain S3 source, started with the others at ``barrier``: writes the SHA-256 of the bytes it was served."""
+    import hashlib  # noqa: PLC0415
+
+    from loaders.recall import Recall  # noqa: PLC0415 - only this child needs the loader package
+    from loaders.table import ArrowFileSource  # noqa: PLC0415
+    from tiers.s3 import delta_storage_options  # noqa: PLC0415
+
+    source = Recall(context=context, mode="auto", to=to, reason="worker", progress=False).wrap(
+        ArrowFileSource(delta_storage_options(context.s3))
+    )
+    barrier.wait()
+    opened = source.open(uri)
+    data = Path(opened).read_bytes() if isinstance(opened, str) else opened.readall()
+    out.write_text(hashlib.sha256(data).hexdigest())
