@@ -154,6 +154,17 @@ def files_by_partition(actions: dict[str, list[Any]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def busy_partitions(files_per_partition: dict[str, int]) -> list[tuple[str, str, Any]] | None:
+    """delta-rs partition filters for the partitions of more than one file (None: unpartitioned, or partitioned by
+    more than one column: the whole table). A day compacted to one file is left alone: Z-order would rewrite it
+    every night, and a day whose files were archived and purged (tiers/archive) could not be read."""
+    names = {p.partition("=")[0] for p in files_per_partition}
+    if len(names) != 1 or any("/" in p for p in files_per_partition):
+        return None
+    busy = [p.partition("=")[2] for p, n in files_per_partition.items() if n > 1]
+    return [(names.pop(), "in", busy)] if busy else []
+
+
 def _optimize_version(dt: RustTable, *, since: int) -> int:
     """The version OPTIMIZE committed (appends may follow it); ``since`` when it had nothing to rewrite."""
     dt.update_incremental()
@@ -260,13 +271,16 @@ def optimize(settings: Settings, table: str) -> OptimizeReport:
     before = table_stats(settings, table)
     started = time.monotonic()
     target = settings.maintenance.target_file_mb << 20
+    filters = busy_partitions(before.files_per_partition)
     with table_lease(settings, table, operation="OPTIMIZE"):
         dt = open_table(settings, table)
         try:
-            if layout.optimize == "zorder":
-                dt.optimize.z_order(list(layout.zorder_by), target_size=target)
+            if filters == []:
+                pass  # every day is one file already: nothing to rewrite (and a purged day is never read)
+            elif layout.optimize == "zorder":
+                dt.optimize.z_order(list(layout.zorder_by), target_size=target, partition_filters=filters)
             else:
-                dt.optimize.compact(target_size=target)
+                dt.optimize.compact(target_size=target, partition_filters=filters)
         except DeltaError as exc:
             raise StorageError(
                 f"OPTIMIZE ({layout.optimize}) of {table} failed: {exc}. Fix: check maintenance.tables in conf/ "

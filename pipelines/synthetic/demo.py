@@ -73,6 +73,9 @@ def quarantine_by_rule(spark: SparkSession, settings: Settings, entity: str) -> 
     return {str(row["rule"]): int(row["count"]) for row in sorted(rows, key=lambda r: -int(r["count"]))}
 
 
+HISTORY_DAYS_AGO = (41, 40)  # back-dated EV days, cold under conf/'s default policy (30 days): the lifecycle's input
+
+
 def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
     """The demo's work on a running stack (``settings`` with its S3 keys): produce, ingest, check, report."""
     from pipelines.checks.freshness import anomaly_freshness, freshness  # noqa: PLC0415
@@ -85,6 +88,12 @@ def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
 
     started = time.monotonic()
     since = time.time()
+    # Two back-dated days first (in event-time order: on a lake that already holds newer events they are late and
+    # quarantined, which the reconciliation counts), then the present.
+    history = [
+        produce_events(settings, dataset="ev", events=max(1, events // 10), days_ago=d, progress=False).as_dict()
+        for d in HISTORY_DAYS_AGO
+    ]
     produced = {
         "ev": produce_events(settings, dataset="ev", events=events, bad_fraction=0.02).as_dict(),
         "corpus": produce_events(settings, dataset="corpus", events=max(1, events // 10)).as_dict(),
@@ -105,7 +114,9 @@ def run_demo(settings: Settings, *, events: int) -> dict[str, Any]:
     finally:
         spark.stop()
     return {
-        "ok": all(r["balanced"] for r in reconciliation.values()) and all(p["failed"] == 0 for p in produced.values()),
+        "ok": all(r["balanced"] for r in reconciliation.values())
+        and all(p["failed"] == 0 for p in [*produced.values(), *history]),
+        "produced_history": {str(d): h for d, h in zip(HISTORY_DAYS_AGO, history, strict=True)},
         "produced": produced,
         "tables": tables,
         "freshness_kafka_to_silver": fresh,
@@ -147,5 +158,51 @@ def summary(report: dict[str, Any]) -> str:
         if entity == "ev":
             flags = report["freshness_kafka_to_anomaly_flag"]["ev"]
             lines.append(f"  anomaly flags: {flags.get('rows')} (p50 {_s(flags.get('p50_s'))} to their commit)")
+    lines += _lifecycle_lines(report)
     lines += ["", f"next: {report['next']}", "the whole report: tierlake demo --json"]
     return "\n".join(lines)
+
+
+def _lifecycle_lines(report: dict[str, Any]) -> list[str]:
+    """The short lifecycle's outcome, then what each of the three users does next (commands that work as printed)."""
+    life, sample = report.get("lifecycle"), report.get("trainer_sample")
+    if not life:
+        return []
+    table, station = life["table"], life["station_on_tape"] or "st-0007"
+    days = life["files_per_day_after_optimize"]
+    lines = [
+        "",
+        f"lifecycle of {table} ({_s(life['seconds'])}): files per day {_days(life['files_per_day_before_optimize'])}"
+        f" -> after OPTIMIZE {_days(days)}",
+        f"  edge cache warmed for {(life['warmed'] or {}).get('partition')}; archived to tape at both sites: "
+        f"{', '.join(life['archived_partitions']) or 'nothing new'} ({life['archived_files']} files, "
+        f"cartridges {life['cartridges'] or '-'}); bad copies: {life['copies_bad']}",
+        f"  purge (dry run): {life['purge_plan']['files']} files due, {life['purge_plan']['kept_by_retention_or_hold']}"
+        " kept by retention or legal hold",
+        "",
+        "data engineer: table health, and what the tiering DAG would do",
+        "  .venv/bin/tierlake table stats --all",
+        f"  .venv/bin/tierlake archive select --table {table}",
+        f"  .venv/bin/tierlake archive purge --table {table} --only-due",
+    ]
+    if sample:
+        lines += [
+            f"trainer: {sample['batches']} batches of {sample['shape']} tokens read from {sample['table']}"
+            f"@{sample['version']} in {_s(sample['total_s'])} (first after {_s(sample['first_batch_s'])}); "
+            "train on it:",
+            f"  .venv/bin/python -m training.example --run demo --table {sample['table']} --steps 20",
+        ]
+    return [
+        *lines,
+        "compliance: a station's archived records, where they are, and a restore",
+        f'  .venv/bin/tierlake archive query "SELECT partition, path, copy, site, cartridge FROM catalog '  # noqa: S608 - a command printed for a person
+        f"WHERE key_min <= '{station}' AND '{station}' <= key_max\"",
+        f"  .venv/bin/tierlake archive restore --table {table} --key {station} --to /tmp/tierlake-restore",
+        '  .venv/bin/tierlake archive query "SELECT at, action, target FROM audit ORDER BY at"',
+    ]
+
+
+def _days(files: dict[str, int]) -> str:
+    """Files per partition, the newest few: ``2026-01-06: 3, 2026-01-07: 9``."""
+    shown = [f"{p.partition('=')[2]}: {n}" for p, n in list(files.items())[-4:]]
+    return ("... " if len(files) > 4 else "") + ", ".join(shown) if shown else "-"

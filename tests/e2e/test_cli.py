@@ -117,6 +117,14 @@ def test_demo_runs_the_main_job_and_fills_every_part_of_its_report(stack: LocalS
     assert text.startswith("tierlake demo: OK")
     assert f"silver {report['tables']['ev']['silver']}, quarantine" in text
     assert "reconciliation: balanced" in text
+    # The short lifecycle (issue 25): silver/ev compacted to one file per day at most, tokens read by the loader.
+    life = report["lifecycle"]
+    assert life["files_per_day_after_optimize"]
+    assert all(n == 1 for n in life["files_per_day_after_optimize"].values()), life
+    assert life["copies_bad"] == 0
+    assert report["trainer_sample"]["batches"] > 0
+    for user in ("data engineer:", "trainer:", "compliance:"):
+        assert user in text
 
 
 def test_unknown_entity_is_a_clear_error(stack: LocalStack) -> None:

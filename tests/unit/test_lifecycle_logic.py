@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from pipelines.lake.layout import layout_of, owning_entity, pipeline_tables
-from pipelines.lake.maintenance import files_by_partition
+from pipelines.lake.maintenance import busy_partitions, files_by_partition
+from pipelines.synthetic.demo import summary
 from tierlake import catalog
 from tierlake.config import load_settings
 from tierlake.errors import ConfigError, NotFound, RetentionViolation
@@ -91,6 +92,14 @@ def test_files_are_counted_per_partition() -> None:
     assert files_by_partition({"path": ["a"]}) == {}
 
 
+def test_optimize_rewrites_only_the_days_of_more_than_one_file() -> None:
+    days = {"event_date=2026-01-01": 1, "event_date=2026-01-02": 4, "event_date=2026-01-03": 2}
+    assert busy_partitions(days) == [("event_date", "in", ["2026-01-02", "2026-01-03"])]
+    assert busy_partitions({"event_date=2026-01-01": 1}) == []  # compacted (or archived): left alone
+    assert busy_partitions({}) is None  # unpartitioned: the whole table
+    assert busy_partitions({"a=1/b=2": 3}) is None
+
+
 def _archived(catalog_: Catalog, file_id: str, *, retained_days: float, hold: str = "") -> None:
     until = datetime.now(UTC) + timedelta(days=retained_days)
     base: dict[str, Any] = {f.name: None for f in CATALOG_SCHEMA}
@@ -131,3 +140,43 @@ def test_purge_only_due_keeps_retained_and_held_files_and_plans_the_rest(tmp_pat
     assert plan["files"] == ["s3://lake/silver/ev/due.parquet"]
     assert plan["kept"] == 2
     assert plan["dry_run"]
+
+
+def test_the_demo_ends_with_the_next_command_of_each_user() -> None:
+    report: dict[str, Any] = {
+        "ok": True,
+        "seconds": {"total": 100.0, "stack_up": 10.0},
+        "tables": {},
+        "next": "tierlake stack status",
+        "lifecycle": {
+            "table": "silver/ev",
+            "seconds": 4.2,
+            "files_per_day_before_optimize": {"event_date=2026-01-01": 3, "event_date=2026-01-02": 5},
+            "files_per_day_after_optimize": {"event_date=2026-01-01": 1, "event_date=2026-01-02": 1},
+            "warmed": {"partition": "event_date=2026-01-02", "files": 1, "filled": 1},
+            "archived_partitions": ["event_date=2026-01-01"],
+            "archived_files": 1,
+            "cartridges": {"site-a": "A00001L8", "site-b": "B00001L8"},
+            "copies_bad": 0,
+            "station_on_tape": "st-0003",
+            "purge_plan": {"files": 0, "kept_by_retention_or_hold": 1},
+        },
+        "trainer_sample": {
+            "table": "s3://tierlake-lake/gold/corpus_tokens",
+            "version": 4,
+            "batches": 5,
+            "shape": [8, 256],
+            "first_batch_s": 0.4,
+            "total_s": 0.9,
+        },
+    }
+    text = summary(report)
+    assert "files per day 2026-01-01: 3, 2026-01-02: 5 -> after OPTIMIZE 2026-01-01: 1, 2026-01-02: 1" in text
+    for line in (
+        ".venv/bin/tierlake table stats --all",
+        ".venv/bin/tierlake archive purge --table silver/ev --only-due",
+        "python -m training.example --run demo --table s3://tierlake-lake/gold/corpus_tokens --steps 20",
+        "--table silver/ev --key st-0003 --to /tmp/tierlake-restore",
+        "WHERE key_min <= 'st-0003' AND 'st-0003' <= key_max",
+    ):
+        assert line in text, line

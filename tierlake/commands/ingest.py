@@ -212,12 +212,19 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from infra.stack import LocalStack  # noqa: PLC0415 - the demo brings the local stack up first
+    from loaders.sample import time_token_batches  # noqa: PLC0415
     from pipelines.synthetic.demo import run_demo, summary  # noqa: PLC0415
+    from pipelines.synthetic.lifecycle import run_lifecycle  # noqa: PLC0415
+    from tierlake import catalog  # noqa: PLC0415
+    from tiers.s3 import delta_storage_options  # noqa: PLC0415
 
     started = time.monotonic()
     settings = LocalStack(settings).up()
     stack_s = time.monotonic() - started
     report = run_demo(settings, events=args.events)
+    report["lifecycle"] = run_lifecycle(settings)  # compact, warm, archive the cold days, plan the purge
+    tokens = catalog.gold_tokens(settings.s3.lake_bucket, "corpus").s3
+    report["trainer_sample"] = time_token_batches(tokens, storage_options=delta_storage_options(settings.s3))
     report["seconds"] |= {"stack_up": round(stack_s, 1), "total": round(time.monotonic() - started, 1)}
     sys.stdout.write((json.dumps(report, indent=2) if args.json else summary(report)) + "\n")
     return ExitCode.OK if report["ok"] else ExitCode.DEMO_FAILED
