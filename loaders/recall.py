@@ -218,11 +218,15 @@ class PendingRecall:
 
     def wait(self, uri: str) -> bool:
         """Block until ``uri`` is published or the recall ended; False when ``uri`` is not part of this recall.
-        Raises the recall's error when it ended without publishing ``uri``."""
+        The last file waits for the whole recall, so whoever has read every file also finds the recall audited
+        and the catalog updated (as before the recall streamed). Raises the recall's error when it ended without
+        publishing ``uri``."""
         event = self._files.get(uri) or self._files.get(_unquoted(uri))
         if event is None:
             return False
         event.wait()
+        if all(e.is_set() for e in self._files.values()):
+            self._done.wait()  # the last file: the recall's audit event and catalog update come before it is read
         if self.error is not None and self._done.is_set() and not self._was_published(uri):
             raise self.error
         return True
