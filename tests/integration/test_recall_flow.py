@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import multiprocessing
+import os
 import signal
 import uuid
 from datetime import date
@@ -32,12 +34,12 @@ from tests.unit.recall_children import read_through_recalling_source, recall_to_
 from tierlake.commands.archive import _restore
 from tierlake.config import ArchiveTable, Settings
 from tierlake.errors import NotFound
-from tiers.archive import compliance
+from tiers.archive import compliance, recall_io
 from tiers.archive.archiver import run
 from tiers.archive.catalog import Catalog, quote
 from tiers.archive.context import ArchiveContext
-from tiers.archive.recall import CacheTarget
-from tiers.s3 import delta_storage_options
+from tiers.archive.recall import CacheTarget, RecallFile
+from tiers.s3 import delta_storage_options, s3_client
 from tiers.store import S3Store
 from tiers.tape.library import Library
 
@@ -229,3 +231,35 @@ def test_a_file_found_missing_while_reading_is_recalled_once_for_concurrent_read
     source = Recall(context=_context(cold), mode="auto", to=to, progress=False).wrap(plain)
     with pytest.raises(NotFound, match="is missing from the object store"):
         source.open(never_archived)  # missing for another reason (vacuumed): not a recall
+
+
+def test_a_big_file_recalled_to_the_lake_goes_up_in_parts_and_appears_only_once_its_sha256_matched(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lake target's multipart path on RGW (parts of 5 MiB here): a good copy appears whole; a copy whose
+    SHA-256 differs raises before the upload is completed: no object, no upload left behind."""
+    monkeypatch.setattr(recall_io, "PART_BYTES", 5 * 1024 * 1024)
+    data = os.urandom(12_000_000)
+    folder = f"tests/recall/{uuid.uuid4().hex[:8]}"
+    good = RecallFile(
+        file_id="f1", table=folder, path="big.parquet", bucket=settings.s3.lake_bucket, key=f"{folder}/big.parquet",
+        size=len(data), sha256=hashlib.sha256(data).hexdigest(), copy=1, cartridge="A00001", site="site-a",
+        aggregate="agg", member_offset=0, start_block=0, extent_partition="b",
+    )  # fmt: skip
+    bad = dataclasses.replace(good, file_id="f2", key=f"{folder}/bad.parquet", sha256="0" * 64)
+    store = S3Store(settings.s3)
+    target = recall_io.LakeTarget(store, s3_client(settings.s3, sign_payload=False))
+    chunks = [data[i : i + 1_000_003] for i in range(0, len(data), 1_000_003)]  # records cut across part ends
+
+    def stream(item: RecallFile) -> Any:
+        return recall_io.read_ahead(recall_io.verified(iter(chunks), item, lambda _step, _path: None))
+
+    target.put(good, stream(good))
+    assert store.cat_file(good.bucket, good.key) == data
+    with pytest.raises(recall_io.ChecksumMismatch, match="another SHA-256"):
+        target.put(bad, stream(bad))
+    with pytest.raises(NotFound):
+        store.info(bad.bucket, bad.key)
+    uploads = s3_client(settings.s3).list_multipart_uploads(Bucket=bad.bucket, Prefix=f"{folder}/")
+    assert uploads.get("Uploads", []) == []
+    store.rm(good.bucket, good.key)
