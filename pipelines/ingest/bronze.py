@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipelines.ingest.ledger import CommitLedger
+from pipelines.ingest.ledger import APPEND_ONLY_CHECKPOINT_INTERVAL, CommitLedger
 from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
@@ -89,7 +89,13 @@ def ensure_bronze(spark: SparkSession, table: BronzeTable) -> None:
 
     if not DeltaTable.isDeltaTable(spark, table.table_uri):
         empty = spark.createDataFrame([], BRONZE_DDL)
-        empty.write.format("delta").mode("ignore").partitionBy(catalog.INGEST_DAY).save(table.table_uri)
+        (
+            empty.write.format("delta")
+            .mode("ignore")
+            .partitionBy(catalog.INGEST_DAY)
+            .option("delta.checkpointInterval", str(APPEND_ONLY_CHECKPOINT_INTERVAL))  # never read back by ingest
+            .save(table.table_uri)
+        )
 
 
 def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable, ledger: CommitLedger) -> None:
@@ -104,4 +110,4 @@ def write_bronze(batch: DataFrame, batch_id: int, table: BronzeTable, ledger: Co
         F.lit(batch_id).cast("long").alias("_batch_id"),
         F.to_date("ingest_time").alias(catalog.INGEST_DAY),  # the partition (catalog.day_layout)
     )
-    ledger.append(rows, table.table_uri, batch_id, partition_by=catalog.INGEST_DAY)
+    ledger.append(rows, table.table_uri, batch_id, partition_by=catalog.INGEST_DAY, append_only=True)

@@ -22,6 +22,7 @@ measures to it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,26 @@ def gold_paths(lake_bucket: str, entity: str) -> tuple[str, str]:
     return catalog.gold_windows(lake_bucket, entity).s3a, catalog.gold_anomalies(lake_bucket, entity).s3a
 
 
+def anomaly_reason(field: Callable[[str], Column]) -> Column:
+    """Why a reading is flagged (null: it is not), from its fields as ``field(name)`` gives them: the same rule
+    for silver's columns (:func:`anomalies`) and for a judged batch's record (:func:`flag_rule`)."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    return (
+        F.when(field("temp_c") > OVERHEAT_C, F.lit("overheating"))
+        .when(field("power_kw") > SPIKE_KW, F.lit("power_spike"))
+        .when((field("status") == "dropout") & (field("power_kw") == 0), F.lit("dropout"))
+    )
+
+
+def flag_rule(record: str) -> Column:
+    """True for the readings :func:`anomalies` flags, on a judged batch's record struct ``record``: the ingest batch
+    counts its flags with its outcomes (one job), so the flags' append needs no count of its own."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    return anomaly_reason(lambda name: F.col(f"{record}.`{name}`")).isNotNull()
+
+
 def anomalies(silver_rows: DataFrame) -> DataFrame:
     """Flag events of a batch: event_id, station_id, ts, score, reason, temp_c, power_kw."""
     from pyspark.sql import functions as F  # noqa: PLC0415
@@ -49,11 +70,7 @@ def anomalies(silver_rows: DataFrame) -> DataFrame:
     def ramp(value: str, low: float, high: float) -> Column:
         return F.least(F.lit(1.0), F.greatest(F.lit(0.0), (F.col(value) - low) / (high - low))) * 0.5 + 0.5
 
-    reason = (
-        F.when(F.col("temp_c") > OVERHEAT_C, F.lit("overheating"))
-        .when(F.col("power_kw") > SPIKE_KW, F.lit("power_spike"))
-        .when((F.col("status") == "dropout") & (F.col("power_kw") == 0), F.lit("dropout"))
-    )
+    reason = anomaly_reason(F.col)
     score = (
         F.when(F.col("temp_c") > OVERHEAT_C, ramp("temp_c", OVERHEAT_C, OVERHEAT_MAX_C))
         .when(F.col("power_kw") > SPIKE_KW, ramp("power_kw", SPIKE_KW, SPIKE_MAX_KW))
@@ -112,22 +129,32 @@ def windows(
     )
 
 
-def append_anomalies(silver_rows: DataFrame, *, uri: str, batch_id: int, ledger: CommitLedger) -> int:
+def append_anomalies(
+    silver_rows: DataFrame, *, uri: str, batch_id: int, ledger: CommitLedger, flags: int | None = None
+) -> int:
     """Flag the readings of an ingest batch's silver rows into the anomalies table ``uri``, once per batch
-    (``ledger``). Returns the number of flags (0: nothing written)."""
+    (``ledger``). Returns the number of flags (0: nothing written).
+
+    ``flags``: how many readings :func:`flag_rule` counted in the batch, when the caller counted them already;
+    the rows are then appended without a count of their own (one Spark job fewer per batch).
+    """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     flagged = (
         anomalies(silver_rows)
         .withColumn("flagged_at", F.current_timestamp())
         .withColumn("_batch_id", F.lit(batch_id).cast("long"))
-        .persist()
     )
+    if flags is not None:
+        if flags:
+            ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY, append_only=True)
+        return flags
+    flagged = flagged.persist()
     try:
         count = flagged.count()
         if count:
             # merge_schema: lakes from before flagged_at and _batch_id
-            ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY)
+            ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY, append_only=True)
         return count
     finally:
         flagged.unpersist()

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from pipelines.ingest.ledger import CommitLedger
 from pipelines.session import run_together
@@ -37,7 +37,7 @@ from tierlake.entities import EntitySpec
 from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 logger = logging.getLogger(__name__)
 SOURCE_COLUMNS = ("topic", "partition", "offset", "kafka_timestamp", "ingest_time")
@@ -223,6 +223,19 @@ def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[Da
 
 
 @dataclass(frozen=True)
+class Flags:
+    """Rows an ingest batch flags beside its silver rows (EV anomalies, ``pipelines.ingest.gold_ev``).
+
+    ``rule``: given the name of the judged batch's record struct, true for a row to flag; the batch counts them
+    with its outcomes. ``write``: appends the flags of the batch's silver rows (rows, batch id, how many were
+    counted), once per batch (the ledger).
+    """
+
+    rule: Callable[[str], Column]
+    write: Callable[[DataFrame, int, int], object]
+
+
+@dataclass(frozen=True)
 class BatchSummary:
     """Rows per outcome of a judged batch, silver's highest event time, and the Kafka offsets it covers."""
 
@@ -231,8 +244,10 @@ class BatchSummary:
     offsets: dict[str, dict[int, tuple[int, int]]]  # topic -> partition -> (first, last offset)
 
 
-def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> BatchSummary:
-    """Rows per outcome, silver's highest event time and each partition's offset range, in one pass.
+def outcome_counts(judged: DataFrame, *, entity: EntitySpec, flag_rule: Column | None = None) -> BatchSummary:
+    """Rows per outcome, silver's highest event time and each partition's offset range, in one pass; with
+    ``flag_rule`` (true for a row to flag, on the record struct ``_rec``), also the silver rows it flags
+    (``flagged`` in the counts).
 
     The event time is taken as microseconds of silver rows only: any value a rule quarantined (a year 58899, say)
     never reaches a Python datetime, so no value in a batch can stop it.
@@ -245,6 +260,7 @@ def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> BatchSummary:
         .otherwise(F.lit("silver"))
     )
     silver_time = F.when(outcome == "silver", F.unix_micros(F.col(f"_rec.`{entity.event_time}`")))
+    flagged = flag_rule if flag_rule is not None else F.lit(False)
     rows = (
         judged.groupBy(outcome.alias("outcome"), "topic", "partition")
         .agg(
@@ -252,14 +268,17 @@ def outcome_counts(judged: DataFrame, *, entity: EntitySpec) -> BatchSummary:
             F.max(silver_time).alias("high"),
             F.min("offset").alias("first"),
             F.max("offset").alias("last"),
+            F.count(F.when((outcome == "silver") & flagged, F.lit(1))).alias("flagged"),
         )
         .collect()
     )
-    counts = dict.fromkeys(("silver", "quarantine", "dropped"), 0)
+    counts = dict.fromkeys(("silver", "quarantine", "dropped", *(("flagged",) if flag_rule is not None else ())), 0)
     offsets: dict[str, dict[int, tuple[int, int]]] = {}
     highs = []
     for row in rows:
         counts[row["outcome"]] += int(row["rows"])
+        if flag_rule is not None:
+            counts["flagged"] += int(row["flagged"])
         if row["high"] is not None:
             highs.append(int(row["high"]))
         part = offsets.setdefault(row["topic"], {})
@@ -287,7 +306,7 @@ def table_writes(
     uris = (tables.silver, tables.quarantine, tables.dropped)
     days = (catalog.EVENT_DAY, None, None)  # silver by event day (catalog.day_layout); the others stay small
     return [
-        partial(ledger.append, frame, uri, batch_id, merge_schema=True, partition_by=day)
+        partial(ledger.append, frame, uri, batch_id, merge_schema=True, partition_by=day, append_only=name != "silver")
         for name, frame, uri, day in zip(("silver", "quarantine", "dropped"), frames, uris, days, strict=True)
         if counts[name]
     ]
@@ -301,14 +320,14 @@ def process_batch(
     tables: SilverTables,
     high_water: HighWater,
     ledger: CommitLedger,
-    flag: Callable[[DataFrame, int], int] | None = None,
+    flag: Flags | None = None,
     alongside: Sequence[Callable[[DataFrame], object]] = (),
 ) -> dict[str, int]:
     """One micro-batch, classified by the rules (:func:`pipelines.ingest.rules.classify`): judge it against history,
     write the three tables idempotently. Returns the row counts.
 
-    ``flag``: called with the batch's silver rows and the batch id (EV anomaly flags,
-    :func:`pipelines.ingest.gold_ev.append_anomalies`); returns how many rows it wrote (``flagged`` in the counts).
+    ``flag``: the flags written beside silver (EV anomalies), counted with the outcomes (``flagged`` in the counts)
+    and appended with the tables when there are any.
     ``alongside``: other writes of the batch (the ingest query's bronze append), run with this batch's appends and
     called with the judged batch: every row and column of ``classified`` (plus the judgement), already cached.
     The appends run at the same time (:func:`pipelines.session.run_together`), once the counts have read the
@@ -327,19 +346,15 @@ def process_batch(
         frames = outputs(judged, entity=entity, batch_id=batch_id)
         began = time.monotonic()
         plan_s = began - planning
-        summary = outcome_counts(judged, entity=entity)
+        summary = outcome_counts(judged, entity=entity, flag_rule=flag.rule("_rec") if flag is not None else None)
         counts, high = summary.counts, summary.high
         ledger.describe(batch_id, commit_metadata(entity.name, batch_id, summary.offsets))
         judged_s = time.monotonic() - began
         writes = table_writes(frames, counts, tables=tables, ledger=ledger, batch_id=batch_id)
-        flag_at = None
-        if flag is not None and counts["silver"]:
-            flag_at = len(writes)
-            writes.append(partial(flag, frames[0], batch_id))
+        if flag is not None and counts["flagged"]:
+            writes.append(partial(flag.write, frames[0], batch_id, counts["flagged"]))
         writes += [partial(write, judged) for write in alongside]
-        results = run_together(classified.sparkSession, "ingest", writes)
-        if flag_at is not None:
-            counts["flagged"] = int(cast(int, results[flag_at]))
+        run_together(classified.sparkSession, "ingest", writes)
         high_water.record(batch_id, high)
     finally:
         judged.unpersist()
@@ -362,5 +377,5 @@ def _log_batch(
         plan_s,
         judged_s,
         writes_s,
-        extra={"entity": entity},
+        extra={"entity": entity, "batch_id": batch_id, "plan_s": plan_s, "judge_s": judged_s, "writes_s": writes_s},
     )

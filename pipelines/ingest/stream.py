@@ -32,10 +32,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.bronze import bronze_table, ensure_bronze, kafka_source, to_bronze, write_bronze
-from pipelines.ingest.gold_ev import append_anomalies, gold_paths
+from pipelines.ingest.gold_ev import append_anomalies, flag_rule, gold_paths
 from pipelines.ingest.ledger import CommitLedger
 from pipelines.ingest.rules import classify
-from pipelines.ingest.silver import HighWater, process_batch, silver_tables, table_exists
+from pipelines.ingest.silver import Flags, HighWater, process_batch, silver_tables, table_exists
 from pipelines.session import batch_codegen, use_pool
 from tierlake.config import Settings
 from tierlake.errors import DataLoss, first_line
@@ -94,8 +94,10 @@ def start_ingest(
     ledger = CommitLedger(spark, gate=gate)
     anomalies_uri = gold_paths(settings.s3.lake_bucket, entity)[1]
 
-    def flag(silver_rows: DataFrame, batch_id: int) -> int:
-        return append_anomalies(silver_rows, uri=anomalies_uri, batch_id=batch_id, ledger=ledger)
+    def write_flags(silver_rows: DataFrame, batch_id: int, flags: int) -> int:
+        return append_anomalies(silver_rows, uri=anomalies_uri, batch_id=batch_id, ledger=ledger, flags=flags)
+
+    flags = Flags(rule=flag_rule, write=write_flags) if spec.gold == "ev" else None  # EV anomaly flags
 
     previous_rows: list[int] = []  # the size of the query's last batch (batch_codegen)
 
@@ -116,7 +118,7 @@ def start_ingest(
                 tables=tables,
                 high_water=high_water,
                 ledger=ledger,
-                flag=flag if spec.gold == "ev" else None,  # EV anomaly flags, visible with their readings
+                flag=flags,  # visible with their readings
                 alongside=[partial(write_bronze, batch_id=batch_id, table=bronze, ledger=ledger)],
             )
         previous_rows[:] = [counts["silver"] + counts["quarantine"] + counts["dropped"]]

@@ -153,3 +153,11 @@ def test_py4j_wrappers_give_way_to_the_error_inside() -> None:
     assert first_line(RuntimeError(proxy)).startswith("org.apache.spark.SparkException: [FAILED_READ_FILE.NO_HINT]")
     python_only = "An exception was raised by the Python Proxy. Return Message: Traceback\n  File x\nValueError: bad"
     assert first_line(RuntimeError(python_only)) == "ValueError: bad ..."
+
+
+def test_gold_runs_at_least_every_ten_seconds_apart_unless_told_otherwise() -> None:
+    from pipelines.ingest.driver import gold_trigger  # noqa: PLC0415 - pyspark-free, but beside the queries
+
+    assert gold_trigger(2.0, None) == 10.0, "a 2 s ingest trigger must not make gold's MERGE run every 2 s"
+    assert gold_trigger(30.0, None) == 30.0, "gold never runs more often than ingestion"
+    assert gold_trigger(2.0, 4.0) == 4.0, "an explicit --gold-trigger-s wins"

@@ -126,6 +126,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             stop=stop,
             status_file=args.status_file,
             leases=leases,
+            gold_trigger_s=args.gold_trigger_s,
         )
     return 0
 
@@ -153,6 +154,8 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
     ]
     for entity in args.entity or []:
         argv += ["--entity", entity]
+    if args.gold_trigger_s is not None:
+        argv += ["--gold-trigger-s", str(args.gold_trigger_s)]
     status_file.unlink(missing_ok=True)
     pid = procs.spawn(daemon, argv)
     # Return once the driver holds its leases and its queries run (it writes the status file then), so what
@@ -255,11 +258,17 @@ def register(sub: Subparsers) -> None:
     serve = ingest.add_parser("serve", help="run the streaming queries in the foreground until SIGTERM")
     serve.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
     serve.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
+    serve.add_argument(
+        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 10)"
+    )
     serve.add_argument("--status-file", type=Path, help="where to write the queries' progress")
     serve.set_defaults(handler=_serve)
     start = ingest.add_parser("start", help="start the streaming queries in the background (pid under run_dir)")
     start.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
     start.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
+    start.add_argument(
+        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 10)"
+    )
     start.set_defaults(handler=_start)
     ingest.add_parser("stop", help="stop the background streaming queries (SIGTERM by pid)").set_defaults(handler=_stop)
     status = ingest.add_parser("status", help="is the streaming driver alive, and its last progress (exit 3 if not)")
