@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -514,6 +515,74 @@ def measure(
     }
 
 
+def ingest_batch_ms(live: dict[str, Any]) -> float | None:
+    """The live part's median ingest micro-batch (``triggerExecution``, ms): ~400 records a batch at the default
+    rate and trigger, so mostly the fixed cost of a batch (planning, Delta's log, the commits, task launches)."""
+    phases = [p for name, p in live["phases"].items() if name.startswith("ingest_")]
+    return phases[0].get("triggerExecution") if phases else None
+
+
+def local_baseline(
+    args: argparse.Namespace, master: str, *, events: int, seconds: float, start: datetime
+) -> dict[str, Any]:
+    """``--spark-workers``: the same backlog and live parts in the driver (``master``, as many cores as the
+    cluster's workers), in the same run, on a topic and entity of their own holding the same records. Run after
+    the cluster's parts, so this driver's JVM is the warmer one."""
+    tag = uuid.uuid4().hex[:8]
+    settings = LocalStack(bench_settings(args.profile, tag)).up()  # creates the topic
+    settings = replace(settings, spark=replace(settings.spark, master=master))
+    entity = f"bench_{tag}"
+    send_records(
+        settings,
+        settings.entities[entity].topic,
+        good_records("ev", events, seed=1, start=start),
+        total=events,
+        progress=False,
+    )
+    spark = spark_session(settings, app_name="tierlake-bench-ingest-local")
+    try:
+        began = time.monotonic()
+        query = start_ingest(spark, settings, entity=entity, trigger_s=None)
+        query.awaitTermination()
+        silver_s = time.monotonic() - began
+        backlog = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]]
+        live = live_run(
+            spark, settings, entity, events=events, rate=args.rate, seconds=seconds, trigger_s=args.trigger_s
+        )
+    finally:
+        spark.stop()
+    return {"master": master, "silver_s": silver_s, "backlog": backlog, "live": live}
+
+
+def with_local_baseline(
+    result: dict[str, Any], measured: dict[str, Any], local: dict[str, Any], *, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The cluster run's document plus the local baseline's figures and ``ratios.cluster_vs_local``."""
+    events = result["setup"]["events"]
+    cluster_ms, local_ms = ingest_batch_ms(measured["live"]), ingest_batch_ms(local["live"])
+    figures = {
+        **result["figures"],
+        "local_silver_end_to_end_eps": round(events / local["silver_s"]),
+        "local_backlog_eps": round(events / sum(local["backlog"])) if local["backlog"] else None,
+        "local_p50_freshness_s": local["live"]["silver"]["p50_s"],
+        "local_p99_freshness_s": local["live"]["silver"]["p99_s"],
+        "live_batch_ms_p50": cluster_ms,
+        "local_live_batch_ms_p50": local_ms,
+    }
+    ratios = {
+        **result["ratios"],
+        "cluster_vs_local": _ratio(result["figures"]["silver_end_to_end_eps"], figures["local_silver_end_to_end_eps"]),
+        "cluster_vs_local_backlog": _ratio(result["figures"]["backlog_eps"], figures["local_backlog_eps"]),
+        "cluster_vs_local_batch_ms": _ratio(cluster_ms, local_ms),
+        "cluster_vs_local_p50_freshness": _ratio(
+            result["figures"]["p50_freshness_s"], figures["local_p50_freshness_s"]
+        ),
+    }
+    setup = {**result["setup"], "spark_workers": args.spark_workers, "local_master": local["master"]}
+    diagnostics = {**result["diagnostics"], "local_live_batch_phases_ms_median": local["live"]["phases"]}
+    return {**result, "figures": figures, "ratios": ratios, "setup": setup, "diagnostics": diagnostics}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes: finishes in a few minutes on 2 cores")
@@ -522,6 +591,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="records/s during the freshness part")
     parser.add_argument("--seconds", type=float, help="length of the freshness part")
     parser.add_argument("--trigger-s", type=float, default=2.0)
+    parser.add_argument(
+        "--spark-workers",
+        type=int,
+        default=0,
+        help="run on a standalone cluster of this many workers (the stack starts it) and compare with local[cores]",
+    )
     args = parser.parse_args(argv)
     events = args.events or (20_000 if args.quick else 200_000)
     seconds = args.seconds or (30.0 if args.quick else 120.0)
@@ -529,8 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     tag = uuid.uuid4().hex[:8]
     settings = bench_settings(args.profile, tag)
     configure_logging(settings.run_dir / "logs" / "bench-ingest.log")
-    stack = LocalStack(settings)
+    stack = LocalStack(settings, spark_workers=args.spark_workers or None)
     settings = stack.up()
+    if args.spark_workers:
+        settings = replace(settings, spark=replace(settings.spark, master=stack.spark_cluster.master_url))
     entity = f"bench_{tag}"
     topic = settings.entities[entity].topic
 
@@ -543,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         **measure(settings, entity, tag, events=events, seconds=seconds, start=start, args=args),
     }
     result = result_of(measured, args, events=events, seconds=seconds, settings=settings, kafka_nodes=stack.kafka_nodes)
+    if args.spark_workers:
+        cores = args.spark_workers * settings.spark_cluster.worker_cores
+        local = local_baseline(args, f"local[{cores}]", events=events, seconds=seconds, start=start)
+        result = with_local_baseline(result, measured, local, args=args)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
