@@ -56,15 +56,15 @@ class SparkCluster:
         self.cluster: SparkClusterSettings = settings.spark_cluster
         self.local_ip = settings.spark.local_ip or "127.0.0.1"
         self.home = settings.run_dir / "spark-cluster"
-        self.size = self.cluster.workers if workers is None else workers
-        if workers is None and (known := self._recorded_size()) is not None:
-            self.size = known  # the running cluster's, e.g. from `stack up --spark-workers N`
         self.master = procs.Daemon(
             name="spark-master",
             pid_file=self.home / "master.pid",
             log=self.home / "master.log",
             marker=str(self.home / "master.conf"),
         )
+        self.size = self.cluster.workers if workers is None else workers
+        if workers is None and (known := self._recorded_size()) is not None:
+            self.size = known  # the running cluster's, e.g. from `stack up --spark-workers N`
         self.workers = [self._worker(n) for n in range(1, self.size + 1)]
 
     def _worker(self, number: int) -> SparkWorker:
@@ -251,7 +251,7 @@ def _write_properties(path: Path, properties: dict[str, str]) -> None:
 
 def _json(url: str) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - a loopback http URL of ours
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a loopback http URL of ours
             document: dict[str, Any] = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
