@@ -64,7 +64,9 @@ def build_archive_tables(values: Values) -> dict[str, ArchiveTable]:
         if not isinstance(policy, dict) or not _ARCHIVE_TABLE_KEYS <= set(policy) <= (
             _ARCHIVE_TABLE_KEYS | _ARCHIVE_TABLE_OPTIONAL
         ):
-            raise values.fail("archive.tables", {name: policy}, "a table policy needs its five keys (and may have hold_reason)", fix)
+            raise values.fail(
+                "archive.tables", {name: policy}, "a table policy needs its five keys (and may have hold_reason)", fix
+            )
         if policy["cold_by"] not in ("age", "access"):
             raise values.fail("archive.tables", {name: policy}, "cold_by must be age or access", fix)
         numbers = (policy["cold_after_days"], policy["retention_days"])
