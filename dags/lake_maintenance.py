@@ -1,6 +1,7 @@
-"""lake_maintenance: nightly OPTIMIZE (compaction or Z-order per conf/), VACUUM (7-day floor), checkpoints, and the
-table stats exported as Prometheus metrics. Each task runs one `tierlake table ...` command over the tables of
-``maintenance.tables`` (or the run's ``tables`` param); each holds the table's writer lease while it writes."""
+"""lake_maintenance: nightly OPTIMIZE (compaction or Z-order per conf/), VACUUM (7-day floor), checkpoints, the
+table stats exported as Prometheus metrics, then the lineage table synced. Each task runs one `tierlake table ...`
+command over the tables of ``maintenance.tables`` (or the run's ``tables`` param); each holds the table's writer
+lease while it writes; the last runs ``tierlake lineage sync`` over the run's tables (else every ingest table)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,14 @@ def lake_maintenance() -> None:
     def export_stats() -> Any:
         return run_tierlake("table", "stats", *table_args(_params()), "--json")
 
-    optimize() >> vacuum() >> checkpoint() >> export_stats()
+    @task
+    def lineage() -> Any:
+        # The lineage table learns of the commits above (and of every ingest batch since the last sync) from the
+        # tables' own histories; the run's tables, else every ingest table of conf/.
+        tables = [arg for table in _params()["tables"] or [] for arg in ("--table", str(table))]
+        return run_tierlake("lineage", "sync", *tables, "--json")
+
+    optimize() >> vacuum() >> checkpoint() >> export_stats() >> lineage()
 
 
 lake_maintenance()

@@ -26,6 +26,7 @@ from pipelines.lake import maintenance
 from tests.lake_tables import small_table
 from tierlake.config import Settings, load_settings
 from tiers.s3 import delta_storage_options, s3_client
+from training.lineage_store import LineageStore, default_uri
 
 ROOT = Path(__file__).resolve().parents[2]
 _HOME = load_settings("ci").run_dir / "airflow"
@@ -91,7 +92,14 @@ def test_lake_maintenance_compacts_vacuums_checkpoints_and_exports_stats(
     states = _run(
         airflow_dags["lake_maintenance"], {"tables": [table], "retention_hours": 0, "allow_short_retention": True}
     )
-    assert states == {t: "success" for t in ("optimize", "vacuum", "checkpoint", "export_stats")}
+    assert states == {t: "success" for t in ("optimize", "vacuum", "checkpoint", "export_stats", "lineage")}
+    uri = f"s3://{settings.s3.lake_bucket}/{table}"
+    options = delta_storage_options(settings.s3)
+    kept = LineageStore(default_uri(settings.s3.lake_bucket), options).read(table_uri=uri).to_pylist()
+    # VACUUM leaves no commit here (Delta logs VACUUM START/END only where vacuum logging is on): OPTIMIZE does
+    assert [r["operation"] for r in kept if r["kind"] == "maintenance"] == ["OPTIMIZE"]
+    newest = DeltaTable(uri, storage_options=options).version()
+    assert sorted({r["version"] for r in kept}) == list(range(newest + 1))  # every commit of the table, in lineage
     stats = maintenance.table_stats(settings, table)
     assert (stats.files, stats.rows) == (1, 100)  # compacted, every row kept
     assert len(maintenance.data_objects(settings, table)) == 1  # the 5 small files were vacuumed
