@@ -31,7 +31,7 @@ from tierlake.errors import CommitConflict, ConfigError, StorageError
 from tiers.s3 import s3_client
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +93,17 @@ def pipeline_tables(settings: Settings) -> list[str]:
 def checksum(frame: DataFrame, columns: list[str]) -> tuple[int, str]:
     """(rows, an order-free checksum of ``columns``): the sum of each row's xxhash64, as a decimal string."""
     from pyspark.sql import functions as F  # noqa: PLC0415
+    from pyspark.sql.types import MapType  # noqa: PLC0415
+
+    def hashable(name: str) -> Column:  # xxhash64 refuses maps (extra_fields): their entries, sorted, as JSON
+        column = F.col(f"`{name}`")
+        if isinstance(frame.schema[name].dataType, MapType):
+            return F.to_json(F.array_sort(F.map_entries(column)))
+        return column
 
     row = frame.select(
         F.count(F.lit(1)).alias("rows"),
-        F.sum(F.xxhash64(*[F.col(f"`{c}`") for c in columns]).cast("decimal(38,0)")).alias("sum"),
+        F.sum(F.xxhash64(*[hashable(c) for c in columns]).cast("decimal(38,0)")).alias("sum"),
     ).first()
     if row is None:
         return 0, "0"
