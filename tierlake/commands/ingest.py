@@ -229,7 +229,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     tokens = catalog.gold_tokens(settings.s3.lake_bucket, "corpus").s3
     report["trainer_sample"] = time_token_batches(tokens, storage_options=delta_storage_options(settings.s3))
     report["seconds"] |= {"stack_up": round(stack_s, 1), "total": round(time.monotonic() - started, 1)}
-    sys.stdout.write((json.dumps(report, indent=2) if args.json else summary(report)) + "\n")
+    # default=str: the lifecycle's partitions are dates (ISO text in the JSON)
+    sys.stdout.write((json.dumps(report, indent=2, default=str) if args.json else summary(report)) + "\n")
     return ExitCode.OK if report["ok"] else ExitCode.DEMO_FAILED
 
 
