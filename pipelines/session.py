@@ -177,8 +177,10 @@ def spark_conf(settings: Settings, *, app_name: str) -> dict[str, str]:
         "spark.sql.codegen.cache.maxEntries": "1000",
         # -Xss: a streaming query stopped mid-batch builds its error message with Java regular expressions that
         # recurse over the whole query plan; with the default 1 MB thread stack that overflowed (StackOverflowError
-        # in the stream execution thread, seen when stopping a driver with a gold query running).
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j_file(settings)} -Xss16m",
+        # in the stream execution thread, seen when stopping a driver with a gold query running), and with 16 MB
+        # once gold's plan grew with the day partitions (RGW killed under a running driver). Only what a thread
+        # touches of its stack is committed.
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j_file(settings)} -Xss64m",
         # The ingest rules run in Python workers (mapInArrow, pipelines.ingest.rules): the driver's own interpreter,
         # so the workers import the same tierlake and pyarrow. A cluster sets its executors' path in extra_conf.
         "spark.pyspark.python": sys.executable,

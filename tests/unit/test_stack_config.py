@@ -129,7 +129,7 @@ def test_sparks_own_log_goes_to_a_file_under_the_run_folder(tmp_path: Path) -> N
     """Not to the console, where a failed query's stack trace and plan would bury tierlake's one-line error."""
     settings = _spark_settings(tmp_path, "a-1.jar")
     conf = spark_conf(settings, app_name="unit")
-    assert conf["spark.driver.extraJavaOptions"] == f"-Dlog4j2.configurationFile={log4j_file(settings)} -Xss16m"
+    assert conf["spark.driver.extraJavaOptions"] == f"-Dlog4j2.configurationFile={log4j_file(settings)} -Xss64m"
     properties = dict(
         line.split(" = ", 1) for line in LOG4J.format(path=spark_log(settings)).splitlines() if " = " in line
     )
