@@ -182,6 +182,32 @@ def last_access(index_file: Path, bucket: str, keys: list[str]) -> float | None:
         return latest
 
 
+_LOCK_WAIT_S = 30.0
+
+
+def _switch_to_wal(db: sqlite3.Connection, path: Path) -> None:
+    """Put the database in WAL mode, waiting for other processes that are opening it at the same moment.
+
+    SQLite does not call its busy handler for the lock that the first switch to WAL takes, so two processes
+    opening a fresh index together can get "database is locked" at once instead of waiting ``timeout``
+    (seen in CI: two recalls into one cache). Retried here, with backoff, for as long as a locked write waits.
+    """
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    pause = 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise StorageError(
+                    f"the cache index {path} stayed locked for {_LOCK_WAIT_S:.0f} s while opening it: {exc}. "
+                    "Fix: look for a process holding it (fuser on the file) and stop it"
+                ) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+
 class Index:
     """One connection per thread and process (SQLite connections must not cross a fork or a thread).
 
@@ -215,8 +241,8 @@ class Index:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", None) != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=_LOCK_WAIT_S, isolation_level=None)
+            _switch_to_wal(db, self.path)
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db, self._local.pid = db, os.getpid()
         return db
