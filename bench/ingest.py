@@ -30,35 +30,39 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from _ingest_peers import (
+    BatchBreakdown,
+    batch_phases,
+    codegen_compiles,
+    parse_cost,
+    plain_peer,
+    plain_topic,
+    raw_consume,
+    spark_read,
+)
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
 from pipelines.checks.freshness import anomaly_freshness, freshness
-from pipelines.ingest.bronze import kafka_source
 from pipelines.ingest.driver import run_continuous
 from pipelines.ingest.gold import run_gold_until_caught_up
 from pipelines.ingest.gold_ev import OVERHEAT_C, SPIKE_KW, gold_paths
-from pipelines.ingest.records import judge_record
-from pipelines.ingest.rules import classify, record_ddl
 from pipelines.ingest.silver import silver_tables
 from pipelines.ingest.stream import ingest_counts, start_ingest
 from pipelines.session import spark_session
 from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
 from pipelines.synthetic.produce import send_records
-from tierlake import catalog
 from tierlake.config import Settings, load_settings
 from tierlake.logs import configure_logging
 from tiers.s3 import delta_storage_options
@@ -80,168 +84,6 @@ def bench_settings(profile: str, tag: str) -> Settings:
     entities = {f"bench_{tag}": {**base["entities"]["ev"], "topic": topic}}
     env = {**os.environ, "TIERLAKE_KAFKA__TOPICS": json.dumps(topics), "TIERLAKE_ENTITIES": json.dumps(entities)}
     return load_settings(profile, env=env)
-
-
-def plain_topic(tag: str) -> str:
-    """The topic of the plain Structured Streaming peer (the same records as tierlake's, a topic of its own)."""
-    return f"bench.plain.{tag}"
-
-
-def start_plain(spark: Any, settings: Settings, entity: str, tag: str, *, trigger_s: float | None) -> Any:
-    """The job a data engineer would write instead of tierlake: one query, Kafka -> ``from_json`` -> Delta append,
-    no validation, no quarantine, no exactly-once ledger, one table (``bench/plain_<tag>`` in the lake)."""
-    from pyspark.sql import functions as F  # noqa: PLC0415
-
-    table = catalog.TablePath(settings.s3.lake_bucket, f"bench/plain_{tag}")
-    parsed = kafka_source(spark, settings, plain_topic(tag)).select(
-        F.from_json(F.col("value").cast("string"), record_ddl(settings.entities[entity])).alias("r"),
-        F.col("timestamp").alias("kafka_timestamp"),
-    )
-    writer = (
-        parsed.select("r.*", "kafka_timestamp")
-        .writeStream.format("delta")
-        .option("checkpointLocation", f"{table.s3a}/_checkpoint")
-        .queryName(f"plain_{tag}")
-    )
-    writer = (
-        writer.trigger(availableNow=True)
-        if trigger_s is None
-        else writer.trigger(processingTime=f"{trigger_s} seconds")
-    )
-    return writer.start(table.s3a)
-
-
-def plain_peer(
-    spark: Any,
-    settings: Settings,
-    entity: str,
-    tag: str,
-    *,
-    records: list[Record],
-    live: list[Record],
-    rate: float,
-    trigger_s: float,
-) -> dict[str, Any]:
-    """The plain query's backlog (query start excluded: the sum of its batches' trigger times) and its live
-    freshness to the commit, on the same records and rate as tierlake's."""
-    topic = plain_topic(tag)
-    send_records(settings, topic, iter(records), total=len(records), progress=False)
-    query = start_plain(spark, settings, entity, tag, trigger_s=None)
-    query.awaitTermination()
-    batches_s = sum(p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"])
-    query = start_plain(spark, settings, entity, tag, trigger_s=trigger_s)
-    try:
-        time.sleep(10)  # up and idle before the clock starts, as tierlake's live part
-        since = time.time()
-        send_records(settings, topic, iter(live), total=len(live), rate=rate, progress=False)
-        table = catalog.TablePath(settings.s3.lake_bucket, f"bench/plain_{tag}")
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            rows = DeltaTable(table.s3, storage_options=delta_storage_options(settings.s3)).to_pyarrow_table(
-                columns=["event_id"]
-            )
-            if rows.num_rows >= len(records) + len(live):
-                break
-            time.sleep(1)
-        phases = batch_phases(spark)
-    finally:
-        query.stop()
-    return {
-        "backlog_batches_s": batches_s,
-        "live": freshness(spark, table.s3a, since_epoch_s=since),
-        "phases": phases.get(f"plain_{tag}", {}),
-    }
-
-
-def raw_consume(settings: Settings, topic: str, expected: int) -> float:
-    """Seconds for a plain consumer to read ``expected`` records of ``topic`` from the start.
-
-    The consumer assigns itself every partition from the beginning, as Spark's Kafka source does, rather than
-    joining a consumer group: a new group waits for the broker's initial rebalance delay (3 s by default), which
-    would time the broker's wait, not the reading.
-    """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap(),
-            "group.id": f"bench-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        }
-    )
-    started = time.monotonic()
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    seen = 0
-    try:
-        while seen < expected and time.monotonic() - started < 300:
-            for message in consumer.consume(1000, timeout=0.5):
-                if message.error() is None:
-                    seen += 1
-    finally:
-        consumer.close()
-    if seen < expected:
-        raise RuntimeError(f"raw consumer saw {seen} of {expected} records in 300 s")
-    return time.monotonic() - started
-
-
-def spark_read(spark: Any, settings: Settings, topic: str, expected: int) -> float:
-    """Seconds for Spark to read (count) every record of ``topic`` as a batch job, best of two."""
-    source = (
-        spark.read.format("kafka")
-        .option("kafka.bootstrap.servers", settings.kafka.bootstrap())
-        .option("subscribe", topic)
-        .option("startingOffsets", "earliest")
-        .load()
-    )
-    times = []
-    for _ in range(2):
-        began = time.monotonic()
-        seen = source.count()
-        times.append(time.monotonic() - began)
-        if seen != expected:
-            raise RuntimeError(f"Spark read {seen} of {expected} records of {topic}")
-    return min(times)
-
-
-def batch_phases(spark: Any) -> dict[str, dict[str, float]]:
-    """Per running query, the median of each phase of its recent micro-batches (Spark's ``durationMs``), in ms:
-    where a batch's time goes (``addBatch`` is the batch itself; ``walCommit`` and ``commitOffsets`` are the
-    checkpoint writes before and after it)."""
-    phases: dict[str, dict[str, float]] = {}
-    for query in spark.streams.active:
-        durations = [p["durationMs"] for p in query.recentProgress if p.get("numInputRows")]
-        keys = sorted({k for d in durations for k in d})
-        phases[query.name] = {k: statistics.median(d.get(k, 0) for d in durations) for k in keys}
-        phases[query.name]["batches"] = len(durations)
-    return phases
-
-
-class BatchBreakdown(logging.Handler):
-    """Where tierlake's own ingest batches spend their time, from the line ``pipelines.ingest.silver`` logs per
-    batch: planning (the judge's plan, which reads silver's log), rules and history (the one job that judges and
-    counts the batch) and the tables' appends with their commits."""
-
-    PARTS = ("plan_s", "judge_s", "writes_s")
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.batches: list[dict[str, float]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if all(hasattr(record, part) for part in self.PARTS):
-            self.batches.append({part: float(getattr(record, part)) for part in self.PARTS})
-
-    def medians(self) -> dict[str, float]:
-        found: dict[str, float] = {
-            part: round(statistics.median(b[part] for b in self.batches), 2) for part in self.PARTS if self.batches
-        }
-        return {**found, "batches": len(self.batches)}
-
-
-def codegen_compiles(spark: Any) -> dict[str, float]:
-    """Spark's generated-code compilations so far (Janino; a class whose source is cached is not compiled again)
-    and the mean compile time of the recent ones, in ms (Spark's ``CodegenMetrics``)."""
-    timer = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
-    return {"compiles": int(timer.getCount()), "mean_ms": round(float(timer.getSnapshot().getMean()), 1)}
 
 
 def wait_for_silver(settings: Settings, entity: str, rows: int, *, timeout_s: float) -> bool:
@@ -319,51 +161,6 @@ def live_run(
         "codegen": compiled,
         "silver": freshness(spark, silver_uri, since_epoch_s=since),
         "flags": anomaly_freshness(spark, silver_uri=silver_uri, anomalies_uri=anomalies_uri, since_epoch_s=since),
-    }
-
-
-def parse_cost(spark: Any, settings: Settings, entity: str, records: list[Record]) -> dict[str, float]:
-    """What strictness costs, on the same records: the strict reader in plain Python (ms per 1,000 records, best
-    of five) against ``json.loads`` alone, and in Spark the strict rules (``classify``, the Arrow UDF) against
-    Spark's lenient ``from_json`` of the same schema (the parse the rules used before), both counted over one
-    cached DataFrame of the records (best of three, warm)."""
-    from pyspark.sql import functions as F  # noqa: PLC0415
-
-    spec = settings.entities[entity]
-    now = datetime.now(UTC)
-
-    def best(call: Any, tries: int) -> float:
-        times = []
-        for _ in range(tries):
-            began = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - began)
-        return min(times)
-
-    per_k = 1000 / len(records)
-    strict_s = best(lambda: [judge_record(r.value, r.key, spec, ingest_time=now) for r in records], 5)
-    loads_s = best(lambda: [json.loads(r.value) for r in records], 5)
-    frame = spark.createDataFrame([(r.key, r.value) for r in records], "key binary, value binary").withColumn(
-        "ingest_time", F.current_timestamp()
-    )
-    frame = frame.persist()
-    frame.count()
-    schema = record_ddl(spec)
-    classify_s = best(lambda: classify(frame, spec).where(F.col("rule").isNull()).count(), 3)
-    from_json_s = best(
-        lambda: (
-            frame.select(F.from_json(F.col("value").cast("string"), schema).alias("r"))
-            .where(F.col("r").isNotNull())
-            .count()
-        ),
-        3,
-    )
-    frame.unpersist()
-    return {
-        "strict_parse_ms_per_1k": round(strict_s * 1000 * per_k, 2),
-        "json_loads_ms_per_1k": round(loads_s * 1000 * per_k, 2),
-        "spark_strict_rules_ms_per_1k": round(classify_s * 1000 * per_k, 2),
-        "spark_from_json_ms_per_1k": round(from_json_s * 1000 * per_k, 2),
     }
 
 
