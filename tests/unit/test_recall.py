@@ -208,22 +208,29 @@ def test_a_corrupted_copy_is_never_published_and_the_other_site_copy_is_used(
     assert all(_in_cache(context, n) == d for n, d in FILES.items())
 
 
-@pytest.mark.parametrize("kill_step", ["read", "verified", "published"])
+@pytest.mark.parametrize("kill_step", ["read", "verified", "synced", "renamed", "published"])
 def test_a_recall_killed_at_any_step_leaves_nothing_half_recalled_and_the_next_one_completes(
     archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]], tmp_path: Path, kill_step: str
 ) -> None:
+    """``synced`` (the bytes of a group durable, not renamed) and ``renamed`` (under the final name, the index
+    not yet saying READY) are the cache's group publication (tiers/cache/group.py)."""
     context, catalog, rows = archived
     spawn = multiprocessing.get_context("spawn")  # delta-rs (the audit log) refuses a forked runtime
     child = spawn.Process(target=recall_in_child, args=(context, rows, kill_step, tmp_path / "out"))
     child.start()
     child.join()
     assert child.exitcode == -signal.SIGKILL
-    first = next(iter(FILES))
-    # The killed file is absent (read, verified) or whole (published): never a part of it, never another file's.
+    first, *others = FILES
+    # The killed file is absent (up to renamed) or whole (published): never a part of it, never another file's.
     assert _in_cache(context, first) in ((FILES[first],) if kill_step == "published" else (None,))
-    assert all(_in_cache(context, n) is None for n in list(FILES)[1:])
+    # A file published in the same group as the first one is whole; any other is absent.
+    found = {n: _in_cache(context, n) for n in others}
+    assert all(data in ((FILES[n], None) if kill_step == "published" else (None,)) for n, data in found.items())
+    if kill_step == "renamed":  # the file is under its final name, but no READY row names it: never served
+        assert [p for p in (context.cache.directory / "objects").rglob("*") if p.is_file()]
     report = recall(context, catalog, _plan(rows), to="cache", progress=False)
-    assert len(report.recalled) == len(FILES) - (kill_step == "published")
+    published = (kill_step == "published") + sum(data is not None for data in found.values())
+    assert len(report.recalled) == len(FILES) - published
     assert all(_in_cache(context, n) == d for n, d in FILES.items())
     assert not list((context.cache.directory / "tmp").glob("*.tmp"))  # the killed fill's temp was cleared
 
@@ -295,10 +302,10 @@ def test_a_reader_opens_the_first_recalled_file_while_the_rest_is_still_on_tape(
     opened_first = threading.Event()
     put = recall_io.CacheTarget.put
 
-    def held_put(self: recall_io.CacheTarget, item: RecallFile, chunks: Any) -> str:
+    def held_put(self: recall_io.CacheTarget, item: RecallFile, chunks: Any, done: Any = None) -> str:
         if item.path != first.path and not opened_first.wait(timeout=30):
             raise TapeError("the reader never got the first file while the others waited")
-        return put(self, item, chunks)
+        return put(self, item, chunks, done)
 
     monkeypatch.setattr(recall_io.CacheTarget, "put", held_put)
     policy = Recall(context=context, mode="auto", to="cache", reason="streaming", progress=False)

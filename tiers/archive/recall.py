@@ -6,9 +6,10 @@ grouped by cartridge, in their order on tape, one mount per cartridge, the copy 
 mounts, and an estimate of bytes, cartridges, mounts and time at the drives' speed), and :func:`recall` carries it
 out. Each file streams from tape, hashed on the way, and becomes visible only once its SHA-256 matched: in the
 lake under its original key (a temp file of the staging folder, then one PUT: an object appears whole or not at
-all), or only in the node's edge cache (one cache fill whose origin is the mounted cartridge: temp -> fsync ->
-rename, and the stream raises before its end on a wrong SHA-256, which aborts the fill). A reader therefore never
-sees a half-recalled file, even when the recall is killed; the next recall starts that file again.
+all), or only in the node's edge cache (a cache fill: temp file, fsync, rename, READY in the cache index, done
+for groups of files by a publisher thread while the next file is read; the stream raises before its end on a
+wrong SHA-256, which aborts the fill). A reader therefore never sees a half-recalled file, even when the recall
+is killed; the next recall starts that file again.
 
 A copy that is unreadable or fails its SHA-256 is not published; the file is planned again without that cartridge,
 so the other site's copy is used. Readers of one file in several processes cause one recall: each file is copied
@@ -25,7 +26,6 @@ import fcntl
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -302,6 +302,7 @@ class _Run:
     asked_by: str
     reason: str
     report: RecallReport
+    locks: list[_FileLock] = field(default_factory=list)
 
 
 def _no_step(_step: str, _path: str) -> None:
@@ -312,44 +313,62 @@ def _no_publish(_item: RecallFile, _where: str) -> None:
     return None
 
 
-@contextmanager
-def _file_lock(folder: Path, file_id: str) -> Iterator[None]:
-    """One recall of a file at a time across processes (a killed holder frees it: flock)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"{file_id}.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+class _FileLock:
+    """One recall of a file at a time across processes (a killed holder frees it: flock). Held from the check
+    that the file is not there yet until it is published, which for the cache comes later, from the target's
+    publisher thread: released there (:meth:`release` is idempotent)."""
+
+    def __init__(self, folder: Path, file_id: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._handle: Any = (folder / f"{file_id}.lock").open("a")
+        fcntl.flock(self._handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if (handle := self._handle) is not None:
+            self._handle = None
+            handle.close()  # closing the only descriptor drops the flock
 
 
 def _recall_one(run: _Run, volume: Volume, item: RecallFile) -> bool:
     """Recall one file under its lock in one streaming pass (tiers/archive/recall_io.py); False when this copy is
-    bad (the caller plans the other one)."""
-    with _file_lock(run.staging / "locks", item.file_id):
+    bad (the caller plans the other one). The file may be published after this returns (a cache target
+    publishes in groups): :func:`_published` then runs from the target's thread."""
+    lock = _FileLock(run.staging / "locks", item.file_id)
+    try:
         if run.target.present(item.bucket, item.key, item.size):
+            lock.release()
             run.report.already.append(item.uri)
             run.bar.update(item.size)
             run.published(item, "")
             return True
         chunks = volume.read(item.aggregate, start=item.member_offset, length=item.size)
-        try:
-            where = run.target.put(item, read_ahead(verified(_counted(chunks, run.bar), item, run.step)))
-        except ChecksumMismatch:
-            run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) SHA-256 mismatch")
-            return False
-        except TapeError as exc:
-            run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) unreadable: {exc}")
-            return False
-        run.step("published", item.path)
+        stream = read_ahead(verified(_counted(chunks, run.bar), item, run.step))
+        run.locks.append(lock)
+        run.target.put(item, stream, lambda where: _published(run, item, lock, where))
+    except ChecksumMismatch:
+        lock.release()
+        run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) SHA-256 mismatch")
+        return False
+    except TapeError as exc:
+        lock.release()
+        run.report.fallbacks.append(f"{item.path}: copy {item.copy} ({item.cartridge}) unreadable: {exc}")
+        return False
+    except BaseException:
+        lock.release()
+        raise
+    return True
+
+
+def _published(run: _Run, item: RecallFile, lock: _FileLock, where: str) -> None:
+    """``item`` is readable at ``where``: its lock goes, the report and the caller's hook learn of it."""
+    lock.release()
+    run.step("published", item.path)
     run.report.recalled.append(
         {"file_id": item.file_id, "path": item.path, "uri": item.uri, "to": where, "copy": item.copy}
         | {"cartridge": item.cartridge}
     )
     run.report.bytes += item.size
     run.published(item, where)
-    return True
 
 
 def _counted(chunks: Iterable[bytes], bar: tqdm[Any]) -> Iterator[bytes]:
@@ -365,13 +384,27 @@ def _recall_cartridge(run: _Run, cart: CartridgeRecall) -> list[RecallFile]:
     try:
         with run.library.mount(cart.cartridge) as volume:
             run.report.mounts += 1
-            failed = [item for item in cart.files if not _recall_one(run, volume, item)]
+            try:
+                failed = [item for item in cart.files if not _recall_one(run, volume, item)]
+            finally:
+                _settle(run)
     except TapeError as exc:
         logger.warning("recall: cartridge %s unusable: %s", cart.cartridge, exc, extra={"cartridge": cart.cartridge})
         run.report.fallbacks += [f"{f.path}: copy {f.copy} ({cart.cartridge}) unusable: {exc}" for f in cart.files]
         done = {r["path"] for r in run.report.recalled[before:]} | set(run.report.already)
         failed = [f for f in cart.files if f.path not in done and f.uri not in done]
     return failed
+
+
+def _settle(run: _Run) -> None:
+    """Wait until everything handed to the target is published (raising its error), then free every file lock
+    left (of files whose publication failed)."""
+    try:
+        run.target.flush()
+    finally:
+        for lock in run.locks:
+            lock.release()
+        run.locks.clear()
 
 
 def _audit(run: _Run, action: str, plan: RecallPlan, files: list[Any]) -> None:
@@ -411,7 +444,7 @@ def recall(
     run = _Run(
         catalog=catalog,
         library=Library(context.archive),
-        target=target_for(context, to),
+        target=target_for(context, to, step=step),
         staging=staging,
         bar=bar,
         step=step or _no_step,
@@ -426,6 +459,7 @@ def recall(
     try:
         _carry_out(run, plan)
     finally:
+        run.target.close()
         bar.close()
         if run.report.recalled:  # also when a later file failed: what was published is audited
             _audit(run, "recalled", plan, run.report.recalled)

@@ -332,6 +332,21 @@ class Index:
             )
             self._add(db, misses=1, bytes_filled=nbytes)
 
+    def publish_group(self, published: list[tuple[str, str, int]], versions: list[ObjectInfo]) -> None:
+        """Mark a group of fills READY ((entry id, checksum, bytes) each) and remember their ``versions`` as the
+        origin's current ones, in one transaction (tiers/cache/group.py)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE entries SET state = ?, checksum = ?, filled_at = ? WHERE id = ?",
+                [(EntryState.READY.value, checksum, now, entry) for entry, checksum, _ in published],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?, ?)",
+                [(i.bucket, i.key, i.etag, i.size, i.last_modified, now) for i in versions],
+            )
+            self._add(db, misses=len(published), bytes_filled=sum(n for _, _, n in published))
+
     def delete(self, entry_ids: list[str], *, ghost: bool = False) -> None:
         with self.transaction() as db:
             self.delete_in(db, entry_ids, ghost=ghost)
