@@ -9,8 +9,18 @@ the CPU (hidden 2048, 6 layers: 21 M parameters x 12 bytes). Paths, all on the s
 - ``sync_dcp_rgw_s``: ``dcp.save`` to a local folder, then every file uploaded to RGW with boto3 (blocking): the
   synchronous DCP save to RGW a user would write without tierlake;
 - ``restore_<tier>_s``: ``load_latest`` from that tier alone (local, edge, rgw; RGW downloads and checks CRC-32C);
-- ``steps_per_s_without`` / ``steps_per_s_with``: the trainer reading its Delta table, for the same number of
-  steps, without checkpoints and with the default cadence of ``conf/`` (500 ms / 15 s / 5 min);
+- ``steps_per_s_without`` / ``steps_per_s_with``: the trainer reading its Delta table without checkpoints and with
+  the default cadence of ``conf/`` (500 ms / 15 s / 5 min), in alternating windows of the same number of steps
+  (without, with, with, without, ...: both sides see the same drift of a shared machine's load). At the 500 ms
+  cadence the background writer is busy from a window's first step to its last (a save comes due as soon as the
+  last one is written), as in a long run; after a window with checkpoints, its last write and any promotion are
+  drained before the next window, outside the timed windows (``drain_s``: their total), so no background work
+  spills into a window without. Before them, one window takes the first checkpoint, which is due on every tier
+  at once (a tier that never took one is due at once): ``steps_per_s_first_save`` is that window (it holds a
+  whole-state upload to RGW, which the cadence does once in 5 minutes), not part of the ratio;
+- ``stack_cpu_s_with``: CPU seconds the local Ceph daemons (RGW, OSDs, mon, mgr) used during the windows with
+  checkpoints: on this one machine the object store's server side competes with the train step for the same two
+  cores, which a trainer on its own node would not see;
 - ``recovery_s``: the trainer process killed with SIGKILL after its first committed checkpoint, restarted with
   ``--resume``: seconds from the kill to its first step after resuming (process start, imports, restore).
 
@@ -68,7 +78,9 @@ def write_table(path: Path, rows: int) -> str:
 
 
 def tiers_in(settings: Settings, workdir: Path) -> list[CheckpointTier]:
-    rgw = RgwTier(s3_client(settings.s3), settings.s3.lake_bucket, settings.checkpoint.prefix)
+    """The tiers of ``training.setup.checkpoint_tiers`` (its unsigned-payload RGW client), folders in ``workdir``."""
+    client = s3_client(settings.s3, sign_payload=False)
+    rgw = RgwTier(client, settings.s3.lake_bucket, settings.checkpoint.prefix)
     return [FolderTier("local", workdir / "local"), FolderTier("edge", workdir / "edge"), rgw]
 
 
@@ -109,10 +121,57 @@ def restore_each(trainer: ToyTrainer, tiers: list[CheckpointTier], run: str) -> 
     return figures
 
 
-def steps_per_s(trainer: ToyTrainer, steps: int, checkpointer: TieredCheckpointer | None) -> float:
+def timed_steps(trainer: ToyTrainer, steps: int, checkpointer: TieredCheckpointer | None) -> tuple[float, float]:
+    """Seconds for ``steps`` train steps, and seconds then spent draining the checkpointer's background work."""
     started = time.perf_counter()
     trainer.train(trainer.step + steps, checkpointer=checkpointer)
-    return steps / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    if checkpointer is not None:
+        checkpointer.wait()
+    return elapsed, time.perf_counter() - started - elapsed
+
+
+def stack_cpu_s(settings: Settings) -> float:
+    """CPU seconds used so far by the local Ceph daemons of ``settings.run_dir`` (their pid files)."""
+    total = 0.0
+    for pid_file in (settings.run_dir / "ceph" / "run").glob("*.pid"):
+        try:
+            fields = Path(f"/proc/{pid_file.read_text().strip()}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
+
+
+def steps_with_and_without(
+    trainer: ToyTrainer, settings: Settings, tiers: list[CheckpointTier], run: str, *, steps: int, rounds: int
+) -> dict[str, Any]:
+    """Steps per second without checkpoints and with the default cadence, in alternating windows (see above)."""
+    checkpointer = TieredCheckpointer(run, tiers, tier_policies(settings))
+    first_s, first_drain_s = timed_steps(trainer, steps, checkpointer)
+    figures: dict[str, Any] = {"steps_per_s_first_save": round(steps / first_s, 3)}
+    first_saves = checkpointer.stats.saves_committed
+    seconds = {"without": 0.0, "with": 0.0, "drain": 0.0}
+    stack_cpu = 0.0
+    for window in range(2 * rounds):
+        side = ("without", "with", "with", "without")[window % 4]
+        before = stack_cpu_s(settings)
+        elapsed, drain = timed_steps(trainer, steps, checkpointer if side == "with" else None)
+        seconds[side] += elapsed
+        seconds["drain"] += drain
+        if side == "with":
+            stack_cpu += stack_cpu_s(settings) - before
+    checkpointer.close()
+    figures["steps_per_s_without"] = round(steps * rounds / seconds["without"], 3)
+    figures["steps_per_s_with"] = round(steps * rounds / seconds["with"], 3)
+    figures["drain_s"] = round(seconds["drain"], 2)
+    figures["first_save_drain_s"] = round(first_drain_s, 2)
+    figures["stack_cpu_s_with"] = round(stack_cpu, 2)
+    figures["checkpoints_during_steps"] = checkpointer.stats.saves_committed - first_saves
+    figures["promotions"] = dict(checkpointer.stats.promotions)
+    figures["skipped_busy"] = checkpointer.stats.skipped_busy
+    figures["stall_s_max"] = round(checkpointer.stats.stall_s_max, 3)
+    return figures
 
 
 def _trainer_command(run: str, table: str, *extra: str) -> list[str]:
@@ -180,14 +239,8 @@ def run_bench(settings: Settings, workdir: Path, *, quick: bool) -> dict[str, An
         with tiers[0].local_copy(run, step) as (folder, manifest):
             tier.put_step(folder, manifest)
     figures.update(restore_each(trainer, tiers, run))
-    steps = 20 if quick else 60
-    figures["steps_per_s_without"] = round(steps_per_s(trainer, steps, None), 3)
     cadence_run = f"{run}-cadence"
-    checkpointer = TieredCheckpointer(cadence_run, tiers, tier_policies(settings))
-    figures["steps_per_s_with"] = round(steps_per_s(trainer, steps, checkpointer), 3)
-    checkpointer.close()
-    figures["checkpoints_during_steps"] = checkpointer.stats.saves_committed
-    figures["skipped_busy"] = checkpointer.stats.skipped_busy
+    figures.update(steps_with_and_without(trainer, settings, tiers, cadence_run, steps=15, rounds=2 if quick else 6))
     figures["recovery_s"] = round(recovery(settings, table, workdir, f"{run}-recovery", 300), 3)
     clean_rgw(settings, [run, cadence_run, f"{run}-recovery", f"bench-peer-{tag}"])
     return figures

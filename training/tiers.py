@@ -85,8 +85,11 @@ class CheckpointTier(Protocol):
         ...
 
     @contextlib.contextmanager
-    def local_copy(self, run: str, step: int) -> Iterator[tuple[Path, Manifest]]:
-        """A verified local folder of the step (this tier's own folder, or a scratch download)."""
+    def local_copy(self, run: str, step: int, *, verify: bool = True) -> Iterator[tuple[Path, Manifest]]:
+        """A verified local folder of the step (this tier's own folder, or a scratch download).
+
+        ``verify=False``: a folder tier skips reading every file back first, for a caller that checks each file
+        against the manifest itself as it reads it (``put_step`` does); a download is always checked."""
         ...
 
     def verify(self, run: str, step: int) -> Manifest: ...
@@ -188,8 +191,8 @@ class FolderTier:
         commit_manifest(target, manifest, fault=fault)
 
     @contextlib.contextmanager
-    def local_copy(self, run: str, step: int) -> Iterator[tuple[Path, Manifest]]:
-        yield self.step_dir(run, step), self.verify(run, step)
+    def local_copy(self, run: str, step: int, *, verify: bool = True) -> Iterator[tuple[Path, Manifest]]:
+        yield self.step_dir(run, step), self.verify(run, step) if verify else self.manifest(run, step)
 
     def verify(self, run: str, step: int) -> Manifest:
         manifest = self.manifest(run, step)
@@ -299,7 +302,8 @@ class RgwTier:
             raise
 
     @contextlib.contextmanager
-    def local_copy(self, run: str, step: int) -> Iterator[tuple[Path, Manifest]]:
+    def local_copy(self, run: str, step: int, *, verify: bool = True) -> Iterator[tuple[Path, Manifest]]:
+        del verify  # the download checks every shard against the manifest either way
         manifest = self.manifest(run, step)
         scratch = Path(tempfile.mkdtemp(prefix=f"tierlake-restore-{run}-"))
         try:

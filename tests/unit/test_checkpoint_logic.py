@@ -157,6 +157,24 @@ def test_restore_is_bit_for_bit_and_falls_back_past_a_flipped_byte(tmp_path: Pat
         load_latest("r", tiers, target)
 
 
+def test_a_promotion_never_publishes_a_damaged_copy(tmp_path: Path) -> None:
+    """Promotions skip reading the source back first; the copy itself checks every shard against the manifest."""
+    tiers = _tiers(tmp_path)
+    checkpointer = TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1), TierPolicy(every_steps=1)])
+    model, optimizer = _model_state(1)
+    checkpointer.maybe_save(3, _state(model, optimizer))
+    checkpointer.close()
+    tiers[1].remove("r", 3)
+    shard = next(p for p in tiers[0].step_dir("r", 3).iterdir() if p.suffix == ".distcp")
+    damaged = bytearray(shard.read_bytes())
+    damaged[-1] ^= 0x01
+    shard.write_bytes(bytes(damaged))
+    assert not checkpointer.promote(3, 0, 1)
+    assert checkpointer.stats.promotion_failures == {"edge": 1}
+    assert "CRC-32C" in checkpointer.stats.errors[-1]
+    assert tiers[1].steps("r") == []  # no manifest published on edge
+
+
 def test_back_pressure_skips_a_save_while_one_is_written_and_newer_supersedes_a_pending_promotion(
     tmp_path: Path,
 ) -> None:
