@@ -9,7 +9,8 @@
   site and extent.
 - **Checkpoints**: the OpenLineage events the checkpointer emits (``training.lineage``).
 
-Each becomes one OpenLineage ``COMPLETE`` run event (validated against ``openlineage_run_event.schema.json``) and one
+Each becomes one OpenLineage ``COMPLETE`` run event (validated against the upstream OpenLineage spec schema and the
+schema of each facet it carries, copied in ``openlineage_spec/``) and one
 or more flat rows of :data:`LINEAGE_SCHEMA` (one per Kafka topic-partition, per file copy, per table read), which
 ``training.lineage_store`` keeps in a Delta table.
 """
@@ -21,6 +22,7 @@ import logging
 import reprlib
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -36,7 +38,9 @@ from tierlake.errors import DependencyMissing, SchemaMismatch
 logger = logging.getLogger(__name__)
 NAMESPACE = "tierlake"
 PRODUCER = "https://github.com/tierlake/tierlake/training"
-SCHEMA_FILE = "openlineage_run_event.schema.json"
+SPEC_FOLDER = "openlineage_spec"
+SPEC_FILES = ("OpenLineage.json", "DatasetVersionDatasetFacet.json")  # the spec, then every facet tierlake emits
+FORMATS_NEEDED = {"date-time": "rfc3339-validator", "uri": "rfc3986-validator", "uuid": "jsonschema"}
 TS = pa.timestamp("us", tz="UTC")
 LINEAGE_SCHEMA = pa.schema(
     [
@@ -105,29 +109,98 @@ def run_event(
     return body
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """The validators of the copied OpenLineage schemas: the run event, and each facet schema by its ``$id``."""
+
+    event: Any
+    facet_ids: frozenset[str]
+    validator_for: Any  # (schema) -> validator, with every copied schema resolvable by its $id
+
+
 @cache
-def _validator() -> Any:
+def _spec() -> _Spec:
     try:
         import jsonschema  # noqa: PLC0415 - only where events are checked
+        from referencing import Registry, Resource  # noqa: PLC0415
     except ImportError as exc:
         raise DependencyMissing(
             "validating lineage events needs jsonschema. Fix: pip install 'jsonschema>=4.20'"
         ) from exc
-    schema = json.loads(resources.files("training").joinpath(SCHEMA_FILE).read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    folder = resources.files("training").joinpath(SPEC_FOLDER)
+    schemas = [json.loads(folder.joinpath(name).read_text()) for name in SPEC_FILES]
+    registry: Any = Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas)
+    cls = jsonschema.validators.validator_for(schemas[0])
+    for schema in schemas:
+        cls.check_schema(schema)
+    missing = {fmt: pkg for fmt, pkg in FORMATS_NEEDED.items() if fmt not in cls.FORMAT_CHECKER.checkers}
+    if missing:  # jsonschema passes a value whose format it cannot check: refuse rather than check less
+        raise DependencyMissing(
+            f"checking the formats {sorted(missing)} of lineage events needs {sorted(set(missing.values()))}. "
+            f"Fix: pip install {' '.join(sorted(set(missing.values())))}"
+        )
+
+    def validator_for(schema: Mapping[str, Any]) -> Any:
+        return cls(schema, registry=registry, format_checker=cls.FORMAT_CHECKER)
+
+    spec_id = schemas[0]["$id"]
+    return _Spec(
+        event=validator_for({"$ref": f"{spec_id}#/$defs/RunEvent"}),
+        facet_ids=frozenset(schema["$id"] for schema in schemas[1:]),
+        validator_for=validator_for,
+    )
+
+
+def _facets(event: Mapping[str, Any]) -> Iterator[tuple[list[str | int], Any]]:
+    """(path, facet) of every facet of a run event: run, job, and each input and output dataset."""
+    for part in ("run", "job"):
+        for name, facet in (event.get(part, {}).get("facets") or {}).items():
+            yield [part, "facets", name], facet
+    for part, own in (("inputs", "inputFacets"), ("outputs", "outputFacets")):
+        for index, dataset in enumerate(event.get(part) or []):
+            for group in ("facets", own):
+                for name, facet in (dataset.get(group) or {}).items():
+                    yield [part, index, group, name], facet
+
+
+def _leaf(error: Any) -> Any:
+    """The innermost of an ``anyOf`` error (the spec wraps every facets map in one): the field actually wrong."""
+    from jsonschema.exceptions import best_match  # noqa: PLC0415
+
+    while error.context:
+        error = best_match(error.context)
+    return error
+
+
+def _problems(event: Mapping[str, Any]) -> list[tuple[list[str | int], Any, str]]:
+    """(path, value, message) of everything in ``event`` that breaks the spec or the schema of one of its facets."""
+    spec = _spec()
+    errors = sorted(spec.event.iter_errors(event), key=lambda e: list(map(str, e.absolute_path)))
+    found = [(list(leaf.absolute_path), leaf.instance, leaf.message) for leaf in map(_leaf, errors)]
+    if found:
+        return found
+    expected = spec.event.schema["$ref"].split("#")[0]
+    if not str(event["schemaURL"]).startswith(expected + "#"):
+        return [(["schemaURL"], event["schemaURL"], f"is not a URL into the spec tierlake checks ({expected})")]
+    for path, facet in _facets(event):
+        url = str(facet["_schemaURL"])
+        if url.partition("#")[0] not in spec.facet_ids:
+            return [(path, url, f"names a facet schema tierlake has no copy of (it has {sorted(spec.facet_ids)})")]
+        errors = list(spec.validator_for({"$ref": url}).iter_errors(facet))
+        found += [(path + list(leaf.absolute_path), leaf.instance, leaf.message) for leaf in map(_leaf, errors)]
+    return found
 
 
 def validate_event(event: Mapping[str, Any]) -> None:
-    """Raise :class:`SchemaMismatch` naming the first field of ``event`` that breaks the OpenLineage schema."""
-    errors = sorted(_validator().iter_errors(event), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        where = "/".join(str(p) for p in first.absolute_path) or "(the event)"
+    """Raise :class:`SchemaMismatch` naming the first field of ``event`` that breaks the OpenLineage spec schema
+    (a ``RunEvent`` of spec 2-0-2) or the schema of one of its facets (copies in ``training/openlineage_spec/``)."""
+    problems = _problems(event)
+    if problems:
+        path, value, message = problems[0]
+        where = "/".join(str(p) for p in path) or "(the event)"
         raise SchemaMismatch(
-            f"lineage event field {where!r} = {reprlib.repr(first.instance)}: {first.message}. "
-            f"Fix: build events with training.lineage_records.run_event ({len(errors)} problem(s) in all)"
+            f"lineage event field {where!r} = {reprlib.repr(value)}: {message}. "
+            f"Fix: build events with training.lineage_records.run_event ({len(problems)} problem(s) in all)"
         )
 
 

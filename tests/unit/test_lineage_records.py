@@ -116,7 +116,21 @@ def test_archive_and_checkpoint_records_carry_valid_events() -> None:
         (lambda e: e["run"].update(runId="batch-7"), "run/runId"),
         (lambda e: e.update(eventType="DONE"), "eventType"),
         (lambda e: e.pop("producer"), "(the event)"),  # a required property is missing from the event itself
-        (lambda e: e["job"].update(name=""), "job/name"),
+        (lambda e: e["job"].update(name=7), "job/name"),
+        (lambda e: e["outputs"][0]["facets"]["version"].pop("datasetVersion"), "outputs/0/facets/version"),
+        (
+            lambda e: e["outputs"][0]["facets"]["version"].update(datasetVersion=1),
+            "outputs/0/facets/version/datasetVersion",
+        ),
+        (
+            lambda e: e["outputs"][0]["facets"]["version"].update(_schemaURL="https://x.invalid/F.json"),
+            "outputs/0/facets/version",
+        ),
+        (
+            lambda e: e.update(schemaURL="https://openlineage.io/spec/1-0-5/OpenLineage.json#/$defs/RunEvent"),
+            "schemaURL",
+        ),
+        (lambda e: e.update(producer="not a uri"), "producer"),
         (lambda e: e["outputs"][0]["facets"]["version"].pop("_producer"), "outputs/0/facets/version"),
         (lambda e: e.update(eventTime="yesterday"), "eventTime"),
     ],
