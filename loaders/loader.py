@@ -236,14 +236,23 @@ class DeltaLoader:
         pool = ThreadPoolExecutor(workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
         pending: deque[Future[dict[str, Any]]] = deque()
         submitted = 0
+        first = True
         try:
             while pending or submitted < plan.batches:
                 while submitted < plan.batches and len(pending) < self.options.prefetch_batches:
                     schedule.take(submitted)
                     pending.append(pool.submit(self._build, store, schedule, epoch, plan, submitted))
                     submitted += 1
-                store.prefetch(schedule.upcoming())
-                yield pending.popleft().result()
+                # Read-ahead beyond the batches in flight starts once the first batch is out: before, its reads
+                # took the cores that the first batch's own row groups need (in storage order the first batch
+                # needs one row group, and waited for every row group the store had room for).
+                if not first:
+                    store.prefetch(schedule.upcoming())
+                arrays = pending.popleft().result()
+                if first:
+                    first = False
+                    store.prefetch(schedule.upcoming())
+                yield arrays
         finally:
             for future in pending:
                 future.cancel()

@@ -59,9 +59,14 @@ class ReadSchedule:
         positions = self._plan.batch_positions(first, last)
         sources, rgs, _ = self._dataset.locate(self._epoch, positions.reshape(-1))
         batches = np.repeat(np.arange(first, last, dtype=np.int64), self._plan.batch_size)
-        # One (batch, source, row group) triple per use, sorted by batch: one unique over the chunk.
-        uses = np.unique(np.stack([batches, sources, rgs], axis=1), axis=0)
-        for batch, source, rg in uses.tolist():
+        # One (batch, source, row group) triple per use, sorted by batch: one unique over the chunk, of one int64
+        # per triple (a row-wise unique sorts void records: it had cost the first batch more CPU than a read).
+        rg_span = int(rgs.max()) + 1 if len(rgs) else 1
+        source_span = int(sources.max()) + 1 if len(sources) else 1
+        codes = np.unique(((batches - first) * source_span + sources) * rg_span + rgs)
+        batch_of, rest = np.divmod(codes, source_span * rg_span)
+        source_of, rg_of = np.divmod(rest, rg_span)
+        for batch, source, rg in zip((batch_of + first).tolist(), source_of.tolist(), rg_of.tolist(), strict=True):
             self._uses.setdefault((source, rg), deque()).append(batch)
         self._located = last
 

@@ -6,6 +6,7 @@ import pickle
 import shutil
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -241,3 +242,38 @@ def test_plain_dataloader_with_worker_processes_yields_the_same_batches(table: P
     processes = [i for batch in DataLoader(iterable, batch_size=None, num_workers=2) for i in batch["id"].tolist()]
     assert processes == threads
     assert len(iterable) == len(processes) // 9
+
+
+@pytest.mark.parametrize(("shuffle", "window"), [(False, 4), (True, 1)])
+def test_read_ahead_waits_for_the_first_batch_which_reads_only_its_own_row_groups(
+    table: Path, monkeypatch: pytest.MonkeyPatch, shuffle: bool, window: int
+) -> None:
+    """Before the first batch is out, only the row groups of the batches in flight are read: read-ahead of later
+    ones took the cores the first batch needed (storage order: it needs one row group, and waited for all)."""
+    loader = DeltaLoader(
+        delta_dataset(table, order=OrderOptions(seed=1, shuffle=shuffle, window=window)),
+        batch_size=4,
+        num_workers=2,
+        prefetch_batches=2,
+    )
+    held: list[set[tuple[int, int]]] = []
+    build = DeltaLoader._build
+
+    def recorded(self: DeltaLoader, store: Any, *args: Any) -> Any:  # args: schedule, epoch, plan, batch
+        arrays = build(self, store, *args)
+        batch = args[-1]
+        if batch == 0:
+            held.append(set(store._entries))  # every row group read or being read when batch 0 is gathered
+        return arrays
+
+    monkeypatch.setattr(DeltaLoader, "_build", recorded)
+    first_two = iter(loader)
+    next(first_two)
+
+    def keys(positions: IntArray) -> set[tuple[int, int]]:
+        sources, rgs, _ = loader.dataset.locate(0, positions)
+        return set(zip(sources.tolist(), rgs.tolist(), strict=True))
+
+    (at_first,) = held
+    assert keys(np.arange(4)) <= at_first <= keys(np.arange(8))  # batch 0's, and at most batch 1's (in flight)
+    assert len(loader.dataset.sources[0].plan) > len(keys(np.arange(8)))  # the table has more, not read yet
