@@ -20,10 +20,12 @@ from typing import Any
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
 from openlineage.client.facet_v2 import dataset_version_dataset
+from openlineage.client.serde import Serde
 from openlineage.client.transport.file import FileConfig, FileTransport
 
 from tierlake.errors import StorageError
 from training.lineage_archive import Archived, archived_files
+from training.lineage_http import LineageHttp, LineageUndelivered
 from training.manifest import Manifest
 
 logger = logging.getLogger(__name__)
@@ -55,15 +57,29 @@ def checkpoint_event(manifest: Manifest, where: str) -> RunEvent:
 
 
 class LineageLog:
-    """Emits checkpoint events through OpenLineage's file transport into ``folder`` (one JSON event a line)."""
+    """Emits checkpoint events through OpenLineage's file transport into ``folder`` (one JSON event a line), then,
+    when ``http`` is given (``checkpoint.lineage_url``), posts each to that endpoint too.
 
-    def __init__(self, folder: Path) -> None:
+    The file comes first and is the record: a post that fails is logged as an error naming the endpoint, the
+    reason and the file that keeps the event (counted in :attr:`undelivered`); the checkpoint is not affected."""
+
+    def __init__(self, folder: Path, *, http: LineageHttp | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "checkpoints.jsonl"
         self.client = OpenLineageClient(transport=FileTransport(FileConfig(log_file_path=str(self.path), append=True)))
+        self.http = http
+        self.undelivered = 0
 
     def committed(self, manifest: Manifest, where: str) -> None:
-        self.client.emit(checkpoint_event(manifest, where))
+        event = checkpoint_event(manifest, where)
+        self.client.emit(event)
+        if self.http is None:
+            return
+        try:
+            self.http.send([json.loads(Serde.to_json(event))], kept_in=str(self.path))
+        except LineageUndelivered as exc:
+            self.undelivered += 1
+            logger.error("%s", exc, extra={"run": manifest.run, "step": manifest.step, "target": self.http.target})
 
 
 @dataclass(frozen=True, kw_only=True)

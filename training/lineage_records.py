@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "tierlake"
 PRODUCER = "https://github.com/tierlake/tierlake/training"
 SPEC_FOLDER = "openlineage_spec"
-SPEC_FILES = ("OpenLineage.json", "DatasetVersionDatasetFacet.json")  # the spec, then every facet tierlake emits
+# the spec, then every facet tierlake's events carry (the OpenLineage client adds its version as a run tag)
+SPEC_FILES = ("OpenLineage.json", "DatasetVersionDatasetFacet.json", "TagsRunFacet.json", "TagsJobFacet.json")
 FORMATS_NEEDED = {"date-time": "rfc3339-validator", "uri": "rfc3986-validator", "uuid": "jsonschema"}
 TS = pa.timestamp("us", tz="UTC")
 LINEAGE_SCHEMA = pa.schema(

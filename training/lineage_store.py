@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tierlake.errors import StorageError
+from training.lineage_http import LineageHttp
 from training.lineage_records import (
     HISTORY_KINDS,
     LINEAGE_SCHEMA,
@@ -61,6 +62,7 @@ class LineageSources:
     catalog_uri: str | None = None
     checkpoint_events: Path | None = None
     events_out: Path | None = None
+    http: LineageHttp | None = None  # also post the new events there (``checkpoint.lineage_url``)
 
 
 @dataclass(kw_only=True)
@@ -69,6 +71,7 @@ class SyncReport:
     rows: dict[str, int] = field(default_factory=dict)
     events: int = 0
     missing_tables: list[str] = field(default_factory=list)
+    posted: int = 0  # events posted to the HTTP endpoint
 
 
 def _is_delta(uri: str, options: Mapping[str, str]) -> bool:
@@ -199,4 +202,7 @@ def sync(store: LineageStore, sources: LineageSources) -> SyncReport:
     report = SyncReport(uri=store.uri, rows={str(c["kind"]): int(c["kind_count"]) for c in counts}, events=len(events))
     report.missing_tables = missing
     logger.info("lineage sync into %s: %s rows, %d events", store.uri, report.rows, report.events)
+    if sources.http is not None:  # after the table and the file hold them: a failed post loses nothing
+        kept_in = f"the lineage table {store.uri}" + (f" and {sources.events_out}" if sources.events_out else "")
+        report.posted = sources.http.send(events, kept_in=kept_in)
     return report

@@ -1,8 +1,10 @@
-"""``tierlake lineage trace <run>[@<step>] | <table>[@<version>]`` and ``tierlake lineage sync``.
+"""``tierlake lineage trace <run>[@<step>] | <table>[@<version>]``, ``tierlake lineage sync`` and ``... send``.
 
 A checkpoint traces to the table versions it read, the Kafka offsets behind them and the cartridges and extents of
 their archived files; a table version to the Kafka offsets and upstream versions that made it, the checkpoints
-that read it and its files on tape. ``sync`` keeps the lineage Delta table up to date from what the lake recorded.
+that read it and its files on tape. ``sync`` keeps the lineage Delta table up to date from what the lake recorded
+(and posts the new events to ``checkpoint.lineage_url`` when set); ``send`` posts the events of a JSON-lines file
+there, again (those a failed post left in the file).
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ def _trace(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
+    from training.lineage_http import lineage_http  # noqa: PLC0415
     from training.lineage_store import LineageSources, sync  # noqa: PLC0415
 
     lake = settings.s3.lake_bucket
@@ -166,15 +169,39 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
         catalog_uri=settings.archive.catalog_uri,
         checkpoint_events=folder / CHECKPOINT_EVENTS,
         events_out=folder / LAKE_EVENTS,
+        http=lineage_http(settings.checkpoint.lineage_url),
     )
     report = sync(_store(args, settings), sources)
     if args.json:
         sys.stdout.write(json.dumps(asdict(report)) + "\n")
     else:
         added = ", ".join(f"{count} {kind}" for kind, count in sorted(report.rows.items())) or "nothing new"
-        sys.stdout.write(f"lineage table {report.uri}: {added} ({report.events} events)\n")
+        posted = f", {report.posted} posted to {settings.checkpoint.lineage_url}" if report.posted else ""
+        sys.stdout.write(f"lineage table {report.uri}: {added} ({report.events} events{posted})\n")
         if report.missing_tables:
             sys.stdout.write(f"not Delta tables (yet): {', '.join(report.missing_tables)}\n")
+    return ExitCode.OK
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> int:
+    from training.lineage_http import LineageHttp, events_in  # noqa: PLC0415
+
+    url = args.url or settings.checkpoint.lineage_url
+    if not url:
+        raise ConfigError(
+            "lineage send: no endpoint. Fix: set checkpoint.lineage_url (TIERLAKE_CHECKPOINT__LINEAGE_URL) or pass "
+            "--url http://host:port"
+        )
+    if args.last is not None and args.last < 1:
+        raise ConfigError(f"--last = {args.last} is invalid. Fix: pass 1 or more, or leave it out for every event")
+    events = events_in(args.file)
+    if args.last is not None:
+        events = events[-args.last :]
+    posted = LineageHttp(url=url).send(events, kept_in=str(args.file))
+    if args.json:
+        sys.stdout.write(json.dumps({"file": str(args.file), "posted": posted, "url": url}) + "\n")
+    else:
+        sys.stdout.write(f"{posted} lineage events of {args.file} posted to {url}\n")
     return ExitCode.OK
 
 
@@ -195,3 +222,9 @@ def register(sub: Subparsers) -> None:
     sync.add_argument("--lineage-table", default="", help="the lineage table (default s3://<lake>/_lineage/events)")
     sync.add_argument("--json", action="store_true", help="one JSON document")
     sync.set_defaults(handler=_sync)
+    send = actions.add_parser("send", help="post the events of a JSON-lines file to the OpenLineage endpoint")
+    send.add_argument("file", type=Path, help="e.g. <run_dir>/lineage/lake.jsonl or checkpoints.jsonl")
+    send.add_argument("--last", type=int, help="only the file's last N events (what a failed post names)")
+    send.add_argument("--url", default="", help="the endpoint's base URL (default: checkpoint.lineage_url)")
+    send.add_argument("--json", action="store_true", help="one JSON document")
+    send.set_defaults(handler=_send)

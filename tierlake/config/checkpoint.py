@@ -33,6 +33,7 @@ class CheckpointSettings:
     prefix: str
     lineage_dir: Path
     cadence: tuple[CheckpointCadence, ...]
+    lineage_url: str = ""  # an OpenLineage HTTP endpoint's base URL (Marquez: http://host:5000); empty: files only
 
 
 def _cadence(values: Values, tier: str) -> CheckpointCadence:
@@ -53,6 +54,13 @@ def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSet
     local = values.get("checkpoint.local_dir", str, default="", fix="the node's SSD folder; empty: <run_dir>")
     edge = values.get("checkpoint.edge_dir", str, default="", fix="the edge NVMe folder; empty: <run_dir>")
     lineage = values.get("checkpoint.lineage_dir", str, default="", fix="a folder; empty: <run_dir>/lineage")
+    url = values.get(
+        "checkpoint.lineage_url",
+        str,
+        default="",
+        fix="an http(s) URL such as http://marquez:5000, or empty for the file transport alone",
+        check=lambda u: None if not u or u.startswith(("http://", "https://")) else "must start with http(s)://",
+    )
     prefix = values.get(
         "checkpoint.prefix",
         str,
@@ -65,4 +73,5 @@ def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSet
         prefix=prefix.strip("/"),
         lineage_dir=(root / lineage) if lineage else run_dir / "lineage",
         cadence=tuple(_cadence(values, tier) for tier in CHECKPOINT_TIERS),
+        lineage_url=url.rstrip("/"),
     )

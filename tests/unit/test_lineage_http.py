@@ -1,0 +1,152 @@
+"""Lineage events over HTTP against a real loopback server: posted as written, and kept when the endpoint fails."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import CommitProperties, write_deltalake
+
+from pipelines.ingest.silver import commit_metadata
+from training.lineage import LineageLog
+from training.lineage_http import LineageHttp, LineageUndelivered
+from training.lineage_records import validate_event
+from training.lineage_store import LineageSources, LineageStore, sync
+from training.manifest import Manifest
+
+
+class Endpoint:
+    """A loopback OpenLineage endpoint: records each POST; answers ``status`` (201 unless told)."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.status = 201
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                endpoint.posts.append((self.path, json.loads(body)))
+                self.send_response(endpoint.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    server = Endpoint()
+    yield server
+    server.close()
+
+
+def _manifest(step: int) -> Manifest:
+    return Manifest(run="r", step=step, created_unix=1.7e9 + step, shards=(), tables={"s3://lake/gold/t": 9})
+
+
+def test_a_checkpoint_event_is_written_then_posted_as_written(tmp_path: Path, endpoint: Endpoint) -> None:
+    log = LineageLog(tmp_path, http=LineageHttp(url=endpoint.url))
+    log.committed(_manifest(5), "s3://lake/ckpt/r/5/")
+    (line,) = log.path.read_text().splitlines()
+    ((path, posted),) = endpoint.posts
+    assert path == "/api/v1/lineage"
+    assert posted == json.loads(line)
+    validate_event(posted)
+    assert log.undelivered == 0
+
+
+def test_a_refused_post_is_a_clear_error_and_the_event_stays_in_the_file(
+    tmp_path: Path, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint.status = 503
+    log = LineageLog(tmp_path, http=LineageHttp(url=endpoint.url, attempts=2))
+    with caplog.at_level(logging.ERROR, logger="training.lineage"):
+        log.committed(_manifest(6), "s3://lake/ckpt/r/6/")  # the checkpoint is not affected: no raise
+    assert log.undelivered == 1
+    assert len(endpoint.posts) == 2  # two attempts, then given up
+    (record,) = caplog.records
+    assert f"{endpoint.url}/api/v1/lineage" in record.getMessage()
+    assert "HTTP 503" in record.getMessage()
+    assert f"they stay in {log.path}" in record.getMessage()
+    (line,) = log.path.read_text().splitlines()
+    assert json.loads(line)["run"]["runId"] == endpoint.posts[0][1]["run"]["runId"]
+
+
+def test_a_closed_endpoint_raises_naming_what_is_left_and_where(tmp_path: Path, endpoint: Endpoint) -> None:
+    url = endpoint.url
+    endpoint.close()
+    http = LineageHttp(url=url, attempts=1, timeout_s=2)
+    events = [{"eventType": "COMPLETE"}, {"eventType": "COMPLETE"}]
+    with pytest.raises(
+        LineageUndelivered, match=r"2 of 2 lineage events not delivered .*connection refused.*stay in"
+    ) as raised:
+        http.send(events, kept_in="somewhere.jsonl")
+    assert raised.value.unsent == 2
+    assert "tierlake lineage send <file> --last 2" in str(raised.value)
+
+
+def _bronze(folder: Path, batches: int) -> str:
+    uri = str(folder / "bronze")
+    for batch in range(batches):
+        ranges = {0: (batch * 10, batch * 10 + 9)}
+        props = CommitProperties(custom_metadata={"userMetadata": commit_metadata("ev", batch, {"ev.t": ranges})})
+        write_deltalake(uri, pa.table({"n": [batch]}), mode="append", commit_properties=props)
+    return uri
+
+
+def test_sync_posts_its_new_events_and_a_failure_leaves_them_in_table_and_file(
+    tmp_path: Path, endpoint: Endpoint
+) -> None:
+    uri = _bronze(tmp_path, 2)
+    store = LineageStore(str(tmp_path / "lineage"))
+    out = tmp_path / "lake.jsonl"
+    sources = LineageSources(tables=[uri], lake_bucket="lake", events_out=out, http=LineageHttp(url=endpoint.url))
+    report = sync(store, sources)
+    assert report.posted == report.events == 2
+    assert [p[1] for p in endpoint.posts] == [json.loads(line) for line in out.read_text().splitlines()]
+    write_deltalake(uri, pa.table({"n": [2]}), mode="append", commit_properties=CommitProperties(
+        custom_metadata={"userMetadata": commit_metadata("ev", 2, {"ev.t": {0: (20, 29)}})}
+    ))  # fmt: skip
+    endpoint.status = 500
+    with pytest.raises(
+        LineageUndelivered, match=r"1 of 1 lineage events .*HTTP 500.*lineage table .* and .*lake\.jsonl"
+    ):
+        sync(store, sources)
+    batches = store.read(columns=["batch_id"])["batch_id"].to_pylist()
+    assert sorted(batches) == [0, 1, 2]  # the table holds the batch whose event was refused
+    assert len(out.read_text().splitlines()) == 3
+    endpoint.status = 201
+    env = {**os.environ, "TIERLAKE_RUN_DIR": str(tmp_path / "run")}
+    tierlake = Path(sys.executable).parent / "tierlake"
+    sent = subprocess.run(
+        [str(tierlake), "lineage", "send", str(out), "--last", "1", "--url", endpoint.url, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["posted"] == 1
+    assert endpoint.posts[-1][1] == json.loads(out.read_text().splitlines()[-1])
