@@ -246,13 +246,14 @@ def _fewest_mounts(usable: Mapping[tuple[str, str], list[Mapping[str, Any]]]) ->
 def catalog_rows_under(catalog: Catalog, bucket: str, prefix: str) -> list[dict[str, Any]]:
     """Every catalog row (all copies) of objects under ``s3://bucket/prefix/`` (the whole bucket when ``prefix`` is
     empty): one DuckDB scan of the catalog."""
-    from tiers.archive.catalog import query  # noqa: PLC0415
+    from tiers.archive.catalog import AUDIT_SCHEMA, query  # noqa: PLC0415
 
     where = f"bucket = {quote(bucket)}"
     if prefix.strip("/"):
         where += f" AND starts_with(key, {quote(prefix.strip('/') + '/')})"
     sql = f"SELECT * FROM catalog WHERE {where} ORDER BY key, copy"  # noqa: S608 - quoted literals
-    found: list[dict[str, Any]] = query(sql, catalog=catalog.dataset(), audit=catalog.audit_dataset()).to_pylist()
+    # The audit log is not read here: an empty one, not a second Delta table opened per plan.
+    found: list[dict[str, Any]] = query(sql, catalog=catalog.dataset(), audit=AUDIT_SCHEMA.empty_table()).to_pylist()
     return found
 
 
