@@ -7,6 +7,8 @@
   started from.
 - **Archive moves**: one catalog row per archived file and copy (``tiers.archive.catalog``): table version, cartridge,
   site and extent.
+- **Purges**: an archived file whose copies are all ``PURGED`` in the catalog left the object store (``tierlake
+  archive purge``); it is on tape only. Its time is the table's latest ``purge`` in the audit log.
 - **Checkpoints**: the OpenLineage events the checkpointer emits (``training.lineage``).
 
 Each becomes one OpenLineage ``COMPLETE`` run event (validated against the upstream OpenLineage spec schema and the
@@ -45,7 +47,7 @@ FORMATS_NEEDED = {"date-time": "rfc3339-validator", "uri": "rfc3986-validator", 
 TS = pa.timestamp("us", tz="UTC")
 LINEAGE_SCHEMA = pa.schema(
     [
-        ("kind", pa.string()),  # ingest | maintenance | write | archive | checkpoint
+        ("kind", pa.string()),  # ingest | maintenance | write | archive | purge | checkpoint
         ("job", pa.string()),
         ("run_id", pa.string()),
         ("event_time", TS),
@@ -68,6 +70,7 @@ LINEAGE_SCHEMA = pa.schema(
     ]
 )
 HISTORY_KINDS = ("ingest", "maintenance", "write")
+PURGED = "PURGED"  # tiers.archive.state.FileState.PURGED: the object store's copy is gone, tape holds the file
 MAINTENANCE = frozenset(
     {"OPTIMIZE", "VACUUM START", "VACUUM END", "DELETE", "UPDATE", "MERGE", "RESTORE", "REORG", "ZORDER", "CLONE"}
 )
@@ -282,6 +285,54 @@ def history_rows(uri: str, history: Iterable[Mapping[str, Any]], *, after: int =
     """The rows of every history entry of ``uri`` newer than version ``after``, oldest first."""
     entries = sorted((e for e in history if int(e.get("version", -1)) > after), key=lambda e: int(e["version"]))
     return [row for entry in entries for row in commit_rows(uri, entry)]
+
+
+def purge_rows(
+    catalog_rows: Iterable[Mapping[str, Any]],
+    table_uri: Mapping[str, str],
+    purged_at: Mapping[str, datetime] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per copy of each archived file purged from the object store (every copy ``PURGED``): the lake's
+    file went, its tape copies stay. ``purged_at``: catalog table name -> time of its latest purge (audit log)."""
+    copies: dict[str, list[Mapping[str, Any]]] = {}
+    for item in catalog_rows:
+        copies.setdefault(str(item["file_id"]), []).append(item)
+    rows = []
+    for group in copies.values():
+        if not all(item.get("state") == PURGED for item in group):
+            continue
+        first = group[0]
+        uri = table_uri.get(str(first["table"]), str(first["table"]))
+        at = (purged_at or {}).get(str(first["table"])) or datetime.now(UTC)
+        rid = run_id("purge", uri, first["path"])
+        tapes = sorted(f"tape://{item['site']}/{item['cartridge']}" for item in group)
+        job = f"purge.{first['table']}"
+        event = run_event(
+            job=job,
+            run=rid,
+            at=at,
+            inputs=[(f"{uri}/{first['path']}", int(first["version_max"]))],
+            outputs=[(tape, None) for tape in tapes],
+        )
+        rows += [
+            _row(
+                kind="purge",
+                job=job,
+                run_id=rid,
+                event_time=at,
+                table_uri=uri,
+                version=int(item["version_max"]),
+                operation="PURGE",
+                output=f"tape://{item['site']}/{item['cartridge']}",
+                file_path=str(item["path"]),
+                cartridge=str(item["cartridge"]),
+                site=str(item["site"]),
+                copy=int(item["copy"]),
+                event=json.dumps(event),
+            )
+            for item in sorted(group, key=lambda item: int(item["copy"]))
+        ]
+    return rows
 
 
 def archive_rows(catalog_rows: Iterable[Mapping[str, Any]], table_uri: Mapping[str, str]) -> list[dict[str, Any]]:

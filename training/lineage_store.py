@@ -2,10 +2,10 @@
 
 Nothing on the ingest path writes it. :func:`sync` runs beside the pipeline (``tierlake lineage sync``, from a DAG
 or by hand): it reads what is already recorded (each table's Delta history past the newest version it holds, the
-archive catalog's rows it does not hold yet, the checkpointer's OpenLineage events), validates every new event
-against the OpenLineage schema, appends the new rows in one commit, and writes the new events as JSON lines (the
-OpenLineage file transport's format) to ``<lineage_dir>/lake.jsonl``. One sync at a time: like every table here,
-the lineage table has one writer (run it from one scheduler).
+archive catalog's rows it does not hold yet and the files purged from the object store since, the checkpointer's
+OpenLineage events), validates every new event against the OpenLineage schema, appends the new rows in one commit,
+and writes the new events as JSON lines (the OpenLineage file transport's format) to ``<lineage_dir>/lake.jsonl``.
+One sync at a time: like every table here, the lineage table has one writer (run it from one scheduler).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from training.lineage_records import (
     archive_rows,
     checkpoint_rows,
     history_rows,
+    purge_rows,
     to_table,
     validate_event,
 )
@@ -60,6 +61,7 @@ class LineageSources:
     tables: Sequence[str]
     lake_bucket: str
     catalog_uri: str | None = None
+    audit_uri: str | None = None  # the archive audit log: the time of each table's purges
     checkpoint_events: Path | None = None
     events_out: Path | None = None
     http: LineageHttp | None = None  # also post the new events there (``checkpoint.lineage_url``)
@@ -156,6 +158,19 @@ def catalog_rows(catalog_uri: str, options: Mapping[str, str]) -> list[dict[str,
     return rows
 
 
+def purge_times(audit_uri: str, options: Mapping[str, str]) -> dict[str, Any]:
+    """Catalog table name -> the time of its latest ``purge`` in the archive audit log (none: no such table)."""
+    from deltalake import DeltaTable  # noqa: PLC0415
+
+    if not _is_delta(audit_uri, _options_for(audit_uri, options)):
+        return {}
+    audit = DeltaTable(audit_uri, storage_options=_options_for(audit_uri, options)).to_pyarrow_table(
+        columns=["at", "action", "table"]
+    )
+    purges = audit.filter(pc.equal(audit["action"], "purge")).group_by("table").aggregate([("at", "max")])
+    return dict(zip(purges["table"].to_pylist(), purges["at_max"].to_pylist(), strict=True))
+
+
 def read_events(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not path.exists():
         return []
@@ -175,11 +190,16 @@ def derive(store: LineageStore, sources: LineageSources) -> tuple[pa.Table, list
         after = int(newest.get(uri, -1))
         rows += history_rows(uri, _history_since(uri, _options_for(uri, store.options), after), after=after)
     if sources.catalog_uri:
-        held_files = held.select(["table_uri", "file_path", "copy"]).to_pylist()
-        archived = {(r["table_uri"], r["file_path"], r["copy"]) for r in held_files}
+        held_files = held.select(["kind", "table_uri", "file_path", "copy"]).to_pylist()
+        archived = {(r["table_uri"], r["file_path"], r["copy"]) for r in held_files if r["kind"] == "archive"}
+        purged = {(r["table_uri"], r["file_path"], r["copy"]) for r in held_files if r["kind"] == "purge"}
         catalog = catalog_rows(sources.catalog_uri, store.options)
         names = {str(r["table"]): table_uri(str(r["table"]), sources.lake_bucket) for r in catalog}
         rows += [r for r in archive_rows(catalog, names) if (r["table_uri"], r["file_path"], r["copy"]) not in archived]
+        when = purge_times(sources.audit_uri, store.options) if sources.audit_uri else {}
+        rows += [
+            r for r in purge_rows(catalog, names, when) if (r["table_uri"], r["file_path"], r["copy"]) not in purged
+        ]
     seen = set(zip(held["run_id"].to_pylist(), held["output"].to_pylist(), strict=True))
     rows += [
         r for r in checkpoint_rows(read_events(sources.checkpoint_events)) if (r["run_id"], r["output"]) not in seen

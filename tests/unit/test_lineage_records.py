@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from openlineage.client.serde import Serde
 from pipelines.ingest.silver import commit_metadata
 from tierlake.errors import SchemaMismatch
 from training.lineage import checkpoint_event
-from training.lineage_records import archive_rows, checkpoint_rows, history_rows, validate_event
+from training.lineage_records import archive_rows, checkpoint_rows, history_rows, purge_rows, validate_event
 from training.lineage_store import LineageSources, LineageStore, sync
 from training.lineage_trace import FROM_HISTORY, FROM_TABLE, trace_version
 from training.manifest import Manifest
@@ -107,6 +108,55 @@ def test_archive_and_checkpoint_records_carry_valid_events() -> None:
     )
     for item in [*_events(rows), event]:
         validate_event(item)
+
+
+def test_a_file_purged_from_the_lake_is_one_row_per_tape_copy_once_every_copy_is_purged() -> None:
+    names = {"bronze/ev_telemetry": "s3://lake/bronze/ev_telemetry"}
+    catalog = [
+        {**_catalog_row("day=1/a.parquet", 1, site="a", cartridge="A00001L9"), "file_id": "f1", "state": "PURGED"},
+        {**_catalog_row("day=1/a.parquet", 2, site="b", cartridge="B00001L9"), "file_id": "f1", "state": "PURGED"},
+        {**_catalog_row("day=1/b.parquet", 1, site="a", cartridge="A00001L9"), "file_id": "f2", "state": "PURGED"},
+        {**_catalog_row("day=1/b.parquet", 2, site="b", cartridge="B00001L9"), "file_id": "f2", "state": "VERIFIED"},
+    ]
+    when = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+    rows = purge_rows(catalog, names, {"bronze/ev_telemetry": when})
+    assert [(r["kind"], r["file_path"], r["copy"], r["output"], r["event_time"]) for r in rows] == [
+        ("purge", "day=1/a.parquet", 1, "tape://a/A00001L9", when),
+        ("purge", "day=1/a.parquet", 2, "tape://b/B00001L9", when),
+    ]  # b.parquet: its copy 2 is not PURGED yet, so the file is not purged
+    (event,) = _events(rows)
+    validate_event(event)
+    assert event["job"]["name"] == "purge.bronze/ev_telemetry"
+    assert [d["name"] for d in event["inputs"]] == ["s3://lake/bronze/ev_telemetry/day=1/a.parquet"]
+    assert [d["name"] for d in event["outputs"]] == ["tape://a/A00001L9", "tape://b/B00001L9"]
+
+
+def test_sync_adds_a_purge_once_with_the_time_of_the_audit_log(tmp_path: Path) -> None:
+    archived = datetime(2026, 11, 1, tzinfo=UTC)
+    catalog = [
+        {**_catalog_row("day=1/a.parquet", n, site=site, cartridge=f"{site.upper()}00001L9"), "file_id": "f1"}
+        for n, site in ((1, "a"), (2, "b"))
+    ]
+    catalog = [{**row, "archived_at": archived, "state": "VERIFIED"} for row in catalog]
+    write_deltalake(str(tmp_path / "catalog"), pa.Table.from_pylist(catalog))
+    purged = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
+    audit = [{"at": purged, "action": "purge", "table": "bronze/ev_telemetry", "target": "day=1"}]
+    write_deltalake(str(tmp_path / "audit"), pa.Table.from_pylist(audit))
+    store = LineageStore(str(tmp_path / "lineage"))
+    sources = LineageSources(
+        tables=[], lake_bucket="lake", catalog_uri=str(tmp_path / "catalog"), audit_uri=str(tmp_path / "audit")
+    )
+    assert sync(store, sources).rows == {"archive": 2}  # verified on tape, still in the lake: no purge yet
+    write_deltalake(
+        str(tmp_path / "catalog"),
+        pa.Table.from_pylist([{**row, "state": "PURGED"} for row in catalog]),
+        mode="overwrite",
+    )
+    assert sync(store, sources).rows == {"purge": 2}
+    assert sync(store, sources).rows == {}  # nothing twice
+    kept = [r for r in store.read(columns=["kind", "event_time", "copy"]).to_pylist() if r["kind"] == "purge"]
+    assert sorted(r["copy"] for r in kept) == [1, 2]
+    assert {r["event_time"] for r in kept} == {purged}
 
 
 @pytest.mark.parametrize(

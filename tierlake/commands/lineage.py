@@ -167,6 +167,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
         tables=list(dict.fromkeys(tables)),
         lake_bucket=lake,
         catalog_uri=settings.archive.catalog_uri,
+        audit_uri=settings.archive.audit_uri,
         checkpoint_events=folder / CHECKPOINT_EVENTS,
         events_out=folder / LAKE_EVENTS,
         http=lineage_http(settings.checkpoint.lineage_url),
