@@ -10,9 +10,19 @@ the ingest batch itself, so they are visible with silver) or ``corpus`` (packed 
 Exactly once: EV windows are MERGEd by key (a replay rewrites the same rows); token rows are appended with the gold
 batch id as Delta's ``txnVersion``, so a replayed batch is skipped.
 
-A silver schema upgrade (an optional field added in conf/) ends a stream that reads silver: Delta stops readers
-when the schema changes. :func:`schema_changed` recognises that end, and the ingest driver starts the gold query
-again, which then reads the new schema.
+Silver's metadata changes under gold: an optional field added in conf/ (a new column), and `tierlake table migrate`
+(a new ``event_date`` column and a new partitioning, written in one overwrite). A plain Delta stream restarted from
+its checkpoint checks the schema of the version it resumes at against the table's latest, and a partitioning change
+fails that check on every restart: gold could never pass a migration. So the source keeps a *schema tracking log*
+(Delta's ``schemaTrackingLocation``, beside gold's checkpoint): the stream reads each span of versions with the
+schema and partitioning that span was written with, and at a metadata change it records the new metadata and stops
+once (``DELTA_STREAMING_METADATA_EVOLUTION``). :func:`schema_changed` recognises that end and gold starts again, on
+the new metadata, from the same checkpoint: rows before the change are read once with the old schema, the
+migration's rewrite is skipped (``skipChangeCommits``: it holds no new rows), rows after it are read once with the
+new. A checkpoint written before the log existed costs one more such restart, the first time (the log starts at the
+checkpoint's version). Moving gold's checkpoint past the migration version inside ``migrate`` was the other way:
+it means writing Spark's offset log and Delta's source offset by hand (formats internal to Spark and Delta), needs
+gold fully caught up before the rewrite, and leaves every other metadata change to fail the same way.
 """
 
 from __future__ import annotations
@@ -35,10 +45,18 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming.query import StreamingQuery
 
 logger = logging.getLogger(__name__)
+SCHEMA_RESTARTS = 8  # metadata changes of silver one gold catch-up may pass (each costs one restart)
+# How Delta ends a stream at a schema change: without a tracking log, and with one (the log was updated).
+_SCHEMA_ENDS = ("DELTA_SCHEMA_CHANGED", "DELTA_STREAMING_METADATA_EVOLUTION")
 
 
 def gold_checkpoint(settings: Settings, entity: str) -> str:
     return catalog.gold_checkpoint(settings.s3.lake_bucket, entity).s3a
+
+
+def gold_schema_log(settings: Settings, entity: str) -> str:
+    """Gold's Delta schema tracking log: inside its checkpoint (Delta requires it there), so it moves with it."""
+    return f"{gold_checkpoint(settings, entity)}/_schema_log"
 
 
 def has_gold(settings: Settings, entity: str) -> bool:
@@ -95,6 +113,8 @@ def start_gold(
         # A commit that rewrites silver's rows (`tierlake table migrate`, a GDPR delete) holds no new rows: gold
         # has seen them. OPTIMIZE commits are skipped by Delta anyway (dataChange false).
         .option("skipChangeCommits", "true")
+        # Each span of silver's versions read with its own schema and partitioning (see the module's docstring).
+        .option("schemaTrackingLocation", gold_schema_log(settings, entity))
         .load(silver_uri)
         .writeStream.foreachBatch(handle)
         .option("checkpointLocation", gold_checkpoint(settings, entity))
@@ -104,8 +124,12 @@ def start_gold(
 
 
 def run_gold_until_caught_up(spark: SparkSession, settings: Settings, *, entity: str) -> dict[str, Any]:
-    """Bring gold up to date with silver, then stop. A silver schema upgrade ends the first pass; run again."""
-    for _ in range(3):
+    """Bring gold up to date with silver, then stop. A change of silver's metadata ends a pass; run again.
+
+    Each such end has recorded one change in the schema tracking log, so every restart makes progress; the bound
+    only stops a loop that does not (:data:`SCHEMA_RESTARTS` changes in one backlog).
+    """
+    for _ in range(SCHEMA_RESTARTS):
         query = start_gold(spark, settings, entity=entity, trigger_s=None)
         if query is None:
             return {"entity": entity, "gold": None}
@@ -117,12 +141,14 @@ def run_gold_until_caught_up(spark: SparkSession, settings: Settings, *, entity:
                 raise
             logger.info("gold %s: silver's schema changed; starting again on the new schema", entity)
     raise SchemaMismatch(
-        f"gold {entity}: silver's schema changed three times under the gold query. Fix: look for an incompatible "
-        "change of the entity's fields in conf/ (a type change or a removed field), then run `tierlake ingest run`"
+        f"gold {entity}: silver's schema changed {SCHEMA_RESTARTS} times in a row under the gold query "
+        f"(SCHEMA_RESTARTS = {SCHEMA_RESTARTS}). Fix: look for an incompatible change of the entity's fields in "
+        f"conf/ (a type change or a removed field), and at the schema log {gold_schema_log(settings, entity)}, "
+        "then run `tierlake ingest run`"
     )
 
 
 def schema_changed(exc: BaseException | None) -> bool:
     """Whether a streaming query ended because the Delta table it reads changed its schema."""
     text = str(exc or "")
-    return "DELTA_SCHEMA_CHANGED" in text or "schema change" in text.lower()
+    return any(mark in text for mark in _SCHEMA_ENDS) or "schema change" in text.lower()

@@ -9,8 +9,12 @@ after, and a difference stops the command naming the version to restore.
 
 The rewrite holds the table's maintenance lease and the lease of the ingestion that writes it (``ingest-<entity>``),
 so no append lands between the read and the commit. Streams resume on the new layout: the ingest query's Kafka
-offsets and each table's ``_batch_id`` ledger are unchanged, and the gold query reads silver with
-``skipChangeCommits`` (the rewrite adds no new rows).
+offsets and each table's ``_batch_id`` ledger are unchanged. The gold query, a Delta stream over silver, passes
+the rewrite by its schema tracking log (``pipelines.ingest.gold``): it ends once at the migration's version with
+the new schema and partitioning recorded, starts again from its checkpoint, and skips the rewrite itself
+(``skipChangeCommits``: it adds no new rows). So this module leaves gold's checkpoint alone: moving it past the
+migration by hand would mean writing Spark's and Delta's internal offset formats, and would lose rows of a gold
+that was behind.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pipelines.ingest.gold import schema_changed
 from pipelines.lake.layout import layout_of, owning_entity, pipeline_tables
 from pipelines.lake.maintenance import busy_partitions, files_by_partition
 from pipelines.synthetic.demo import summary
@@ -180,3 +181,18 @@ def test_the_demo_ends_with_the_next_command_of_each_user() -> None:
         "WHERE key_min <= 'st-0003' AND 'st-0003' <= key_max",
     ):
         assert line in text, line
+
+
+@pytest.mark.parametrize(
+    ("error", "restart"),
+    [
+        ("[DELTA_STREAMING_METADATA_EVOLUTION] The schema, table configuration or protocol of your Delta table", True),
+        ("[DELTA_SCHEMA_CHANGED_WITH_VERSION] Detected schema change in version 4", True),
+        ("[DELTA_FILE_NOT_FOUND_DETAILED] File s3a://lake/silver/ev/part-0.parquet referenced in the log", False),
+        (None, False),
+    ],
+)
+def test_gold_starts_again_after_a_metadata_change_of_silver(error: str | None, restart: bool) -> None:
+    """A migration of silver ends gold's stream once, with the schema log updated (pipelines.ingest.gold)."""
+    assert schema_changed(RuntimeError(error) if error else None) is restart
+
