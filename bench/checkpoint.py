@@ -18,6 +18,9 @@ the CPU (hidden 2048, 6 layers: 21 M parameters x 12 bytes). Paths, all on the s
   spills into a window without. Before them, one window takes the first checkpoint, which is due on every tier
   at once (a tier that never took one is due at once): ``steps_per_s_first_save`` is that window (it holds a
   whole-state upload to RGW, which the cadence does once in 5 minutes), not part of the ratio;
+- ``seconds_per_checkpoint`` (how often one landed: back-pressure skips the saves due while one is written, so a
+  slow or starved writer checkpoints less often, which raises the ratio) and ``step_seconds_lost_per_checkpoint``
+  (seconds the windows with checkpoints took beyond those without, per checkpoint): read the ratio with them;
 - ``stack_cpu_s_with``: CPU seconds the local Ceph daemons (RGW, OSDs, mon, mgr) used during the windows with
   checkpoints: on this one machine the object store's server side competes with the train step for the same two
   cores, which a trainer on its own node would not see;
@@ -167,7 +170,12 @@ def steps_with_and_without(
     figures["drain_s"] = round(seconds["drain"], 2)
     figures["first_save_drain_s"] = round(first_drain_s, 2)
     figures["stack_cpu_s_with"] = round(stack_cpu, 2)
-    figures["checkpoints_during_steps"] = checkpointer.stats.saves_committed - first_saves
+    saved = checkpointer.stats.saves_committed - first_saves
+    figures["checkpoints_during_steps"] = saved
+    # the trade-off behind the ratio: how often a checkpoint landed, and what each cost the train step
+    figures["seconds_per_checkpoint"] = round(seconds["with"] / saved, 2) if saved else None
+    lost = seconds["with"] - seconds["without"]
+    figures["step_seconds_lost_per_checkpoint"] = round(lost / saved, 3) if saved else None
     figures["promotions"] = dict(checkpointer.stats.promotions)
     figures["skipped_busy"] = checkpointer.stats.skipped_busy
     figures["stall_s_max"] = round(checkpointer.stats.stall_s_max, 3)

@@ -345,6 +345,7 @@ class TieredCheckpointer:
         self.wait(timeout_s)
         for promoter in self._promoters.values():
             promoter.close()
+        self._snapshot.close()
 
 
 def state_bytes(state: object) -> int:
