@@ -114,11 +114,16 @@ def test_a_failed_group_publishes_nothing_and_frees_its_entries(
         lock.release()
 
 
+@pytest.mark.parametrize("bound", ["max_pending_bytes", "half_the_cache"])
 def test_the_writer_waits_for_the_publisher_beyond_max_pending_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: str
 ) -> None:
-    cache = _cache(tmp_path)
+    """Unpublished fills cannot be evicted: beyond half a small cache, the writer waits instead of CacheFull."""
     first, second = _objects(2)
+    max_bytes = 64 * CHUNK if bound == "max_pending_bytes" else first.size + second.size
+    (tmp_path / "origin" / BUCKET).mkdir(parents=True, exist_ok=True)
+    cache = EdgeCache(LocalStore(tmp_path / "origin"), CacheOptions(directory=tmp_path / "cache", max_bytes=max_bytes))
+    pending = first.size + 1 if bound == "max_pending_bytes" else 64 * CHUNK
     release = threading.Event()
     fsync = os.fsync
 
@@ -128,7 +133,7 @@ def test_the_writer_waits_for_the_publisher_beyond_max_pending_bytes(
 
     monkeypatch.setattr(os, "fsync", held_fsync)  # the publisher's fsyncs (the writer does none)
     seen: list[Path] = []
-    with GroupFill(cache, max_pending_bytes=first.size + 1) as group:
+    with GroupFill(cache, max_pending_bytes=pending) as group:
         group.put(first, _Body(b"x" * first.size), seen.append)  # handed over: its publication is held
         second_put = threading.Thread(target=group.put, args=(second, _Body(b"y" * second.size), seen.append))
         second_put.start()

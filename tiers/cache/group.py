@@ -19,7 +19,7 @@ killed before step 3 leaves FILLING rows whose locks are free (dropped by the ne
 and, after step 2, files under ``objects/`` that no READY row names: never served, replaced by the next fill of
 the entry. The entry lock is held exclusive from the reservation to step 4, so a reader that knows the version
 waits for the group instead of filling it again. At most ``max_pending_bytes`` are written and not yet published;
-the writer waits beyond that.
+the writer waits beyond that, or beyond half the cache's capacity.
 """
 
 from __future__ import annotations
@@ -147,8 +147,12 @@ class GroupFill:
         lock.release()
 
     def _wait_for_room(self, size: int) -> None:
+        """Wait while ``size`` more bytes would pass the bound on unpublished bytes: ``max_pending_bytes``, and half
+        the cache's capacity (unpublished fills are FILLING, which eviction cannot free: a small cache would
+        otherwise raise CacheFull where one fill at a time fits)."""
+        limit = min(self.max_pending_bytes, self.cache.capacity() // 2)
         with self._cond:
-            while self._unpublished and self._unpublished + size > self.max_pending_bytes and self._error is None:
+            while self._unpublished and self._unpublished + size > limit and self._error is None:
                 self._cond.wait()
         self._raise_failed()
 
