@@ -7,9 +7,10 @@ and purged, so the whole version is on tape. Then, in interleaved rounds:
   by ``cat | dd bs=4M conv=fsync`` into one file on the same file system: one read, one durable write, no format,
   no hash;
 - tierlake recall into the edge cache (``recall_to: cache``): the plan (one catalog scan, no HEADs), one mount,
-  the members in tape order, each read once by a read-ahead thread that hashes it (SHA-256) while the cache fill
-  writes it (temp, CRC-32C, fsync, renamed once the SHA-256 matched), one audit event before and one after; the
-  cache starts empty each round;
+  the members in tape order, each read once by a read-ahead thread that hashes it (SHA-256) while the writer
+  writes it into a temp file (CRC-32C); once the SHA-256 matched it goes to a publisher thread that fsyncs,
+  renames and marks READY whole groups (one folder fsync and one index transaction per group) while the next
+  member is written; one audit event before and one after; the cache starts empty each round;
 - tierlake recall into the lake (``recall_to: lake``, one round): the same, published by one PUT per file (or a
   multipart upload, its parts sent while the file is read, completed once the SHA-256 matched), no temp file.
 
@@ -251,8 +252,9 @@ def _report(m: dict[str, Any], args: argparse.Namespace, work: Path) -> dict[str
                 "recall_to_lake": round(m["lake_s"], 3),
             },
             "tierlake": "plan from the catalog (no HEADs), one mount, members in tape order, each read once by a "
-            "read-ahead thread that SHA-256s it while the writer writes -> one edge-cache fill (to cache) or a "
-            "PUT / multipart upload completed after the SHA-256 matched (to lake); one audit event before, one after",
+            "read-ahead thread that SHA-256s it while the writer writes -> edge-cache fills published in groups by "
+            "a publisher thread (fsync, rename, one folder fsync and one index transaction per group; to cache) or "
+            "a PUT / multipart upload completed after the SHA-256 matched (to lake); one audit event before, one after",
             "peer": "cat <the cartridge's data records> | dd bs=4M conv=fsync: one durable copy, no hash",
             "first_batch": "delta_dataset(recall=auto, to=cache) to the first batch of 16 rows; the recall streams in "
             "the background, a file readable once verified. Cold: the plan reads every file's footer first, so it "
