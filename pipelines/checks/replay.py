@@ -13,12 +13,13 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.gold_ev import append_replayed_anomalies, gold_paths
+from pipelines.ingest.high_water import HighWater
 from pipelines.ingest.rules import classify
-from pipelines.ingest.silver import HighWater, SilverTables, judge, outputs, silver_tables, table_exists
+from pipelines.ingest.silver import SilverTables, judge, outputs, silver_tables, table_exists
 from pipelines.lake.lease import TableLease
 from tierlake import catalog
 from tierlake.config import Settings
-from tiers.s3 import s3_client
+from tiers.s3 import delta_storage_options, s3_client
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -75,7 +76,9 @@ def replay_quarantine(
             entity=spec,
             silver_uri=tables.silver,
             batch_id=_AFTER_EVERY_BATCH,
-            high_water=HighWater(spark, tables.silver, spec.event_time).before(_AFTER_EVERY_BATCH),
+            high_water=HighWater(
+                spark, tables.silver, spec.event_time, storage_options=delta_storage_options(settings.s3)
+            ).before(_AFTER_EVERY_BATCH),
         ).persist()
         try:
             passing, still_bad, _ = outputs(judged, entity=spec, batch_id=REPLAY_BATCH)

@@ -11,10 +11,11 @@ History is read as of *earlier* batches only (``_batch_id < batch_id``), so a re
 as the first attempt did.
 
 Cost per batch stays flat as silver grows: the high-water mark comes from :class:`HighWater` (silver's maximum
-event time per batch, read once when the query starts and then kept as batches commit), and the duplicate check
-reads only silver files whose event times reach within two watermarks of that mark (Delta skips the rest by their
-statistics). A batch is a handful of Spark jobs: the rules and history in one pass (counts per outcome), then the
-appends of the tables that get rows, at the same time.
+event time, from its Delta log's file statistics when the query starts, then kept as batches commit: no data file
+is opened, so purged days are not needed), and the duplicate check reads only silver files whose event times reach
+within two watermarks of that mark (Delta skips the rest by their statistics). A batch is a handful of Spark jobs:
+the rules and history in one pass (counts per outcome), then the appends of the tables that get rows, at the same
+time.
 Gold is a query of its own that reads silver (``pipelines.ingest.gold``), so a silver batch never waits for gold.
 """
 
@@ -25,10 +26,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
 
+from pipelines.ingest.high_water import HighWater, from_micros
 from pipelines.ingest.ledger import CommitLedger
 from pipelines.session import run_together
 from tierlake import catalog
@@ -71,59 +73,6 @@ def table_exists(spark: SparkSession, uri: str) -> bool:
     from delta.tables import DeltaTable  # noqa: PLC0415
 
     return bool(DeltaTable.isDeltaTable(spark, uri))
-
-
-class HighWater:
-    """Silver's maximum event time per streaming batch, for the ``late_event`` rule.
-
-    Loaded from silver once (one aggregate over ``_batch_id``) the first time it is asked, then kept up to date by
-    :meth:`record` as the query commits batches; so a batch costs no scan of silver, however large silver grows.
-    A driver restarted after a crash loads the committed batches again and so judges a replayed batch exactly as
-    the first attempt did.
-    """
-
-    def __init__(self, spark: SparkSession, silver_uri: str, event_time: str) -> None:
-        self._spark, self._uri, self._event_time = spark, silver_uri, event_time
-        self._by_batch: dict[int, datetime] | None = None
-
-    def _load(self) -> dict[int, datetime]:
-        from pyspark.sql import functions as F  # noqa: PLC0415
-
-        if self._by_batch is None:
-            self._by_batch = {}
-            if table_exists(self._spark, self._uri):
-                rows = (
-                    self._spark.read.format("delta")
-                    .load(self._uri)
-                    .groupBy("_batch_id")
-                    .agg(F.max(F.unix_micros(F.col(self._event_time))).alias("high"))
-                    .collect()
-                )
-                self._by_batch = {int(r["_batch_id"]): from_micros(r["high"]) for r in rows if r["high"] is not None}
-        return self._by_batch
-
-    def before(self, batch_id: int) -> datetime | None:
-        """The highest event time in silver from batches earlier than ``batch_id`` (None: no history)."""
-        earlier = [high for batch, high in self._load().items() if batch < batch_id]
-        return max(earlier) if earlier else None
-
-    def record(self, batch_id: int, high: datetime | None) -> None:
-        """Note the highest event time that batch ``batch_id`` committed to silver."""
-        if high is not None:
-            by_batch = self._load()
-            by_batch[batch_id] = max(high, by_batch.get(batch_id, high))
-
-
-_MAX_MICROS = int((datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**6
-
-
-def from_micros(micros: int) -> datetime:
-    """Microseconds since the epoch as an aware datetime, held within the years 1970-9999.
-
-    Spark timestamps reach past Python's year 9999; a value there (only a table written before strict parsing can
-    hold one) must not stop a batch: it is clamped, and so judges every later event as not late.
-    """
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=min(max(int(micros), 0), _MAX_MICROS))
 
 
 def judge(

@@ -33,12 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.bronze import bronze_table, ensure_bronze, kafka_source, to_bronze, write_bronze
 from pipelines.ingest.gold_ev import append_anomalies, flag_rule, gold_paths
+from pipelines.ingest.high_water import HighWater
 from pipelines.ingest.ledger import CommitLedger
 from pipelines.ingest.rules import classify
-from pipelines.ingest.silver import Flags, HighWater, process_batch, silver_tables, table_exists
+from pipelines.ingest.silver import Flags, process_batch, silver_tables, table_exists
 from pipelines.session import batch_codegen, use_pool
 from tierlake.config import Settings
 from tierlake.errors import DataLoss, first_line
+from tiers.s3 import delta_storage_options
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -90,7 +92,7 @@ def start_ingest(
     tables = silver_tables(settings, entity)  # refuses an unknown entity
     bronze = bronze_table(settings, spec.topic)
     ensure_bronze(spark, bronze)  # the table exists before the first batch: readers and reconcile can start
-    high_water = HighWater(spark, tables.silver, spec.event_time)
+    high_water = HighWater(spark, tables.silver, spec.event_time, storage_options=delta_storage_options(settings.s3))
     ledger = CommitLedger(spark, gate=gate)
     anomalies_uri = gold_paths(settings.s3.lake_bucket, entity)[1]
 
