@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,46 @@ def test_ingest_supervisor_restarts_a_killed_driver_and_announces_gold(
         assert again["restart_if_dead"] == "skipped"
     finally:
         _cli("ingest", "stop")
+
+
+def test_tiering_with_no_params_moves_conf_defaults_and_purges_nothing(
+    airflow_dags: dict[str, Any], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of the box (conf/base.yaml's archive.tables, no run params), on a lake bucket of the test's own: the
+    written tables' partitions older than each default's cold_after_days go to tape, the younger ones and the
+    tables not written yet are left alone, and the purge stays a dry run (every row still in the lake)."""
+    defaults = load_settings("ci").archive.tables
+    assert {t: p.cold_after_days for t, p in defaults.items()} == {
+        "silver/ev": 30,
+        "silver/corpus": 30,
+        "gold/ev_windows": 90,
+        "gold/ev_anomalies": 90,
+    }
+    lake = f"lake-tier-{uuid.uuid4().hex[:8]}"
+    s3_client(settings.s3).create_bucket(Bucket=lake)
+    monkeypatch.setenv("TIERLAKE_S3__BUCKETS", json.dumps([*settings.s3.buckets, lake]))
+    monkeypatch.setenv("TIERLAKE_S3__LAKE_BUCKET", lake)
+    days = {ago: (datetime.now(UTC).date() - timedelta(days=ago)) for ago in (100, 45, 0)}
+    options = delta_storage_options(settings.s3)
+    for table in ("silver/ev", "gold/ev_windows"):  # silver/corpus and gold/ev_anomalies: not written yet
+        rows = pa.table(
+            {
+                "event_date": [d for d in days.values() for _ in range(5)],
+                "station_id": [f"st-{i}" for _ in days for i in range(5)],
+                "power_kw": [1.0] * 5 * len(days),
+            }
+        )
+        write_deltalake(f"s3://{lake}/{table}", rows, partition_by=["event_date"], storage_options=options)
+    cold = {"silver/ev": [100, 45], "gold/ev_windows": [100]}  # by each default's cold_after_days
+    for table, agos in cold.items():
+        planned = _cli("archive", "select", "--table", table, "--json")["partitions"]
+        assert sorted(p["partition"] for p in planned) == sorted(f"event_date={days[a]}" for a in agos), table
+
+    states = _run(airflow_dags["tiering"], {"tables": [], "purge": False})
+    assert set(states.values()) == {"success"}, states
+    assert {k.partition("[")[0] for k in states} == {"tables", "select", "archive", "verify", "purge"}
+    assert sum(k.startswith("archive[") for k in states) == len(defaults)  # every default table, mapped
+    for table in cold:
+        assert _cli("archive", "select", "--table", table, "--json")["partitions"] == [], table  # all archived
+        assert DeltaTable(f"s3://{lake}/{table}", storage_options=options).to_pyarrow_table().num_rows == 15
+    assert _cli("archive", "verify", "--json")["bad"] == []
