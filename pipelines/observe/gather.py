@@ -42,6 +42,8 @@ class TableRow:
     last_checkpoint: int | None = None
     last_optimize_s: float | None = None
     last_vacuum_s: float | None = None
+    partitions: int = 0  # day partitions (0: not partitioned)
+    max_files_per_partition: int = 0  # the small-file signal of a day-partitioned table (OPTIMIZE brings it to 1)
 
 
 @dataclass(kw_only=True)
@@ -118,6 +120,8 @@ def table_row(settings: Settings, table: str) -> TableRow:
         bytes=stats.bytes,
         rows=stats.rows,
         last_commit_s=stats.last_commit_s,
+        partitions=stats.partitions,
+        max_files_per_partition=stats.max_files_per_partition,
     )
     for entry in open_table(settings, table).history(HISTORY_SCAN):
         operation, at_s = str(entry.get("operation", "")), float(entry.get("timestamp", 0)) / 1000

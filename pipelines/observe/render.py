@@ -204,6 +204,7 @@ def tables_html(report: LakeReport) -> str:
                 "version",
                 "files",
                 "small",
+                "most files in a day",
                 "bytes",
                 "rows",
                 "last commit",
@@ -219,13 +220,14 @@ def tables_html(report: LakeReport) -> str:
 
 def _table_cells(row: TableRow, now_s: float) -> tuple[object, ...]:
     if not row.exists:
-        return (row.table, "not written yet", "", "", "", "", "", "", "", "")
+        return (row.table, "not written yet", "", "", "", "", "", "", "", "", "")
     checkpoint = "none" if row.last_checkpoint is None else f"version {row.last_checkpoint}"
     return (
         row.table,
         row.version,
         row.files,
         row.small_files,
+        _files_per_day(row),
         row.bytes,
         row.rows,
         _ago(row.last_commit_s, now_s),
@@ -233,6 +235,13 @@ def _table_cells(row: TableRow, now_s: float) -> tuple[object, ...]:
         _ago(row.last_vacuum_s, now_s),
         checkpoint,
     )
+
+
+def _files_per_day(row: TableRow) -> str:
+    """The most data files of one day partition, and over how many days (``table stats`` lists them per day)."""
+    if not row.partitions:
+        return "not partitioned"
+    return f"{row.max_files_per_partition} ({row.partitions} days)"
 
 
 def cache_html(report: LakeReport) -> str:

@@ -13,6 +13,8 @@ import pytest
 from pipelines.ingest.gold import schema_changed
 from pipelines.lake.layout import layout_of, owning_entity, pipeline_tables
 from pipelines.lake.maintenance import busy_partitions, files_by_partition
+from pipelines.observe.gather import LakeReport, TableRow
+from pipelines.observe.render import tables_html
 from pipelines.synthetic.demo import summary
 from tierlake import catalog
 from tierlake.config import load_settings
@@ -196,3 +198,14 @@ def test_gold_starts_again_after_a_metadata_change_of_silver(error: str | None, 
     """A migration of silver ends gold's stream once, with the schema log updated (pipelines.ingest.gold)."""
     assert schema_changed(RuntimeError(error) if error else None) is restart
 
+
+def test_the_report_shows_the_most_files_in_a_day_of_each_table() -> None:
+    rows = [
+        TableRow(table="silver/ev", exists=True, files=5, partitions=3, max_files_per_partition=2),
+        TableRow(table="gold/corpus_tokens", exists=True, files=4),
+        TableRow(table="silver/corpus", exists=False),
+    ]
+    page = tables_html(LakeReport(generated_s=100.0, since_s=0.0, tables=rows))
+    assert "<th>most files in a day</th>" in page
+    assert "<td>2 (3 days)</td>" in page
+    assert "<td>not partitioned</td>" in page
