@@ -160,6 +160,10 @@ class TieredCheckpointer:
         self._lock = threading.Lock()
         self._writing: Future[Any] | None = None
         self._writing_step: tuple[int, int] | None = None
+        # set once the write's completion is handled (promotions scheduled, lineage told): a future is done, and its
+        # waiters wake, before its done-callbacks run, so "written" means this event, not the future
+        self._handled = threading.Event()
+        self._handled.set()
         self._snapshot = HostSnapshot(fault=fault)
         self._promoters = {i: _Promoter(self, i) for i in range(1, len(tiers))}
 
@@ -188,7 +192,7 @@ class TieredCheckpointer:
         if not is_due(self.policies[index], step, now, self._last[index]):
             return False
         with self._lock:
-            busy = self._writing is not None and not self._writing.done()
+            busy = not self._handled.is_set()
         if busy and self.when_busy == "wait":
             waited = time.perf_counter()
             self.wait_written()
@@ -239,8 +243,17 @@ class TieredCheckpointer:
             future = future.upload_completion
         with self._lock:
             self._writing, self._writing_step = future, (step, index)
+            handled = self._handled = threading.Event()
         needed = state_bytes(state_dict)
-        future.add_done_callback(lambda done: self._written(done, index, step, needed, writer))
+        future.add_done_callback(lambda done: self._handle(done, index, step, needed, writer=writer, handled=handled))
+
+    def _handle(
+        self, future: Future[Any], index: int, step: int, needed: int, *, writer: TierWriter, handled: threading.Event
+    ) -> None:
+        try:
+            self._written(future, index, step, needed, writer)
+        finally:
+            handled.set()
 
     def _written(self, future: Future[Any], index: int, step: int, needed: int, writer: TierWriter) -> None:
         tier = self.tiers[index]
@@ -325,11 +338,15 @@ class TieredCheckpointer:
             logger.warning("keep-last-K on tier %s failed: %s", tier.name, exc, extra={"tier": tier.name})
 
     def wait_written(self, timeout_s: float = 600.0) -> None:
-        """Block until the write in flight, if any, is done (committed or failed); promotions go on."""
+        """Block until the write in flight, if any, is done (committed or failed) and handled (its promotions
+        scheduled); the promotions go on."""
         with self._lock:
-            writing = self._writing
-        if writing is not None:
-            writing.exception(timeout=timeout_s)
+            handled = self._handled
+        if not handled.wait(timeout_s):
+            raise TierlakeError(
+                f"the checkpoint write of run {self.run!r} still running after {timeout_s} s. Fix: check the write "
+                "tier's disk (a hung mount?) or pass a longer timeout_s"
+            )
 
     def wait(self, timeout_s: float = 600.0) -> None:
         """Block until the write and every promotion in flight or pending are done."""

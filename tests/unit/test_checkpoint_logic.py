@@ -4,6 +4,7 @@ protocol of a folder tier, back-pressure and superseded promotions, and restore 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,23 @@ def test_restore_is_bit_for_bit_and_falls_back_past_a_flipped_byte(tmp_path: Pat
     (tiers[1].step_dir("r", 7) / MANIFEST_NAME).unlink()  # edge: no manifest, so not a checkpoint
     with pytest.raises(NotFound, match="CRC-32C"):
         load_latest("r", tiers, target)
+
+
+def test_close_waits_for_the_last_write_to_be_handled_so_its_promotion_is_not_lost(tmp_path: Path) -> None:
+    """A future wakes its waiters before its done-callbacks run: a slow callback (here the lineage hook) must not
+    let close() find the promoters idle and stop them before the last step is offered to them."""
+    tiers = _tiers(tmp_path)
+
+    def slow_lineage(manifest: Manifest, where: str) -> None:
+        if where.startswith(str(tiers[0].root)):
+            time.sleep(0.5)
+
+    checkpointer = TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1)] * 2, on_commit=slow_lineage)
+    model, optimizer = _model_state(1)
+    checkpointer.maybe_save(4, _state(model, optimizer))
+    checkpointer.close()
+    assert tiers[1].steps("r") == [4]
+    assert checkpointer.stats.promotions == {"edge": 1}
 
 
 def test_a_promotion_never_publishes_a_damaged_copy(tmp_path: Path) -> None:
