@@ -17,13 +17,15 @@ EXTENT_KEYS = ("aggregate", "member_offset", "extent_partition", "start_block", 
 
 @dataclass(frozen=True, kw_only=True)
 class Archived:
-    """One archived copy of a file of the version: where on tape it is."""
+    """One archived copy of a file of the version: where on tape it is, and its catalog state (``PURGED``: the
+    object store's copy is gone, tape holds the only ones)."""
 
     path: str
     cartridge: str
     site: str
     copy: int
     extent: Mapping[str, Any]
+    state: str = ""
 
 
 def snapshot_paths(uri: str, version: int, options: Mapping[str, str]) -> set[str]:
@@ -55,6 +57,7 @@ def archived_files(
                 site=str(r["site"]),
                 copy=int(r["copy"]),
                 extent={k: r.get(k) for k in EXTENT_KEYS},
+                state=str(r.get("state") or ""),
             )
             for r in mine
             if str(r["path"]) in paths

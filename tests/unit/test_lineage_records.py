@@ -19,6 +19,7 @@ from openlineage.client.serde import Serde
 from pipelines.ingest.silver import commit_metadata
 from tierlake.errors import SchemaMismatch
 from training.lineage import checkpoint_event
+from training.lineage_archive import archived_files, snapshot_paths
 from training.lineage_records import archive_rows, checkpoint_rows, history_rows, purge_rows, validate_event
 from training.lineage_store import LineageSources, LineageStore, sync
 from training.lineage_trace import FROM_HISTORY, FROM_TABLE, trace_version
@@ -157,6 +158,19 @@ def test_sync_adds_a_purge_once_with_the_time_of_the_audit_log(tmp_path: Path) -
     kept = [r for r in store.read(columns=["kind", "event_time", "copy"]).to_pylist() if r["kind"] == "purge"]
     assert sorted(r["copy"] for r in kept) == [1, 2]
     assert {r["event_time"] for r in kept} == {purged}
+
+
+def test_a_version_trace_says_which_archived_files_were_purged_from_the_lake(tmp_path: Path) -> None:
+    uri = _local_table(tmp_path)
+    version = DeltaTable(uri).version()
+    (path, *_) = sorted(snapshot_paths(uri, version, {}))
+    catalog = [
+        {**_catalog_row(path, n, site=site, cartridge=f"{site.upper()}00001L9"), "table": uri, "state": state}
+        for n, site, state in ((1, "a", "PURGED"), (2, "b", "PURGED"))
+    ]
+    archived = archived_files(uri, version, catalog, {}, lake_bucket="lake")
+    assert [(a.path, a.copy, a.state) for a in archived] == [(path, 1, "PURGED"), (path, 2, "PURGED")]
+    assert archived_files(uri, version, [{**catalog[0], "path": "gone.parquet"}], {}, lake_bucket="lake") == []
 
 
 @pytest.mark.parametrize(

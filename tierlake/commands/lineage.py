@@ -64,6 +64,7 @@ def _archive_lines(archived: list[Archived], indent: str) -> list[str]:
             f"{indent}-> tape {item.site}/{item.cartridge} copy {item.copy}: {item.path} (partition "
             f"{extent.get('extent_partition')}, block {extent.get('start_block')}, {extent.get('byte_count')} bytes "
             f"at {extent.get('byte_offset')})"
+            + ("; purged from the lake, on tape only" if item.state == "PURGED" else "")
         )
     return lines
 
