@@ -204,7 +204,8 @@ class DeltaLoader:
         self, store: RowGroupStore, schedule: ReadSchedule, epoch: int, plan: RankSlice, batch: int
     ) -> dict[str, Any]:
         """On a worker thread (or the caller's, with no workers): locate the batch, read its row groups, gather."""
-        sources, rgs, offsets = self.dataset.locate(epoch, plan.positions(batch))
+        places = schedule.places(batch)  # located with its chunk ahead of time: not located twice
+        sources, rgs, offsets = places if places is not None else self.dataset.locate(epoch, plan.positions(batch))
         keys = row_group_keys(sources, rgs)
         store.prefetch(keys)
         try:

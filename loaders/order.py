@@ -71,8 +71,10 @@ def mix64(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
         return x ^ (x >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=4096)
 def derive_key(*parts: int) -> int:
-    """A 64-bit key from integers (seed, epoch, version, salt, ...), order-sensitive."""
+    """A 64-bit key from integers (seed, epoch, version, salt, ...), order-sensitive. Cached: a batch's locate
+    derives one key per window it touches, and numpy's scalar-sized hashing cost more than the lookup."""
     key = np.zeros(1, dtype=np.uint64)
     for part in parts:
         key = mix64(key ^ np.array([part & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))

@@ -17,7 +17,7 @@ from collections import deque
 import numpy as np
 
 from loaders.dataset import OrderedDataset
-from loaders.order import RankSlice
+from loaders.order import IntArray, RankSlice
 
 Key = tuple[int, int]  # (source, row group)
 NEVER = 1 << 62  # the next use of a row group no located batch needs
@@ -37,6 +37,9 @@ class ReadSchedule:
         self._located = 0
         self._submitted = 0
         self._lock = threading.Lock()
+        # Where each located batch's units are (sources, row groups, offsets; one row per batch), per chunk of
+        # _CHUNK batches, with the batches not yet asked for: a worker takes them instead of locating again.
+        self._places: dict[int, tuple[IntArray, IntArray, IntArray, int]] = {}
 
     def take(self, batch: int) -> None:
         """``batch`` is handed to a worker: locate far enough ahead of it."""
@@ -57,7 +60,14 @@ class ReadSchedule:
         first = self._located
         last = min(self._plan.batches, first + _CHUNK)
         positions = self._plan.batch_positions(first, last)
-        sources, rgs, _ = self._dataset.locate(self._epoch, positions.reshape(-1))
+        sources, rgs, offsets = self._dataset.locate(self._epoch, positions.reshape(-1))
+        size = self._plan.batch_size
+        self._places[first] = (
+            sources.reshape(-1, size),
+            rgs.reshape(-1, size),
+            offsets.reshape(-1, size),
+            last - first,
+        )
         batches = np.repeat(np.arange(first, last, dtype=np.int64), self._plan.batch_size)
         # One (batch, source, row group) triple per use, sorted by batch: one unique over the chunk, of one int64
         # per triple (a row-wise unique sorts void records: it had cost the first batch more CPU than a read).
@@ -69,6 +79,22 @@ class ReadSchedule:
         for batch, source, rg in zip((batch_of + first).tolist(), source_of.tolist(), rg_of.tolist(), strict=True):
             self._uses.setdefault((source, rg), deque()).append(batch)
         self._located = last
+
+    def places(self, batch: int) -> tuple[IntArray, IntArray, IntArray] | None:
+        """Where ``batch``'s units are (as the dataset's ``locate``), located already with its chunk; None when it
+        was not located here. Each batch is asked for once: a chunk is dropped when all of its batches were."""
+        with self._lock:
+            first = batch - batch % _CHUNK
+            found = self._places.get(first)
+            if found is None or not 0 <= batch - first < len(found[0]):
+                return None
+            sources, rgs, offsets, left = found
+            if left <= 1:
+                del self._places[first]
+            else:
+                self._places[first] = (sources, rgs, offsets, left - 1)
+            row = batch - first
+            return sources[row], rgs[row], offsets[row]
 
     def finish(self, batch: int, keys: list[Key]) -> None:
         """``batch`` has been gathered: it no longer needs ``keys``."""
