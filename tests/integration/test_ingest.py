@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,16 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = 20_000
+
+
+def day_records(days_ago: int, count: int, seed: int) -> list[Record]:
+    """``count`` EV events of one UTC day ``days_ago`` days back, from 08:00 (the producer's generator,
+    back-dated); today's end no later than now (none of them in the future)."""
+    day = date.today() - timedelta(days=days_ago)
+    start = datetime(day.year, day.month, day.day, 8, tzinfo=UTC)
+    if days_ago == 0:
+        start = min(start, recent_start(count, EV_SPACING_S))
+    return list(good_records("ev", count, seed=seed, start=start))
 
 
 class Oracle:
@@ -107,6 +117,12 @@ class Oracle:
             producer.poll(0)
         assert producer.flush(120) == 0
         assert not failures
+
+    def ingest_ok(self) -> None:
+        """`tierlake ingest run` for this entity, which must succeed (its stderr's tail is the failure)."""
+        result = self.ingest()
+        assert result is not None
+        assert result.returncode == 0, result.stderr[-3000:]
 
     def ingest(self, *, kill_after_s: float | None = None) -> subprocess.CompletedProcess[str] | None:
         """Run `tierlake ingest run` for this entity; with kill_after_s, SIGKILL the driver (python + JVM)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +22,8 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from infra.stack import LocalStack
-from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
-from tests.integration.test_ingest import Oracle
+from pipelines.synthetic.datasets import EV_SPACING_S, good_records, recent_start
+from tests.integration.test_ingest import Oracle, day_records
 from tests.lake_tables import scratch_archive
 from tierlake import catalog
 from tiers.archive import compliance
@@ -37,17 +37,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OLD_DAYS_AGO = (42, 41)
-
-
-def _day(days_ago: int, count: int, seed: int) -> list[Record]:
-    start = datetime.combine(date.today() - timedelta(days=days_ago), time(8, 0), tzinfo=UTC)
-    return list(good_records("ev", count, seed=seed, start=start))
-
-
-def _ingest(oracle: Oracle) -> None:
-    result = oracle.ingest()
-    assert result is not None
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _silver_rows(table: DeltaTable, day: date) -> list[dict[str, Any]]:
@@ -65,8 +54,8 @@ def test_ingestion_goes_on_after_old_silver_days_are_purged(
     options = delta_storage_options(settings.s3)
     start = recent_start(400, EV_SPACING_S)
     first_recent = list(good_records("ev", 100, seed=32, start=start))
-    oracle.produce(_day(42, 100, seed=30) + _day(41, 100, seed=31) + first_recent)
-    _ingest(oracle)
+    oracle.produce(day_records(42, 100, seed=30) + day_records(41, 100, seed=31) + first_recent)
+    oracle.ingest_ok()
 
     # The old days go to tape at both sites and their object-store copies are purged (retention 0 days).
     old_days = [f"event_date={date.today() - timedelta(days=d)}" for d in OLD_DAYS_AGO]
@@ -88,9 +77,9 @@ def test_ingestion_goes_on_after_old_silver_days_are_purged(
 
     # A new driver ingests on: later events of today, and events of an old day, now late (quarantined).
     later = list(good_records("ev", 100, seed=33, start=start + timedelta(seconds=200 * EV_SPACING_S)))
-    late = _day(42, 10, seed=34)
+    late = day_records(42, 10, seed=34)
     oracle.produce(later + late)
-    _ingest(oracle)
+    oracle.ingest_ok()
 
     silver = DeltaTable(table.s3, storage_options=options)
     today = datetime.now(UTC).date()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import Counter
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +26,7 @@ from loaders.loader import DeltaLoader
 from loaders.recall import Recall
 from pipelines.checks.reconcile import reconcile
 from pipelines.lake import maintenance
-from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
-from tests.integration.test_ingest import Oracle
+from tests.integration.test_ingest import Oracle, day_records
 from tests.lake_tables import scratch_archive
 from tierlake import catalog
 from tierlake.errors import NotFound, RetentionViolation
@@ -47,20 +46,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 OLD_DAYS_AGO = (42, 41, 40)  # cold under conf/'s default policy (cold_after_days: 30); today stays hot
 SPARK_COLUMNS = ["partition", "offset", "event_id", "station_id", "power_kw", "event_date"]
 STATION = "st-0007"
-
-
-def _day(days_ago: int, count: int, seed: int) -> list[Record]:
-    """``count`` EV events of one UTC day, from 08:00 (the producer's generator, back-dated)."""
-    start = datetime.combine(date.today() - timedelta(days=days_ago), time(8, 0), tzinfo=UTC)
-    if days_ago == 0:
-        start = min(start, recent_start(count, EV_SPACING_S))
-    return list(good_records("ev", count, seed=seed, start=start))
-
-
-def _ingest(oracle: Oracle) -> None:
-    result = oracle.ingest()
-    assert result is not None
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _spark_rows(spark: SparkSession, uri: str, version: int) -> list[tuple[Any, ...]]:
@@ -100,10 +85,10 @@ def test_ev_days_flow_from_kafka_to_tape_and_read_back_by_version(
     table = catalog.silver(settings.s3.lake_bucket, oracle.entity)
     options = delta_storage_options(settings.s3)
     # Ingest: the two oldest days, then the third and today's, then more of today (three batches, three versions).
-    oracle.produce(_day(42, 150, seed=1) + _day(41, 150, seed=2))
-    _ingest(oracle)
-    oracle.produce(_day(40, 150, seed=3) + _day(0, 150, seed=4))
-    _ingest(oracle)
+    oracle.produce(day_records(42, 150, seed=1) + day_records(41, 150, seed=2))
+    oracle.ingest_ok()
+    oracle.produce(day_records(40, 150, seed=3) + day_records(0, 150, seed=4))
+    oracle.ingest_ok()
     assert reconcile(spark, settings, entity=oracle.entity)["balanced"]
     old_days = [f"event_date={date.today() - timedelta(days=d)}" for d in OLD_DAYS_AGO]
     today = f"event_date={date.today()}"
@@ -115,8 +100,8 @@ def test_ev_days_flow_from_kafka_to_tape_and_read_back_by_version(
     assert compacted.rows_after == compacted.rows_before == 600
     assert all(n == 1 for n in after.values()), after  # one file per day after OPTIMIZE
     version = compacted.version_after  # the version read back from tape at the end
-    oracle.produce(_day(0, 100, seed=5))
-    _ingest(oracle)
+    oracle.produce(day_records(0, 100, seed=5))
+    oracle.ingest_ok()
     spark_before = _spark_rows(spark, table.s3a, version)
     rust_before = _rust_rows(table.s3, version, options)
     loader_before = _loader_rows(table.s3, version, options, None)

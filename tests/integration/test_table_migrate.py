@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -21,8 +21,8 @@ from deltalake import DeltaTable
 from infra.stack import LocalStack
 from pipelines.checks.reconcile import reconcile
 from pipelines.ingest.gold import gold_checkpoint
-from pipelines.synthetic.datasets import EV_SPACING_S, Record, good_records, recent_start
-from tests.integration.test_ingest import Oracle
+from pipelines.synthetic.datasets import EV_SPACING_S, good_records, recent_start
+from tests.integration.test_ingest import Oracle, day_records
 from tierlake import catalog
 from tiers.s3 import delta_storage_options, s3_client
 
@@ -32,17 +32,6 @@ if TYPE_CHECKING:
     from tierlake.config import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _day(days_ago: int, count: int, seed: int) -> list[Record]:
-    start = datetime.combine(date.today() - timedelta(days=days_ago), time(8, 0), tzinfo=UTC)
-    return list(good_records("ev", count, seed=seed, start=start))
-
-
-def _ingest(oracle: Oracle) -> None:
-    result = oracle.ingest()
-    assert result is not None
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def _tables(settings: Settings, entity: str, topic: str) -> list[str]:
@@ -105,8 +94,8 @@ def test_an_old_layout_lake_migrates_once_and_ingestion_resumes_on_it(stack: Loc
     assert len(tables) == 4  # bronze, silver, gold windows and anomalies
 
     # The lake before the day layout: two days of events ingested, then laid out as the old code wrote it.
-    oracle.produce(_day(2, 150, seed=21) + _day(1, 150, seed=22))
-    _ingest(oracle)
+    oracle.produce(day_records(2, 150, seed=21) + day_records(1, 150, seed=22))
+    oracle.ingest_ok()
     for path in tables:
         _to_old_layout(spark, settings, path)
     _old_gold_checkpoint(spark, settings, oracle.entity)
@@ -131,9 +120,9 @@ def test_an_old_layout_lake_migrates_once_and_ingestion_resumes_on_it(stack: Loc
     assert reports[silver_path]["rows_after"] == 300
 
     # Ingestion resumes from its checkpoints on the new layout: what waited, then more.
-    _ingest(oracle)
+    oracle.ingest_ok()
     oracle.produce(list(good_records("ev", 200, seed=24, start=start + timedelta(seconds=200 * EV_SPACING_S))))
-    _ingest(oracle)
+    oracle.ingest_ok()
 
     silver = oracle.table("silver")
     assert len(oracle.expect) == 700
