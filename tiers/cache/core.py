@@ -66,6 +66,17 @@ class CacheStats:
         return self.counters.get("hits", 0) / total if total else 0.0
 
 
+def fill_failure(exc: OSError, root: Path, info: ObjectInfo, nbytes: int) -> StorageError:
+    """The error for a cache fill of ``info`` into ``root`` that failed with ``exc``: a full disk says so, with
+    the settings that size the cache."""
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(
+            f"cache directory {root}: the file system filled up while caching s3://{info.bucket}/{info.key} "
+            f"({nbytes} bytes). Fix: lower cache.max_bytes or cache.disk_fraction, or free space"
+        )
+    return StorageError(f"caching s3://{info.bucket}/{info.key} into {root} failed: {exc}")
+
+
 def entry_id(info: ObjectInfo, block: int = WHOLE) -> str:
     """Stable id of one block (or the whole) of one object version. Length-prefixed fields: no two tuples collide."""
     digest = hashlib.sha256()
@@ -394,12 +405,7 @@ class EdgeCache:
         except OSError as exc:
             temp.unlink(missing_ok=True)  # first give the space back: the index may need it to record the failure
             self.index.delete([entry])
-            if exc.errno == errno.ENOSPC:
-                raise DiskFull(
-                    f"cache directory {self.root}: the file system filled up while caching s3://{info.bucket}/"
-                    f"{info.key} ({hi - lo} bytes). Fix: lower cache.max_bytes or cache.disk_fraction, or free space"
-                ) from exc
-            raise StorageError(f"caching s3://{info.bucket}/{info.key} into {self.root} failed: {exc}") from exc
+            raise fill_failure(exc, self.root, info, hi - lo) from exc
         except BaseException:
             temp.unlink(missing_ok=True)
             self.index.delete([entry])

@@ -24,7 +24,6 @@ the writer waits beyond that, or beyond half the cache's capacity.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -99,7 +98,7 @@ class GroupFill:
         """Write ``body`` (the whole object ``info``) into a temp file and hand it to the publisher; ``on_published
         (path)`` runs once it is READY (in the publisher's thread), or here at once when the cache has it already.
         An error while writing (the body's own included) removes what was written and is raised here."""
-        from tiers.cache.core import WHOLE, DiskFull, entry_id  # noqa: PLC0415 - core imports this module
+        from tiers.cache.core import WHOLE, entry_id, fill_failure  # noqa: PLC0415 - core imports this module
 
         self._raise_failed()
         cache = self.cache
@@ -124,12 +123,7 @@ class GroupFill:
             checksum = download(body, temp, direct_io=False, expected=info.size, sync=False)
         except OSError as exc:
             self._abandon(entry, temp, lock)
-            if exc.errno == errno.ENOSPC:
-                raise DiskFull(
-                    f"cache directory {cache.root}: the file system filled up while caching s3://{info.bucket}/"
-                    f"{info.key} ({info.size} bytes). Fix: lower cache.max_bytes or cache.disk_fraction, or free space"
-                ) from exc
-            raise StorageError(f"caching s3://{info.bucket}/{info.key} into {cache.root} failed: {exc}") from exc
+            raise fill_failure(exc, cache.root, info, info.size) from exc
         except BaseException:
             self._abandon(entry, temp, lock)
             raise
