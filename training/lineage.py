@@ -24,7 +24,7 @@ from openlineage.client.serde import Serde
 from openlineage.client.transport.file import FileConfig, FileTransport
 
 from tierlake.errors import StorageError
-from training.lineage_archive import Archived, archived_files
+from training.lineage_archive import Archived, Vacuumed, archived_files, vacuumed_files
 from training.lineage_http import LineageHttp, LineageUndelivered
 from training.manifest import Manifest
 
@@ -91,6 +91,7 @@ class TableTrace:
     ingest_commits: int
     offsets: Offsets = field(default_factory=dict)
     archived: list[Archived] = field(default_factory=list)  # the version's files on tape, where archived
+    vacuumed: list[Vacuumed] = field(default_factory=list)  # VACUUMs that deleted files of the version
 
 
 def merge_offsets(into: Offsets, ranges: Mapping[str, Mapping[str, list[int]]]) -> None:
@@ -126,9 +127,11 @@ def trace(
     *,
     catalog: Sequence[Mapping[str, Any]] | None = None,
     lake_bucket: str = "",
+    vacuums: Sequence[Mapping[str, Any]] = (),
 ) -> list[TableTrace]:
-    """The chain behind a checkpoint: each table version it read, the Kafka offsets behind that version, and
-    where its files are on tape (``catalog``: the archive catalog's rows)."""
+    """The chain behind a checkpoint: each table version it read, the Kafka offsets behind that version, where its
+    files are on tape (``catalog``: the archive catalog's rows), and the VACUUMs that deleted some of them
+    (``vacuums``: lineage rows, ``training.lineage_records.vacuum_rows``)."""
     from deltalake import DeltaTable  # noqa: PLC0415 - only for the trace
     from deltalake.exceptions import DeltaError, TableNotFoundError  # noqa: PLC0415
 
@@ -140,5 +143,10 @@ def trace(
             raise StorageError(f"reading the history of {uri} failed: {exc}. Fix: check the table URI") from exc
         commits, offsets = offsets_of(history, version)
         archived = archived_files(uri, version, list(catalog or []), storage_options or {}, lake_bucket=lake_bucket)
-        traces.append(TableTrace(uri=uri, version=version, ingest_commits=commits, offsets=offsets, archived=archived))
+        gone = vacuumed_files(uri, version, vacuums, storage_options or {})
+        traces.append(
+            TableTrace(
+                uri=uri, version=version, ingest_commits=commits, offsets=offsets, archived=archived, vacuumed=gone
+            )
+        )
     return traces

@@ -1,10 +1,11 @@
-"""Where a table version's files are on tape: the archive catalog's rows (cartridge, copy, site, extent) of the
-data files a Delta table holds at one version."""
+"""Where a table version's files are: on tape (the archive catalog's rows: cartridge, copy, site, extent, of the
+data files a Delta table holds at one version), and which of them a VACUUM deleted from the lake."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -64,3 +65,36 @@ def archived_files(
         ),
         key=lambda a: (a.path, a.copy),
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Vacuumed:
+    """A VACUUM that deleted files of the traced version: that version can no longer be read whole from the lake
+    (its files may still be on tape, see ``archived``)."""
+
+    run_id: str
+    at: str  # ISO time the VACUUM finished
+    version: int  # the table's version when it ran
+    files: list[str]  # the traced version's files it deleted
+
+
+def vacuumed_files(
+    uri: str, version: int, rows: Iterable[Mapping[str, Any]], options: Mapping[str, str]
+) -> list[Vacuumed]:
+    """The VACUUMs (lineage rows of kind ``vacuum``, ``training.lineage_records.vacuum_rows``) that deleted files
+    ``uri`` holds at ``version``, oldest first."""
+    deleted: dict[str, tuple[str, int, set[str]]] = {}  # run id -> (time, version, files)
+    for row in rows:
+        if row["kind"] == "vacuum" and row["table_uri"] == uri and row["file_path"] is not None:
+            at = row["event_time"]
+            when = at.isoformat() if isinstance(at, datetime) else str(at)
+            deleted.setdefault(str(row["run_id"]), (when, int(row["version"]), set()))[2].add(str(row["file_path"]))
+    if not deleted:
+        return []
+    paths = snapshot_paths(uri, version, options)
+    found = [
+        Vacuumed(run_id=run, at=at, version=at_version, files=sorted(files & paths))
+        for run, (at, at_version, files) in deleted.items()
+        if files & paths
+    ]
+    return sorted(found, key=lambda v: (v.at, v.run_id))

@@ -10,6 +10,10 @@
 - **Purges**: an archived file whose copies are all ``PURGED`` in the catalog left the object store (``tierlake
   archive purge``); it is on tape only. Its time is the table's latest ``purge`` in the audit log.
 - **Checkpoints**: the OpenLineage events the checkpointer emits (``training.lineage``).
+- **VACUUM**: the one record written for lineage alone. Spark's VACUUM leaves no commit on this stack's S3, and
+  where Delta logs ``VACUUM START``/``END`` they hold counts, not files; so ``tierlake table vacuum --execute``
+  writes one event per table it vacuumed (``training.lineage_vacuum``): the table at the version it kept as input,
+  each deleted file as an output.
 
 Each becomes one OpenLineage ``COMPLETE`` run event (validated against the upstream OpenLineage spec schema and the
 schema of each facet it carries, copied in ``openlineage_spec/``) and one
@@ -47,7 +51,7 @@ FORMATS_NEEDED = {"date-time": "rfc3339-validator", "uri": "rfc3986-validator", 
 TS = pa.timestamp("us", tz="UTC")
 LINEAGE_SCHEMA = pa.schema(
     [
-        ("kind", pa.string()),  # ingest | maintenance | write | archive | purge | checkpoint
+        ("kind", pa.string()),  # ingest | maintenance | write | archive | purge | vacuum | checkpoint
         ("job", pa.string()),
         ("run_id", pa.string()),
         ("event_time", TS),
@@ -376,6 +380,44 @@ def archive_rows(catalog_rows: Iterable[Mapping[str, Any]], table_uri: Mapping[s
                 event=json.dumps(event),
             )
         )
+    return rows
+
+
+VACUUM_JOB = "maintenance.vacuum"
+
+
+def vacuum_event(*, uri: str, version: int, deleted: Iterable[str], at: datetime) -> dict[str, Any]:
+    """The event of one executed VACUUM of ``uri``: input the table at the version whose files it kept, outputs
+    the files it deleted (``<uri>/<path>``, as a purge names a file). A VACUUM that deleted nothing has none."""
+    return run_event(
+        job=VACUUM_JOB,
+        run=run_id("vacuum", uri, version, at.isoformat()),
+        at=at,
+        inputs=[(uri, version)],
+        outputs=[(f"{uri}/{path}", None) for path in sorted(deleted)],
+    )
+
+
+def vacuum_rows(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per file a VACUUM deleted (one row without a file where it deleted none), from its event."""
+    rows = []
+    for event in events:
+        (table,) = event["inputs"]
+        uri = str(table["name"])
+        version = int(table["facets"]["version"]["datasetVersion"])
+        common = {
+            "kind": "vacuum",
+            "job": str(event["job"]["name"]),
+            "run_id": str(event["run"]["runId"]),
+            "event_time": datetime.fromisoformat(str(event["eventTime"])),
+            "table_uri": uri,
+            "version": version,
+            "operation": "VACUUM",
+            "read_version": version,
+            "event": json.dumps(event),
+        }
+        files = [str(o["name"]).removeprefix(uri + "/") for o in event.get("outputs") or []]
+        rows += [_row(**common, file_path=path) for path in files] or [_row(**common)]
     return rows
 
 

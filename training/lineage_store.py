@@ -3,8 +3,9 @@
 Nothing on the ingest path writes it. :func:`sync` runs beside the pipeline (``tierlake lineage sync``, from a DAG
 or by hand): it reads what is already recorded (each table's Delta history past the newest version it holds, the
 archive catalog's rows it does not hold yet and the files purged from the object store since, the checkpointer's
-OpenLineage events), validates every new event against the OpenLineage schema, appends the new rows in one commit,
-and writes the new events as JSON lines (the OpenLineage file transport's format) to ``<lineage_dir>/lake.jsonl``.
+OpenLineage events, the VACUUM records it does not hold), validates every new event against the OpenLineage
+schema, appends the new rows in one commit, and writes the new events as JSON lines (the OpenLineage file
+transport's format) to ``<lineage_dir>/lake.jsonl``.
 One sync at a time: like every table here, the lineage table has one writer (run it from one scheduler).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from training.lineage_records import (
     history_rows,
     purge_rows,
     to_table,
+    vacuum_rows,
     validate_event,
 )
 
@@ -65,6 +67,8 @@ class LineageSources:
     checkpoint_events: Path | None = None
     events_out: Path | None = None
     http: LineageHttp | None = None  # also post the new events there (``checkpoint.lineage_url``)
+    # the VACUUM records' events, given the run ids the lineage table holds (``training.lineage_vacuum``)
+    vacuum_events: Callable[[Collection[str]], Sequence[Mapping[str, Any]]] | None = None
 
 
 @dataclass(kw_only=True)
@@ -200,6 +204,9 @@ def derive(store: LineageStore, sources: LineageSources) -> tuple[pa.Table, list
         rows += [
             r for r in purge_rows(catalog, names, when) if (r["table_uri"], r["file_path"], r["copy"]) not in purged
         ]
+    if sources.vacuum_events is not None:
+        vacuumed = set(held.filter(pc.equal(held["kind"], "vacuum"))["run_id"].to_pylist())
+        rows += [r for r in vacuum_rows(sources.vacuum_events(vacuumed)) if r["run_id"] not in vacuumed]
     seen = set(zip(held["run_id"].to_pylist(), held["output"].to_pylist(), strict=True))
     rows += [
         r for r in checkpoint_rows(read_events(sources.checkpoint_events)) if (r["run_id"], r["output"]) not in seen

@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 
 from tierlake.errors import NotFound, StorageError
 from training.lineage import Offsets, merge_offsets
-from training.lineage_archive import Archived, archived_files
-from training.lineage_records import HISTORY_KINDS, LINEAGE_SCHEMA, history_rows, to_table
+from training.lineage_archive import Archived, Vacuumed, archived_files, vacuumed_files
+from training.lineage_records import HISTORY_KINDS, LINEAGE_SCHEMA, history_rows, to_table, vacuum_rows
 from training.lineage_store import LineageStore
 
 FROM_TABLE = "lineage table"
@@ -42,6 +42,7 @@ class VersionTrace:
     upstream: list[str] = field(default_factory=list)  # other tables' versions written by the same batch
     checkpoints: list[Mapping[str, Any]] = field(default_factory=list)
     archived: list[Archived] = field(default_factory=list)
+    vacuumed: list[Vacuumed] = field(default_factory=list)  # VACUUMs that deleted files of this version
 
 
 def _history_table(uri: str, options: Mapping[str, str]) -> pa.Table:
@@ -126,8 +127,10 @@ def trace_version(
     catalog: Sequence[Mapping[str, Any]] | None = None,
     checkpoint_events: Sequence[Mapping[str, Any]] | None = None,
     lake_bucket: str = "",
+    vacuum_events: Sequence[Mapping[str, Any]] | None = None,
 ) -> VersionTrace:
-    """The trace of ``uri`` at ``version`` (see the module's docstring)."""
+    """The trace of ``uri`` at ``version`` (see the module's docstring). ``vacuum_events``: VACUUM records not in
+    the lineage table yet (``training.lineage_vacuum``); the lineage table's are read too."""
     rows, source = _own_rows(store, uri, version, options)
     own = rows.filter(
         pc.and_(pc.equal(rows["version"], version), pc.is_in(rows["kind"], value_set=pa.array(HISTORY_KINDS)))
@@ -149,7 +152,19 @@ def trace_version(
         upstream=_upstream(store if source == FROM_TABLE else None, uri, batch, read),
         checkpoints=_checkpoints(rows, uri, version, list(checkpoint_events or [])),
         archived=archived_files(uri, version, list(catalog or []), options, lake_bucket=lake_bucket),
+        vacuumed=vacuumed_files(uri, version, _vacuum_rows(store, rows, source, uri, vacuum_events or []), options),
     )
+
+
+def _vacuum_rows(
+    store: LineageStore | None, rows: pa.Table, source: str, uri: str, events: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The table's VACUUM rows: the lineage table's (read apart when the trace came from the history) and those of
+    records not synced yet."""
+    if source != FROM_TABLE and store is not None and store.exists():
+        rows = store.read(columns=TRACE_COLUMNS, table_uri=uri)
+    held: list[dict[str, Any]] = rows.filter(pc.equal(rows["kind"], "vacuum")).to_pylist()
+    return held + vacuum_rows(events)
 
 
 def as_json(trace: VersionTrace) -> str:

@@ -329,6 +329,8 @@ class VacuumReport:
     objects_before: int
     objects_after: int
     deletable: list[str]  # a dry run: what would go; else what went
+    version: int = -1  # the table's version when it ran (VACUUM keeps that snapshot's files; it commits nothing here)
+    finished_unix: float = 0.0
 
     @property
     def deleted(self) -> int:
@@ -365,6 +367,7 @@ def vacuum(
     uri = spark_uri(settings, table)
     with table_lease(settings, table, operation="VACUUM"):
         before = data_objects(settings, table)
+        version = open_table(settings, table).version()  # the snapshot whose files VACUUM keeps
         previous = spark.conf.get(check_key)
         if hours < MIN_VACUUM_RETENTION_HOURS:
             spark.conf.set(check_key, "false")  # our own check above was explicitly overridden
@@ -388,6 +391,8 @@ def vacuum(
         objects_before=len(before),
         objects_after=len(after),
         deletable=deletable,
+        version=version,
+        finished_unix=time.time(),
     )
 
 

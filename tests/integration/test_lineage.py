@@ -22,13 +22,14 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from openlineage.client.serde import Serde
 
 from pipelines.ingest.silver import commit_metadata
-from tests.lake_tables import scratch_archive
+from tests.lake_tables import scratch_archive, small_table
 from tierlake.config import ArchiveTable, Settings
 from tiers.archive.archiver import run
 from tiers.archive.catalog import Catalog
 from tiers.archive.context import ArchiveContext
 from tiers.s3 import delta_storage_options
 from training.lineage import checkpoint_event, trace
+from training.lineage_archive import snapshot_paths
 from training.lineage_records import validate_event
 from training.lineage_store import LineageSources, LineageStore, catalog_rows, sync
 from training.lineage_trace import FROM_TABLE, trace_version
@@ -220,3 +221,44 @@ def test_the_cli_prints_the_table_trace(settings: Settings, lake: dict[str, Any]
     assert f"table {bronze} @ version {read}: WRITE (from the lineage table)" in text
     assert f"-> kafka {TOPIC} partition 2: offsets " in text
     assert text.count("-> tape ") == len(lake["catalog"])
+
+
+def test_a_vacuum_is_recorded_synced_and_traced_with_the_files_it_deleted(settings: Settings, tmp_path: Path) -> None:
+    """`tierlake table vacuum --execute` (Spark's VACUUM, which leaves no commit on S3) records the files it deleted
+    in the lake; `lineage sync` adds them to the lineage table; `lineage trace` of a version that held them says so."""
+    table = small_table(settings, "vacuum_lineage", appends=3, rows=10)
+    uri, options = f"s3://{settings.s3.lake_bucket}/{table}", delta_storage_options(settings.s3)
+    write_deltalake(uri, pa.table({"station_id": ["b"], "power_kw": [2.0]}), mode="overwrite", storage_options=options)
+    old = sorted(snapshot_paths(uri, 2, options))
+    tierlake = str(Path(sys.executable).parent / "tierlake")
+    env = dict(os.environ)
+
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            [tierlake, *args, "--json"], check=False, env=env, cwd=settings.root, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])  # the last line, as the DAGs read it (Spark prints)
+
+    dry = cli("table", "vacuum", table, "--retention-hours", "0", "--allow-short-retention")
+    assert (dry[0]["deletable"], dry[0]["lineage"]) == (old, None)  # a dry run deletes nothing, records nothing
+    (done,) = cli("table", "vacuum", table, "--retention-hours", "0", "--allow-short-retention", "--execute")
+    assert (done["deletable"], done["version"]) == (old, 3)
+    key = done["lineage"].removeprefix(f"s3://{settings.s3.lake_bucket}/")
+    assert key.startswith(f"_lineage/vacuum/{table}/000000000003-")
+    store = LineageStore(f"s3://{settings.s3.lake_bucket}/scratch/lineage_{uuid.uuid4().hex[:8]}", options)
+    synced = cli("lineage", "sync", "--table", table, "--lineage-table", store.uri)
+    assert (synced["rows"]["write"], synced["rows"]["vacuum"]) == (4, len(old))
+    assert cli("lineage", "sync", "--table", table, "--lineage-table", store.uri)["rows"] == {}  # nothing twice
+    rows = [r for r in store.read().to_pylist() if r["kind"] == "vacuum"]
+    assert sorted(r["file_path"] for r in rows) == old
+    assert {(r["table_uri"], r["version"], r["job"]) for r in rows} == {(uri, 3, "maintenance.vacuum")}
+    validate_event(json.loads(rows[0]["event"]))
+    traced = cli("lineage", "trace", f"{table}@1", "--lineage-table", store.uri)
+    assert traced["source"] == FROM_TABLE
+    assert [(v["version"], v["files"]) for v in traced["vacuumed"]] == [(3, sorted(snapshot_paths(uri, 1, options)))]
+    assert cli("lineage", "trace", f"{table}@3", "--lineage-table", store.uri)["vacuumed"] == []
+    command = [tierlake, "lineage", "trace", f"{table}@2", "--lineage-table", store.uri]
+    text = subprocess.run(command, check=True, env=env, cwd=settings.root, capture_output=True, text=True).stdout
+    assert "-> VACUUM at " in text
+    assert f"(table at version 3) deleted {len(old)} of this version's files" in text

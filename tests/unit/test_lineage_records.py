@@ -1,4 +1,5 @@
-"""Lineage records derived from Delta history, the archive catalog and checkpoint events; their OpenLineage events
+"""Lineage records derived from Delta history, the archive catalog, VACUUM records and checkpoint events; their
+OpenLineage events
 checked against the schema (and broken ones refused); a table version traced from a local Delta table, from its
 history and from the lineage table alike."""
 
@@ -20,7 +21,15 @@ from pipelines.ingest.silver import commit_metadata
 from tierlake.errors import SchemaMismatch
 from training.lineage import checkpoint_event
 from training.lineage_archive import archived_files, snapshot_paths
-from training.lineage_records import archive_rows, checkpoint_rows, history_rows, purge_rows, validate_event
+from training.lineage_records import (
+    archive_rows,
+    checkpoint_rows,
+    history_rows,
+    purge_rows,
+    vacuum_event,
+    vacuum_rows,
+    validate_event,
+)
 from training.lineage_store import LineageSources, LineageStore, sync
 from training.lineage_trace import FROM_HISTORY, FROM_TABLE, trace_version
 from training.manifest import Manifest
@@ -238,3 +247,51 @@ def test_a_table_version_traces_the_same_from_history_and_from_the_lineage_table
     assert (optimized.operation, optimized.read_version, optimized.batch) == ("OPTIMIZE", 2, None)
     assert optimized.upstream == [f"{uri}@2"]
     assert optimized.offsets == {"ev.t": {"0": [0, 249], "1": [7, 130], "2": [0, 40]}}
+
+
+def test_a_vacuum_is_one_row_per_deleted_file_synced_once_and_traced_to_the_versions_that_lost_them(
+    tmp_path: Path,
+) -> None:
+    uri = str(tmp_path / "silver")
+    for n in range(3):
+        write_deltalake(uri, pa.table({"n": [n]}), mode="append")
+    write_deltalake(uri, pa.table({"n": [9]}), mode="overwrite")  # version 3: versions 0-2's files left the table
+    table = DeltaTable(uri)
+    old = sorted(snapshot_paths(uri, 2, {}))
+    deleted = table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+    assert sorted(deleted) == old  # delta-rs really deleted them
+    at = datetime(2026, 12, 6, 3, 0, tzinfo=UTC)
+    event = vacuum_event(uri=uri, version=3, deleted=deleted, at=at)
+    validate_event(event)
+    assert event["job"]["name"] == "maintenance.vacuum"
+    assert [d["name"] for d in event["outputs"]] == [f"{uri}/{path}" for path in old]
+    rows = vacuum_rows([event])
+    assert [(r["kind"], r["version"], r["file_path"], r["event_time"]) for r in rows] == [
+        ("vacuum", 3, path, at) for path in old
+    ]
+    (nothing,) = vacuum_rows([vacuum_event(uri=uri, version=3, deleted=[], at=at)])  # ran, deleted nothing
+    assert nothing["file_path"] is None
+    asked: list[set[str]] = []
+
+    def records(held: Any) -> list[dict[str, Any]]:
+        asked.append(set(held))
+        return [event]
+
+    store = LineageStore(str(tmp_path / "lineage"))
+    sources = LineageSources(tables=[uri], lake_bucket="lake", vacuum_events=records)
+    # delta-rs logs VACUUM START and END (counts only: the maintenance rows); the record names the files
+    assert sync(store, sources).rows == {"write": 4, "maintenance": 2, "vacuum": 3}
+    assert sync(store, sources).rows == {}  # nothing twice
+    assert asked == [set(), {event["run"]["runId"]}]  # the second sync says which records it holds
+    for version in (0, 2):  # from the lineage table: the version's own files, deleted by the VACUUM at version 3
+        (gone,) = trace_version(uri, version, store=store, options={}).vacuumed
+        assert (gone.version, gone.files, gone.run_id) == (
+            3,
+            sorted(snapshot_paths(uri, version, {})),
+            rows[0]["run_id"],
+        )
+    assert trace_version(uri, 3, store=store, options={}).vacuumed == []  # the live version lost nothing
+    derived = trace_version(uri, 1, store=None, options={}, vacuum_events=[event])  # a record not synced yet
+    assert derived.source == FROM_HISTORY
+    assert [v.files for v in derived.vacuumed] == [sorted(snapshot_paths(uri, 1, {}))]
+    assert trace_version(uri, 1, store=None, options={}).vacuumed == []

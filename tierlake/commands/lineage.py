@@ -22,8 +22,9 @@ from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
-    from training.lineage_archive import Archived
+    from training.lineage_archive import Archived, Vacuumed
     from training.lineage_trace import VersionTrace
+    from training.lineage_vacuum import VacuumLog
 
 CHECKPOINT_EVENTS = "checkpoints.jsonl"
 LAKE_EVENTS = "lake.jsonl"
@@ -56,6 +57,30 @@ def _store(args: argparse.Namespace, settings: Settings) -> Any:
     return LineageStore(args.lineage_table or default_uri(settings.s3.lake_bucket), delta_storage_options(settings.s3))
 
 
+def _vacuum_log(settings: Settings) -> VacuumLog:
+    from tiers.s3 import s3_client  # noqa: PLC0415
+    from training.lineage_vacuum import VacuumLog  # noqa: PLC0415
+
+    return VacuumLog(s3_client(settings.s3), settings.s3.lake_bucket)
+
+
+def _lake_vacuums(settings: Settings, uris: list[str]) -> list[dict[str, Any]]:
+    """The VACUUM records of the lake tables among ``uris`` (none for a table outside the lake bucket)."""
+    from training.lineage_vacuum import table_path  # noqa: PLC0415
+
+    prefix = f"s3://{settings.s3.lake_bucket}/"
+    log = _vacuum_log(settings)
+    return [e for uri in uris if uri.startswith(prefix) for e in log.events(table=table_path(uri, log.bucket))]
+
+
+def _vacuum_lines(vacuumed: list[Vacuumed], indent: str) -> list[str]:
+    return [
+        f"{indent}-> VACUUM at {item.at} (table at version {item.version}) deleted {len(item.files)} of this "
+        f"version's files from the lake: {', '.join(item.files[:3])}{' ...' if len(item.files) > 3 else ''}"
+        for item in vacuumed
+    ]
+
+
 def _archive_lines(archived: list[Archived], indent: str) -> list[str]:
     lines = []
     for item in archived:
@@ -72,6 +97,7 @@ def _archive_lines(archived: list[Archived], indent: str) -> list[str]:
 def _trace_checkpoint(args: argparse.Namespace, settings: Settings, run: str, step: int | None) -> int:
     from tiers.s3 import delta_storage_options  # noqa: PLC0415
     from training.lineage import trace  # noqa: PLC0415
+    from training.lineage_records import vacuum_rows  # noqa: PLC0415
     from training.lineage_store import catalog_rows  # noqa: PLC0415
     from training.operations import find_manifest  # noqa: PLC0415
     from training.setup import checkpoint_tiers  # noqa: PLC0415
@@ -79,7 +105,8 @@ def _trace_checkpoint(args: argparse.Namespace, settings: Settings, run: str, st
     tier, manifest = find_manifest(checkpoint_tiers(settings), run, step)
     options = delta_storage_options(settings.s3)
     tape = catalog_rows(settings.archive.catalog_uri, options)
-    tables = trace(manifest, options, catalog=tape, lake_bucket=settings.s3.lake_bucket)
+    vacuums = vacuum_rows(_lake_vacuums(settings, sorted(manifest.tables)))
+    tables = trace(manifest, options, catalog=tape, lake_bucket=settings.s3.lake_bucket, vacuums=vacuums)
     where = tier.where(run, manifest.step)
     if args.json:
         body = {
@@ -98,6 +125,7 @@ def _trace_checkpoint(args: argparse.Namespace, settings: Settings, run: str, st
         lines.append(f"  -> {table.uri} @ version {table.version} ({table.ingest_commits} ingest commits)")
         lines += _offset_lines(table.offsets, "     ")
         lines += _archive_lines(table.archived, "     ")
+        lines += _vacuum_lines(table.vacuumed, "     ")
     if not tables:
         lines.append("  (the manifest names no table)")
     sys.stdout.write("\n".join(lines) + "\n")
@@ -124,7 +152,7 @@ def _version_lines(found: VersionTrace) -> list[str]:
         f"  -> read by {c['job']} at version {c['version']}{'' if c['exact'] else ' (a later one)'}: {c['output']}"
         for c in found.checkpoints
     ]
-    return lines + _archive_lines(found.archived, "  ")
+    return lines + _archive_lines(found.archived, "  ") + _vacuum_lines(found.vacuumed, "  ")
 
 
 def _trace_table(args: argparse.Namespace, settings: Settings, uri: str, version: int | None) -> int:
@@ -141,6 +169,7 @@ def _trace_table(args: argparse.Namespace, settings: Settings, uri: str, version
         catalog=catalog_rows(settings.archive.catalog_uri, options),
         checkpoint_events=read_events(settings.checkpoint.lineage_dir / CHECKPOINT_EVENTS),
         lake_bucket=settings.s3.lake_bucket,
+        vacuum_events=_lake_vacuums(settings, [uri]),
     )
     sys.stdout.write((as_json(found) if args.json else "\n".join(_version_lines(found))) + "\n")
     return ExitCode.OK
@@ -172,6 +201,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
         checkpoint_events=folder / CHECKPOINT_EVENTS,
         events_out=folder / LAKE_EVENTS,
         http=lineage_http(settings.checkpoint.lineage_url),
+        vacuum_events=_vacuum_log(settings).events,
     )
     report = sync(_store(args, settings), sources)
     if args.json:

@@ -16,7 +16,7 @@ from tierlake.config import Settings
 from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
-    pass
+    from pipelines.lake.maintenance import VacuumReport
 
 
 def _tables(args: argparse.Namespace, settings: Settings, configured: tuple[str, ...]) -> list[str]:
@@ -96,7 +96,7 @@ def _vacuum(args: argparse.Namespace, settings: Settings) -> int:
                 allow_short_retention=args.allow_short_retention,
                 dry_run=not args.execute,
             )
-            results.append(asdict(report) | {"deleted": report.deleted})
+            results.append(asdict(report) | {"deleted": report.deleted, "lineage": _vacuum_record(settings, report)})
     _emit(
         args,
         results,
@@ -107,6 +107,22 @@ def _vacuum(args: argparse.Namespace, settings: Settings) -> int:
         ),
     )
     return 0
+
+
+def _vacuum_record(settings: Settings, report: VacuumReport) -> str | None:
+    """Where the lineage record of an executed VACUUM went (``training.lineage_vacuum``); None for a dry run."""
+    from pipelines.lake.maintenance import rust_uri  # noqa: PLC0415
+    from tiers.s3 import s3_client  # noqa: PLC0415
+    from training.lineage_vacuum import VacuumLog  # noqa: PLC0415
+
+    if report.dry_run:
+        return None
+    return VacuumLog(s3_client(settings.s3), settings.s3.lake_bucket).record(
+        uri=rust_uri(settings, report.table),
+        version=report.version,
+        deleted=report.deletable,
+        finished_unix=report.finished_unix,
+    )
 
 
 def _checkpoint(args: argparse.Namespace, settings: Settings) -> int:
