@@ -6,6 +6,13 @@ folder, plus the commit: once DCP's metadata is written, it lists every file wit
 publishes the manifest last and exclusively. On a folder tier it writes in place; on RGW it stages the step in a
 scratch folder and uploads it shards first, manifest last. :func:`open_checkpoint` gives DCP's reader over a
 verified copy: a step that fails its manifest is refused before a single tensor is read.
+
+With several ranks (torch.distributed), every rank writes its own files and DCP calls ``finish`` on the coordinator
+only. On a folder tier the ranks share the folder (one node, or a shared file system): the coordinator's manifest
+lists every file in it. On RGW each other rank uploads its staged files at the end of its ``write_data`` (before
+DCP gathers the ranks' results), with their CRC-32C as object metadata, and removes its staging folder; the
+coordinator lists them from that metadata, uploads its own and publishes the manifest. A folder tier local to each
+node of several is not supported: the coordinator's node would hold every rank's files listed but not present.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from torch.distributed.checkpoint.staging import BlockingAsyncStager
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from tierlake.errors import ConfigError
 from training.manifest import Manifest, build_manifest, describe_folder
-from training.tiers import CheckpointTier, FaultHook, FolderTier, commit_manifest
+from training.tiers import CheckpointTier, FaultHook, FolderTier, RgwTier, commit_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +82,11 @@ class TierWriter(FileSystemWriter):
         self.fault = fault
         self.background = background
         self.manifest: Manifest | None = None
+        self.is_coordinator = True  # DCP says otherwise on the other ranks (set_up_storage_writer)
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        super().set_up_storage_writer(is_coordinator, *args, **kwargs)
+        self.is_coordinator = is_coordinator
 
     def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         """The device -> host snapshot of ``dcp.async_save``: the only part the train step waits for."""
@@ -84,16 +97,48 @@ class TierWriter(FileSystemWriter):
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         if self.background:  # the checkpointer's writes run on DCP's thread: yield the CPU to the train step
             yield_cpu()
-        return super().write_data(plan, planner)
+        written = super().write_data(plan, planner)
+        if self.staging is None or self.is_coordinator:
+            return written
+        try:  # another rank, staging for RGW: its files go up now; the coordinator lists them (module docstring)
+            results = written.wait()
+            self._rgw().put_files(self.run, self.step, self.staging, _file_names([results]))
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        uploaded: Future[list[WriteResult]] = Future()
+        uploaded.set_result(results)
+        return uploaded
+
+    def _put(self, manifest: Manifest, uploaded: set[str]) -> None:
+        """Upload the staged step (the other ranks' files are there already) and publish the manifest."""
+        if self.staging is None:
+            raise ValueError("_put is for a staged step")
+        if uploaded:
+            self._rgw().put_step(self.staging, manifest, fault=self.fault, uploaded=uploaded)
+        else:
+            self.tier.put_step(self.staging, manifest, fault=self.fault)
+
+    def _rgw(self) -> RgwTier:
+        if not isinstance(self.tier, RgwTier):
+            raise ConfigError(
+                f"tier {self.tier!r} with several ranks: only folder tiers and RGW are supported. "
+                "Fix: write several ranks to a shared folder or to RGW"
+            )
+        return self.tier
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         if self.fault is not None:
             self.fault("write")
         super().finish(metadata, results)
+        shards = describe_folder(self.folder)
+        others = _file_names(results) - {entry.name for entry in shards}  # files the other ranks uploaded
+        if self.staging is not None and others:
+            found = (*shards, *self._rgw().shard_entries(self.run, self.step, others))
+            shards = tuple(sorted(found, key=lambda entry: entry.name))
         manifest = build_manifest(
             run=self.run,
             step=self.step,
-            shards=describe_folder(self.folder),
+            shards=shards,
             loader_state=self.loader_state,
             tables=self.tables,
             code_version=self.code_version,
@@ -102,7 +147,7 @@ class TierWriter(FileSystemWriter):
             if self.staging is None:
                 commit_manifest(self.folder, manifest, fault=self.fault)
             else:
-                self.tier.put_step(self.staging, manifest, fault=self.fault)
+                self._put(manifest, others)
         finally:
             if self.staging is not None:
                 shutil.rmtree(self.staging, ignore_errors=True)
@@ -116,6 +161,11 @@ class TierWriter(FileSystemWriter):
             manifest.total_bytes,
             extra={"run": self.run, "step": self.step, "tier": self.tier.name},
         )
+
+
+def _file_names(results: list[list[WriteResult]]) -> set[str]:
+    """The files DCP's write results name (``_StorageInfo.relative_path``), every rank's."""
+    return {str(getattr(result.storage_data, "relative_path", "")) for group in results for result in group} - {""}
 
 
 def yield_cpu(nice: int = 19) -> None:

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,6 +26,7 @@ from training.manifest import (
     MANIFEST_NAME,
     CheckpointCorrupt,
     Manifest,
+    ShardEntry,
     check_shard,
     checksum_stream,
     copy_counting,
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 _RUN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 FaultHook = Callable[[str], None]
 Progress = Callable[[int], object]
+CRC_METADATA = "crc32c"  # object metadata of a rank's file uploaded before the manifest (x-amz-meta-crc32c)
 
 
 def check_run(run: str) -> str:
@@ -267,11 +269,21 @@ class RgwTier:
         return Manifest.from_json(raw, f"s3://{self.bucket}/{key}")
 
     def put_step(
-        self, source: Path, manifest: Manifest, *, fault: FaultHook | None = None, progress: Progress | None = None
+        self,
+        source: Path,
+        manifest: Manifest,
+        *,
+        fault: FaultHook | None = None,
+        progress: Progress | None = None,
+        uploaded: Collection[str] = (),
     ) -> None:
+        """Upload the step's files from ``source``, then publish the manifest. ``uploaded``: files already there
+        (other ranks', :meth:`put_files`), not in ``source``."""
         base = self.step_prefix(manifest.run, manifest.step)
         try:
             for entry in manifest.shards:
+                if entry.name in uploaded:
+                    continue
                 with (source / entry.name).open("rb") as stream:
                     size, crc = checksum_stream(stream)
                     check_shard(entry, size, crc, str(source))  # never promote a damaged copy
@@ -286,6 +298,47 @@ class RgwTier:
                 f"promoting step {manifest.step} of run {manifest.run!r} to {self.where(manifest.run, manifest.step)} "
                 f"failed: {exc}. Fix: check RGW (tierlake stack status); the next promotion tries again"
             ) from exc
+
+    def put_files(self, run: str, step: int, source: Path, names: Collection[str]) -> list[ShardEntry]:
+        """Upload one rank's files of a step not committed yet, each with its CRC-32C as object metadata, so the
+        coordinating rank can list them in the manifest (:meth:`shard_entries`) without reading them."""
+        base = self.step_prefix(run, step)
+        entries = []
+        try:
+            for name in sorted(names):
+                with (source / name).open("rb") as stream:
+                    size, crc = checksum_stream(stream)
+                extra = {"Metadata": {CRC_METADATA: str(crc)}}
+                self.client.upload_file(str(source / name), self.bucket, base + name, ExtraArgs=extra)
+                entries.append(ShardEntry(name=name, size=size, crc32c=crc))
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(
+                f"uploading a rank's files of step {step} of run {run!r} to {self.where(run, step)} failed: {exc}. "
+                "Fix: check RGW (tierlake stack status); the step stays uncommitted"
+            ) from exc
+        return entries
+
+    def shard_entries(self, run: str, step: int, names: Collection[str]) -> list[ShardEntry]:
+        """The manifest entries of files other ranks uploaded with :meth:`put_files` (size and CRC-32C from each
+        object's metadata)."""
+        base = self.step_prefix(run, step)
+        entries = []
+        for name in sorted(names):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=base + name)
+            except (BotoCoreError, ClientError) as exc:
+                raise StorageError(
+                    f"{self.where(run, step)}{name}: another rank's file is not there ({exc}). Fix: check that "
+                    "every rank writes the same tier; the step stays uncommitted"
+                ) from exc
+            crc = head.get("Metadata", {}).get(CRC_METADATA)
+            if crc is None or not crc.isdigit():
+                raise StorageError(
+                    f"{self.where(run, step)}{name}: no {CRC_METADATA} metadata ({crc!r}), so it was not uploaded by "
+                    "a rank's TierWriter. Fix: save with training.storage.TierWriter on every rank"
+                )
+            entries.append(ShardEntry(name=name, size=int(head["ContentLength"]), crc32c=int(crc)))
+        return entries
 
     def _publish(self, key: str, manifest: Manifest, fault: FaultHook | None) -> None:
         if fault is not None:
