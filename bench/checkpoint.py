@@ -150,7 +150,9 @@ def steps_with_and_without(
     trainer: ToyTrainer, settings: Settings, tiers: list[CheckpointTier], run: str, *, steps: int, rounds: int
 ) -> dict[str, Any]:
     """Steps per second without checkpoints and with the default cadence, in alternating windows (see above)."""
-    checkpointer = TieredCheckpointer(run, tiers, tier_policies(settings))
+    checkpointer = TieredCheckpointer(
+        run, tiers, tier_policies(settings), overhead_budget=settings.checkpoint.overhead_budget
+    )
     first_s, first_drain_s = timed_steps(trainer, steps, checkpointer)
     figures: dict[str, Any] = {"steps_per_s_first_save": round(steps / first_s, 3)}
     first_saves = checkpointer.stats.saves_committed
@@ -178,6 +180,13 @@ def steps_with_and_without(
     figures["step_seconds_lost_per_checkpoint"] = round(lost / saved, 3) if saved else None
     figures["promotions"] = dict(checkpointer.stats.promotions)
     figures["skipped_busy"] = checkpointer.stats.skipped_busy
+    figures["deferred_budget"] = checkpointer.stats.deferred_budget  # due by the cadence, spaced by the budget
+    figures["min_gap_s"] = round(checkpointer.stats.min_gap_s, 3)
+    figures["write_cpu_s_per_checkpoint"] = (
+        round(checkpointer.stats.write_cpu_s_total / checkpointer.stats.saves_committed, 3)
+        if checkpointer.stats.saves_committed
+        else None
+    )
     figures["stall_s_max"] = round(checkpointer.stats.stall_s_max, 3)
     return figures
 
@@ -281,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cadence": [f"{c.tier}: every {c.every_steps} steps / {c.interval_s} s" for c in settings.checkpoint.cadence],
+        "overhead_budget": settings.checkpoint.overhead_budget,
         "seconds": round(time.perf_counter() - started, 1),
         "trace_s": "measured by bench/lineage.py (figures.trace_s, 10,000 ingest batches)",
     }

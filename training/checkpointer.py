@@ -13,11 +13,20 @@ never removed by keep-last-K.
 
 A failing write tier (disk full, folder gone) is logged with the reason and the fix, counted, and left: the next
 tier becomes the write tier, and training goes on.
+
+Overhead budget (``overhead_budget``, conf ``checkpoint.overhead_budget``): a checkpoint costs the trainer its
+snapshot (the stall) and the write's CPU (DCP's thread, ``TierWriter.cpu_s``), which on a machine of few cores
+competes with the train step. After each write the cost is measured, ``stall + cpu / cores``, and the write tier's
+next checkpoint is not due before ``cost / budget`` seconds have passed since the last one started
+(``stats.deferred_budget``, ``stats.min_gap_s``): the cadence of ``conf/`` is the most often, never more often
+than the budget allows. So a big state on a small CPU checkpoints less often, and a GPU node with many cores keeps
+the seed's cadence. With ``when_busy="wait"`` (every due step saved) no budget applies.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -36,7 +45,8 @@ from training.storage import HostSnapshot, TierWriter, yield_cpu
 from training.tiers import CheckpointTier, FaultHook, FolderTier, check_run
 
 logger = logging.getLogger(__name__)
-WHEN_BUSY = ("skip", "wait")  # a save due while the last is still being written: skip it, or wait for the write
+WHEN_BUSY = ("skip", "wait")
+MAX_BUDGET = 0.5  # a save due while the last is still being written: skip it, or wait for the write
 
 
 @dataclass
@@ -54,6 +64,9 @@ class CheckpointStats:
     removed: int = 0
     stall_s_total: float = 0.0
     stall_s_max: float = 0.0
+    deferred_budget: int = 0  # due by the cadence, not yet by the overhead budget
+    min_gap_s: float = 0.0  # the write tier's spacing the budget asks for after the last write (0: none)
+    write_cpu_s_total: float = 0.0  # CPU seconds of the writes on DCP's thread
     errors: list[str] = field(default_factory=list)
 
 
@@ -138,6 +151,7 @@ class TieredCheckpointer:
         clock: Callable[[], float] = time.monotonic,
         on_commit: Callable[[Manifest, str], None] | None = None,
         when_busy: str = "skip",
+        overhead_budget: float = 0.0,
     ) -> None:
         if not tiers or len(tiers) != len(policies):
             raise TierlakeError(
@@ -154,6 +168,13 @@ class TieredCheckpointer:
         if when_busy not in WHEN_BUSY:
             raise TierlakeError(f"when_busy = {when_busy!r} is invalid. Fix: use one of {WHEN_BUSY}")
         self.when_busy = when_busy
+        if not 0 <= overhead_budget <= MAX_BUDGET:
+            raise TierlakeError(
+                f"overhead_budget = {overhead_budget} is invalid. Fix: a share of the step time in [0, {MAX_BUDGET}] "
+                "such as 0.05, or 0 for the cadence alone"
+            )
+        self.overhead_budget = overhead_budget if when_busy == "skip" else 0.0
+        self._gap_from: float | None = None  # when the last write started (the clock's reading)
         self.stats = CheckpointStats()
         self.failed: set[int] = set()
         self._last: list[LastSave | None] = [None] * len(tiers)
@@ -190,6 +211,9 @@ class TieredCheckpointer:
         index = self.write_tier
         now = self.clock()
         if not is_due(self.policies[index], step, now, self._last[index]):
+            return False
+        if self.overhead_budget and self._gap_from is not None and now - self._gap_from < self.stats.min_gap_s:
+            self.stats.deferred_budget += 1
             return False
         with self._lock:
             busy = not self._handled.is_set()
@@ -237,6 +261,7 @@ class TieredCheckpointer:
         started = time.perf_counter()
         future = async_save(state_dict, storage_writer=writer, async_stager=self._snapshot)
         stall = time.perf_counter() - started
+        self._gap_from = now
         self.stats.stall_s_total += stall
         self.stats.stall_s_max = max(self.stats.stall_s_max, stall)
         if not isinstance(future, Future):  # AsyncSaveResponse (a staging future and an upload future)
@@ -245,15 +270,32 @@ class TieredCheckpointer:
             self._writing, self._writing_step = future, (step, index)
             handled = self._handled = threading.Event()
         needed = state_bytes(state_dict)
-        future.add_done_callback(lambda done: self._handle(done, index, step, needed, writer=writer, handled=handled))
+        future.add_done_callback(
+            lambda done: self._handle(done, index, step, needed, writer=writer, handled=handled, stall=stall)
+        )
 
     def _handle(
-        self, future: Future[Any], index: int, step: int, needed: int, *, writer: TierWriter, handled: threading.Event
+        self,
+        future: Future[Any],
+        index: int,
+        step: int,
+        needed: int,
+        *,
+        writer: TierWriter,
+        handled: threading.Event,
+        stall: float,
     ) -> None:
         try:
+            self._budget(stall, writer.cpu_s)
             self._written(future, index, step, needed, writer)
         finally:
             handled.set()
+
+    def _budget(self, stall: float, cpu_s: float) -> None:
+        """The write tier's spacing after a write that cost ``stall`` on the train thread and ``cpu_s`` in DCP's."""
+        self.stats.write_cpu_s_total += cpu_s
+        if self.overhead_budget:
+            self.stats.min_gap_s = min_gap(stall, cpu_s, self.overhead_budget, os.cpu_count() or 1)
 
     def _written(self, future: Future[Any], index: int, step: int, needed: int, writer: TierWriter) -> None:
         tier = self.tiers[index]
@@ -374,6 +416,12 @@ def state_bytes(state: object) -> int:
     if isinstance(state, list | tuple):
         return sum(state_bytes(value) for value in state)
     return 0
+
+
+def min_gap(stall_s: float, cpu_s: float, budget: float, cores: int) -> float:
+    """Seconds between two checkpoints so that one costing ``stall_s`` on the train thread and ``cpu_s`` in the
+    background (a share ``1 / cores`` of it taken from the trainer) is ``budget`` of the time."""
+    return (stall_s + cpu_s / max(cores, 1)) / budget
 
 
 def _space_note(tier: CheckpointTier, needed: int) -> str:

@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.checkpoint.lineage_dir, http=lineage_http(settings.checkpoint.lineage_url)
         ).committed,
         when_busy=args.when_busy,
+        overhead_budget=settings.checkpoint.overhead_budget,
     )
     first = {"done": False}
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,6 +84,7 @@ class TierWriter(FileSystemWriter):
         self.background = background
         self.manifest: Manifest | None = None
         self.is_coordinator = True  # DCP says otherwise on the other ranks (set_up_storage_writer)
+        self.cpu_s = 0.0  # CPU seconds of this write on DCP's thread (write_data and finish): what it cost
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         super().set_up_storage_writer(is_coordinator, *args, **kwargs)
@@ -97,6 +99,13 @@ class TierWriter(FileSystemWriter):
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         if self.background:  # the checkpointer's writes run on DCP's thread: yield the CPU to the train step
             yield_cpu()
+        started = time.thread_time()
+        try:
+            return self._write_and_upload(plan, planner)
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def _write_and_upload(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         written = super().write_data(plan, planner)
         if self.staging is None or self.is_coordinator:
             return written
@@ -127,6 +136,13 @@ class TierWriter(FileSystemWriter):
         return self.tier
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        started = time.thread_time()
+        try:
+            self._commit(metadata, results)
+        finally:
+            self.cpu_s += time.thread_time() - started
+
+    def _commit(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         if self.fault is not None:
             self.fault("write")
         super().finish(metadata, results)

@@ -3,6 +3,7 @@ protocol of a folder tier, back-pressure and superseded promotions, and restore 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 from pipelines.lake.mirror import committed_checkpoint_keys
 from tierlake.errors import CommitConflict, ConfigError, NotFound, TierlakeError
-from training.checkpointer import TieredCheckpointer
+from training.checkpointer import TieredCheckpointer, min_gap
 from training.example import fault_hook
 from training.manifest import MANIFEST_NAME, CheckpointCorrupt, Manifest, ShardEntry, build_manifest
 from training.policy import LastSave, TierPolicy, is_due, stale_uncommitted, to_remove
@@ -277,3 +278,41 @@ def test_when_busy_wait_saves_every_due_step_after_the_write_before(tmp_path: Pa
     assert checkpointer.stats.skipped_busy == 0
     with pytest.raises(TierlakeError, match="when_busy = 'later' is invalid"):
         TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1)], when_busy="later")
+
+
+def test_the_overhead_budget_spaces_the_write_tier_by_the_measured_cost_of_the_last_checkpoint(tmp_path: Path) -> None:
+    tiers = _tiers(tmp_path)[:1]
+    now = [0.0]
+    budget = 0.05
+    checkpointer = TieredCheckpointer(
+        "r", tiers, [TierPolicy(every_steps=1)], clock=lambda: now[0], overhead_budget=budget
+    )
+    model, optimizer = _model_state(1)
+    assert checkpointer.maybe_save(1, _state(model, optimizer))
+    checkpointer.wait_written()
+    stats = checkpointer.stats
+    assert stats.write_cpu_s_total > 0  # DCP's thread did the write: its CPU is counted
+    assert stats.min_gap_s == min_gap(stats.stall_s_total, stats.write_cpu_s_total, budget, os.cpu_count() or 1)
+    assert stats.min_gap_s > 0
+    now[0] = stats.min_gap_s * 0.99  # due by the cadence (every step), not yet by the budget
+    assert not checkpointer.maybe_save(2, _state(model, optimizer))
+    assert stats.deferred_budget == 1
+    now[0] = stats.min_gap_s
+    assert checkpointer.maybe_save(3, _state(model, optimizer))
+    checkpointer.close()
+    assert tiers[0].steps("r") == [1, 3]
+    assert min_gap(0.03, 0.4, 0.05, 2) == pytest.approx(4.6)  # a 252 MB state on 2 cores: about 5 s apart
+    with pytest.raises(TierlakeError, match=r"overhead_budget = 0.9 is invalid"):
+        TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1)], overhead_budget=0.9)
+
+
+def test_with_when_busy_wait_no_budget_applies(tmp_path: Path) -> None:
+    tiers = _tiers(tmp_path)[:1]
+    checkpointer = TieredCheckpointer(
+        "r", tiers, [TierPolicy(every_steps=1)], clock=lambda: 0.0, when_busy="wait", overhead_budget=0.05
+    )
+    model, optimizer = _model_state(1)
+    assert checkpointer.maybe_save(1, _state(model, optimizer))
+    assert checkpointer.maybe_save(2, _state(model, optimizer))  # no time passed: saved anyway
+    checkpointer.close()
+    assert tiers[0].steps("r") == [1, 2]

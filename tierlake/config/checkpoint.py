@@ -2,6 +2,8 @@
 
 The cadence follows the seed (500 ms to the node's SSD, 15 s to the edge NVMe, 5 min to Ceph); a tier is due when
 ``every_steps`` steps or ``interval_s`` seconds have passed since its last checkpoint (0 turns a rule off).
+``overhead_budget`` spaces the nearest tier's checkpoints further when they cost more than that share of the
+trainer's time (``training.checkpointer``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class CheckpointSettings:
     lineage_dir: Path
     cadence: tuple[CheckpointCadence, ...]
     lineage_url: str = ""  # an OpenLineage HTTP endpoint's base URL (Marquez: http://host:5000); empty: files only
+    overhead_budget: float = 0.0  # share of the trainer's time checkpoints may cost (measured); 0: cadence alone
 
 
 def _cadence(values: Values, tier: str) -> CheckpointCadence:
@@ -74,4 +77,10 @@ def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSet
         lineage_dir=(root / lineage) if lineage else run_dir / "lineage",
         cadence=tuple(_cadence(values, tier) for tier in CHECKPOINT_TIERS),
         lineage_url=url.rstrip("/"),
+        overhead_budget=values.number(
+            "checkpoint.overhead_budget",
+            fix="a share of the train step's time such as 0.05 (5%), or 0 for the cadence alone",
+            minimum=0,
+            maximum=0.5,
+        ),
     )
