@@ -9,15 +9,16 @@ the CPU (hidden 2048, 6 layers: 21 M parameters x 12 bytes). Paths, all on the s
 - ``sync_dcp_rgw_s``: ``dcp.save`` to a local folder, then every file uploaded to RGW with boto3 (blocking): the
   synchronous DCP save to RGW a user would write without tierlake;
 - ``restore_<tier>_s``: ``load_latest`` from that tier alone (local, edge, rgw; RGW downloads and checks CRC-32C);
-- ``steps_per_s_without`` / ``steps_per_s_with``: the trainer reading its Delta table without checkpoints and with
-  the default cadence of ``conf/`` (500 ms / 15 s / 5 min), in alternating windows of the same number of steps
-  (without, with, with, without, ...: both sides see the same drift of a shared machine's load). At the 500 ms
-  cadence the background writer is busy from a window's first step to its last (a save comes due as soon as the
-  last one is written), as in a long run; after a window with checkpoints, its last write and any promotion are
-  drained before the next window, outside the timed windows (``drain_s``: their total), so no background work
-  spills into a window without. Before them, one window takes the first checkpoint, which is due on every tier
-  at once (a tier that never took one is due at once): ``steps_per_s_first_save`` is that window (it holds a
-  whole-state upload to RGW, which the cadence does once in 5 minutes), not part of the ratio;
+- ``steps_per_s_without`` / ``steps_per_s_with``: the trainer reading its Delta table without checkpoints and with the
+  default cadence of ``conf/`` (500 ms / 15 s / 5 min) and its ``checkpoint.overhead_budget`` (the nearest tier's
+  saves spaced by their measured cost: ``deferred_budget``, ``min_gap_s``), in alternating windows of the same number
+  of steps (without, with, with, without, ...: both sides see the same drift of a shared machine's load). At the 500
+  ms cadence without a budget the background writer is busy from a window's first step to its last (a save comes due
+  as soon as the last one is written), as in a long run; after a window with checkpoints, its last write and any
+  promotion are drained before the next window, outside the timed windows (``drain_s``: their total), so no background
+  work spills into a window without. Before them, one window takes the first checkpoint, which is due on every tier at
+  once (a tier that never took one is due at once): ``steps_per_s_first_save`` is that window (it holds a whole-state
+  upload to RGW, which the cadence does once in 5 minutes), not part of the ratio;
 - ``seconds_per_checkpoint`` (how often one landed: back-pressure skips the saves due while one is written, so a
   slow or starved writer checkpoints less often, which raises the ratio) and ``step_seconds_lost_per_checkpoint``
   (seconds the windows with checkpoints took beyond those without, per checkpoint): read the ratio with them;
