@@ -19,7 +19,7 @@ from openlineage.client.serde import Serde
 
 from pipelines.ingest.silver import commit_metadata
 from tierlake.errors import SchemaMismatch
-from training.lineage import checkpoint_event
+from training.lineage import checkpoint_event, trace
 from training.lineage_archive import archived_files, snapshot_paths
 from training.lineage_records import (
     archive_rows,
@@ -295,3 +295,6 @@ def test_a_vacuum_is_one_row_per_deleted_file_synced_once_and_traced_to_the_vers
     assert derived.source == FROM_HISTORY
     assert [v.files for v in derived.vacuumed] == [sorted(snapshot_paths(uri, 1, {}))]
     assert trace_version(uri, 1, store=None, options={}).vacuumed == []
+    read = Manifest(run="r", step=4, created_unix=1.7e9, shards=(), tables={uri: 2})  # a checkpoint that read v2
+    (table,) = trace(read, {}, vacuums=rows)
+    assert [(v.version, v.files) for v in table.vacuumed] == [(3, sorted(snapshot_paths(uri, 2, {})))]
