@@ -296,5 +296,5 @@ def test_a_vacuum_is_one_row_per_deleted_file_synced_once_and_traced_to_the_vers
     assert [v.files for v in derived.vacuumed] == [sorted(snapshot_paths(uri, 1, {}))]
     assert trace_version(uri, 1, store=None, options={}).vacuumed == []
     read = Manifest(run="r", step=4, created_unix=1.7e9, shards=(), tables={uri: 2})  # a checkpoint that read v2
-    (table,) = trace(read, {}, vacuums=rows)
-    assert [(v.version, v.files) for v in table.vacuumed] == [(3, sorted(snapshot_paths(uri, 2, {})))]
+    (read_trace,) = trace(read, {}, vacuums=rows)
+    assert [(v.version, v.files) for v in read_trace.vacuumed] == [(3, sorted(snapshot_paths(uri, 2, {})))]
