@@ -99,6 +99,7 @@ def test_lineage_trace_gives_table_versions_and_kafka_offsets(
             "ingest_commits": 2,
             "offsets": {"corpus.docs": {"0": [0, 249], "1": [7, 120], "2": [0, 40]}},
             "archived": [],  # not archived (tests/integration/test_lineage.py traces archived files)
+            "vacuumed": [],  # a local table: no VACUUM record (tests/unit/test_lineage_records.py has one)
         }
     ]
     events = [json.loads(line) for line in (root / "lineage" / "checkpoints.jsonl").read_text().splitlines()]
