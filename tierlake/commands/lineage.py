@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 CHECKPOINT_EVENTS = "checkpoints.jsonl"
 LAKE_EVENTS = "lake.jsonl"
+VACUUM_COLUMNS = ["kind", "run_id", "event_time", "table_uri", "version", "file_path"]  # what a trace reads of them
 
 
 def _target(text: str) -> tuple[str, int | None]:
@@ -64,13 +65,27 @@ def _vacuum_log(settings: Settings) -> VacuumLog:
     return VacuumLog(s3_client(settings.s3), settings.s3.lake_bucket)
 
 
-def _lake_vacuums(settings: Settings, uris: list[str]) -> list[dict[str, Any]]:
-    """The VACUUM records of the lake tables among ``uris`` (none for a table outside the lake bucket)."""
+def _lake_vacuums(settings: Settings, uris: list[str], held: set[str]) -> list[dict[str, Any]]:
+    """The VACUUM records of the lake tables among ``uris`` (none for a table outside the lake bucket), but those
+    whose run id is in ``held`` (the lineage table has them)."""
     from training.lineage_vacuum import table_path  # noqa: PLC0415
 
     prefix = f"s3://{settings.s3.lake_bucket}/"
     log = _vacuum_log(settings)
-    return [e for uri in uris if uri.startswith(prefix) for e in log.events(table=table_path(uri, log.bucket))]
+    return [
+        event for uri in uris if uri.startswith(prefix) for event in log.events(held, table=table_path(uri, log.bucket))
+    ]
+
+
+def _held_vacuums(store: Any, uris: list[str]) -> list[dict[str, Any]]:
+    """The lineage table's VACUUM rows of ``uris`` (none when there is no lineage table yet)."""
+    if not store.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    for uri in uris:
+        found = store.read(columns=VACUUM_COLUMNS, table_uri=uri).to_pylist()
+        rows += [r for r in found if r["kind"] == "vacuum"]
+    return rows
 
 
 def _vacuum_lines(vacuumed: list[Vacuumed], indent: str) -> list[str]:
@@ -105,7 +120,8 @@ def _trace_checkpoint(args: argparse.Namespace, settings: Settings, run: str, st
     tier, manifest = find_manifest(checkpoint_tiers(settings), run, step)
     options = delta_storage_options(settings.s3)
     tape = catalog_rows(settings.archive.catalog_uri, options)
-    vacuums = vacuum_rows(_lake_vacuums(settings, sorted(manifest.tables)))
+    held = _held_vacuums(_store(args, settings), sorted(manifest.tables))
+    vacuums = held + vacuum_rows(_lake_vacuums(settings, sorted(manifest.tables), {r["run_id"] for r in held}))
     tables = trace(manifest, options, catalog=tape, lake_bucket=settings.s3.lake_bucket, vacuums=vacuums)
     where = tier.where(run, manifest.step)
     if args.json:
@@ -161,15 +177,16 @@ def _trace_table(args: argparse.Namespace, settings: Settings, uri: str, version
     from training.lineage_trace import as_json, latest_version, trace_version  # noqa: PLC0415
 
     options = delta_storage_options(settings.s3)
+    store = _store(args, settings)
     found = trace_version(
         uri,
         latest_version(uri, options) if version is None else version,
-        store=_store(args, settings),
+        store=store,
         options=options,
         catalog=catalog_rows(settings.archive.catalog_uri, options),
         checkpoint_events=read_events(settings.checkpoint.lineage_dir / CHECKPOINT_EVENTS),
         lake_bucket=settings.s3.lake_bucket,
-        vacuum_events=_lake_vacuums(settings, [uri]),
+        vacuum_events=_lake_vacuums(settings, [uri], {r["run_id"] for r in _held_vacuums(store, [uri])}),
     )
     sys.stdout.write((as_json(found) if args.json else "\n".join(_version_lines(found))) + "\n")
     return ExitCode.OK
