@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from loaders.batches import RowGroupStore, StoreStats, assemble, row_group_keys
@@ -42,14 +43,15 @@ Batch = dict[str, torch.Tensor]
 
 @dataclass(frozen=True, kw_only=True)
 class LoaderOptions:
-    """``batch_size`` per rank; ``num_workers`` threads; ``prefetch_batches`` in flight (the readahead bound);
+    """``batch_size`` per rank; ``num_workers`` threads; ``prefetch_batches`` in flight (the readahead bound; the
+    workers gather them in groups of ``prefetch_batches // num_workers``, one copy per row group for a group);
     ``tail`` the drop/pad rule; ``max_cached_row_groups`` decoded row groups held (default: two shuffle windows
     plus one per worker). ``num_workers=0`` builds every batch in the calling thread, as torch's DataLoader does
     in the main process (no threads, no read-ahead)."""
 
     batch_size: int
     num_workers: int = 2
-    prefetch_batches: int = 4
+    prefetch_batches: int = 16
     tail: TailRule = TailRule.DROP
     max_cached_row_groups: int | None = None
 
@@ -98,7 +100,7 @@ class DeltaLoader:
         *,
         batch_size: int,
         num_workers: int = 2,
-        prefetch_batches: int = 4,
+        prefetch_batches: int = 16,
         tail: TailRule | str = TailRule.DROP,
         max_cached_row_groups: int | None = None,
         rank: int | None = None,
@@ -200,24 +202,39 @@ class DeltaLoader:
             return self.options.max_cached_row_groups
         return 2 * self.dataset.window_row_groups + self.options.num_workers + 1
 
-    def _build(
-        self, store: RowGroupStore, schedule: ReadSchedule, epoch: int, plan: RankSlice, batch: int
+    def _group_size(self) -> int:
+        """Consecutive batches one worker gathers together: the in-flight budget split over the workers."""
+        workers = self.options.num_workers
+        return max(1, self.options.prefetch_batches // workers) if workers else 1
+
+    def _build(  # noqa: PLR0917 - submitted to the worker pool positionally
+        self, store: RowGroupStore, schedule: ReadSchedule, epoch: int, plan: RankSlice, first: int, count: int
     ) -> dict[str, Any]:
-        """On a worker thread (or the caller's, with no workers): locate the batch, read its row groups, gather."""
-        places = schedule.places(batch)  # located with its chunk ahead of time: not located twice
-        sources, rgs, offsets = places if places is not None else self.dataset.locate(epoch, plan.positions(batch))
+        """On a worker thread (or the caller's, with no workers): batches ``first .. first + count - 1`` gathered
+        into one array per column (``count * batch_size`` rows; the caller hands out slices). One copy per row
+        group and column for the whole group: the per-batch numpy and locking costs are paid once per group."""
+        placed = []
+        for batch in range(first, first + count):
+            places = schedule.places(batch)  # located with its chunk ahead of time: not located twice
+            placed.append(places if places is not None else self.dataset.locate(epoch, plan.positions(batch)))
+        if count == 1:
+            sources, rgs, offsets = placed[0]
+        else:
+            sources, rgs, offsets = (np.concatenate(parts) for parts in zip(*placed, strict=True))
         keys = row_group_keys(sources, rgs)
         store.prefetch(keys)
         try:
             return assemble(store, sources, rgs, offsets)
         finally:
-            schedule.finish(batch, keys)
+            for batch in range(first, first + count):
+                schedule.finish(batch, keys)
 
     def _produce(self, epoch: int, plan: RankSlice) -> Generator[dict[str, Any], None, None]:
         """This rank's batches of ``plan`` as numpy arrays, in batch order (threads; subclasses may differ).
 
         The schedule reads ahead the row groups of the coming batches in the order they are needed, as far as the
-        row-group budget allows, so each is read once per epoch (:mod:`loaders.schedule`).
+        row-group budget allows, so each is read once per epoch (:mod:`loaders.schedule`). Workers gather groups of
+        ``prefetch_batches // num_workers`` consecutive batches; a batch is a slice of its group's arrays.
         """
         workers = self.options.num_workers
         schedule = ReadSchedule(self.dataset, epoch, plan, keys=self._capacity())
@@ -230,32 +247,49 @@ class DeltaLoader:
             try:
                 for batch in range(plan.batches):
                     schedule.take(batch)
-                    yield self._build(store, schedule, epoch, plan, batch)
+                    yield self._build(store, schedule, epoch, plan, batch, 1)
             finally:
                 store.close()
             return
+        group = self._group_size()
+        # A group pins the row groups of all its batches until it is gathered: it stays within the budget's share
+        # of one worker, or within what its first batch alone needs.
+        capacity = self._capacity()
+        row_groups = max(1, capacity // workers)
         pool = ThreadPoolExecutor(workers, thread_name_prefix=f"tierlake-loader-r{self.rank}")
-        pending: deque[Future[dict[str, Any]]] = deque()
-        submitted = 0
+        pending: deque[tuple[int, Future[dict[str, Any]]]] = deque()
+        in_flight = submitted = 0
         first = True
         try:
             while pending or submitted < plan.batches:
-                while submitted < plan.batches and len(pending) < self.options.prefetch_batches:
-                    schedule.take(submitted)
-                    pending.append(pool.submit(self._build, store, schedule, epoch, plan, submitted))
-                    submitted += 1
+                while submitted < plan.batches and in_flight < self.options.prefetch_batches:
+                    most = min(group, plan.batches - submitted, self.options.prefetch_batches - in_flight)
+                    # The first group needs no row group beyond the first batch's: batch 0 waits for no other.
+                    count = schedule.group_end(submitted, most, row_groups if submitted else 0) - submitted
+                    if pending and schedule.pinned_with(submitted + count) > capacity:
+                        break  # the row groups of the batches in flight would exceed the budget: wait for one
+                    for batch in range(submitted, submitted + count):
+                        schedule.take(batch)
+                    future = pool.submit(self._build, store, schedule, epoch, plan, submitted, count)
+                    pending.append((count, future))
+                    submitted += count
+                    in_flight += count
                 # Read-ahead beyond the batches in flight starts once the first batch is out: before, its reads
                 # took the cores that the first batch's own row groups need (in storage order the first batch
                 # needs one row group, and waited for every row group the store had room for).
                 if not first:
                     store.prefetch(schedule.upcoming())
-                arrays = pending.popleft().result()
+                count, future = pending.popleft()
+                arrays = future.result()
+                in_flight -= count
                 if first:
                     first = False
                     store.prefetch(schedule.upcoming())
-                yield arrays
+                size = self.options.batch_size
+                for k in range(count):
+                    yield {name: array[k * size : (k + 1) * size] for name, array in arrays.items()}
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             store.close()

@@ -40,21 +40,32 @@ class ReadSchedule:
         # Where each located batch's units are (sources, row groups, offsets; one row per batch), per chunk of
         # _CHUNK batches, with the batches not yet asked for: a worker takes them instead of locating again.
         self._places: dict[int, tuple[IntArray, IntArray, IntArray, int]] = {}
+        self._batch_keys: dict[int, list[Key]] = {}  # the row groups of each located, unfinished batch
 
     def take(self, batch: int) -> None:
         """``batch`` is handed to a worker: locate far enough ahead of it."""
         with self._lock:
             self._submitted = max(self._submitted, batch + 1)
-            while self._located < min(self._submitted, self._plan.batches):
+            self._locate_ahead()
+
+    def pinned_with(self, end: int) -> int:
+        """How many row groups the store must keep if the batches before ``end`` are in flight (located ones)."""
+        with self._lock:
+            while self._located < min(end, self._plan.batches):
                 self._locate_chunk()
-            # The horizon grows by at most two chunks per batch taken (faster than batches are taken), so the
-            # first batch does not wait for the whole horizon to be located.
-            for _ in range(2):
-                if self._located >= min(self._plan.batches, self._submitted + self._max_ahead):
-                    break
-                if len(self._uses) >= self._key_limit:
-                    break
-                self._locate_chunk()
+            return sum(1 for uses in self._uses.values() if uses and uses[0] < end)
+
+    def _locate_ahead(self) -> None:
+        while self._located < min(self._submitted, self._plan.batches):
+            self._locate_chunk()
+        # The horizon grows by at most two chunks per batch taken (faster than batches are taken), so the
+        # first batch does not wait for the whole horizon to be located.
+        for _ in range(2):
+            if self._located >= min(self._plan.batches, self._submitted + self._max_ahead):
+                break
+            if len(self._uses) >= self._key_limit:
+                break
+            self._locate_chunk()
 
     def _locate_chunk(self) -> None:
         first = self._located
@@ -78,6 +89,7 @@ class ReadSchedule:
         source_of, rg_of = np.divmod(rest, rg_span)
         for batch, source, rg in zip((batch_of + first).tolist(), source_of.tolist(), rg_of.tolist(), strict=True):
             self._uses.setdefault((source, rg), deque()).append(batch)
+            self._batch_keys.setdefault(batch, []).append((source, rg))
         self._located = last
 
     def places(self, batch: int) -> tuple[IntArray, IntArray, IntArray] | None:
@@ -96,9 +108,27 @@ class ReadSchedule:
             row = batch - first
             return sources[row], rgs[row], offsets[row]
 
+    def group_end(self, first: int, most: int, row_groups: int) -> int:
+        """The end of a group of consecutive batches from ``first`` (at most ``most``) that one worker gathers at
+        once: it grows while the group needs at most ``row_groups`` row groups, or no more than ``first`` alone.
+        The batches considered are located first."""
+        with self._lock:
+            while self._located < min(first + most, self._plan.batches):
+                self._locate_chunk()
+            union = set(self._batch_keys.get(first, ()))
+            limit = max(row_groups, len(union))
+            end = first + 1
+            while end < first + most and end in self._batch_keys:
+                union.update(self._batch_keys[end])
+                if len(union) > limit:
+                    break
+                end += 1
+            return end
+
     def finish(self, batch: int, keys: list[Key]) -> None:
         """``batch`` has been gathered: it no longer needs ``keys``."""
         with self._lock:
+            self._batch_keys.pop(batch, None)
             for key in keys:
                 uses = self._uses.get(key)
                 if uses is None:

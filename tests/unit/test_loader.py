@@ -244,6 +244,37 @@ def test_plain_dataloader_with_worker_processes_yields_the_same_batches(table: P
     assert len(iterable) == len(processes) // 9
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batches_are_gathered_in_groups_and_the_first_group_needs_only_the_first_batch_row_groups(
+    table: Path, monkeypatch: pytest.MonkeyPatch, shuffle: bool
+) -> None:
+    """Workers gather groups of consecutive batches (one copy per row group for the group); the first group
+    holds only batches whose row groups batch 0 needs too, so batch 0 waits for no other row group."""
+    dataset = delta_dataset(table, order=OrderOptions(seed=3, shuffle=shuffle, window=2))
+    loader = DeltaLoader(dataset, batch_size=8, num_workers=2)  # groups of up to 16 // 2 batches
+    calls: list[tuple[int, int]] = []
+    build = DeltaLoader._build
+
+    def recorded(self: DeltaLoader, *args: Any) -> Any:  # args: store, schedule, epoch, plan, first, count
+        calls.append((args[-2], args[-1]))
+        return build(self, *args)
+
+    monkeypatch.setattr(DeltaLoader, "_build", recorded)
+    grouped = global_order(ids_by_rank([loader]))
+    monkeypatch.undo()
+    assert grouped == global_order(ids_by_rank([DeltaLoader(dataset, batch_size=8, num_workers=0)]))
+    assert max(count for _, count in calls) > 1
+    assert sorted(calls)[0][0] == 0
+
+    def keys(batches: range) -> set[tuple[int, int]]:
+        positions = np.concatenate([np.arange(b * 8, b * 8 + 8) for b in batches])
+        sources, rgs, _ = dataset.locate(0, positions)
+        return set(zip(sources.tolist(), rgs.tolist(), strict=True))
+
+    first_count = sorted(calls)[0][1]
+    assert keys(range(first_count)) == keys(range(1))
+
+
 @pytest.mark.parametrize(("shuffle", "window"), [(False, 4), (True, 1)])
 def test_read_ahead_waits_for_the_first_batch_which_reads_only_its_own_row_groups(
     table: Path, monkeypatch: pytest.MonkeyPatch, shuffle: bool, window: int
@@ -259,10 +290,10 @@ def test_read_ahead_waits_for_the_first_batch_which_reads_only_its_own_row_group
     held: list[set[tuple[int, int]]] = []
     build = DeltaLoader._build
 
-    def recorded(self: DeltaLoader, store: Any, *args: Any) -> Any:  # args: schedule, epoch, plan, batch
+    def recorded(self: DeltaLoader, store: Any, *args: Any) -> Any:  # args: schedule, epoch, plan, first, count
         arrays = build(self, store, *args)
-        batch = args[-1]
-        if batch == 0:
+        first = args[-2]
+        if first == 0:
             held.append(set(store._entries))  # every row group read or being read when batch 0 is gathered
         return arrays
 
