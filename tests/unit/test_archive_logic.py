@@ -164,6 +164,21 @@ def test_archive_config_section_is_validated() -> None:
     assert loaded.archive.tables["silver/ev"].cold_after_days == 9
 
 
+def test_audit_events_stay_chained_when_another_writer_comes_between(tmp_path: Path) -> None:
+    """A catalog object chains its next event to its own last one only while the log is where it left it: an
+    event of another writer (another process's catalog object) in between is read and chained to."""
+    ours = Catalog(str(tmp_path / "catalog"), str(tmp_path / "audit"))
+    other = Catalog(str(tmp_path / "catalog"), str(tmp_path / "audit"))
+    ours.record("recall", target="A00001")
+    ours.record("recalled", target="A00001")  # chained to our own last event, the log not read
+    other.record("restore", target="B00001")
+    ours.record("recall", target="A00002")  # the log moved on: chained to the other writer's event
+    events = ours.audit().sort_by("at").to_pylist()
+    assert [e["action"] for e in events] == ["recall", "recalled", "restore", "recall"]
+    assert [e["prev_hash"] for e in events[1:]] == [e["hash"] for e in events[:-1]]
+    assert ours.audit_chain_ok()
+
+
 def test_catalog_sql_reads_only_the_catalog_and_audit(tmp_path: Path) -> None:
     catalog = Catalog(str(tmp_path / "catalog"), str(tmp_path / "audit"))
     row: dict[str, object] = {f.name: None for f in CATALOG_SCHEMA}

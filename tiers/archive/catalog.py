@@ -92,16 +92,22 @@ class Catalog:
         self.catalog_uri = catalog_uri
         self.audit_uri = audit_uri
         self._options = delta_storage_options(s3) if s3 is not None and "://" in catalog_uri + audit_uri else {}
+        self._existing: set[str] = set()  # tables seen to exist: not checked again
+        self._audit_tail: tuple[int, str] | None = None  # (audit version, hash) after this object's last event
 
     def _table(self, uri: str, schema: pa.Schema) -> Any:
         from deltalake import DeltaTable, write_deltalake  # noqa: PLC0415 - native library
 
+        if uri in self._existing:
+            return DeltaTable(uri, storage_options=self._options)
         if not DeltaTable.is_deltatable(uri, storage_options=self._options):
             try:
                 write_deltalake(uri, schema.empty_table(), mode="append", storage_options=self._options)
             except Exception as exc:  # delta-rs raises its own exception types for I/O
                 raise StorageError(f"creating the Delta table {uri} failed: {exc}") from exc
-        return DeltaTable(uri, storage_options=self._options)
+        table = DeltaTable(uri, storage_options=self._options)
+        self._existing.add(uri)
+        return table
 
     def rows(self) -> pa.Table:
         table: pa.Table = self._table(self.catalog_uri, CATALOG_SCHEMA).to_pyarrow_table()
@@ -146,14 +152,21 @@ class Catalog:
         return int(metrics.get("num_updated_rows", 0))
 
     def record(self, action: str, *, table: str = "", target: str = "", **detail: Any) -> None:
-        """Append one audit event, chained to the previous one by hash."""
+        """Append one audit event, chained to the previous one by hash. The previous hash is this object's last
+        event's when the log is still at the version that event made (a recall's second event; nobody wrote in
+        between), else it is read from the log."""
         from deltalake import write_deltalake  # noqa: PLC0415
 
-        audit = self._table(self.audit_uri, AUDIT_SCHEMA).to_pyarrow_table(columns=["at", "hash"])
-        prev = ""
-        if audit.num_rows:
-            last = audit.sort_by([("at", "descending")]).slice(0, 1).to_pylist()[0]
-            prev = str(last["hash"])
+        log = self._table(self.audit_uri, AUDIT_SCHEMA)
+        version = int(log.version())
+        if self._audit_tail is not None and self._audit_tail[0] == version:
+            prev = self._audit_tail[1]
+        else:
+            audit = log.to_pyarrow_table(columns=["at", "hash"])
+            prev = ""
+            if audit.num_rows:
+                last = audit.sort_by([("at", "descending")]).slice(0, 1).to_pylist()[0]
+                prev = str(last["hash"])
         at = datetime.now(UTC)
         body = json.dumps(detail, sort_keys=True, default=str)
         who = actor()
@@ -162,12 +175,15 @@ class Catalog:
         ).hexdigest()
         event = {"at": at, "actor": who, "action": action, "table": table, "target": target, "detail": body}
         event |= {"prev_hash": prev, "hash": digest}
+        self._audit_tail = None
         write_deltalake(
             self.audit_uri,
             pa.Table.from_pylist([event], schema=AUDIT_SCHEMA),
             mode="append",
             storage_options=self._options,
         )
+        # If another writer's commit came first, ours is later than version + 1 and the next event reads the log.
+        self._audit_tail = (version + 1, digest)
 
     def audit_chain_ok(self) -> bool:
         events = self.audit().sort_by("at").to_pylist()
