@@ -26,6 +26,7 @@ from tests.unit.recall_children import BUCKET, FILES, TABLE, recall_in_child
 from tierlake.config import load_settings
 from tierlake.errors import ConfigError, NotFound, TapeError
 from tiers.archive import archiver, recall_io
+from tiers.archive import recall as recall_module
 from tiers.archive.aggregate import Member
 from tiers.archive.catalog import Catalog, quote
 from tiers.archive.context import ArchiveContext
@@ -187,6 +188,58 @@ def test_a_recall_to_the_cache_mounts_each_cartridge_once_and_audits_who_and_why
     again = recall(context, catalog, plan, to="cache", progress=False)  # another reader, later: nothing re-read
     assert again.recalled == []
     assert len(again.already) == len(FILES)
+
+
+def test_nothing_is_published_before_the_recall_event_is_in_the_audit_log(
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``recall`` event is written beside the first reads; a file is published only once it is written.
+    Here the event's write waits until the first file was read and verified, the moment it would be published."""
+    context, catalog, rows = archived
+    first_verified = threading.Event()
+    written: list[str] = []
+    seen_at_publish: list[list[str]] = []
+    record = Catalog.record
+
+    def slow_record(self: Catalog, action: str, **kwargs: Any) -> None:
+        if action == "recall":
+            first_verified.wait()
+        record(self, action, **kwargs)
+        written.append(action)
+
+    def step(name: str, _path: str) -> None:
+        if name == "verified":
+            first_verified.set()
+
+    monkeypatch.setattr(Catalog, "record", slow_record)
+    report = recall(
+        context,
+        catalog,
+        _plan(rows),
+        to="cache",
+        progress=False,
+        step=step,
+        published=lambda _item, _where: seen_at_publish.append(list(written)),
+    )
+    assert len(report.recalled) == len(FILES)
+    assert seen_at_publish
+    assert all("recall" in seen for seen in seen_at_publish)
+    assert written == ["recall", "recalled"]
+
+
+def test_a_small_catalog_read_in_memory_gives_the_rows_duckdb_gives(
+    archived: tuple[ArchiveContext, Catalog, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan reads a small local catalog with pyarrow (files rewritten by ``update`` hold string_view) and a
+    large one through DuckDB: the same rows, in the same order, for a folder, the bucket, and a folder not there."""
+    _, catalog, _ = archived
+    for prefix in (TABLE, "", "no/such/folder"):
+        small = recall_module.catalog_rows_under(catalog, BUCKET, prefix)
+        monkeypatch.setattr(recall_module, "SMALL_CATALOG_BYTES", 0)
+        large = recall_module.catalog_rows_under(catalog, BUCKET, prefix)
+        monkeypatch.undo()
+        assert small == large
+        assert len(small) == (0 if prefix.startswith("no/") else 2 * len(FILES))
 
 
 def test_a_corrupted_copy_is_never_published_and_the_other_site_copy_is_used(
