@@ -165,10 +165,10 @@ def batch_phases(spark: Any) -> dict[str, dict[str, float]]:
 
 class BatchBreakdown(logging.Handler):
     """Where tierlake's own ingest batches spend their time, from the line ``pipelines.ingest.silver`` logs per
-    batch: planning (the judge's plan, which reads silver's log), rules and history (the one job that judges and
-    counts the batch) and the tables' appends with their commits."""
+    batch: planning (the judge's plan, which reads silver's log), silver's append (the job that judges the batch,
+    and its commit) beside bronze's, then the counts and the other tables' appends."""
 
-    PARTS = ("plan_s", "judge_s", "writes_s")
+    PARTS = ("plan_s", "silver_s", "rest_s")
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)

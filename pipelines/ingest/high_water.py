@@ -133,6 +133,10 @@ class HighWater:
             highs += self._read(mixed, below=batch_id).values() if mixed else []
         return max(highs) if highs else None
 
+    def warm(self) -> None:
+        """Read silver's log now (a query's start) rather than in its first batch."""
+        self._load()
+
     def record(self, batch_id: int, high: datetime | None) -> None:
         """Note the highest event time that batch ``batch_id`` committed to silver."""
         if high is not None:

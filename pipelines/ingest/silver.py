@@ -14,8 +14,8 @@ Cost per batch stays flat as silver grows: the high-water mark comes from :class
 event time, from its Delta log's file statistics when the query starts, then kept as batches commit: no data file
 is opened, so purged days are not needed), and the duplicate check reads only silver files whose event times reach
 within two watermarks of that mark (Delta skips the rest by their statistics). A batch is a handful of Spark jobs:
-the rules and history in one pass (counts per outcome), then the appends of the tables that get rows, at the same
-time.
+silver's append, which judges the batch and caches it (bronze's beside it), then the counts per outcome over the
+cache, then the appends of the other tables that get rows (:func:`process_batch`).
 Gold is a query of its own that reads silver (``pipelines.ingest.gold``), so a silver batch never waits for gold.
 """
 
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.ingest.high_water import HighWater, from_micros
 from pipelines.ingest.ledger import CommitLedger
+from pipelines.ingest.offsets import Ranges, differences
 from pipelines.session import run_together
 from tierlake import catalog
 from tierlake.config import Settings
@@ -136,39 +137,57 @@ def judge(
     return judged.withColumn("dropped", F.when(duplicate, F.lit("duplicate_event_id")))
 
 
-def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """Split a judged batch into its silver, quarantine and dropped rows (disjoint, together the whole batch)."""
+def silver_rows(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> DataFrame:
+    """The rows of a judged batch that go to silver (no rule broken, not a duplicate)."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    now = F.current_timestamp()
-    source = [F.col(c) for c in SOURCE_COLUMNS]
-    silver = judged.where(F.col("rule").isNull() & F.col("dropped").isNull()).select(
+    return judged.where(F.col("rule").isNull() & F.col("dropped").isNull()).select(
         *(F.col(f"_rec.`{name}`").alias(name) for name in entity.field_names),
         "extra_fields",
-        *source,
-        now.alias("silver_time"),
+        *SOURCE_COLUMNS,
+        F.current_timestamp().alias("silver_time"),
         F.lit(batch_id).alias("_batch_id"),
         F.to_date(F.col(f"_rec.`{entity.event_time}`")).alias(catalog.EVENT_DAY),  # the partition (UTC day)
     )
-    quarantine = judged.where(F.col("rule").isNotNull()).select(
+
+
+def quarantine_rows(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> DataFrame:
+    """The rows of a judged batch that broke a rule, with the rule and the error."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    return judged.where(F.col("rule").isNotNull()).select(
         F.lit(entity.name).alias("entity"),
         "rule",
         "error",
-        *source,
+        *SOURCE_COLUMNS,
         "key",
         "value",
-        now.alias("quarantined_at"),
+        F.current_timestamp().alias("quarantined_at"),
         F.lit(batch_id).alias("_batch_id"),
         F.lit(False).alias("replayed"),
     )
-    dropped = judged.where(F.col("rule").isNull() & F.col("dropped").isNotNull()).select(
+
+
+def dropped_rows(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> DataFrame:
+    """The valid rows of a judged batch that repeat an event id, with the reason."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    return judged.where(F.col("rule").isNull() & F.col("dropped").isNotNull()).select(
         F.col("dropped").alias("reason"),
         F.col(f"_rec.`{entity.event_id}`").alias("event_id"),
-        *source,
-        now.alias("dropped_at"),
+        *SOURCE_COLUMNS,
+        F.current_timestamp().alias("dropped_at"),
         F.lit(batch_id).alias("_batch_id"),
     )
-    return silver, quarantine, dropped
+
+
+def outputs(judged: DataFrame, *, entity: EntitySpec, batch_id: int) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Split a judged batch into its silver, quarantine and dropped rows (disjoint, together the whole batch)."""
+    return (
+        silver_rows(judged, entity=entity, batch_id=batch_id),
+        quarantine_rows(judged, entity=entity, batch_id=batch_id),
+        dropped_rows(judged, entity=entity, batch_id=batch_id),
+    )
 
 
 @dataclass(frozen=True)
@@ -242,25 +261,6 @@ def commit_metadata(entity: str, batch_id: int, offsets: dict[str, dict[int, tup
     return json.dumps({"writer": "tierlake", "query": f"ingest_{entity}", "batch_id": batch_id, "offsets": ranges})
 
 
-def table_writes(
-    frames: tuple[DataFrame, DataFrame, DataFrame],
-    counts: dict[str, int],
-    *,
-    tables: SilverTables,
-    ledger: CommitLedger,
-    batch_id: int,
-) -> list[Callable[[], object]]:
-    """The appends of a batch's silver, quarantine and dropped rows, for the tables that get rows: an empty write
-    would still cost a job and a commit, and skipping it is as deterministic."""
-    uris = (tables.silver, tables.quarantine, tables.dropped)
-    days = (catalog.EVENT_DAY, None, None)  # silver by event day (catalog.day_layout); the others stay small
-    return [
-        partial(ledger.append, frame, uri, batch_id, merge_schema=True, partition_by=day, append_only=name != "silver")
-        for name, frame, uri, day in zip(("silver", "quarantine", "dropped"), frames, uris, days, strict=True)
-        if counts[name]
-    ]
-
-
 def process_batch(
     classified: DataFrame,
     batch_id: int,
@@ -271,60 +271,100 @@ def process_batch(
     ledger: CommitLedger,
     flag: Flags | None = None,
     alongside: Sequence[Callable[[DataFrame], object]] = (),
+    offsets: Ranges | None = None,
 ) -> dict[str, int]:
     """One micro-batch, classified by the rules (:func:`pipelines.ingest.rules.classify`): judge it against history,
-    write the three tables idempotently. Returns the row counts.
+    write the tables idempotently. Returns the row counts.
 
-    ``flag``: the flags written beside silver (EV anomalies), counted with the outcomes (``flagged`` in the counts)
-    and appended with the tables when there are any.
-    ``alongside``: other writes of the batch (the ingest query's bronze append), run with this batch's appends and
-    called with the judged batch: every row and column of ``classified`` (plus the judgement), already cached.
-    The appends run at the same time (:func:`pipelines.session.run_together`), once the counts have read the
-    batch; each table's append is exactly once on its own (the ledger), so their order does not matter.
+    Silver first: its append is the job that judges the batch (the rules' results, the duplicate window, the join
+    against silver's recent ids) and fills the batch's cache, and it runs with the ``alongside`` writes (the ingest
+    query's bronze append, called with ``classified``: the Kafka columns, which need no judging). Only then are the
+    outcomes counted, over the cache, and the tables that get rows appended: quarantine, dropped and ``flag`` (the
+    EV anomalies, counted with the outcomes). Freshness waits for silver's commit alone; it used to wait for a job
+    that judged and counted the whole batch before any append could start.
+
+    ``offsets``: the batch's Kafka offset ranges, which every commit records (``userMetadata``), from the query's
+    checkpoint (:class:`pipelines.ingest.offsets.CheckpointOffsets`). None: the batch's rows are counted first and
+    give them. Each table's append is exactly once on its own (the ledger), so their order does not matter; a silver
+    append of a batch whose rows all went elsewhere commits no file.
     """
+    spark = classified.sparkSession
     planning = time.monotonic()
     judged = judge(
-        classified.sparkSession,
+        spark,
         classified,
         entity=entity,
         silver_uri=tables.silver,
         batch_id=batch_id,
         high_water=high_water.before(batch_id),
-    ).persist()  # computed once by the counts, then read by each table's write
+    ).persist()  # filled by silver's append, then read by the counts and each other table's append
+    rule = flag.rule("_rec") if flag is not None else None
     try:
-        frames = outputs(judged, entity=entity, batch_id=batch_id)
+        silver = silver_rows(judged, entity=entity, batch_id=batch_id)
         began = time.monotonic()
         plan_s = began - planning
-        summary = outcome_counts(judged, entity=entity, flag_rule=flag.rule("_rec") if flag is not None else None)
-        counts, high = summary.counts, summary.high
-        ledger.describe(batch_id, commit_metadata(entity.name, batch_id, summary.offsets))
-        judged_s = time.monotonic() - began
-        writes = table_writes(frames, counts, tables=tables, ledger=ledger, batch_id=batch_id)
+        summary = None
+        if offsets is None:  # the commits need the offsets: the rows give them, judged and counted first
+            summary = outcome_counts(judged, entity=entity, flag_rule=rule)
+        ledger.describe(batch_id, commit_metadata(entity.name, batch_id, summary.offsets if summary else offsets or {}))
+        silver_append = partial(
+            ledger.append, silver, tables.silver, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY
+        )
+        first: list[Callable[[], object]] = [silver_append, *(partial(write, classified) for write in alongside)]
+        run_together(spark, "ingest", first)
+        silver_s = time.monotonic() - began
+        if summary is None:
+            summary = outcome_counts(judged, entity=entity, flag_rule=rule)  # over the cache
+            if unlike := differences(offsets or {}, summary.offsets):
+                logger.warning("batch %d: the checkpoint's offsets and the rows' differ: %s", batch_id, unlike)
+        counts = summary.counts
+        rest = _other_writes(judged, counts, entity=entity, tables=tables, ledger=ledger, batch_id=batch_id)
         if flag is not None and counts["flagged"]:
-            writes.append(partial(flag.write, frames[0], batch_id, counts["flagged"]))
-        writes += [partial(write, judged) for write in alongside]
-        run_together(classified.sparkSession, "ingest", writes)
-        high_water.record(batch_id, high)
+            rest.append(partial(flag.write, silver, batch_id, counts["flagged"]))
+        run_together(spark, "ingest", rest)
+        high_water.record(batch_id, summary.high)
     finally:
         judged.unpersist()
     _log_batch(
-        entity.name, batch_id, counts, plan_s=plan_s, judged_s=judged_s, writes_s=time.monotonic() - began - judged_s
+        entity.name, batch_id, counts, plan_s=plan_s, silver_s=silver_s, rest_s=time.monotonic() - began - silver_s
     )
     return counts
 
 
+def _other_writes(
+    judged: DataFrame,
+    counts: dict[str, int],
+    *,
+    entity: EntitySpec,
+    tables: SilverTables,
+    ledger: CommitLedger,
+    batch_id: int,
+) -> list[Callable[[], object]]:
+    """The quarantine and dropped appends, for the tables that get rows: an empty write would still cost a job
+    and a commit, and skipping it is as deterministic."""
+    writes: list[Callable[[], object]] = []
+    for name, rows, uri in (
+        ("quarantine", quarantine_rows, tables.quarantine),
+        ("dropped", dropped_rows, tables.dropped),
+    ):
+        if counts[name]:
+            frame = rows(judged, entity=entity, batch_id=batch_id)
+            writes.append(partial(ledger.append, frame, uri, batch_id, merge_schema=True, append_only=True))
+    return writes
+
+
 def _log_batch(
-    entity: str, batch_id: int, counts: dict[str, int], *, plan_s: float, judged_s: float, writes_s: float
+    entity: str, batch_id: int, counts: dict[str, int], *, plan_s: float, silver_s: float, rest_s: float
 ) -> None:
-    """One line per batch: its counts and where its time went (planning, rules and history, writes), the entity
-    in ``extra`` so the line joins with the catalog."""
+    """One line per batch: its counts and where its time went (planning; silver's append, which judges the batch,
+    with bronze's; the counts and the other appends), the entity in ``extra`` so the line joins with the catalog."""
     logger.info(
-        "silver %s batch %d: %s (plan %.1f s, rules and history %.1f s, writes %.1f s)",
+        "silver %s batch %d: %s (plan %.1f s, silver and bronze %.1f s, counts and the rest %.1f s)",
         entity,
         batch_id,
         counts,
         plan_s,
-        judged_s,
-        writes_s,
-        extra={"entity": entity, "batch_id": batch_id, "plan_s": plan_s, "judge_s": judged_s, "writes_s": writes_s},
+        silver_s,
+        rest_s,
+        extra={"entity": entity, "batch_id": batch_id, "plan_s": plan_s, "silver_s": silver_s, "rest_s": rest_s},
     )

@@ -33,7 +33,9 @@ from deltalake import DeltaTable
 from infra import procs
 from infra.stack import LocalStack
 from pipelines.checks.reconcile import reconcile
+from pipelines.ingest.bronze import bronze_table
 from pipelines.ingest.gold_corpus import SEQ_LEN, decode
+from pipelines.ingest.offsets import CheckpointOffsets
 from pipelines.ingest.silver import silver_tables
 from pipelines.synthetic.datasets import BAD_KINDS, EV_SPACING_S, Record, ev_stream, good_records, recent_start
 from pipelines.synthetic.produce import producer_config
@@ -205,6 +207,7 @@ def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: 
     report = reconcile(spark, oracle.settings(), entity=oracle.entity)
     assert report["balanced"], json.dumps(report, indent=2)
     assert sum(p["bronze"] for p in report["partitions"]) == len(oracle.expect)
+    _commit_offsets_are_the_rows_offsets(oracle, spark)
 
     # Gold, its own query, went through the same kills: every silver row sits in exactly one window of each
     # length, and every flagged reading is flagged exactly once.
@@ -219,6 +222,35 @@ def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: 
     }
     assert set(flagged) == hot
     assert max(flagged.values()) == 1
+
+
+def _commit_offsets_are_the_rows_offsets(oracle: Oracle, spark: SparkSession) -> None:
+    """Each batch's Kafka offsets, which its commits record for the lineage, are read from the query's checkpoint
+    (``offsets/<batch>``), not from its rows: through the kills above they must still be the lowest and highest
+    offset of each partition's rows of that batch in bronze, both as the checkpoint gives them and in silver's log."""
+    settings = oracle.settings()
+    options = delta_storage_options(settings.s3)
+    bronze = bronze_table(settings, oracle.topic)
+    rows = DeltaTable(bronze.table_uri.replace("s3a://", "s3://", 1), storage_options=options).to_pyarrow_table(
+        columns=["partition", "offset", "_batch_id"]
+    )
+    seen: dict[int, dict[int, tuple[int, int]]] = {}
+    for row in rows.to_pylist():
+        parts = seen.setdefault(row["_batch_id"], {})
+        low, high = parts.get(row["partition"], (row["offset"], row["offset"]))
+        parts[row["partition"]] = (min(low, row["offset"]), max(high, row["offset"]))
+    checkpoint = CheckpointOffsets(spark, bronze.checkpoint_uri)
+    for batch_id in sorted(seen):
+        assert checkpoint.ranges(batch_id) == {oracle.topic: seen[batch_id]}, batch_id
+    silver = silver_tables(settings, oracle.entity).silver.replace("s3a://", "s3://", 1)
+    logged = 0
+    for entry in DeltaTable(silver, storage_options=options).history():
+        described = json.loads(entry.get("userMetadata") or "null")
+        if isinstance(described, dict) and "offsets" in described:
+            ranges = {int(p): (lo, hi) for p, (lo, hi) in described["offsets"][oracle.topic].items()}
+            assert ranges == seen[described["batch_id"]], described
+            logged += 1
+    assert logged >= 2, "silver's commits carry their batches' offsets"
 
 
 def test_schema_upgrade_adds_an_optional_field_on_restart(stack: LocalStack, spark: SparkSession) -> None:

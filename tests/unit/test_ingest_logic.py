@@ -158,6 +158,6 @@ def test_py4j_wrappers_give_way_to_the_error_inside() -> None:
 def test_gold_runs_at_least_every_ten_seconds_apart_unless_told_otherwise() -> None:
     from pipelines.ingest.driver import gold_trigger  # noqa: PLC0415 - pyspark-free, but beside the queries
 
-    assert gold_trigger(2.0, None) == 10.0, "a 2 s ingest trigger must not make gold's MERGE run every 2 s"
-    assert gold_trigger(30.0, None) == 30.0, "gold never runs more often than ingestion"
+    assert gold_trigger(2.0, None) == 60.0, "a 2 s ingest trigger must not make gold's MERGE run every 2 s"
+    assert gold_trigger(90.0, None) == 90.0, "gold never runs more often than ingestion"
     assert gold_trigger(2.0, 4.0) == 4.0, "an explicit --gold-trigger-s wins"

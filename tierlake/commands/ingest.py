@@ -260,7 +260,7 @@ def register(sub: Subparsers) -> None:
     serve.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
     serve.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
     serve.add_argument(
-        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 10)"
+        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 60)"
     )
     serve.add_argument("--status-file", type=Path, help="where to write the queries' progress")
     serve.set_defaults(handler=_serve)
@@ -268,7 +268,7 @@ def register(sub: Subparsers) -> None:
     start.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
     start.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
     start.add_argument(
-        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 10)"
+        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 60)"
     )
     start.set_defaults(handler=_start)
     ingest.add_parser("stop", help="stop the background streaming queries (SIGTERM by pid)").set_defaults(handler=_stop)
