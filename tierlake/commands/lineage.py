@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Collection
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +77,11 @@ def _lake_vacuums(settings: Settings, uris: list[str], held: set[str]) -> list[d
     return [
         event for uri in uris if uri.startswith(prefix) for event in log.events(held, table=table_path(uri, log.bucket))
     ]
+
+
+def _chosen_vacuums(settings: Settings, uris: list[str], held: Collection[str]) -> list[dict[str, Any]]:
+    """The VACUUM records of the tables ``uris`` (for ``lineage sync --table``), but those ``held`` already."""
+    return _lake_vacuums(settings, uris, set(held))
 
 
 def _held_vacuums(store: Any, uris: list[str]) -> list[dict[str, Any]]:
@@ -218,7 +225,8 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
         checkpoint_events=folder / CHECKPOINT_EVENTS,
         events_out=folder / LAKE_EVENTS,
         http=lineage_http(settings.checkpoint.lineage_url),
-        vacuum_events=_vacuum_log(settings).events,
+        # --table: those tables' VACUUM records only, as for their commits; none named: every record in the lake
+        vacuum_events=partial(_chosen_vacuums, settings, tables) if args.table else _vacuum_log(settings).events,
     )
     report = sync(_store(args, settings), sources)
     if args.json:
