@@ -129,14 +129,13 @@ def windows(
     )
 
 
-def append_anomalies(
-    silver_rows: DataFrame, *, uri: str, batch_id: int, ledger: CommitLedger, flags: int | None = None
-) -> int:
+def append_anomalies(silver_rows: DataFrame, *, uri: str, batch_id: int, ledger: CommitLedger) -> bool:
     """Flag the readings of an ingest batch's silver rows into the anomalies table ``uri``, once per batch
-    (``ledger``). Returns the number of flags (0: nothing written).
+    (``ledger``). Returns whether it wrote (False: a replay of a batch the table holds).
 
-    ``flags``: how many readings :func:`flag_rule` counted in the batch, when the caller counted them already;
-    the rows are then appended without a count of their own (one Spark job fewer per batch).
+    No count first: a batch with nothing to flag runs its write job and commits nothing, as Delta skips a blind
+    append that adds no file (checked in tests/integration/test_ingest.py), so the flags can be written beside
+    silver instead of after a job that counts them.
     """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
@@ -145,19 +144,8 @@ def append_anomalies(
         .withColumn("flagged_at", F.current_timestamp())
         .withColumn("_batch_id", F.lit(batch_id).cast("long"))
     )
-    if flags is not None:
-        if flags:
-            ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY, append_only=True)
-        return flags
-    flagged = flagged.persist()
-    try:
-        count = flagged.count()
-        if count:
-            # merge_schema: lakes from before flagged_at and _batch_id
-            ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY, append_only=True)
-        return count
-    finally:
-        flagged.unpersist()
+    # merge_schema: lakes from before flagged_at and _batch_id
+    return ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY, append_only=True)
 
 
 def append_replayed_anomalies(spark: SparkSession, moved: DataFrame, *, uri: str, batch_id: int) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -195,12 +196,13 @@ class Flags:
     """Rows an ingest batch flags beside its silver rows (EV anomalies, ``pipelines.ingest.gold_ev``).
 
     ``rule``: given the name of the judged batch's record struct, true for a row to flag; the batch counts them
-    with its outcomes. ``write``: appends the flags of the batch's silver rows (rows, batch id, how many were
-    counted), once per batch (the ledger).
+    with its outcomes. ``write``: appends the flags of the batch's silver rows (rows, batch id), once per batch (the
+    ledger), beside silver's append and without a count first: a batch with nothing to flag commits nothing (Delta
+    skips a blind append that adds no file).
     """
 
     rule: Callable[[str], Column]
-    write: Callable[[DataFrame, int, int], object]
+    write: Callable[[DataFrame, int], object]
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,7 @@ class BatchSummary:
     counts: dict[str, int]
     high: datetime | None
     offsets: dict[str, dict[int, tuple[int, int]]]  # topic -> partition -> (first, last offset)
+    elsewhere: int = 0  # rows of partitions the checkpoint's ranges did not name (observe_outcomes)
 
 
 def outcome_counts(judged: DataFrame, *, entity: EntitySpec, flag_rule: Column | None = None) -> BatchSummary:
@@ -222,11 +225,7 @@ def outcome_counts(judged: DataFrame, *, entity: EntitySpec, flag_rule: Column |
     """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    outcome = (
-        F.when(F.col("rule").isNotNull(), F.lit("quarantine"))
-        .when(F.col("dropped").isNotNull(), F.lit("dropped"))
-        .otherwise(F.lit("silver"))
-    )
+    outcome = _outcome()
     silver_time = F.when(outcome == "silver", F.unix_micros(F.col(f"_rec.`{entity.event_time}`")))
     flagged = flag_rule if flag_rule is not None else F.lit(False)
     rows = (
@@ -255,6 +254,75 @@ def outcome_counts(judged: DataFrame, *, entity: EntitySpec, flag_rule: Column |
     return BatchSummary(counts, from_micros(max(highs)) if highs else None, offsets)
 
 
+def observe_outcomes(
+    judged: DataFrame, *, entity: EntitySpec, offsets: Ranges, flag_rule: Column | None, name: str
+) -> tuple[DataFrame, Callable[[], BatchSummary]]:
+    """What :func:`outcome_counts` tells, taken by the job that reads the judged batch anyway (silver's append):
+    ``judged`` with Spark's observed metrics (``DataFrame.observe``) on every row, before silver's filter, and the
+    summary they give once that job has run (it waits for them: call it only after the job ran).
+
+    The offset ranges cannot be grouped in a metric, but the checkpoint has named the batch's partitions already
+    (``offsets``): each gets its lowest and highest offset, and rows of any other partition are counted, so
+    :func:`differences` still catches a batch whose rows and log disagree. One Spark job per batch fewer.
+    """
+    from pyspark.sql import Observation  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    outcome = _outcome()
+    flagged = flag_rule if flag_rule is not None else F.lit(False)
+    known = [(topic, partition) for topic, parts in sorted(offsets.items()) for partition in sorted(parts)]
+    place = [(F.col("topic") == topic) & (F.col("partition") == partition) for topic, partition in known]
+    metrics = [
+        *(F.count(F.when(outcome == name, F.lit(1))).alias(name) for name in ("silver", "quarantine", "dropped")),
+        F.count(F.when((outcome == "silver") & flagged, F.lit(1))).alias("flagged"),
+        F.max(F.when(outcome == "silver", F.unix_micros(F.col(f"_rec.`{entity.event_time}`")))).alias("high"),
+        F.count(F.when(~_any(place), F.lit(1))).alias("elsewhere"),
+    ]
+    for index, where in enumerate(place):
+        metrics += [
+            F.min(F.when(where, F.col("offset"))).alias(f"first_{index}"),
+            F.max(F.when(where, F.col("offset"))).alias(f"last_{index}"),
+        ]
+    observation = Observation(name)
+    observed = judged.observe(observation, *metrics)
+
+    def summary() -> BatchSummary:
+        values = observation.get
+        counts = {key: int(values[key]) for key in ("silver", "quarantine", "dropped")}
+        if flag_rule is not None:
+            counts["flagged"] = int(values["flagged"])
+        seen: Ranges = {}
+        for index, (topic, partition) in enumerate(known):
+            if values[f"first_{index}"] is not None:
+                seen.setdefault(topic, {})[partition] = (int(values[f"first_{index}"]), int(values[f"last_{index}"]))
+        high = values["high"]
+        return BatchSummary(
+            counts, from_micros(int(high)) if high is not None else None, seen, elsewhere=int(values["elsewhere"])
+        )
+
+    return observed, summary
+
+
+def _outcome() -> Column:
+    """Where a judged row goes: ``quarantine`` (it broke a rule), ``dropped`` (a repeated id) or ``silver``."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    return (
+        F.when(F.col("rule").isNotNull(), F.lit("quarantine"))
+        .when(F.col("dropped").isNotNull(), F.lit("dropped"))
+        .otherwise(F.lit("silver"))
+    )
+
+
+def _any(conditions: Sequence[Column]) -> Column:
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    result = F.lit(False)
+    for condition in conditions:
+        result = result | condition
+    return result
+
+
 def commit_metadata(entity: str, batch_id: int, offsets: dict[str, dict[int, tuple[int, int]]]) -> str:
     """What each Delta commit of an ingest batch says about itself (``userMetadata`` in the table's history)."""
     ranges = {topic: {str(p): [lo, hi] for p, (lo, hi) in sorted(parts.items())} for topic, parts in offsets.items()}
@@ -277,11 +345,12 @@ def process_batch(
     write the tables idempotently. Returns the row counts.
 
     Silver first: its append is the job that judges the batch (the rules' results, the duplicate window, the join
-    against silver's recent ids) and fills the batch's cache, and it runs with the ``alongside`` writes (the ingest
-    query's bronze append, called with ``classified``: the Kafka columns, which need no judging). Only then are the
-    outcomes counted, over the cache, and the tables that get rows appended: quarantine, dropped and ``flag`` (the
-    EV anomalies, counted with the outcomes). Freshness waits for silver's commit alone; it used to wait for a job
-    that judged and counted the whole batch before any append could start.
+    against silver's recent ids), fills the batch's cache and counts the outcomes as it goes (Spark's observed
+    metrics, :func:`observe_outcomes`). It runs with the ``alongside`` writes (the ingest query's bronze append,
+    called with ``classified``: the Kafka columns, which need no judging) and with ``flag``'s (the EV anomalies).
+    Only then are the tables that get rows appended: quarantine and dropped, rare in a healthy stream. Freshness
+    waits for silver's commit alone; a live batch is one round of appends (it was a judging and counting job, then
+    silver, then the flags).
 
     ``offsets``: the batch's Kafka offset ranges, which every commit records (``userMetadata``), from the query's
     checkpoint (:class:`pipelines.ingest.offsets.CheckpointOffsets`). None: the batch's rows are counted first and
@@ -297,31 +366,48 @@ def process_batch(
         silver_uri=tables.silver,
         batch_id=batch_id,
         high_water=high_water.before(batch_id),
-    ).persist()  # filled by silver's append, then read by the counts and each other table's append
+    ).persist()  # filled by silver's append, then read by the other tables' appends (and the counts, if any)
     rule = flag.rule("_rec") if flag is not None else None
     try:
-        silver = silver_rows(judged, entity=entity, batch_id=batch_id)
         began = time.monotonic()
         plan_s = began - planning
-        summary = None
         if offsets is None:  # the commits need the offsets: the rows give them, judged and counted first
-            summary = outcome_counts(judged, entity=entity, flag_rule=rule)
-        ledger.describe(batch_id, commit_metadata(entity.name, batch_id, summary.offsets if summary else offsets or {}))
-        silver_append = partial(
-            ledger.append, silver, tables.silver, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY
-        )
-        first: list[Callable[[], object]] = [silver_append, *(partial(write, classified) for write in alongside)]
-        run_together(spark, "ingest", first)
+            counted: BatchSummary | None = outcome_counts(judged, entity=entity, flag_rule=rule)
+            watched, observed = judged, None
+        else:  # silver's append counts the outcomes as it goes
+            counted, name = None, f"ingest_{entity.name}_{batch_id}_{uuid.uuid4().hex[:8]}"
+            watched, observed = observe_outcomes(judged, entity=entity, offsets=offsets, flag_rule=rule, name=name)
+        ledger.describe(batch_id, commit_metadata(entity.name, batch_id, counted.offsets if counted else offsets or {}))
+        first: list[Callable[[], object]] = [
+            partial(
+                ledger.append,
+                silver_rows(watched, entity=entity, batch_id=batch_id),
+                tables.silver,
+                batch_id,
+                merge_schema=True,
+                partition_by=catalog.EVENT_DAY,
+            ),
+            *(partial(write, classified) for write in alongside),
+            # The flags beside silver (they used to wait for the counts): the judged rows, without the metrics.
+            *([partial(flag.write, silver_rows(judged, entity=entity, batch_id=batch_id), batch_id)] if flag else []),
+        ]
+        silver_written = run_together(spark, "ingest", first)[0]
         silver_s = time.monotonic() - began
-        if summary is None:
-            summary = outcome_counts(judged, entity=entity, flag_rule=rule)  # over the cache
-            if unlike := differences(offsets or {}, summary.offsets):
-                logger.warning("batch %d: the checkpoint's offsets and the rows' differ: %s", batch_id, unlike)
+        if counted is not None:
+            summary = counted
+        else:
+            # A replayed batch whose silver was committed before ran no job to observe: its rows are counted.
+            if observed is not None and silver_written:
+                summary = observed()
+            else:
+                summary = outcome_counts(judged, entity=entity, flag_rule=rule)
+            _check_offsets(batch_id, offsets or {}, summary)
         counts = summary.counts
-        rest = _other_writes(judged, counts, entity=entity, tables=tables, ledger=ledger, batch_id=batch_id)
-        if flag is not None and counts["flagged"]:
-            rest.append(partial(flag.write, silver, batch_id, counts["flagged"]))
-        run_together(spark, "ingest", rest)
+        run_together(
+            spark,
+            "ingest",
+            _other_writes(judged, counts, entity=entity, tables=tables, ledger=ledger, batch_id=batch_id),
+        )
         high_water.record(batch_id, summary.high)
     finally:
         judged.unpersist()
@@ -329,6 +415,16 @@ def process_batch(
         entity.name, batch_id, counts, plan_s=plan_s, silver_s=silver_s, rest_s=time.monotonic() - began - silver_s
     )
     return counts
+
+
+def _check_offsets(batch_id: int, logged: Ranges, summary: BatchSummary) -> None:
+    """Log where the batch's rows and the checkpoint's offset ranges disagree (never expected; it would mean the
+    commits' ``userMetadata`` names offsets the rows do not have)."""
+    unlike = differences(logged, summary.offsets)
+    if summary.elsewhere:
+        unlike.append(f"{summary.elsewhere} rows of partitions the checkpoint does not name")
+    if unlike:
+        logger.warning("batch %d: the checkpoint's offsets and the rows' differ: %s", batch_id, unlike)
 
 
 def _other_writes(

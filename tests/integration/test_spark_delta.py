@@ -116,6 +116,36 @@ def test_commit_ledger_appends_each_batch_once_across_driver_restarts(spark: Spa
     assert ids == [0, 1, 2, 10, 11, 12, 20, 21, 22]
 
 
+def test_an_empty_append_commits_nothing_and_the_write_gives_its_observed_metrics(
+    spark: SparkSession, settings: Settings
+) -> None:
+    """What an ingest batch relies on to write its flags beside silver and count its outcomes in silver's job:
+    Delta commits nothing for an append that adds no file (with the flags' options), and the metrics observed on
+    the frame a Delta append writes come back once the append returns."""
+    from delta.tables import DeltaTable as SparkDeltaTable  # noqa: PLC0415
+    from pyspark.sql import Observation  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    from pipelines.ingest.ledger import CommitLedger  # noqa: PLC0415
+
+    uri = _table_uri(settings, "empty_appends")
+    frame = spark.createDataFrame([(i, i % 3, "2026-12-06") for i in range(30)], "id long, _batch_id long, day string")
+    ledger = CommitLedger(spark)
+
+    def append(rows: DataFrame, batch_id: int) -> bool:  # as the flags are written
+        return ledger.append(rows, uri, batch_id, merge_schema=True, partition_by="day", append_only=True)
+
+    assert append(frame.where("_batch_id = 0"), 0)
+    assert append(frame.where("_batch_id = 1 and id < 0"), 1)  # no row
+    observation = Observation("test_empty_appends")
+    watched = frame.observe(observation, F.count(F.lit(1)).alias("rows"), F.max("id").alias("high"))
+    assert append(watched.where("_batch_id = 2 and id < 0"), 2)  # no row either
+    versions = [row["version"] for row in SparkDeltaTable.forPath(spark, uri).history().collect()]
+    assert versions == [0]  # the two empty appends committed nothing
+    assert observation.get == {"rows": 30, "high": 29}  # every row the write read, before its filter
+    assert ledger.last(uri) == 2  # and the ledger still counts the batches done
+
+
 def test_commit_times_say_when_each_row_became_visible(spark: SparkSession, settings: Settings) -> None:
     """Each row gets the time its commit file appeared in the log (what freshness measures to), not the write's
     start; rows of files rewritten by compaction are left out rather than given the rewrite's time."""
