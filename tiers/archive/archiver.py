@@ -376,17 +376,12 @@ def run(
         staged = _stage_all(store, todo, staging, policy, states, progress=progress, label=table)
         _journal(journal, states)
         members = _members(staged, table, policy, snap.version, now=datetime.now(UTC))
-        groups = _groups(members, run_id, archive.aggregate_mb * 1024 * 1024)
-        results = _write_both_sites(archive, groups, progress=progress, label=table)
+        report.cartridges, report.aggregates = write_members(archive, catalog, members, run_id, progress=progress)
         for path, state in list(states.items()):
             states[path] = advance(advance(state, FileState.WRITTEN), FileState.VERIFIED)
         _journal(journal, states)
-        rows = [row for _, site_rows in results for row in site_rows]
-        catalog.append(rows)
         report.files = len(todo)
         report.bytes = sum(m.size for m in members)
-        report.aggregates = len(groups)
-        report.cartridges = {site: barcode for site, (barcode, _) in zip(archive.sites, results, strict=True)}
         catalog.record(
             "archive",
             table=table,
@@ -400,6 +395,20 @@ def run(
         report.states = {path: state.value for path, state in states.items()}
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def write_members(
+    archive: ArchiveSettings, catalog: Catalog, members: list[Member], run_id: str, *, progress: bool = True
+) -> tuple[dict[str, str], int]:
+    """Pack staged ``members`` into aggregates (in their order: the last member is the last on tape), write them
+    to a cartridge at each site at once, verify every copy, then append the catalog rows of both copies in one
+    Delta commit: nothing is in the catalog before both sites verified. Returns the cartridge per site and the
+    number of aggregates. ``archive run`` writes a table's files through it, ``training.tape`` a checkpoint's."""
+    groups = _groups(members, run_id, archive.aggregate_mb * 1024 * 1024)
+    label = str(members[0].fields["table"]) if members else run_id
+    results = _write_both_sites(archive, groups, progress=progress, label=label)
+    catalog.append([row for _, site_rows in results for row in site_rows])
+    return {site: barcode for site, (barcode, _) in zip(archive.sites, results, strict=True)}, len(groups)
 
 
 def _groups(members: list[Member], run_id: str, limit: int) -> list[tuple[str, bytes, list[Member]]]:

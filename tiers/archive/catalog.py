@@ -109,6 +109,14 @@ class Catalog:
         self._existing.add(uri)
         return table
 
+    def exists(self) -> bool:
+        """Whether the catalog table exists (nothing was ever archived when not), without creating it."""
+        from deltalake import DeltaTable  # noqa: PLC0415 - native library
+
+        return self.catalog_uri in self._existing or bool(
+            DeltaTable.is_deltatable(self.catalog_uri, storage_options=self._options)
+        )
+
     def rows(self) -> pa.Table:
         table: pa.Table = self._table(self.catalog_uri, CATALOG_SCHEMA).to_pyarrow_table()
         return table

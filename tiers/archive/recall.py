@@ -41,6 +41,7 @@ from tiers.archive.context import ArchiveContext
 from tiers.archive.recall_io import (
     CacheTarget,
     ChecksumMismatch,
+    FolderTarget,
     LakeTarget,
     Step,
     TapeOrigin,
@@ -64,6 +65,7 @@ Published = Callable[["RecallFile", str], None]
 __all__ = [
     "CacheTarget",
     "ChecksumMismatch",
+    "FolderTarget",
     "LakeTarget",
     "RecallPlan",
     "TapeOrigin",
@@ -472,11 +474,13 @@ def recall(
     progress: bool = True,
     step: Step | None = None,
     published: Published | None = None,
+    target: Target | None = None,
 ) -> RecallReport:
     """Carry out ``plan``: each cartridge mounted once, its files read in tape order, verified, published to
     ``to`` (lake or cache). A bad copy sends its file to the next pass, planned without that cartridge.
     ``published(file, where)`` is called as each file becomes readable (``where`` empty: it was there already),
-    so a reader can start on the first file while the others are recalled."""
+    so a reader can start on the first file while the others are recalled. ``target``: a target of the caller's
+    instead of ``to`` (a :class:`FolderTarget` for a checkpoint restored from tape)."""
     if plan.unarchived:
         raise NotFound(
             f"{len(plan.unarchived)} wanted file(s) have no copy in the archive catalog: {list(plan.unarchived)[:5]}. "
@@ -488,7 +492,7 @@ def recall(
     run = _Run(
         catalog=catalog,
         library=Library(context.archive),
-        target=target_for(context, to, step=step),
+        target=target if target is not None else target_for(context, to, step=step),
         staging=staging,
         bar=bar,
         step=step or _no_step,

@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from tierlake.config.cache import CacheOptions
 from tierlake.errors import NotFound, StorageError, TapeError
 from tiers.archive.context import ArchiveContext
-from tiers.store import Body, ObjectInfo, ObjectStore, S3Store
+from tiers.store import Body, ObjectInfo, ObjectStore, S3Store, publish_atomically
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -390,6 +390,46 @@ class CacheTarget:
         if self._group is not None:
             group, self._group = self._group, None
             group.close()
+
+
+class FolderTarget:
+    """A local folder: each file under its key relative to ``prefix`` (a checkpoint restored from tape into a
+    scratch folder, training/tape.py), published with :func:`tiers.store.publish_atomically` once its stream ended:
+    temp file, fsync, rename, so a bad copy or a kill leaves no file under its name."""
+
+    name = "folder"
+
+    def __init__(self, root: Path, prefix: str) -> None:
+        self.root = root
+        self.prefix = prefix
+
+    def path(self, key: str) -> Path:
+        relative = key[len(self.prefix) :] if key.startswith(self.prefix) else ""
+        parts = Path(relative).parts
+        if not parts or Path(relative).is_absolute() or ".." in parts:
+            raise StorageError(
+                f"key {key!r} is not a file under {self.prefix!r}: it cannot be recalled into {self.root}. "
+                "Fix: recall only the keys under the folder's prefix"
+            )
+        return self.root.joinpath(*parts)
+
+    def present(self, bucket: str, key: str, size: int) -> bool:
+        del bucket
+        path = self.path(key)
+        return path.is_file() and path.stat().st_size == size
+
+    def put(self, item: RecallFile, chunks: Iterator[bytes], done: Done | None = None) -> str:
+        path = self.path(item.key)
+        publish_atomically(path, chunks)  # the verified stream raises before its end on a wrong SHA-256
+        if done is not None:
+            done(str(path))
+        return str(path)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 def target_for(context: ArchiveContext, to: str, *, step: Step | None = None) -> Target:
