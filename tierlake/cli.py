@@ -47,7 +47,7 @@ S3_COMMANDS: dict[str, frozenset[str] | None] = {
     "archive": None,
     # list, show, verify and restore go on without the lake's RGW: its tier is refused and the others (the second
     # site's among them) are read, so the lake's endpoint must not be required up front.
-    "checkpoint": frozenset({"promote", "gc"}),
+    "checkpoint": frozenset({"promote", "archive", "gc"}),
     "lineage": frozenset({"trace", "sync"}),  # send posts a local file to the OpenLineage endpoint
 }
 

@@ -4,13 +4,13 @@ one step to a tier, and keep-last-K (dry run by default)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tierlake.errors import NotFound, StorageError, TierlakeError
 from training.manifest import Manifest
-from training.policy import TierPolicy, to_remove
+from training.policy import TierPolicy, to_archive, to_remove
 from training.tiers import CheckpointTier, FolderTier, Progress
 
 logger = logging.getLogger(__name__)
@@ -165,10 +165,17 @@ class _PlainFolder(FolderTier):
         return []
 
 
-def plan_gc(tiers: Sequence[CheckpointTier], policies: Sequence[TierPolicy], run: str) -> GcPlan:
+def plan_gc(
+    tiers: Sequence[CheckpointTier],
+    policies: Sequence[TierPolicy],
+    run: str,
+    *,
+    protected: Mapping[str, Collection[int]] | None = None,
+) -> GcPlan:
+    """Keep-last-K per tier; ``protected[tier]``: steps that tier keeps anyway (RGW steps still to go to tape)."""
     plan = GcPlan()
     for tier, policy in zip(tiers, policies, strict=True):
-        doomed = to_remove(tier.steps(run), policy.keep_last)
+        doomed = to_remove(tier.steps(run), policy.keep_last, (protected or {}).get(tier.name, ()))
         if doomed:
             plan.remove[tier.name] = doomed
     return plan
@@ -180,3 +187,33 @@ def apply_gc(tiers: Sequence[CheckpointTier], plan: GcPlan, run: str) -> GcPlan:
             tier.remove(run, step)
     plan.applied = True
     return plan
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArchivePlan:
+    """The tape policy's choice for one run: RGW steps older than the newest ``older_than`` not on tape yet."""
+
+    run: str
+    older_than: int
+    steps: tuple[int, ...]
+    on_tape: tuple[int, ...]
+
+
+def plan_archive(source: CheckpointTier, tape: CheckpointTier, run: str, older_than: int) -> ArchivePlan:
+    """Which committed steps of ``source`` (RGW) go to ``tape`` (:func:`training.policy.to_archive`)."""
+    on_tape = tape.steps(run)
+    steps = to_archive(source.steps(run), on_tape, older_than)
+    return ArchivePlan(run=run, older_than=older_than, steps=tuple(steps), on_tape=tuple(on_tape))
+
+
+def archive_steps(
+    tiers: Sequence[CheckpointTier], tape: CheckpointTier, plan: ArchivePlan, *, progress: Progress | None = None
+) -> list[tuple[int, str]]:
+    """Archive each planned step to ``tape`` from the nearest tier whose copy passes; (step, source tier) each."""
+    done = []
+    for step in plan.steps:
+        source, refused = copy_step(tiers, plan.run, step, tape, progress=progress)
+        for reason in refused:
+            logger.warning("archiving step %d: copy refused: %s", step, reason, extra={"step": step})
+        done.append((step, source))
+    return done

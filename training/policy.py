@@ -64,3 +64,16 @@ def stale_uncommitted(uncommitted: Iterable[int], newest_committed: int | None, 
         return []
     busy = set(in_flight)
     return sorted(step for step in uncommitted if step < newest_committed and step not in busy)
+
+
+def to_archive(committed: Iterable[int], on_tape: Iterable[int], older_than: int) -> list[int]:
+    """Committed steps (of RGW) older than the newest ``older_than`` that tape does not hold yet, oldest first;
+    none when ``older_than`` is 0 (the tape policy is off). ``checkpoint.tape.older_than`` in conf/."""
+    if older_than < 0:
+        raise ConfigError(
+            f"older_than = {older_than} is negative. Fix: use 0 (off) or the number of steps kept off tape"
+        )
+    if older_than == 0:
+        return []
+    archived = set(on_tape)
+    return sorted(step for step in sorted(set(committed), reverse=True)[older_than:] if step not in archived)

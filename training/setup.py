@@ -9,6 +9,7 @@ from pathlib import Path
 from tierlake.config import Settings
 from tiers.s3 import s3_client
 from training.policy import TierPolicy
+from training.tape import TapeTier
 from training.tiers import CheckpointTier, FolderTier, RgwTier
 
 
@@ -36,11 +37,30 @@ def mirror_tier(settings: Settings) -> RgwTier | None:
     return RgwTier(s3_client(second, attempts=2), second.lake_bucket, settings.checkpoint.prefix, name="mirror")
 
 
-def restore_tiers(settings: Settings) -> list[CheckpointTier]:
-    """The tiers a restore reads, nearest first: :func:`checkpoint_tiers`, then the second site when mirrored."""
+def tape_tier(settings: Settings, *, progress: bool = False) -> TapeTier:
+    """The checkpoints on tape: the cold tier of ``archive:`` (its library, catalog and audit log), with the
+    retention of ``checkpoint.tape``."""
+    from tiers.archive.catalog import Catalog  # noqa: PLC0415 - delta-rs only where tape is read
+    from tiers.archive.context import ArchiveContext  # noqa: PLC0415
+
+    context = ArchiveContext(archive=settings.archive, s3=settings.s3, cache=settings.cache.options)
+    catalog = Catalog(settings.archive.catalog_uri, settings.archive.audit_uri, s3=settings.s3)
+    return TapeTier(
+        context,
+        catalog,
+        bucket=settings.s3.lake_bucket,
+        prefix=settings.checkpoint.prefix,
+        retention_days=settings.checkpoint.tape.retention_days,
+        progress=progress,
+    )
+
+
+def restore_tiers(settings: Settings, *, progress: bool = False) -> list[CheckpointTier]:
+    """The tiers a restore reads, nearest first: :func:`checkpoint_tiers`, the second site when mirrored, then
+    tape (the farthest: a mount per cartridge; read only when no nearer tier has a good copy of a step)."""
     tiers = checkpoint_tiers(settings)
     second = mirror_tier(settings)
-    return [*tiers, second] if second is not None else tiers
+    return [*tiers, *([second] if second is not None else []), tape_tier(settings, progress=progress)]
 
 
 def tier_policies(settings: Settings) -> list[TierPolicy]:

@@ -1,4 +1,5 @@
-"""``tierlake checkpoint list|show|verify|restore|promote|gc``: training checkpoints over the tiers (training/)."""
+"""``tierlake checkpoint list|show|verify|restore|promote|archive|gc``: training checkpoints over the tiers
+(training/)."""
 
 from __future__ import annotations
 
@@ -110,12 +111,41 @@ def _promote(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
+def _archive(args: argparse.Namespace, settings: Settings) -> int:
+    from training.operations import archive_steps, plan_archive, tier_named  # noqa: PLC0415
+
+    tiers = _tiers(settings)
+    tape = tier_named(tiers, "tape")
+    older_than = settings.checkpoint.tape.older_than if args.older_than is None else args.older_than
+    plan = plan_archive(tier_named(tiers, "rgw"), tape, args.run, older_than)
+    done: list[tuple[int, str]] = []
+    if not args.dry_run and plan.steps:
+        with _bar(args, 0) as bar:
+            done = archive_steps(tiers, tape, plan, progress=bar.update)
+    if older_than == 0:
+        text = "the tape policy is off (checkpoint.tape.older_than: 0; --older-than N for once): nothing to archive"
+    elif not plan.steps:
+        text = f"nothing to archive: run {args.run} on tape {list(plan.on_tape)}"
+    elif args.dry_run:
+        text = f"would archive steps {list(plan.steps)} of run {args.run} to tape (dry run)"
+    else:
+        text = "\n".join(f"archived step {step} of run {args.run} to tape from {source}" for step, source in done)
+    _write(args, asdict(plan) | {"archived": [{"step": s, "from": f} for s, f in done]}, text)
+    return ExitCode.OK
+
+
 def _gc(args: argparse.Namespace, settings: Settings) -> int:
-    from training.operations import apply_gc, plan_gc  # noqa: PLC0415
-    from training.setup import tier_policies  # noqa: PLC0415
+    from training.operations import apply_gc, plan_archive, plan_gc, tier_named  # noqa: PLC0415
+    from training.setup import tape_tier, tier_policies  # noqa: PLC0415
 
     tiers = _tiers(settings, second_site=False)
-    plan = plan_gc(tiers, tier_policies(settings), args.run)
+    protected: dict[str, tuple[int, ...]] = {}
+    if settings.checkpoint.tape.older_than:  # no RGW step the tape policy wants goes before it is on tape
+        rgw = tier_named(tiers, "rgw")
+        protected[rgw.name] = plan_archive(
+            rgw, tape_tier(settings), args.run, settings.checkpoint.tape.older_than
+        ).steps
+    plan = plan_gc(tiers, tier_policies(settings), args.run, protected=protected)
     if args.apply:
         apply_gc(tiers, plan, args.run)
     verb = "removed" if plan.applied else "would remove (dry run; --apply removes)"
@@ -125,7 +155,9 @@ def _gc(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    parser = sub.add_parser("checkpoint", help="training checkpoints: list, show, verify, restore, promote, gc")
+    parser = sub.add_parser(
+        "checkpoint", help="training checkpoints: list, show, verify, restore, promote, archive, gc"
+    )
     actions = parser.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="committed and unfinished steps per tier")
     listing.add_argument("--run", help="one run (default: every run)")
@@ -143,14 +175,21 @@ def register(sub: Subparsers) -> None:
     restore.add_argument("--to", type=Path, required=True, help="an empty or new folder")
     restore.add_argument("--step", type=non_negative_int, help="this step instead of the newest")
     restore.set_defaults(handler=_restore)
-    promote = actions.add_parser("promote", help="copy one committed step to a tier (local, edge, rgw)")
+    promote = actions.add_parser("promote", help="copy one committed step to a tier (local, edge, rgw, tape)")
     promote.add_argument("run")
     promote.add_argument("step", type=non_negative_int)
-    promote.add_argument("--to", required=True, help="the target tier: local, edge or rgw")
+    promote.add_argument("--to", required=True, help="the target tier: local, edge, rgw or tape")
     promote.set_defaults(handler=_promote)
+    archive = actions.add_parser(
+        "archive", help="the tape policy: RGW steps older than the newest checkpoint.tape.older_than go to tape"
+    )
+    archive.add_argument("run")
+    archive.add_argument("--older-than", type=non_negative_int, help="this many newest steps stay off tape (once)")
+    archive.add_argument("--dry-run", action="store_true", help="only say which steps would go")
+    archive.set_defaults(handler=_archive)
     gc = actions.add_parser("gc", help="keep-last-K per tier (conf/ checkpoint.<tier>.keep_last); dry run by default")
     gc.add_argument("run")
     gc.add_argument("--apply", action="store_true", help="remove; without it, only say what would go")
     gc.set_defaults(handler=_gc)
-    for each in (listing, show, verify, restore, promote, gc):
+    for each in (listing, show, verify, restore, promote, archive, gc):
         each.add_argument("--json", action="store_true", help="one JSON document")

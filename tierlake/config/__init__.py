@@ -24,7 +24,13 @@ from typing import Any
 
 from tierlake.config.archive import ArchiveSettings, ArchiveTable, build_archive
 from tierlake.config.cache import CacheSettings, build_cache
-from tierlake.config.checkpoint import CHECKPOINT_TIERS, CheckpointCadence, CheckpointSettings, build_checkpoint
+from tierlake.config.checkpoint import (
+    CHECKPOINT_TIERS,
+    CheckpointCadence,
+    CheckpointSettings,
+    CheckpointTape,
+    build_checkpoint,
+)
 from tierlake.config.lake import (
     MIN_VACUUM_RETENTION_HOURS,
     OPTIMIZE_MODES,
@@ -60,6 +66,7 @@ __all__ = [
     "CephSettings",
     "CheckpointCadence",
     "CheckpointSettings",
+    "CheckpointTape",
     "KafkaSettings",
     "MaintenanceSettings",
     "MirrorSettings",

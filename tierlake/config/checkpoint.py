@@ -27,6 +27,15 @@ class CheckpointCadence:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CheckpointTape:
+    """Checkpoints on tape (the cold tier): committed RGW steps older than the newest ``older_than`` are archived
+    by ``tierlake checkpoint archive`` (0: off); each tape copy is retained ``retention_days``."""
+
+    older_than: int = 0
+    retention_days: int = 30
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSettings:
     """Where checkpoints go (nearest first: ``local_dir``, ``edge_dir``, ``s3://<lake>/<prefix>``) and when."""
 
@@ -37,6 +46,7 @@ class CheckpointSettings:
     cadence: tuple[CheckpointCadence, ...]
     lineage_url: str = ""  # an OpenLineage HTTP endpoint's base URL (Marquez: http://host:5000); empty: files only
     overhead_budget: float = 0.0  # share of the trainer's time checkpoints may cost (measured); 0: cadence alone
+    tape: CheckpointTape = CheckpointTape(older_than=0)
 
 
 def _cadence(values: Values, tier: str) -> CheckpointCadence:
@@ -51,6 +61,17 @@ def _cadence(values: Values, tier: str) -> CheckpointCadence:
         )
     keep = values.get(f"checkpoint.{tier}.keep_last", int, check=positive, fix=fix)
     return CheckpointCadence(tier=tier, every_steps=every, interval_s=interval, keep_last=keep)
+
+
+def _tape(values: Values) -> CheckpointTape:
+    fix = "checkpoint.tape: {older_than: 0 (off) or the RGW steps kept off tape, retention_days: 0 or more}"
+    older = values.get("checkpoint.tape.older_than", int, default=0, fix=fix, check=_not_negative)
+    days = values.get("checkpoint.tape.retention_days", int, default=30, fix=fix, check=_not_negative)
+    return CheckpointTape(older_than=older, retention_days=days)
+
+
+def _not_negative(number: int) -> str | None:
+    return None if number >= 0 else "must be 0 or more"
 
 
 def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSettings:
@@ -83,4 +104,5 @@ def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSet
             minimum=0,
             maximum=0.5,
         ),
+        tape=_tape(values),
     )

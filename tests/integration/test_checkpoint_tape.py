@@ -1,0 +1,132 @@
+"""Checkpoints on tape against the real stack: committed steps on Ceph RGW go to a virtual tape library (file-backed
+LTFS layout, two sites) by the tape policy (`tierlake checkpoint archive`), are listed on tape, are deleted from
+RGW, and come back bit for bit through the recall path, from the other site's copy when one copy has a flipped
+byte; a restore falls back to tape past a damaged RGW copy and says so."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tests.lake_tables import scratch_archive
+from tierlake.config import Settings
+from tiers.archive.catalog import Catalog
+from tiers.archive.context import ArchiveContext
+from tiers.s3 import s3_client
+from tiers.tape.library import Library
+from training.checkpointer import TieredCheckpointer
+from training.manifest import MANIFEST_NAME
+from training.policy import TierPolicy
+from training.restore import load_latest
+from training.tape import TapeTier
+from training.tiers import CheckpointTier, FolderTier, RgwTier
+
+STEPS = (1, 2, 3)
+
+
+def _state(seed: int) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(96, 96)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 96)).sum().backward()
+    optimizer.step()
+    return {"model": model.state_dict(), "optim": optimizer.state_dict()}
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's settings: this test's folders for the nearer tiers and the tape library (as scratch_archive)."""
+    env = dict(os.environ)
+    env["TIERLAKE_CHECKPOINT__LOCAL_DIR"] = str(tmp_path / "local")
+    env["TIERLAKE_CHECKPOINT__EDGE_DIR"] = str(tmp_path / "edge")
+    env["TIERLAKE_CHECKPOINT__LINEAGE_DIR"] = str(tmp_path / "lineage")
+    archive = {"library_dir": "tape", "catalog_uri": "catalog", "audit_uri": "audit", "staging_dir": "staging"}
+    env |= {f"TIERLAKE_ARCHIVE__{key.upper()}": str(tmp_path / folder) for key, folder in archive.items()}
+    env |= {"TIERLAKE_ARCHIVE__BLOCK_SIZE": "65536", "TIERLAKE_ARCHIVE__CARTRIDGES_PER_SITE": "2"}
+    return env
+
+
+def _tierlake(settings: Settings, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "tierlake"), *args]
+    return subprocess.run(command, check=False, env=env, cwd=settings.root, capture_output=True, text=True, timeout=300)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings, tmp_path: Path) -> None:
+    run = f"tape-{uuid.uuid4().hex[:8]}"
+    client = s3_client(settings.s3, sign_payload=False)
+    rgw = RgwTier(client, settings.s3.lake_bucket, settings.checkpoint.prefix)
+    saver = TieredCheckpointer(run, [rgw], [TierPolicy(every_steps=1, keep_last=10)], when_busy="wait")
+    states = {step: _state(step) for step in STEPS}
+    for step in STEPS:
+        saver.maybe_save(step, states[step], loader_state={"samples_consumed": step * 16}, tables={})
+    saver.close()
+    assert rgw.steps(run) == list(STEPS)
+    originals: dict[int, dict[str, str]] = {}
+    for step in STEPS:
+        with rgw.local_copy(run, step) as (folder, manifest):
+            originals[step] = _digests(folder) | {MANIFEST_NAME: hashlib.sha256(manifest.to_json()).hexdigest()}
+
+    env = _env(tmp_path)
+    dry = json.loads(
+        _tierlake(settings, env, "checkpoint", "archive", run, "--older-than", "1", "--dry-run", "--json").stdout
+    )
+    assert (dry["steps"], dry["archived"]) == ([1, 2], [])
+    done = _tierlake(settings, env, "checkpoint", "archive", run, "--older-than", "1", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["archived"] == [{"step": 1, "from": "rgw"}, {"step": 2, "from": "rgw"}]
+    again = json.loads(_tierlake(settings, env, "checkpoint", "archive", run, "--older-than", "1", "--json").stdout)
+    assert (again["steps"], again["on_tape"]) == ([], [1, 2])  # archived once
+    listing = json.loads(_tierlake(settings, env, "checkpoint", "list", "--run", run, "--json").stdout)
+    committed = {item["tier"]: item["committed"] for item in listing}
+    assert (committed["local"], committed["rgw"], committed["tape"]) == ([], [1, 2, 3], [1, 2])
+
+    context = ArchiveContext(
+        archive=scratch_archive(settings.archive, tmp_path), s3=settings.s3, cache=settings.cache.options
+    )
+    catalog = Catalog(context.archive.catalog_uri, context.archive.audit_uri)
+    tape = TapeTier(context, catalog, bucket=settings.s3.lake_bucket, prefix=settings.checkpoint.prefix)
+    assert len(tape.cartridges(run, 1)) == 2  # one cartridge per site
+    for step in (1, 2):
+        rgw.remove(run, step)  # tape holds the only copies now
+    # Step 3's RGW copy gets a flipped byte: the restore refuses it and falls back to tape's newest, step 2.
+    shard_key = rgw.step_prefix(run, 3) + "__0_0.distcp"
+    body = bytearray(client.get_object(Bucket=settings.s3.lake_bucket, Key=shard_key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket=settings.s3.lake_bucket, Key=shard_key, Body=bytes(body))
+    tiers: list[CheckpointTier] = [FolderTier("local", tmp_path / "local"), rgw, tape]
+    target = _state(99)
+    restored = load_latest(run, tiers, target)
+    assert (restored.tier, restored.step) == ("tape", 2)
+    assert "step 3 on tier rgw" in restored.refused[0]
+    assert "CRC-32C" in restored.refused[0]
+    assert restored.manifest.loader_state == {"samples_consumed": 32}
+    assert torch.equal(target["model"]["weight"], states[2]["model"]["weight"])
+    assert torch.equal(target["optim"]["state"][0]["exp_avg_sq"], states[2]["optim"]["state"][0]["exp_avg_sq"])
+
+    # A flipped byte on copy 1 of step 1: the restore through the CLI reads copy 2, bit for bit.
+    rows = [r for r in catalog.rows().to_pylist() if r["key"] == rgw.step_prefix(run, 1) + "__0_0.distcp"]
+    bad = next(r for r in rows if r["copy"] == 1)
+    record = Library(context.archive).cartridge_dir(bad["cartridge"]) / f"1_{bad['start_block']}_R"
+    data = bytearray(record.read_bytes())
+    data[bad["byte_offset"] + 100] ^= 0xFF
+    record.write_bytes(bytes(data))
+    out = tmp_path / "restored"
+    restore = _tierlake(settings, env, "checkpoint", "restore", run, "--step", "1", "--to", str(out), "--json")
+    assert restore.returncode == 0, restore.stderr[-2000:]
+    assert json.loads(restore.stdout) == {"run": run, "step": 1, "from": "tape", "to": str(out)}
+    assert _digests(out) == originals[1]
+    recalled = [e for e in catalog.audit().sort_by("at").to_pylist() if e["action"] == "recalled"]
+    files = {f["path"]: f for f in json.loads(recalled[-1]["detail"])["files"]}
+    assert files[f"{1:012d}/__0_0.distcp"]["copy"] == 2  # the other site's copy
+    assert files[f"{1:012d}/{MANIFEST_NAME}"]["cartridge"] in tape.cartridges(run, 1)
