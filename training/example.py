@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     from tierlake.logs import configure_logging  # noqa: PLC0415
     from tiers.s3 import delta_storage_options  # noqa: PLC0415
     from training.lineage import LineageLog  # noqa: PLC0415
-    from training.lineage_http import lineage_http  # noqa: PLC0415
+    from training.lineage_http import lineage_http_for  # noqa: PLC0415
     from training.setup import checkpoint_tiers, code_version, restore_tiers, tier_policies  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="python -m training.example", description=__doc__.split("\n")[0])
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         code_version=code_version(settings.root),
         fault=fault_hook(os.environ.get(FAULT_ENV, "")),
         on_commit=LineageLog(
-            settings.checkpoint.lineage_dir, http=lineage_http(settings.checkpoint.lineage_url)
+            settings.checkpoint.lineage_dir, http=lineage_http_for(settings.checkpoint, os.environ)
         ).committed,
         when_busy=args.when_busy,
         overhead_budget=settings.checkpoint.overhead_budget,

@@ -14,13 +14,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openlineage.client.transport.http import HttpConfig, HttpTransport
+from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, HttpTransport, TokenProvider
 from requests import RequestException
 
+from tierlake.config import CheckpointSettings, Secret
+from tierlake.config.checkpoint import lineage_api_key
 from tierlake.errors import StorageError
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class LineageHttp:
     endpoint: str = ENDPOINT
     timeout_s: float = 5.0
     attempts: int = 2
+    api_key: str = field(default="", repr=False)  # sent as ``Authorization: Bearer <key>``; never logged
+    key_setting: str = ""  # the setting the key came from, named when the endpoint refuses it
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -63,9 +67,28 @@ class LineageHttp:
     def _transport(self) -> HttpTransport:
         retry = {"total": self.attempts - 1, "connect": self.attempts - 1, "read": self.attempts - 1}
         config = HttpConfig(
-            url=self.url.rstrip("/") + "/", endpoint=self.endpoint, timeout=self.timeout_s, retry={**_RETRY, **retry}
+            url=self.url.rstrip("/") + "/",
+            endpoint=self.endpoint,
+            timeout=self.timeout_s,
+            retry={**_RETRY, **retry},
+            auth=ApiKeyTokenProvider({"apiKey": self.api_key}) if self.api_key else TokenProvider({}),
         )
         return HttpTransport(config)
+
+    def _refused_key(self, exc: BaseException) -> str:
+        """The fix when the endpoint refused the request's credentials (401, 403); "" for any other failure."""
+        response = getattr(exc, "response", None)
+        if response is None or response.status_code not in (401, 403):
+            return ""
+        if self.key_setting:
+            return (
+                f"the endpoint refused the API key from {self.key_setting}. Fix: put a valid key there (the "
+                "endpoint's API key, sent as Authorization: Bearer)"
+            )
+        return (
+            "the endpoint wants an API key and none is configured. Fix: set checkpoint.lineage_api_key_env (the "
+            "name of an environment variable holding the key) or checkpoint.lineage_api_key_file (a secrets file)"
+        )
 
     def send(self, events: Iterable[Mapping[str, Any] | str], *, kept_in: str) -> int:
         """Post ``events`` in order (dicts or JSON strings); the number posted. Raises :class:`LineageUndelivered`
@@ -80,6 +103,13 @@ class LineageHttp:
                     transport.emit(event)  # type: ignore[arg-type]  # Serde takes a dict as it is
                 except (RequestException, OSError) as exc:
                     unsent = len(pending) - sent
+                    if refused := self._refused_key(exc):
+                        raise LineageUndelivered(
+                            f"{unsent} of {len(pending)} lineage events not delivered to {self.target}: "
+                            f"{_reason(exc)}: {refused}. Nothing is lost: they stay in {kept_in}; send them again "
+                            f"with `tierlake lineage send <file> --last {unsent}`",
+                            unsent=unsent,
+                        ) from exc
                     raise LineageUndelivered(
                         f"{unsent} of {len(pending)} lineage events not delivered to {self.target} after "
                         f"{self.attempts} attempt(s): {_reason(exc)}. Nothing is lost: they stay in {kept_in}. "
@@ -114,9 +144,23 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-def lineage_http(url: str) -> LineageHttp | None:
-    """The sender for ``checkpoint.lineage_url``; None when it is empty (the files alone)."""
-    return LineageHttp(url=url) if url else None
+def lineage_http(url: str, *, api_key: Secret | None = None, key_setting: str = "") -> LineageHttp | None:
+    """The sender for ``checkpoint.lineage_url``; None when it is empty (the files alone). ``api_key``: from
+    :func:`lineage_http_for` (the settings' key, read at the process edge)."""
+    if not url:
+        return None
+    return LineageHttp(url=url, api_key=api_key.value if api_key else "", key_setting=key_setting)
+
+
+def lineage_http_for(section: CheckpointSettings, env: Mapping[str, str], url: str = "") -> LineageHttp | None:
+    """The sender of the settings: ``url`` (default ``checkpoint.lineage_url``) with the API key that
+    ``checkpoint.lineage_api_key_env`` or ``_file`` names; ``env`` is the process's environment, passed down by the
+    entry point. Raises ConfigError naming the setting when it names a missing or empty key."""
+    target = url or section.lineage_url
+    if not target:
+        return None
+    key, setting = lineage_api_key(section, env)
+    return lineage_http(target, api_key=key, key_setting=setting)
 
 
 def events_in(path: Path) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,11 +19,15 @@ import pytest
 from deltalake import CommitProperties, write_deltalake
 
 from pipelines.ingest.silver import commit_metadata
+from tierlake.config import CheckpointSettings, load_settings
+from tierlake.errors import ConfigError
 from training.lineage import LineageLog
-from training.lineage_http import LineageHttp, LineageUndelivered
+from training.lineage_http import LineageHttp, LineageUndelivered, lineage_http_for
 from training.lineage_records import validate_event
 from training.lineage_store import LineageSources, LineageStore, sync
 from training.manifest import Manifest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Endpoint:
@@ -31,13 +36,17 @@ class Endpoint:
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
         self.status = 201
+        self.authorization: list[str | None] = []  # each POST's Authorization header
+        self.api_key = ""  # when set, a POST without ``Bearer <api_key>`` is answered 401
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 endpoint.posts.append((self.path, json.loads(body)))
-                self.send_response(endpoint.status)
+                endpoint.authorization.append(self.headers.get("Authorization"))
+                wrong = endpoint.api_key and self.headers.get("Authorization") != f"Bearer {endpoint.api_key}"
+                self.send_response(401 if wrong else endpoint.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -151,3 +160,83 @@ def test_sync_posts_its_new_events_and_a_failure_leaves_them_in_table_and_file(
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["posted"] == 1
     assert endpoint.posts[-1][1] == json.loads(out.read_text().splitlines()[-1])
+
+
+KEY = "tl-test-key-0f3a9c"
+
+
+def _section(env: dict[str, str]) -> CheckpointSettings:
+    return load_settings("ci", conf_dir=REPO / "conf", env=env).checkpoint
+
+
+def test_the_api_key_from_a_named_variable_or_file_is_sent_as_a_bearer_header_and_never_shown(
+    tmp_path: Path, endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint.api_key = KEY
+    named = _section(
+        {"TIERLAKE_CHECKPOINT__LINEAGE_URL": endpoint.url, "TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_ENV": "TL_KEY"}
+    )
+    assert KEY not in repr(named)
+    http = lineage_http_for(named, {"TL_KEY": KEY})
+    assert http is not None
+    assert KEY not in repr(http)
+    with caplog.at_level(logging.DEBUG):
+        assert http.send([{"eventType": "COMPLETE"}], kept_in="f.jsonl") == 1
+    assert endpoint.authorization == [f"Bearer {KEY}"]
+    assert KEY not in caplog.text
+    secret = tmp_path / "lineage.key"
+    secret.write_text(KEY + "\n")
+    filed = _section(
+        {"TIERLAKE_CHECKPOINT__LINEAGE_URL": endpoint.url, "TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_FILE": str(secret)}
+    )
+    http = lineage_http_for(filed, {})
+    assert http is not None
+    assert http.send([{"eventType": "COMPLETE"}], kept_in="f.jsonl") == 1
+    assert endpoint.authorization[-1] == f"Bearer {KEY}"
+    plain = lineage_http_for(_section({"TIERLAKE_CHECKPOINT__LINEAGE_URL": endpoint.url}), {"TL_KEY": KEY})
+    assert plain is not None
+    assert plain.api_key == ""  # no setting names a key: none is sent, whatever the environment holds
+
+
+def test_a_401_is_a_clear_error_naming_the_setting_to_fix(tmp_path: Path, endpoint: Endpoint) -> None:
+    endpoint.api_key = KEY
+    secret = tmp_path / "lineage.key"
+    secret.write_text("not-the-key")
+    section = _section(
+        {"TIERLAKE_CHECKPOINT__LINEAGE_URL": endpoint.url, "TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_FILE": str(secret)}
+    )
+    http = lineage_http_for(section, {})
+    assert http is not None
+    with pytest.raises(
+        LineageUndelivered,
+        match=rf"HTTP 401 .*refused the API key from checkpoint.lineage_api_key_file = {re.escape(str(secret))}\. Fix",
+    ) as raised:
+        http.send([{"eventType": "COMPLETE"}], kept_in="f.jsonl")
+    assert "not-the-key" not in str(raised.value)
+    assert len(endpoint.posts) == 1  # a refused key is not retried
+    keyless = lineage_http_for(_section({"TIERLAKE_CHECKPOINT__LINEAGE_URL": endpoint.url}), {})
+    assert keyless is not None
+    with pytest.raises(
+        LineageUndelivered, match=r"HTTP 401 .*none is configured\. Fix: set checkpoint.lineage_api_key_env"
+    ):
+        keyless.send([{"eventType": "COMPLETE"}], kept_in="f.jsonl")
+
+
+def test_a_named_key_that_is_missing_or_named_twice_is_a_config_error(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9"
+    section = _section({"TIERLAKE_CHECKPOINT__LINEAGE_URL": url, "TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_ENV": "TL_KEY"})
+    with pytest.raises(
+        ConfigError, match=r"checkpoint\.lineage_api_key_env = TL_KEY: the environment variable TL_KEY is"
+    ):
+        lineage_http_for(section, {"TL_KEY": "  "})
+    missing = tmp_path / "absent.key"
+    section = _section(
+        {"TIERLAKE_CHECKPOINT__LINEAGE_URL": url, "TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_FILE": str(missing)}
+    )
+    with pytest.raises(ConfigError, match=r"lineage_api_key_file = .*absent\.key: the file cannot be read"):
+        lineage_http_for(section, {})
+    both = {"TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_ENV": "TL_KEY", "TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_FILE": "k"}
+    with pytest.raises(ConfigError, match="lineage_api_key_env is set too"):
+        _section(both)
+    with pytest.raises(ConfigError, match="must be an environment variable's name"):
+        _section({"TIERLAKE_CHECKPOINT__LINEAGE_API_KEY_ENV": "not a name"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Collection
 from dataclasses import asdict
@@ -208,7 +209,7 @@ def _trace(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sync(args: argparse.Namespace, settings: Settings) -> int:
-    from training.lineage_http import lineage_http  # noqa: PLC0415
+    from training.lineage_http import lineage_http_for  # noqa: PLC0415
     from training.lineage_store import LineageSources, sync  # noqa: PLC0415
 
     lake = settings.s3.lake_bucket
@@ -224,7 +225,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
         audit_uri=settings.archive.audit_uri,
         checkpoint_events=folder / CHECKPOINT_EVENTS,
         events_out=folder / LAKE_EVENTS,
-        http=lineage_http(settings.checkpoint.lineage_url),
+        http=lineage_http_for(settings.checkpoint, os.environ),  # the API key's variable, if one is named
         # --table: those tables' VACUUM records only, as for their commits; none named: every record in the lake
         vacuum_events=partial(_chosen_vacuums, settings, tables) if args.table else _vacuum_log(settings).events,
     )
@@ -241,7 +242,7 @@ def _sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _send(args: argparse.Namespace, settings: Settings) -> int:
-    from training.lineage_http import LineageHttp, events_in  # noqa: PLC0415
+    from training.lineage_http import events_in, lineage_http_for  # noqa: PLC0415
 
     url = args.url or settings.checkpoint.lineage_url
     if not url:
@@ -254,7 +255,8 @@ def _send(args: argparse.Namespace, settings: Settings) -> int:
     events = events_in(args.file)
     if args.last is not None:
         events = events[-args.last :]
-    posted = LineageHttp(url=url).send(events, kept_in=str(args.file))
+    http = lineage_http_for(settings.checkpoint, os.environ, url)
+    posted = http.send(events, kept_in=str(args.file)) if http is not None else 0
     if args.json:
         sys.stdout.write(json.dumps({"file": str(args.file), "posted": posted, "url": url}) + "\n")
     else:

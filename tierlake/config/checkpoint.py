@@ -8,10 +8,13 @@ trainer's time (``training.checkpointer``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tierlake.config.s3 import Secret
 from tierlake.config.values import Values, positive
+from tierlake.errors import ConfigError
 
 CHECKPOINT_TIERS = ("local", "edge", "rgw")
 
@@ -47,6 +50,10 @@ class CheckpointSettings:
     lineage_url: str = ""  # an OpenLineage HTTP endpoint's base URL (Marquez: http://host:5000); empty: files only
     overhead_budget: float = 0.0  # share of the trainer's time checkpoints may cost (measured); 0: cadence alone
     tape: CheckpointTape = CheckpointTape(older_than=0)
+    # where the lineage endpoint's API key is (never the key itself: conf/ is in git): an environment variable's
+    # name, or a secrets file (its content, stripped); both empty: no Authorization header
+    lineage_api_key_env: str = ""
+    lineage_api_key_file: Path | None = None
 
 
 def _cadence(values: Values, tier: str) -> CheckpointCadence:
@@ -70,6 +77,52 @@ def _tape(values: Values) -> CheckpointTape:
     return CheckpointTape(older_than=older, retention_days=days)
 
 
+def _lineage_key_source(values: Values, root: Path) -> tuple[str, Path | None]:
+    env = values.get(
+        "checkpoint.lineage_api_key_env",
+        str,
+        default="",
+        fix="the NAME of an environment variable that holds the key (e.g. TIERLAKE_LINEAGE_API_KEY), or empty",
+        check=lambda n: None if not n or n.replace("_", "").isalnum() else "must be an environment variable's name",
+    )
+    file = values.get(
+        "checkpoint.lineage_api_key_file", str, default="", fix="a secrets file that holds only the key, or empty"
+    )
+    if env and file:
+        raise values.fail(
+            "checkpoint.lineage_api_key_file",
+            file,
+            "checkpoint.lineage_api_key_env is set too",
+            "name the key's environment variable or its file, not both",
+        )
+    return env, (root / file) if file else None
+
+
+def lineage_api_key(section: CheckpointSettings, env: Mapping[str, str]) -> tuple[Secret, str]:
+    """The lineage endpoint's API key and the setting it came from (for messages); an empty key and "" when no
+    setting names one. Called at the process edge with ``os.environ``. Raises ConfigError, without the key, when
+    the named variable or file is missing or empty."""
+    if section.lineage_api_key_env:
+        setting = f"checkpoint.lineage_api_key_env = {section.lineage_api_key_env}"
+        key = env.get(section.lineage_api_key_env, "").strip()
+        where = f"the environment variable {section.lineage_api_key_env} is not set or empty"
+    elif section.lineage_api_key_file is not None:
+        setting = f"checkpoint.lineage_api_key_file = {section.lineage_api_key_file}"
+        try:
+            key = section.lineage_api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{setting}: the file cannot be read ({type(exc).__name__}). Fix: create it with the lineage "
+                "endpoint's API key as its only content (mode 600), or clear the setting"
+            ) from exc
+        where = "the file is empty"
+    else:
+        return Secret(""), ""
+    if not key:
+        raise ConfigError(f"{setting}: {where}. Fix: put the lineage endpoint's API key there, or clear the setting")
+    return Secret(key), setting
+
+
 def _not_negative(number: int) -> str | None:
     return None if number >= 0 else "must be 0 or more"
 
@@ -91,6 +144,7 @@ def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSet
         fix="a key prefix in the lake bucket, e.g. training/checkpoints",
         check=lambda p: None if p.strip("/") and not p.startswith("/") else "must be a relative, non-empty prefix",
     )
+    key_env, key_file = _lineage_key_source(values, root)
     return CheckpointSettings(
         local_dir=(root / local) if local else run_dir / "checkpoints" / "local",
         edge_dir=(root / edge) if edge else run_dir / "checkpoints" / "edge",
@@ -105,4 +159,6 @@ def build_checkpoint(values: Values, root: Path, run_dir: Path) -> CheckpointSet
             maximum=0.5,
         ),
         tape=_tape(values),
+        lineage_api_key_env=key_env,
+        lineage_api_key_file=key_file,
     )
