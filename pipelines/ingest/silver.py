@@ -391,7 +391,7 @@ def process_batch(
             # The flags beside silver (they used to wait for the counts): the judged rows, without the metrics.
             *([partial(flag.write, silver_rows(judged, entity=entity, batch_id=batch_id), batch_id)] if flag else []),
         ]
-        silver_written = run_together(spark, "ingest", first)[0]
+        silver_written = run_together(spark, "ingest", first, lead_pool="silver")[0]
         silver_s = time.monotonic() - began
         if counted is not None:
             summary = counted

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree
 
 import pytest
@@ -14,7 +17,16 @@ import pytest
 from infra.ceph import CephCluster
 from infra.kafka import KafkaCluster
 from infra.stack import ensure_credentials
-from pipelines.session import LOG4J, POOLS, batch_codegen, log4j_file, pools_file, spark_conf, spark_log
+from pipelines.session import (
+    LOG4J,
+    POOLS,
+    batch_codegen,
+    log4j_file,
+    pools_file,
+    run_together,
+    spark_conf,
+    spark_log,
+)
 from tierlake.config import Settings, load_settings
 from tierlake.errors import ConfigError, DependencyMissing
 
@@ -113,7 +125,8 @@ def test_spark_conf_points_s3a_at_rgw_path_style(tmp_path: Path) -> None:
 
 
 def test_ingest_jobs_get_a_core_before_gold_jobs(tmp_path: Path) -> None:
-    """Fair scheduling: the ingest pool has a guaranteed core and four times gold's weight."""
+    """Fair scheduling: the ingest pool has a guaranteed core and four times gold's weight; silver's append (the
+    commit a record's freshness waits for) is guaranteed two cores, before the other appends of its batch."""
     settings = _spark_settings(tmp_path, "a-1.jar")
     conf = spark_conf(settings, app_name="unit")
     assert conf["spark.scheduler.mode"] == "FAIR"
@@ -122,7 +135,7 @@ def test_ingest_jobs_get_a_core_before_gold_jobs(tmp_path: Path) -> None:
         pool.get("name"): (pool.findtext("weight"), pool.findtext("minShare"))
         for pool in ElementTree.fromstring(POOLS).iter("pool")  # noqa: S314 - our own constant
     }
-    assert pools == {"ingest": ("4", "1"), "gold": ("1", "0")}
+    assert pools == {"silver": ("8", "2"), "ingest": ("4", "1"), "gold": ("1", "0")}
 
 
 def test_sparks_own_log_goes_to_a_file_under_the_run_folder(tmp_path: Path) -> None:
@@ -235,3 +248,28 @@ def test_conditional_commits_without_the_log_store_jar_say_how_to_fix(tmp_path: 
 def test_delta_commits_refuses_an_unknown_mode(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"spark.delta_commits.*conditional, single_driver"):
         _settings(tmp_path, TIERLAKE_SPARK__DELTA_COMMITS="dynamodb")
+
+
+class _Context:
+    """What run_together touches of a Spark session: the thread-local scheduler pool."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def setLocalProperty(self, key: str, value: str) -> None:
+        setattr(self.local, key, value)
+
+
+def test_run_together_runs_the_first_call_in_the_lead_pool_and_the_others_in_the_pool() -> None:
+    """Silver's append in ``silver``, bronze's and the flags' in ``ingest``; results in order, all calls ended."""
+    context = _Context()
+    spark = SimpleNamespace(sparkContext=context)
+
+    def pool_of(name: str) -> Callable[[], tuple[str, str]]:
+        return lambda: (name, getattr(context.local, "spark.scheduler.pool"))
+
+    calls = [pool_of("silver"), pool_of("bronze"), pool_of("flags")]
+    results = run_together(spark, "ingest", calls, lead_pool="silver")  # type: ignore[arg-type]
+    assert results == [("silver", "silver"), ("bronze", "ingest"), ("flags", "ingest")]
+    assert run_together(spark, "ingest", [pool_of("alone")], lead_pool="silver") == [("alone", "silver")]  # type: ignore[arg-type]
+    assert run_together(spark, "ingest", [], lead_pool="silver") == []  # type: ignore[arg-type]
