@@ -67,6 +67,27 @@ def archived_files(
     )
 
 
+def checkpoint_copies(catalog: Iterable[Mapping[str, Any]], bucket: str, step_prefix: str) -> list[Archived]:
+    """The tape copies of one checkpoint step (``training.tape``): the catalog rows of the files under its key
+    prefix in the lake bucket (``<prefix>/<run>/<step>/``), file by file, copy by copy."""
+    folder = step_prefix.strip("/") + "/"
+    return sorted(
+        (
+            Archived(
+                path=str(r["key"])[len(folder) :],
+                cartridge=str(r["cartridge"]),
+                site=str(r["site"]),
+                copy=int(r["copy"]),
+                extent={k: r.get(k) for k in EXTENT_KEYS},
+                state=str(r.get("state") or ""),
+            )
+            for r in catalog
+            if str(r["bucket"]) == bucket and str(r["key"]).startswith(folder)
+        ),
+        key=lambda a: (a.copy, a.path),
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Vacuumed:
     """A VACUUM that deleted files of the traced version: that version can no longer be read whole from the lake

@@ -99,6 +99,13 @@ def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings
     assert len(tape.cartridges(run, 1)) == 2  # one cartridge per site
     for step in (1, 2):
         rgw.remove(run, step)  # tape holds the only copies now
+    traced = _tierlake(settings, env, "lineage", "trace", f"{run}@1", "--json")
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    checkpoint = json.loads(traced.stdout)["checkpoint"]
+    assert (checkpoint["step"], checkpoint["tier"]) == (1, "tape")  # its manifest recalled from tape
+    assert {c["cartridge"] for c in checkpoint["tape"]} == set(tape.cartridges(run, 1))
+    assert {c["copy"] for c in checkpoint["tape"]} == {1, 2}
+    assert {c["path"] for c in checkpoint["tape"]} == set(originals[1])
     # Step 3's RGW copy gets a flipped byte: the restore refuses it and falls back to tape's newest, step 2.
     shard_key = rgw.step_prefix(run, 3) + "__0_0.distcp"
     body = bytearray(client.get_object(Bucket=settings.s3.lake_bucket, Key=shard_key)["Body"].read())

@@ -19,6 +19,8 @@ from tiers.archive.catalog import Catalog
 from tiers.archive.context import ArchiveContext
 from tiers.tape.library import Library
 from training.checkpointer import TieredCheckpointer
+from training.lineage_archive import checkpoint_copies
+from training.lineage_store import LineageSources, LineageStore, sync
 from training.manifest import MANIFEST_NAME
 from training.operations import copy_step, plan_archive, plan_gc
 from training.policy import TierPolicy, to_archive
@@ -127,6 +129,16 @@ def test_a_step_archived_to_tape_is_listed_restored_bit_for_bit_and_survives_one
     with pytest.raises(CommitConflict, match="already on tape"):
         tape.put_step(local.step_dir("r", 7), manifest)
     assert tape.manifest("r", 7) == manifest
+    copies = checkpoint_copies(rows, "lake", tape.step_prefix("r", 7))
+    assert {(c.copy, c.cartridge) for c in copies} == {(r["copy"], r["cartridge"]) for r in rows}
+    assert sorted(c.path for c in copies if c.copy == 1) == sorted([s.name for s in manifest.shards] + [MANIFEST_NAME])
+    assert checkpoint_copies(rows, "lake", tape.step_prefix("r", 8)) == []
+    # lineage sync turns the checkpoint's catalog rows into valid archive events of its run's folder
+    report = sync(
+        LineageStore(str(tmp_path / "lineage")),
+        LineageSources(tables=[], lake_bucket="lake", catalog_uri=tape.catalog.catalog_uri),
+    )
+    assert report.rows == {"archive": len(rows)}
 
     local.remove("r", 7)
     target = _state(99)

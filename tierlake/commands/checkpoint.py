@@ -27,7 +27,7 @@ def _tiers(settings: Settings, *, second_site: bool = True) -> list[CheckpointTi
     return restore_tiers(settings) if second_site else checkpoint_tiers(settings)
 
 
-def _bar(args: argparse.Namespace, total: int) -> tqdm[NoReturn]:
+def _bar(args: argparse.Namespace, total: int | None) -> tqdm[NoReturn]:
     """A progress bar on stderr for copies (none with --json)."""
     return tqdm(total=total, unit="B", unit_scale=True, desc="copying", disable=args.json, file=sys.stderr)
 
@@ -120,7 +120,7 @@ def _archive(args: argparse.Namespace, settings: Settings) -> int:
     plan = plan_archive(tier_named(tiers, "rgw"), tape, args.run, older_than)
     done: list[tuple[int, str]] = []
     if not args.dry_run and plan.steps:
-        with _bar(args, 0) as bar:
+        with _bar(args, None) as bar:  # bytes copied; the manifests are not read first
             done = archive_steps(tiers, tape, plan, progress=bar.update)
     if older_than == 0:
         text = "the tape policy is off (checkpoint.tape.older_than: 0; --older-than N for once): nothing to archive"

@@ -120,21 +120,26 @@ def _archive_lines(archived: list[Archived], indent: str) -> list[str]:
 def _trace_checkpoint(args: argparse.Namespace, settings: Settings, run: str, step: int | None) -> int:
     from tiers.s3 import delta_storage_options  # noqa: PLC0415
     from training.lineage import trace  # noqa: PLC0415
+    from training.lineage_archive import checkpoint_copies  # noqa: PLC0415
     from training.lineage_records import vacuum_rows  # noqa: PLC0415
     from training.lineage_store import catalog_rows  # noqa: PLC0415
     from training.operations import find_manifest  # noqa: PLC0415
-    from training.setup import checkpoint_tiers  # noqa: PLC0415
+    from training.setup import restore_tiers  # noqa: PLC0415
+    from training.tiers import step_name  # noqa: PLC0415
 
-    tier, manifest = find_manifest(checkpoint_tiers(settings), run, step)
+    tier, manifest = find_manifest(restore_tiers(settings), run, step)  # tape last: a recall of the manifest alone
     options = delta_storage_options(settings.s3)
     tape = catalog_rows(settings.archive.catalog_uri, options)
+    step_prefix = f"{settings.checkpoint.prefix}/{run}/{step_name(manifest.step)}/"
+    copies = checkpoint_copies(tape, settings.s3.lake_bucket, step_prefix)  # the checkpoint's own tape copies
     held = _held_vacuums(_store(args, settings), sorted(manifest.tables))
     vacuums = held + vacuum_rows(_lake_vacuums(settings, sorted(manifest.tables), {r["run_id"] for r in held}))
     tables = trace(manifest, options, catalog=tape, lake_bucket=settings.s3.lake_bucket, vacuums=vacuums)
     where = tier.where(run, manifest.step)
     if args.json:
         body = {
-            "checkpoint": {"run": run, "step": manifest.step, "tier": tier.name, "where": where},
+            "checkpoint": {"run": run, "step": manifest.step, "tier": tier.name, "where": where}
+            | {"tape": [asdict(copy) for copy in copies]},
             "loader_state": manifest.loader_state,
             "code_version": manifest.code_version,
             "tables": [asdict(table) for table in tables],
@@ -145,6 +150,12 @@ def _trace_checkpoint(args: argparse.Namespace, settings: Settings, run: str, st
     if manifest.loader_state:
         state = manifest.loader_state
         lines.append(f"  loader: epoch {state.get('epoch')}, samples consumed {state.get('samples_consumed')}")
+    cartridges = sorted({(c.copy, c.site, c.cartridge) for c in copies})
+    lines += [
+        f"  on tape: {site}/{cartridge} copy {number} "
+        f"({sum(1 for c in copies if c.cartridge == cartridge and c.copy == number)} files)"
+        for number, site, cartridge in cartridges
+    ]
     for table in tables:
         lines.append(f"  -> {table.uri} @ version {table.version} ({table.ingest_commits} ingest commits)")
         lines += _offset_lines(table.offsets, "     ")
