@@ -1,7 +1,8 @@
 """tiering: pick the cold partitions by policy, archive them to both sites (two tape copies), verify, and purge
 them from the lake when policy allows. Out of the box it moves the tables of ``archive.tables`` in conf/ (the
 pipeline's silver and gold tables, partitioned by day); the purge is a dry run unless the run says ``purge``.
-Each task runs one `tierlake archive ...` command (tiers/archive)."""
+Each task runs one `tierlake archive ...` command (tiers/archive), and one `tierlake checkpoint archive` moves
+training checkpoints by the tape policy (``checkpoint.tape`` in conf/, off by default)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def tiering() -> None:
         return run_tierlake("archive", "run", "--table", table, "--if-exists", "--json")
 
     @task
+    def checkpoints() -> Any:
+        # training checkpoints on RGW older than the newest checkpoint.tape.older_than (conf/; 0: off) go to tape
+        return run_tierlake("checkpoint", "archive", "--json")
+
+    @task
     def verify() -> Any:
         return run_tierlake("archive", "verify", "--json")
 
@@ -54,7 +60,7 @@ def tiering() -> None:
     selected = select.expand(table=names)
     archived = archive.expand(table=names)
     verified = verify()
-    selected >> archived >> verified >> purge.expand(table=names)
+    selected >> archived >> checkpoints() >> verified >> purge.expand(table=names)
 
 
 tiering()

@@ -58,6 +58,11 @@ def _tierlake(settings: Settings, env: dict[str, str], *args: str) -> subprocess
     return subprocess.run(command, check=False, env=env, cwd=settings.root, capture_output=True, text=True, timeout=300)
 
 
+def _tape_steps(settings: Settings, env: dict[str, str], run: str) -> list[int]:
+    listing = json.loads(_tierlake(settings, env, "checkpoint", "list", "--run", run, "--json").stdout)
+    return next(item["committed"] for item in listing if item["tier"] == "tape")
+
+
 def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
 
@@ -77,16 +82,22 @@ def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings
         with rgw.local_copy(run, step) as (folder, manifest):
             originals[step] = _digests(folder) | {MANIFEST_NAME: hashlib.sha256(manifest.to_json()).hexdigest()}
 
-    env = _env(tmp_path)
-    dry = json.loads(
-        _tierlake(settings, env, "checkpoint", "archive", run, "--older-than", "1", "--dry-run", "--json").stdout
-    )
-    assert (dry["steps"], dry["archived"]) == ([1, 2], [])
-    done = _tierlake(settings, env, "checkpoint", "archive", run, "--older-than", "1", "--json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["archived"] == [{"step": 1, "from": "rgw"}, {"step": 2, "from": "rgw"}]
-    again = json.loads(_tierlake(settings, env, "checkpoint", "archive", run, "--older-than", "1", "--json").stdout)
+    env = _env(tmp_path) | {"TIERLAKE_CHECKPOINT__TAPE__OLDER_THAN": "1", "TIERLAKE_CHECKPOINT__RGW__KEEP_LAST": "1"}
+
+    def cli(*args: str) -> Any:
+        done = _tierlake(settings, env, "checkpoint", *args, "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout)
+
+    assert cli("gc", run)["remove"].get("rgw", []) == []  # steps 1 and 2 wait for tape before gc may remove them
+    dry = {item["run"]: item for item in cli("archive", "--dry-run")["runs"]}  # every run on RGW
+    assert (dry[run]["steps"], dry[run]["archived"]) == ([1, 2], [])
+    assert _tape_steps(settings, env, run) == []  # a dry run writes nothing
+    assert cli("archive", run)["runs"][0]["archived"] == [{"step": 1, "from": "rgw"}, {"step": 2, "from": "rgw"}]
+    again = cli("archive", run)["runs"][0]
     assert (again["steps"], again["on_tape"]) == ([], [1, 2])  # archived once
+    assert cli("archive", run, "--older-than", "0") == {"older_than": 0, "runs": []}
+    assert cli("gc", run)["remove"]["rgw"] == [1, 2]  # on tape now: keep_last 1 may remove them
     listing = json.loads(_tierlake(settings, env, "checkpoint", "list", "--run", run, "--json").stdout)
     committed = {item["tier"]: item["committed"] for item in listing}
     assert (committed["local"], committed["rgw"], committed["tape"]) == ([], [1, 2, 3], [1, 2])

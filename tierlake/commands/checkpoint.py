@@ -115,22 +115,28 @@ def _archive(args: argparse.Namespace, settings: Settings) -> int:
     from training.operations import archive_steps, plan_archive, tier_named  # noqa: PLC0415
 
     tiers = _tiers(settings)
-    tape = tier_named(tiers, "tape")
+    rgw, tape = tier_named(tiers, "rgw"), tier_named(tiers, "tape")
     older_than = settings.checkpoint.tape.older_than if args.older_than is None else args.older_than
-    plan = plan_archive(tier_named(tiers, "rgw"), tape, args.run, older_than)
-    done: list[tuple[int, str]] = []
-    if not args.dry_run and plan.steps:
-        with _bar(args, None) as bar:  # bytes copied; the manifests are not read first
-            done = archive_steps(tiers, tape, plan, progress=bar.update)
     if older_than == 0:
         text = "the tape policy is off (checkpoint.tape.older_than: 0; --older-than N for once): nothing to archive"
-    elif not plan.steps:
-        text = f"nothing to archive: run {args.run} on tape {list(plan.on_tape)}"
-    elif args.dry_run:
-        text = f"would archive steps {list(plan.steps)} of run {args.run} to tape (dry run)"
-    else:
-        text = "\n".join(f"archived step {step} of run {args.run} to tape from {source}" for step, source in done)
-    _write(args, asdict(plan) | {"archived": [{"step": s, "from": f} for s, f in done]}, text)
+        _write(args, {"older_than": 0, "runs": []}, text)
+        return ExitCode.OK
+    runs, lines = [], []
+    for run in [args.run] if args.run else rgw.runs():
+        plan = plan_archive(rgw, tape, run, older_than)
+        done: list[tuple[int, str]] = []
+        if not args.dry_run and plan.steps:
+            with _bar(args, None) as bar:  # bytes copied; the manifests are not read first
+                done = archive_steps(tiers, tape, plan, progress=bar.update)
+        runs.append({"run": run, "steps": list(plan.steps), "on_tape": list(plan.on_tape)})
+        runs[-1]["archived"] = [{"step": step, "from": source} for step, source in done]
+        if not plan.steps:
+            lines.append(f"run {run}: nothing to archive (on tape: {list(plan.on_tape)})")
+        elif args.dry_run:
+            lines.append(f"run {run}: would archive steps {list(plan.steps)} to tape (dry run)")
+        else:
+            lines += [f"run {run}: archived step {step} to tape from {source}" for step, source in done]
+    _write(args, {"older_than": older_than, "runs": runs}, "\n".join(lines) or "no checkpoints on rgw")
     return ExitCode.OK
 
 
@@ -183,7 +189,7 @@ def register(sub: Subparsers) -> None:
     archive = actions.add_parser(
         "archive", help="the tape policy: RGW steps older than the newest checkpoint.tape.older_than go to tape"
     )
-    archive.add_argument("run")
+    archive.add_argument("run", nargs="?", help="one run (default: every run on RGW)")
     archive.add_argument("--older-than", type=non_negative_int, help="this many newest steps stay off tape (once)")
     archive.add_argument("--dry-run", action="store_true", help="only say which steps would go")
     archive.set_defaults(handler=_archive)
