@@ -3,18 +3,30 @@
 The data (as in ``../shared/reference/loader-anchors.md``): rows of ``id`` int64 and ``tokens`` int32 x 2048, random
 tokens in [0, 50257) (incompressible), uncompressed Parquet in a Delta table, row groups of 4,096 rows (32 MiB),
 8 files; 131,072 rows = 1 GiB of tokens (``--quick``: 32,768 rows, 4 files). The same rows are converted to MDS
-(MosaicML Streaming) and to LitData's ``optimize()`` chunks. Every path reads one epoch in batches of 32 in a fresh
-process; each run reports samples/s, MB/s (token payload, 8 KiB a row), first-batch latency (from constructing the
-dataset, after imports) and peak RSS (the process alone, and summed with its worker processes).
+(MosaicML Streaming) and to LitData's ``optimize()`` chunks. Every path reads ``--epochs`` epochs (default 3, one
+after the other, as a training loop does; tierlake reshuffles each) in batches of 32 in a fresh process, so the
+once-per-process costs (threads, the plan, first touches of fresh memory) weigh as they would in training rather than
+deciding the ratio; each run reports samples/s and MB/s over all its epochs (token payload, 8 KiB a row), first-batch
+latency (from constructing the dataset, after imports) and peak RSS (the process alone, and summed with its worker
+processes). ``all_rows_once``: every row once per epoch.
 
-Paths: ``arrow_ceiling`` (pyarrow ``read_row_group`` + ``to_numpy`` in one process, no loader),
-``tierlake`` (DeltaLoader, 2 threads, shuffled), ``tierlake_sequential`` (no shuffle, like the peers),
+Paths: ``arrow_ceiling`` (the plain read, no loader: pyarrow ``read_row_group`` of the same two columns in storage
+order on 2 threads, one row group per thread, the main thread cutting each into batches of 32 ``torch.Tensor`` views:
+the same threads and the same output as the loader, without its shuffle), ``arrow_ceiling_1thread`` (the same on one
+thread: the ceiling recorded before the rounds), ``tierlake`` (DeltaLoader, 2 threads, shuffled),
+``tierlake_sequential`` (no shuffle, like the peers),
 ``tierlake_processes`` (the same batches through ``torch.utils.data.DataLoader`` with 2 worker processes: the
 per-batch pickling hand-off that the threads avoid), ``tierlake_slabs`` (2 worker processes writing into
 preallocated shared-memory slabs; only slab numbers cross processes), ``parquet_dataloader`` (row groups striped
 over 2 DataLoader workers, per-row samples, default collate), ``mosaic`` (StreamingDataset on MDS, 2 workers),
 ``litdata`` (StreamingDataset on optimize() output, 2 workers). The last line printed is the JSON result.
 No asserts on time.
+
+Rounds: the paths of ``ROUND_PATHS`` (the ceilings and tierlake's two orders) run ``--rounds`` times, interleaved (the
+order reversed every other round, so drift in the other users' load hits them alike), each run in a fresh process.
+Their figures are the medians over the rounds (``seconds`` per round in ``figures.rounds``), and
+``ratios.vs_arrow_ceiling`` is the median over rounds of tierlake's MB/s over the ceiling's in the same round, with
+the lowest and highest round beside it (``vs_arrow_ceiling_min`` / ``_max``). The other peers run once each.
 
 ``figures.row_group_rereads``: row-group reads beyond one per row group in one shuffled epoch of the DeltaLoader
 with its default row-group budget, on a second table of ``REREAD_ROW_GROUPS`` row groups (the main table has only
@@ -31,12 +43,16 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +72,11 @@ ROW_GROUP = 4096
 ROW_BYTES = WIDTH * 4
 REREAD_ROW_GROUPS = 36
 REREAD_ROW_GROUP_ROWS = 256
+EPOCHS = 1  # epochs each path reads in its process (``--epochs``; set in the child)
 PATHS = (
     "tierlake_rereads",
     "arrow_ceiling",
+    "arrow_ceiling_1thread",
     "tierlake",
     "tierlake_sequential",
     "tierlake_processes",
@@ -67,6 +85,7 @@ PATHS = (
     "mosaic",
     "litdata",
 )
+ROUND_PATHS = ("arrow_ceiling", "arrow_ceiling_1thread", "tierlake", "tierlake_sequential")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -144,23 +163,62 @@ def write_litdata(path: Path, delta: Path) -> None:
 # Runs (each in a fresh process)
 
 
-def _consume(batches: Iterator[Any], get_ids: Callable[[Any], Any], started: float) -> dict[str, Any]:
+def _consume(
+    epoch: Callable[[], Iterator[Any]], get_ids: Callable[[Any], Any], started: float, epochs: int | None = None
+) -> dict[str, Any]:
+    """Read ``epochs`` epochs (default ``EPOCHS``) of ``epoch()`` in turn, as a training loop does."""
     first = None
     samples = 0
     id_sum = 0
-    for batch in batches:
-        if first is None:
-            first = time.perf_counter() - started
-        ids = get_ids(batch)
-        samples += len(ids)
-        id_sum += int(ids.sum())
+    for _ in range(EPOCHS if epochs is None else epochs):
+        for batch in epoch():
+            if first is None:
+                first = time.perf_counter() - started
+            ids = get_ids(batch)
+            samples += len(ids)
+            id_sum += int(ids.sum())
     seconds = time.perf_counter() - started
     return {"samples": samples, "seconds": seconds, "first_batch_s": first, "id_sum": id_sum}
 
 
-def run_arrow_ceiling(data: Path) -> dict[str, Any]:
+def ceiling_batches(delta: Path, threads: int) -> Iterator[dict[str, Any]]:
+    """The plain read: the table's row groups in storage order, each read whole by one of ``threads`` threads (at
+    most ``threads`` reads ahead of the row group being cut), cut into batches of ``BATCH`` tensors (views)."""
+    import pyarrow.parquet as pq  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    files = sorted(delta.glob("*.parquet"))
+    units = [(index, rg) for index, file in enumerate(files) for rg in range(pq.ParquetFile(file).num_row_groups)]
+    local = threading.local()
+
+    def read(unit: tuple[int, int]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        handles: dict[int, Any] = local.__dict__.setdefault("handles", {})
+        parquet = handles.get(unit[0]) or handles.setdefault(unit[0], pq.ParquetFile(files[unit[0]]))
+        table = parquet.read_row_group(unit[1], columns=["id", "tokens"])
+        tokens = table.column("tokens")
+        array = tokens.chunk(0) if tokens.num_chunks == 1 else tokens.combine_chunks()
+        return table.column("id").to_numpy(), array.values.to_numpy().reshape(-1, WIDTH)
+
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque(pool.submit(read, unit) for unit in units[:threads])
+        following = threads
+        while pending:
+            ids, tokens = pending.popleft().result()
+            if following < len(units):
+                pending.append(pool.submit(read, units[following]))
+                following += 1
+            for start in range(0, len(ids), BATCH):
+                end = start + BATCH
+                yield {"id": torch.from_numpy(ids[start:end]), "tokens": torch.from_numpy(tokens[start:end])}
+
+
+def run_arrow_ceiling(data: Path, threads: int = WORKERS) -> dict[str, Any]:
+    import pyarrow.parquet  # noqa: F401, PLC0415 - imported before the clock starts, as for the other paths
+    import torch  # noqa: F401, PLC0415
+
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only Arrow buffers
     started = time.perf_counter()
-    return _consume(parquet_row_groups(data / "delta"), lambda b: b[0], started)
+    return _consume(lambda: ceiling_batches(data / "delta", threads), lambda b: b["id"].numpy(), started)
 
 
 def write_reread_table(path: Path) -> None:
@@ -186,7 +244,7 @@ def run_tierlake_rereads(data: Path) -> dict[str, Any]:
     dataset = delta_dataset(data / "rereads", columns=["id", "tokens"], order=OrderOptions(seed=1, shuffle=True))
     loader = DeltaLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
     started = time.perf_counter()
-    result = _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    result = _consume(lambda: iter(loader), lambda b: b["id"].numpy(), started, epochs=1)
     store = loader.stats.store
     result.update(row_groups=len(dataset.sources[0].plan), row_group_reads=store.reads, rereads=store.rereads)
     return result
@@ -203,7 +261,7 @@ def run_tierlake(data: Path, *, shuffle: bool = True) -> dict[str, Any]:
 
     started = time.perf_counter()
     loader = DeltaLoader(_tierlake_dataset(data, shuffle=shuffle), batch_size=BATCH, num_workers=WORKERS, tail="pad")
-    result = _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    result = _consume(lambda: iter(loader), lambda b: b["id"].numpy(), started)
     result["peak_decoded_bytes"] = loader.stats.store.peak_resident_bytes
     result["row_group_reads"] = loader.stats.store.reads
     result["row_group_rereads"] = loader.stats.store.rereads
@@ -219,7 +277,7 @@ def run_tierlake_processes(data: Path) -> dict[str, Any]:
     started = time.perf_counter()
     iterable = DeltaIterableDataset(_tierlake_dataset(data, shuffle=True), batch_size=BATCH, tail=TailRule.PAD)
     loader = DataLoader(iterable, batch_size=None, num_workers=WORKERS)
-    return _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    return _consume(lambda: iter(loader), lambda b: b["id"].numpy(), started)
 
 
 def run_tierlake_slabs(data: Path) -> dict[str, Any]:
@@ -227,7 +285,7 @@ def run_tierlake_slabs(data: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     loader = SlabLoader(_tierlake_dataset(data, shuffle=True), batch_size=BATCH, num_workers=WORKERS, tail="pad")
-    return _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    return _consume(lambda: iter(loader), lambda b: b["id"].numpy(), started)
 
 
 def run_parquet_dataloader(data: Path) -> dict[str, Any]:
@@ -252,7 +310,7 @@ def run_parquet_dataloader(data: Path) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = RowGroups(sorted((data / "delta").glob("*.parquet")))
     loader = DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
-    return _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    return _consume(lambda: iter(loader), lambda b: b["id"].numpy(), started)
 
 
 def run_mosaic(data: Path) -> dict[str, Any]:
@@ -264,7 +322,7 @@ def run_mosaic(data: Path) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = StreamingDataset(local=str(data / "mds"), batch_size=BATCH, shuffle=False)
     loader = DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
-    return _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    return _consume(lambda: iter(loader), lambda b: b["id"].numpy(), started)
 
 
 def run_litdata(data: Path) -> dict[str, Any]:
@@ -273,12 +331,13 @@ def run_litdata(data: Path) -> dict[str, Any]:
     started = time.perf_counter()
     dataset = StreamingDataset(input_dir=str(data / "litdata"), cache_dir=str(data / "litdata-cache"))
     loader = StreamingDataLoader(dataset, batch_size=BATCH, num_workers=WORKERS)
-    return _consume(iter(loader), lambda b: b["id"].numpy(), started)
+    return _consume(lambda: iter(loader), lambda b: b["id"].numpy(), started)
 
 
 RUNS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "tierlake_rereads": run_tierlake_rereads,
     "arrow_ceiling": run_arrow_ceiling,
+    "arrow_ceiling_1thread": lambda data: run_arrow_ceiling(data, threads=1),
     "tierlake": run_tierlake,
     "tierlake_sequential": lambda data: run_tierlake(data, shuffle=False),
     "tierlake_processes": run_tierlake_processes,
@@ -342,7 +401,9 @@ class RssSampler:
         self._thread.join()
 
 
-def child(name: str, data: Path) -> None:
+def child(name: str, data: Path, epochs: int) -> None:
+    global EPOCHS  # noqa: PLW0603 - one setting of the child process, read by every run
+    EPOCHS = epochs
     sampler = RssSampler()
     result = RUNS[name](data)
     sampler.stop()
@@ -351,8 +412,9 @@ def child(name: str, data: Path) -> None:
     sys.stdout.write(json.dumps(result) + "\n")
 
 
-def run_in_child(name: str, data: Path, timeout: float) -> dict[str, Any]:
+def run_in_child(name: str, data: Path, timeout: float, epochs: int = 1) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--workdir", str(data)]
+    cmd += ["--epochs", str(epochs)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -378,6 +440,8 @@ def prepare(data: Path, rows: int, files: int, wanted: set[str]) -> dict[str, fl
     if "litdata" in wanted:
         steps.append(("litdata", lambda: write_litdata(data / "litdata", data / "delta")))
     for name, step in steps:
+        # The writers append: a table left by an earlier run in the same --workdir would be read as part of this one.
+        shutil.rmtree(data / name, ignore_errors=True)
         started = time.perf_counter()
         step()
         timings[f"write_{name}_s"] = round(time.perf_counter() - started, 2)
@@ -385,9 +449,9 @@ def prepare(data: Path, rows: int, files: int, wanted: set[str]) -> dict[str, fl
     return timings
 
 
-def figures_of(results: dict[str, dict[str, Any]], rows: int) -> dict[str, Any]:
+def figures_of(results: dict[str, dict[str, Any]], rows: int, epochs: int = 1) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    expected_sum = rows * (rows - 1) // 2
+    expected_sum = epochs * (rows * (rows - 1) // 2)
     for name, result in results.items():
         if "error" in result:
             figures[name] = result
@@ -401,12 +465,59 @@ def figures_of(results: dict[str, dict[str, Any]], rows: int) -> dict[str, Any]:
             "seconds": round(seconds, 2),
             "peak_rss_mb": round(result["peak_rss_mb"], 1),
             "peak_rss_with_workers_mb": round(result["peak_tree_rss_mb"], 1),
-            "all_rows_once": result["samples"] == rows and result["id_sum"] == expected_sum,
+            "all_rows_once": result["samples"] == rows * epochs and result["id_sum"] == expected_sum,
         }
         for extra in ("peak_decoded_bytes", "row_group_reads", "row_group_rereads"):
             if extra in result:
                 figures[name][extra] = result[extra]
     return figures
+
+
+def run_rounds(names: list[str], data: Path, rounds: int, epochs: int) -> dict[str, list[dict[str, Any]]]:
+    """Each path of ``names`` once per round in a fresh process, the order reversed every other round."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for number in range(rounds):
+        for name in names if number % 2 == 0 else names[::-1]:
+            runs[name].append(run_in_child(name, data, timeout=600, epochs=epochs))
+            logger.info("round %d, %s: %s", number + 1, name, runs[name][-1])
+    return runs
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result for a path's rounds: the median time and first batch, the highest peaks; a round that failed, or
+    that served other rows than the first, stands for them all."""
+    if failed := [run for run in runs if "error" in run]:
+        return failed[0]
+    odd = [run for run in runs if (run["samples"], run["id_sum"]) != (runs[0]["samples"], runs[0]["id_sum"])]
+    merged = dict(odd[0] if odd else runs[0])
+    merged["seconds"] = statistics.median(run["seconds"] for run in runs)
+    firsts = [run["first_batch_s"] for run in runs if run["first_batch_s"] is not None]
+    merged["first_batch_s"] = statistics.median(firsts) if firsts else None
+    merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    merged["peak_tree_rss_mb"] = max(run["peak_tree_rss_mb"] for run in runs)
+    return merged
+
+
+def round_ratios(runs: dict[str, list[dict[str, Any]]], a: str, b: str) -> list[float]:
+    """Per round: path ``a``'s samples/s over path ``b``'s in the same round (rounds where either failed left out)."""
+    pairs = zip(runs.get(a, []), runs.get(b, []), strict=False)
+    return [
+        (ra["samples"] / ra["seconds"]) / (rb["samples"] / rb["seconds"])
+        for ra, rb in pairs
+        if "error" not in ra and "error" not in rb
+    ]
+
+
+def rounds_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return {
+        "count": max((len(r) for r in runs.values()), default=0),
+        "seconds": {name: [round(r.get("seconds", float("nan")), 3) for r in rs] for name, rs in runs.items()},
+        "first_batch_s": {
+            name: [None if r.get("first_batch_s") is None else round(r["first_batch_s"], 3) for r in rs]
+            for name, rs in runs.items()
+        },
+        "vs_arrow_ceiling": [round(x, 3) for x in round_ratios(runs, "tierlake", "arrow_ceiling")],
+    }
 
 
 def reread_figures(result: dict[str, Any]) -> dict[str, Any]:
@@ -424,14 +535,22 @@ def reread_figures(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ratios_of(figures: dict[str, Any]) -> dict[str, float | None]:
-    def ratio(a: str, b: str) -> float | None:
+def ratios_of(figures: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:
+    """Ratios of MB/s. Between two paths run in rounds: the median over rounds of the per-round ratio."""
+
+    def ratio(a: str, b: str, pick: Callable[[list[float]], float] = statistics.median) -> float | None:
+        if a in runs and b in runs:
+            per_round = round_ratios(runs, a, b)
+            return round(pick(per_round), 3) if per_round else None
         if "mb_per_s" not in figures.get(a, {}) or "mb_per_s" not in figures.get(b, {}):
             return None
         return round(float(figures[a]["mb_per_s"]) / float(figures[b]["mb_per_s"]), 3)
 
     return {
         "vs_arrow_ceiling": ratio("tierlake", "arrow_ceiling"),
+        "vs_arrow_ceiling_min": ratio("tierlake", "arrow_ceiling", min),
+        "vs_arrow_ceiling_max": ratio("tierlake", "arrow_ceiling", max),
+        "vs_arrow_ceiling_1thread": ratio("tierlake", "arrow_ceiling_1thread"),
         "sequential_vs_arrow_ceiling": ratio("tierlake_sequential", "arrow_ceiling"),
         "vs_litdata": ratio("tierlake", "litdata"),
         "vs_mosaic": ratio("tierlake", "mosaic"),
@@ -447,10 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=None, help="rows of int32 x 2048 tokens (default 131072)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the data goes (default: a temp dir)")
     parser.add_argument("--only", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs each path reads in its process (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help=f"interleaved rounds of {','.join(ROUND_PATHS)}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.workdir)
+        child(args.child, args.workdir, max(1, args.epochs))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     wanted = [name for name in args.only.split(",") if name]
@@ -463,16 +584,23 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         timings = prepare(data, rows, files, set(wanted))
         results = {}
+        if "tierlake_rereads" in wanted:
+            results["tierlake_rereads"] = run_in_child("tierlake_rereads", data, timeout=600)
+        epochs = max(1, args.epochs)
+        runs = run_rounds([name for name in wanted if name in ROUND_PATHS], data, max(1, args.rounds), epochs)
+        results |= {name: median_run(rounds) for name, rounds in runs.items()}
         for name in wanted:
-            results[name] = run_in_child(name, data, timeout=600)
-            logger.info("%s: %s", name, results[name])
+            if name not in results:
+                results[name] = run_in_child(name, data, timeout=600, epochs=epochs)
+                logger.info("%s: %s", name, results[name])
         rereads = results.pop("tierlake_rereads", None)
-        figures = figures_of(results, rows)
+        figures = figures_of({name: results[name] for name in wanted if name in results}, rows, epochs)
         tierlake = figures.get("tierlake", {})
         figures["first_batch_s"] = tierlake.get("first_batch_s")
         if rereads is not None:
             figures["row_group_rereads"] = rereads.get("rereads")
             figures["tierlake_rereads"] = reread_figures(rereads)
+        figures["rounds"] = rounds_figures(runs)
         setup = {
             "rows": rows,
             "gib": round(rows * ROW_BYTES / 2**30, 3),
@@ -484,12 +612,16 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_avg_1m": round(os.getloadavg()[0], 2),
-            "page_cache": "warm (data written just before; one run each)",
+            "page_cache": "warm (data written just before)",
+            "rounds": max(1, args.rounds),
+            "epochs_per_run": epochs,
+            "round_paths": [name for name in wanted if name in ROUND_PATHS],
+            "ceiling_threads": WORKERS,
             "first_batch": "from dataset construction to the first batch, imports excluded",
             "total_s": round(time.perf_counter() - started, 1),
             **timings,
         }
-        print(json.dumps({"bench": "loader", "figures": figures, "ratios": ratios_of(figures), "setup": setup}))
+        print(json.dumps({"bench": "loader", "figures": figures, "ratios": ratios_of(figures, runs), "setup": setup}))
     finally:
         if args.workdir is None:
             shutil.rmtree(data, ignore_errors=True)
