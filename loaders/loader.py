@@ -19,6 +19,7 @@ that every rank loaded the same state when ``torch.distributed`` is initialised.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Generator, Iterator
@@ -81,6 +82,14 @@ class LoaderStats:
     batches: int = 0
     wait_s: float = 0.0
     store: StoreStats = field(default_factory=StoreStats)
+
+
+def reader_threads(workers: int, window: int, cores: int) -> int:
+    """Row-group reader threads: one per row group of a shuffle window, so the first batch of a shuffled epoch
+    (which needs the whole first window) waits for one read, not ``window / workers`` of them; but no more than
+    the cores, since decoding is CPU-bound: on 2 cores four concurrent decodes end no sooner than two pairs, and
+    each holds its decode buffers (and its allocator's thread cache) meanwhile. Never fewer than ``workers``."""
+    return max(workers, min(window, cores))
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -238,9 +247,7 @@ class DeltaLoader:
         """
         workers = self.options.num_workers
         schedule = ReadSchedule(self.dataset, epoch, plan, keys=self._capacity())
-        # One reader per row group of a window, so the first batch of a shuffled epoch (which needs the whole
-        # first window) waits for one row-group read, not window / num_workers of them.
-        readers = max(workers, self.dataset.window_row_groups) if workers else 0
+        readers = reader_threads(workers, self.dataset.window_row_groups, os.cpu_count() or 1) if workers else 0
         store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=readers, needs=schedule)
         self.stats.store = store.stats
         if not workers:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loaders.dataset import DeltaDataset, OrderOptions, delta_dataset
-from loaders.loader import DeltaLoader
+from loaders.loader import DeltaLoader, reader_threads
 from loaders.order import IntArray
 from loaders.plan import build_plan
 from loaders.table import ArrowFileSource, pin_snapshot
@@ -308,3 +308,14 @@ def test_read_ahead_waits_for_the_first_batch_which_reads_only_its_own_row_group
     (at_first,) = held
     assert keys(np.arange(4)) <= at_first <= keys(np.arange(8))  # batch 0's, and at most batch 1's (in flight)
     assert len(loader.dataset.sources[0].plan) > len(keys(np.arange(8)))  # the table has more, not read yet
+
+
+@pytest.mark.parametrize(
+    ("workers", "window", "cores", "readers"),
+    [(2, 4, 2, 2), (2, 4, 16, 4), (1, 4, 3, 3), (8, 4, 2, 8), (2, 1, 16, 2)],
+)
+def test_row_group_readers_are_a_window_at_most_the_cores_at_least_the_workers(
+    workers: int, window: int, cores: int, readers: int
+) -> None:
+    # Decoding is CPU-bound: readers beyond the cores only hold more decode buffers at once.
+    assert reader_threads(workers, window, cores) == readers
