@@ -10,6 +10,7 @@ next batches need (bounded, least recently used, one read per row group even whe
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 Units = Mapping[str, npt.NDArray[Any]]
 Decoder = Callable[[pa.Table, DataFile, int], Units]  # (row group table, its file, row count) -> units
 _HANDLES_PER_THREAD = 16
+POOLED_MIN_BYTES = 1 << 16  # smaller gathered arrays come from numpy.empty (the C allocator keeps those warm)
 
 
 def numpy_column(name: str, column: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
@@ -285,6 +287,47 @@ class RowGroupStore:
         self.stats.resident_bytes -= entry.nbytes
 
 
+class ArrayPool:
+    """Memory for gathered arrays, reused once nothing refers to an array made from it any more.
+
+    A batch is a view of its group's arrays, and the trainer may keep its tensors for as long as it likes, so a
+    buffer is handed out again only when its reference count shows that the pool alone holds it (every view,
+    slice and tensor made from it holds a reference). Without it, each group's arrays came fresh from the C
+    allocator, which unmapped freed ones and faulted the pages in again for the next group. At most ``slots``
+    buffers are kept; arrays under ``min_bytes`` (default ``POOLED_MIN_BYTES``) come from ``numpy.empty``.
+    Thread-safe.
+    """
+
+    def __init__(self, slots: int, *, min_bytes: int | None = None) -> None:
+        self._slots = max(0, slots)
+        self._min_bytes = POOLED_MIN_BYTES if min_bytes is None else min_bytes
+        self._buffers: list[npt.NDArray[np.uint8]] = []
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes < self._min_bytes:
+            return np.empty(shape, dtype=dtype)
+        with self._lock:
+            buffer = self._free_buffer(nbytes)
+        if buffer is None:
+            return np.empty(shape, dtype=dtype)
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    def _free_buffer(self, nbytes: int) -> npt.NDArray[np.uint8] | None:
+        """A buffer of at least ``nbytes`` that nothing outside the pool refers to (under the lock)."""
+        for index in range(len(self._buffers)):
+            # 2: the list's reference and getrefcount's argument; a view, slice or tensor of it adds one.
+            if sys.getrefcount(self._buffers[index]) == 2:
+                if self._buffers[index].nbytes < nbytes:
+                    self._buffers[index] = np.empty(nbytes, dtype=np.uint8)
+                return self._buffers[index]
+        if len(self._buffers) < self._slots:
+            self._buffers.append(np.empty(nbytes, dtype=np.uint8))
+            return self._buffers[-1]
+        return None
+
+
 def row_group_keys(sources: IntArray, rgs: IntArray) -> list[tuple[int, int]]:
     """The distinct (source, row group) pairs of a batch, in first-use order."""
     keys = sources * (1 << 40) + rgs
@@ -298,11 +341,15 @@ def assemble(
     rgs: IntArray,
     offsets: IntArray,
     out: dict[str, npt.NDArray[Any]] | None = None,
+    *,
+    pool: ArrayPool | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
     """Gather one batch: unit ``offsets[i]`` of row group ``rgs[i]`` of source ``sources[i]``, in that order.
 
-    ``out`` (e.g. views of a shared-memory slab) receives the batch in place when its shapes match.
+    ``out`` (e.g. views of a shared-memory slab) receives the batch in place when its shapes match; otherwise the
+    arrays (and the temporaries of a batch over several row groups) come from ``pool`` when given.
     """
+    empty = np.empty if pool is None else pool.empty
     keys = sources * (1 << 40) + rgs
     unique = np.unique(keys)
     store.prefetch((int(k >> 40), int(k & ((1 << 40) - 1))) for k in unique)
@@ -314,7 +361,7 @@ def assemble(
         picked = np.nonzero(keys == key)[0] if not single else None
         for name, array in units.items():
             if name not in out:
-                out[name] = np.empty((len(keys), *array.shape[1:]), dtype=array.dtype)
+                out[name] = empty((len(keys), *array.shape[1:]), dtype=array.dtype)
             elif out[name].shape != (len(keys), *array.shape[1:]) or out[name].dtype != array.dtype:
                 raise SchemaMismatch(
                     f"column {name!r}: row group {rg} of source {source} holds {array.dtype}{array.shape[1:]} but "
@@ -323,5 +370,6 @@ def assemble(
             if picked is None:
                 np.take(array, offsets, axis=0, out=out[name])
             else:
-                out[name][picked] = np.take(array, offsets[picked], axis=0)
+                part = empty((len(picked), *array.shape[1:]), dtype=array.dtype)
+                out[name][picked] = np.take(array, offsets[picked], axis=0, out=part)
     return out

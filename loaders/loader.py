@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from loaders.batches import RowGroupStore, StoreStats, assemble, row_group_keys
+from loaders.batches import ArrayPool, RowGroupStore, StoreStats, assemble, row_group_keys
 from loaders.dataset import OrderedDataset
 from loaders.follow import Following, FollowOptions, follow_batches, follow_options
 from loaders.order import RankSlice, TailRule, rank_slice, tail_rule
@@ -217,7 +217,15 @@ class DeltaLoader:
         return max(1, self.options.prefetch_batches // workers) if workers else 1
 
     def _build(  # noqa: PLR0917 - submitted to the worker pool positionally
-        self, store: RowGroupStore, schedule: ReadSchedule, epoch: int, plan: RankSlice, first: int, count: int
+        self,
+        store: RowGroupStore,
+        schedule: ReadSchedule,
+        epoch: int,
+        plan: RankSlice,
+        first: int,
+        count: int,
+        *,
+        buffers: ArrayPool | None = None,
     ) -> dict[str, Any]:
         """On a worker thread (or the caller's, with no workers): batches ``first .. first + count - 1`` gathered
         into one array per column (``count * batch_size`` rows; the caller hands out slices). One copy per row
@@ -233,7 +241,7 @@ class DeltaLoader:
         keys = row_group_keys(sources, rgs)
         store.prefetch(keys)
         try:
-            return assemble(store, sources, rgs, offsets)
+            return assemble(store, sources, rgs, offsets, pool=buffers)
         finally:
             for batch in range(first, first + count):
                 schedule.finish(batch, keys)
@@ -250,11 +258,13 @@ class DeltaLoader:
         readers = reader_threads(workers, self.dataset.window_row_groups, os.cpu_count() or 1) if workers else 0
         store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=readers, needs=schedule)
         self.stats.store = store.stats
+        # Gathered arrays: the groups in flight, the one being handed out and those the trainer still holds.
+        buffers = ArrayPool(4 * (self.options.prefetch_batches + workers))
         if not workers:
             try:
                 for batch in range(plan.batches):
                     schedule.take(batch)
-                    yield self._build(store, schedule, epoch, plan, batch, 1)
+                    yield self._build(store, schedule, epoch, plan, batch, 1, buffers=buffers)
             finally:
                 store.close()
             return
@@ -277,7 +287,7 @@ class DeltaLoader:
                         break  # the row groups of the batches in flight would exceed the budget: wait for one
                     for batch in range(submitted, submitted + count):
                         schedule.take(batch)
-                    future = pool.submit(self._build, store, schedule, epoch, plan, submitted, count)
+                    future = pool.submit(self._build, store, schedule, epoch, plan, submitted, count, buffers=buffers)
                     pending.append((count, future))
                     submitted += count
                     in_flight += count

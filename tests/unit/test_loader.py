@@ -11,10 +11,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from deltalake import DeltaTable, write_deltalake
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from loaders import batches as batches_module
+from loaders.batches import ArrayPool
 from loaders.dataset import DeltaDataset, OrderOptions, delta_dataset
 from loaders.loader import DeltaLoader, reader_threads
 from loaders.order import IntArray
@@ -255,9 +258,9 @@ def test_batches_are_gathered_in_groups_and_the_first_group_needs_only_the_first
     calls: list[tuple[int, int]] = []
     build = DeltaLoader._build
 
-    def recorded(self: DeltaLoader, *args: Any) -> Any:  # args: store, schedule, epoch, plan, first, count
+    def recorded(self: DeltaLoader, *args: Any, **kwargs: Any) -> Any:  # store, schedule, epoch, plan, first, count
         calls.append((args[-2], args[-1]))
-        return build(self, *args)
+        return build(self, *args, **kwargs)
 
     monkeypatch.setattr(DeltaLoader, "_build", recorded)
     grouped = global_order(ids_by_rank([loader]))
@@ -290,8 +293,10 @@ def test_read_ahead_waits_for_the_first_batch_which_reads_only_its_own_row_group
     held: list[set[tuple[int, int]]] = []
     build = DeltaLoader._build
 
-    def recorded(self: DeltaLoader, store: Any, *args: Any) -> Any:  # args: schedule, epoch, plan, first, count
-        arrays = build(self, store, *args)
+    def recorded(
+        self: DeltaLoader, store: Any, *args: Any, **kwargs: Any
+    ) -> Any:  # schedule, epoch, plan, first, count
+        arrays = build(self, store, *args, **kwargs)
         first = args[-2]
         if first == 0:
             held.append(set(store._entries))  # every row group read or being read when batch 0 is gathered
@@ -319,3 +324,37 @@ def test_row_group_readers_are_a_window_at_most_the_cores_at_least_the_workers(
 ) -> None:
     # Decoding is CPU-bound: readers beyond the cores only hold more decode buffers at once.
     assert reader_threads(workers, window, cores) == readers
+
+
+def test_array_pool_hands_a_buffer_out_again_only_when_nothing_refers_to_it() -> None:
+    pool = ArrayPool(1, min_bytes=0)
+    kind = np.dtype(np.int32)
+    first = pool.empty((8, 4), kind)
+    address = first.ctypes.data
+    held = torch.from_numpy(first[:2])  # a batch the trainer keeps
+    del first
+    assert pool.empty((8, 4), kind).ctypes.data != address  # still referenced: not handed out
+    del held
+    assert pool.empty((8, 4), kind).ctypes.data == address  # released: the same memory again
+
+
+def test_batches_the_trainer_keeps_are_not_overwritten_by_later_ones(
+    table: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batches_module, "POOLED_MIN_BYTES", 0)  # the test table's arrays are small
+    dataset = delta_dataset(table, order=OrderOptions(seed=5))
+    loader = DeltaLoader(dataset, batch_size=4, num_workers=2, prefetch_batches=4)
+    kept: list[dict[str, torch.Tensor]] = []
+    copies: list[dict[str, torch.Tensor]] = []
+    dropped_addresses: list[int] = []
+    for number, batch in enumerate(loader):
+        if number % 3 == 0:
+            kept.append(batch)
+            copies.append({name: tensor.clone() for name, tensor in batch.items()})
+        else:
+            dropped_addresses.append(batch["tokens"].data_ptr())
+    assert len(set(dropped_addresses)) < len(dropped_addresses)  # memory of dropped batches was used again
+    for batch, copy in zip(kept, copies, strict=True):
+        for name, tensor in batch.items():
+            assert torch.equal(tensor, copy[name])
+        assert (batch["tokens"] == batch["id"].to(batch["tokens"].dtype)[:, None]).all()
