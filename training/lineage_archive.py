@@ -51,19 +51,7 @@ def archived_files(
         return []
     paths = snapshot_paths(uri, version, options)
     return sorted(
-        (
-            Archived(
-                path=str(r["path"]),
-                cartridge=str(r["cartridge"]),
-                site=str(r["site"]),
-                copy=int(r["copy"]),
-                extent={k: r.get(k) for k in EXTENT_KEYS},
-                state=str(r.get("state") or ""),
-            )
-            for r in mine
-            if str(r["path"]) in paths
-        ),
-        key=lambda a: (a.path, a.copy),
+        (_archived(r, str(r["path"])) for r in mine if str(r["path"]) in paths), key=lambda a: (a.path, a.copy)
     )
 
 
@@ -73,18 +61,23 @@ def checkpoint_copies(catalog: Iterable[Mapping[str, Any]], bucket: str, step_pr
     folder = step_prefix.strip("/") + "/"
     return sorted(
         (
-            Archived(
-                path=str(r["key"])[len(folder) :],
-                cartridge=str(r["cartridge"]),
-                site=str(r["site"]),
-                copy=int(r["copy"]),
-                extent={k: r.get(k) for k in EXTENT_KEYS},
-                state=str(r.get("state") or ""),
-            )
+            _archived(r, str(r["key"])[len(folder) :])
             for r in catalog
             if str(r["bucket"]) == bucket and str(r["key"]).startswith(folder)
         ),
         key=lambda a: (a.copy, a.path),
+    )
+
+
+def _archived(row: Mapping[str, Any], path: str) -> Archived:
+    """One catalog row as the copy of ``path`` it describes."""
+    return Archived(
+        path=path,
+        cartridge=str(row["cartridge"]),
+        site=str(row["site"]),
+        copy=int(row["copy"]),
+        extent={k: row.get(k) for k in EXTENT_KEYS},
+        state=str(row.get("state") or ""),
     )
 
 
