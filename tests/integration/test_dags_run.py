@@ -246,7 +246,8 @@ def test_tiering_with_no_params_moves_conf_defaults_and_purges_nothing(
 
     states = _run(airflow_dags["tiering"], {"tables": [], "purge": False})
     assert set(states.values()) == {"success"}, states
-    assert {k.partition("[")[0] for k in states} == {"tables", "select", "archive", "verify", "purge"}
+    # checkpoints: `tierlake checkpoint archive`, a no-op while conf/ leaves checkpoint.tape off
+    assert {k.partition("[")[0] for k in states} == {"tables", "select", "archive", "checkpoints", "verify", "purge"}
     assert sum(k.startswith("archive[") for k in states) == len(defaults)  # every default table, mapped
     for table in cold:
         assert _cli("archive", "select", "--table", table, "--json")["partitions"] == [], table  # all archived
