@@ -134,7 +134,7 @@ def append_anomalies(silver_rows: DataFrame, *, uri: str, batch_id: int, ledger:
     (``ledger``). Returns whether it wrote (False: a replay of a batch the table holds).
 
     No count first: a batch with nothing to flag runs its write job and commits nothing, as Delta skips a blind
-    append that adds no file (checked in tests/integration/test_ingest.py), so the flags can be written beside
+    append that adds no file (tests/integration/test_spark_delta.py shows it on RGW), so the flags can be written beside
     silver instead of after a job that counts them.
     """
     from pyspark.sql import functions as F  # noqa: PLC0415

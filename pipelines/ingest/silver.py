@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.high_water import HighWater, from_micros
 from pipelines.ingest.ledger import CommitLedger
@@ -87,16 +87,11 @@ def latest_version(spark: SparkSession, uri: str) -> int:
     the judged batch (two Delta jobs on the new snapshot, about 1.3 s at load 3 before the batch could end) and
     threw its cache away, so quarantine's and dropped's appends after it judged the batch again. A read pinned to a
     version is another relation to Spark, so the cache stands; it holds the same rows, as every batch before this
-    one committed before it started. On the live bench it is neutral (two A/B pairs at load 3: the new snapshot's
-    state is now built while the next batch plans, no longer after the commit); the saving is the batch not judged
-    twice when it has quarantined or dropped rows.
+    one committed before it started. The new snapshot's file list, which that re-plan used to build, is built right
+    after silver's append instead (:func:`warm_snapshot`); docs/decisions.md has the A/B.
     """
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
     try:
-        log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri)
-        none = jvm.scala.Option.empty()
-        return int(log.update(False, none, none).version())
+        return int(_updated_snapshot(spark, uri).version())
     except Exception:  # a changed internal signature: the public history says the same, with a job
         from delta.tables import DeltaTable  # noqa: PLC0415
 
@@ -112,14 +107,18 @@ def warm_snapshot(spark: SparkSession, uri: str) -> None:
     check reads silver as of that snapshot (:func:`latest_version`), and would otherwise build it while planning,
     before any of its records is touched (about 0.35 s of a live batch at load 3).
     """
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
     try:
-        none = jvm.scala.Option.empty()
-        snapshot = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri).update(False, none, none)
-        snapshot.allFiles().count()
+        _updated_snapshot(spark, uri).allFiles().count()
     except Exception as exc:  # the next batch builds it itself
         logger.debug("snapshot of %s not built ahead: %s", uri, first_line(exc))
+
+
+def _updated_snapshot(spark: SparkSession, uri: str) -> Any:
+    """Delta's newest snapshot of the table in this JVM (``DeltaLog.update``: one listing of ``_delta_log``)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    none = jvm.scala.Option.empty()
+    return jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri).update(False, none, none)
 
 
 def _then_warm(append: Callable[[], bool], spark: SparkSession, uri: str) -> bool:
