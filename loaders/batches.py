@@ -10,6 +10,7 @@ next batches need (bounded, least recently used, one read per row group even whe
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 from collections import OrderedDict
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from loaders.order import IntArray
 from loaders.plan import Plan
 from loaders.table import DataFile, FileSource
-from tierlake.errors import NotFound, SchemaMismatch, StorageError
+from tierlake.errors import NotFound, SchemaMismatch, StorageError, TierlakeError
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +115,15 @@ class TableSource:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_handles", threading.local())
 
-    def read_row_group(self, rg: int) -> tuple[Units, int]:
-        """Decoded units of row group ``rg`` and the bytes Arrow read for it."""
+    def read_row_group(self, rg: int, *, use_threads: bool = True) -> tuple[Units, int]:
+        """Decoded units of row group ``rg`` and the bytes Arrow read for it. ``use_threads=False`` decodes the
+        columns one after the other in the calling thread instead of on Arrow's thread pool."""
         file = self.plan.snapshot.files[int(self.plan.file_of[rg])]
         try:
             parquet = self._parquet(file.uri)
-            table = parquet.read_row_group(int(self.plan.index_in_file[rg]), columns=list(self.columns))
+            table = parquet.read_row_group(
+                int(self.plan.index_in_file[rg]), columns=list(self.columns), use_threads=use_threads
+            )
         except (NotFound, FileNotFoundError) as exc:
             snapshot = self.plan.snapshot
             raise NotFound(
@@ -183,12 +187,21 @@ class RowGroupStore:
     Without ``needs`` the least recently used row group is evicted. With it, read-ahead stops when the store is
     full of row groups needed sooner, eviction takes the row group needed last, and a row group that a batch in
     flight needs is never evicted (the store then holds more than ``capacity`` until that batch is gathered).
+    ``arrow_threads=False`` decodes each row group in the thread that reads it (for callers whose own threads
+    already fill the cores: Arrow's pool would only add a hand-off per column).
     """
 
     def __init__(
-        self, sources: tuple[TableSource, ...], capacity: int, *, io_threads: int = 0, needs: Needs | None = None
+        self,
+        sources: tuple[TableSource, ...],
+        capacity: int,
+        *,
+        io_threads: int = 0,
+        needs: Needs | None = None,
+        arrow_threads: bool = True,
     ) -> None:
         self._sources = sources
+        self._arrow_threads = arrow_threads
         self._capacity = max(1, capacity)
         self._needs = needs
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
@@ -243,7 +256,7 @@ class RowGroupStore:
 
     def _fill(self, key: tuple[int, int], entry: _Entry) -> None:
         try:
-            entry.units, entry.nbytes = self._sources[key[0]].read_row_group(key[1])
+            entry.units, entry.nbytes = self._sources[key[0]].read_row_group(key[1], use_threads=self._arrow_threads)
         except BaseException as exc:
             entry.error = exc
             with self._lock:
@@ -305,7 +318,7 @@ class ArrayPool:
         self._lock = threading.Lock()
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < self._min_bytes:
             return np.empty(shape, dtype=dtype)
         with self._lock:
@@ -368,8 +381,20 @@ def assemble(
                     f"the batch buffer is {out[name].dtype}{out[name].shape}. Fix: mix tables of one schema"
                 )
             if picked is None:
-                np.take(array, offsets, axis=0, out=out[name])
+                _take_rows(array, offsets, out[name])
             else:
                 part = empty((len(picked), *array.shape[1:]), dtype=array.dtype)
-                out[name][picked] = np.take(array, offsets[picked], axis=0, out=part)
+                out[name][picked] = _take_rows(array, offsets[picked], part)
     return out
+
+
+def _take_rows(array: npt.NDArray[Any], rows: IntArray, out: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``array[rows]`` written into ``out``: one copy. ``numpy.take``'s default ``mode="raise"`` copies into a
+    temporary first whenever ``out`` is given (so that ``out`` is untouched if an index is bad): a second pass over
+    every gathered byte and a fresh allocation per call. The rows are checked here instead, once per call."""
+    if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= len(array)):
+        raise TierlakeError(
+            f"unit offsets {int(rows.min())}..{int(rows.max())} fall outside a row group of {len(array)} units: the "
+            "plan does not match the file. Fix: rebuild the plan (clear plan_cache_dir) and report it if it recurs"
+        )
+    return np.take(array, rows, axis=0, out=out, mode="clip")

@@ -255,8 +255,12 @@ class DeltaLoader:
         """
         workers = self.options.num_workers
         schedule = ReadSchedule(self.dataset, epoch, plan, keys=self._capacity())
-        readers = reader_threads(workers, self.dataset.window_row_groups, os.cpu_count() or 1) if workers else 0
-        store = RowGroupStore(self.dataset.sources, self._capacity(), io_threads=readers, needs=schedule)
+        cores = os.cpu_count() or 1
+        readers = reader_threads(workers, self.dataset.window_row_groups, cores) if workers else 0
+        # Readers that fill the cores decode in their own thread: Arrow's pool would add a hand-off per column.
+        store = RowGroupStore(
+            self.dataset.sources, self._capacity(), io_threads=readers, needs=schedule, arrow_threads=readers < cores
+        )
         self.stats.store = store.stats
         # Gathered arrays: the groups in flight, the one being handed out and those the trainer still holds.
         buffers = ArrayPool(4 * (self.options.prefetch_batches + workers))

@@ -358,3 +358,39 @@ def test_batches_the_trainer_keeps_are_not_overwritten_by_later_ones(
         for name, tensor in batch.items():
             assert torch.equal(tensor, copy[name])
         assert (batch["tokens"] == batch["id"].to(batch["tokens"].dtype)[:, None]).all()
+
+
+def test_a_unit_offset_outside_its_row_group_is_refused_not_clipped(table: Path) -> None:
+    """The gather takes rows with numpy's ``mode="clip"`` (one copy); the offsets are checked before it instead."""
+    dataset = delta_dataset(table, order=OrderOptions(shuffle=False))
+    store = batches_module.RowGroupStore(dataset.sources, 2)
+    rows = int(dataset.sources[0].units[0])
+    sources = np.zeros(2, dtype=np.int64)
+    rgs = np.zeros(2, dtype=np.int64)
+    ids = dataset.sources[0].read_row_group(0)[0]["id"]
+    batch = batches_module.assemble(store, sources, rgs, np.array([rows - 1, 0], dtype=np.int64))
+    assert batch["id"].tolist() == [ids[rows - 1], ids[0]]
+    with pytest.raises(TierlakeError, match=f"outside a row group of {rows} units"):
+        batches_module.assemble(store, sources, rgs, np.array([0, rows], dtype=np.int64))
+
+
+@pytest.mark.parametrize(("cores", "in_reader"), [(2, True), (16, False)])
+def test_readers_that_fill_the_cores_decode_in_their_own_thread(
+    table: Path, monkeypatch: pytest.MonkeyPatch, cores: int, in_reader: bool
+) -> None:
+    """With as many readers as cores, Arrow's thread pool is left out of the decode (a hand-off per column)."""
+    monkeypatch.setattr("loaders.loader.os.cpu_count", lambda: cores)
+    calls: list[bool] = []
+    read = batches_module.TableSource.read_row_group
+
+    def recorded(self: Any, rg: int, *, use_threads: bool = True) -> Any:
+        calls.append(use_threads)
+        return read(self, rg, use_threads=use_threads)
+
+    monkeypatch.setattr(batches_module.TableSource, "read_row_group", recorded)
+    dataset = delta_dataset(table, order=OrderOptions(seed=2))
+    served = global_order(ids_by_rank([DeltaLoader(dataset, batch_size=8, num_workers=2)]))
+    assert set(calls) == {not in_reader}  # one decode per row group read, each in the same place
+    calls.clear()
+    assert served == global_order(ids_by_rank([DeltaLoader(dataset, batch_size=8, num_workers=0)]))
+    assert set(calls) == {True}  # no reader threads: the calling thread leaves the columns to Arrow's pool
