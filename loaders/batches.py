@@ -180,6 +180,8 @@ class Needs(Protocol):
 
     def in_flight(self, key: tuple[int, int]) -> bool: ...
 
+    def spent(self, key: tuple[int, int]) -> bool: ...
+
 
 class RowGroupStore:
     """Decoded row groups shared by the loader's threads: bounded to ``capacity`` entries, single-flight reads.
@@ -274,6 +276,17 @@ class RowGroupStore:
             self.stats.largest_row_group_bytes = max(self.stats.largest_row_group_bytes, entry.nbytes)
             self._evict()
             self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes, self.stats.resident_bytes)
+
+    def release(self, keys: Iterable[tuple[int, int]]) -> None:
+        """Drop the row groups among ``keys`` that no batch left in the epoch needs (with ``needs`` only): their
+        memory goes back to Arrow's allocator for the next reads instead of being held to the epoch's end."""
+        if self._needs is None:
+            return
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is not None and entry.ready.is_set() and self._needs.spent(key):
+                    self._drop(key)
 
     def _evict(self) -> None:
         while len(self._entries) > self._capacity:

@@ -245,6 +245,7 @@ class DeltaLoader:
         finally:
             for batch in range(first, first + count):
                 schedule.finish(batch, keys)
+            store.release(keys)
 
     def _produce(self, epoch: int, plan: RankSlice) -> Generator[dict[str, Any], None, None]:
         """This rank's batches of ``plan`` as numpy arrays, in batch order (threads; subclasses may differ).

@@ -144,6 +144,11 @@ class ReadSchedule:
             uses = self._uses.get(key)
             return uses[0] if uses else NEVER
 
+    def spent(self, key: Key) -> bool:
+        """Whether no batch left in this epoch needs ``key``: every batch is located and none unfinished needs it."""
+        with self._lock:
+            return self._located >= self._plan.batches and not self._uses.get(key)
+
     def in_flight(self, key: Key) -> bool:
         """Whether a batch already handed to a worker still needs ``key`` (the store must keep it)."""
         with self._lock:

@@ -394,3 +394,16 @@ def test_readers_that_fill_the_cores_decode_in_their_own_thread(
     calls.clear()
     assert served == global_order(ids_by_rank([DeltaLoader(dataset, batch_size=8, num_workers=0)]))
     assert set(calls) == {True}  # no reader threads: the calling thread leaves the columns to Arrow's pool
+
+
+def test_row_groups_no_batch_left_needs_are_let_go_before_the_epoch_ends(table: Path) -> None:
+    """Once the whole epoch is located, a row group whose batches are all gathered is dropped from the store (its
+    memory goes back to the allocator for the next reads) instead of being held to the epoch's end."""
+    dataset = delta_dataset(table, order=OrderOptions(seed=4, window=2))
+    row_groups = len(dataset.sources[0].plan)
+    loader = DeltaLoader(dataset, batch_size=8, num_workers=2, prefetch_batches=2)
+    served = global_order(ids_by_rank([loader]))
+    store = loader.stats.store
+    assert (store.reads, store.rereads) == (row_groups, 0)
+    assert store.resident_bytes == 0  # nothing held once the last batch is gathered
+    assert served == global_order(ids_by_rank([DeltaLoader(dataset, batch_size=8, num_workers=0)]))
