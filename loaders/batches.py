@@ -341,13 +341,18 @@ class ArrayPool:
         return buffer[:nbytes].view(dtype).reshape(shape)
 
     def _free_buffer(self, nbytes: int) -> npt.NDArray[np.uint8] | None:
-        """A buffer of at least ``nbytes`` that nothing outside the pool refers to (under the lock)."""
-        for index in range(len(self._buffers)):
-            # 2: the list's reference and getrefcount's argument; a view, slice or tensor of it adds one.
-            if sys.getrefcount(self._buffers[index]) == 2:
-                if self._buffers[index].nbytes < nbytes:
-                    self._buffers[index] = np.empty(nbytes, dtype=np.uint8)
-                return self._buffers[index]
+        """A buffer of at least ``nbytes`` that nothing outside the pool refers to (under the lock): a free one that
+        is large enough, else a free smaller one grown to ``nbytes``, else a new one while there are slots. (Growing
+        the first free buffer found had swapped a group's 2 MiB arrays and its smaller temporaries back and forth,
+        each swap a fresh allocation whose pages fault in again.)"""
+        # 2: the list's reference and getrefcount's argument; a view, slice or tensor of it adds one.
+        free = [index for index in range(len(self._buffers)) if sys.getrefcount(self._buffers[index]) == 2]
+        fitting = [index for index in free if self._buffers[index].nbytes >= nbytes]
+        if fitting:
+            return self._buffers[min(fitting, key=lambda index: self._buffers[index].nbytes)]
+        if free:
+            self._buffers[free[0]] = np.empty(nbytes, dtype=np.uint8)
+            return self._buffers[free[0]]
         if len(self._buffers) < self._slots:
             self._buffers.append(np.empty(nbytes, dtype=np.uint8))
             return self._buffers[-1]

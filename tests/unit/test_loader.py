@@ -407,3 +407,14 @@ def test_row_groups_no_batch_left_needs_are_let_go_before_the_epoch_ends(table: 
     assert (store.reads, store.rereads) == (row_groups, 0)
     assert store.resident_bytes == 0  # nothing held once the last batch is gathered
     assert served == global_order(ids_by_rank([DeltaLoader(dataset, batch_size=8, num_workers=0)]))
+
+
+def test_array_pool_hands_out_a_free_buffer_that_fits_before_growing_a_smaller_one() -> None:
+    pool = ArrayPool(2, min_bytes=0)
+    kind = np.dtype(np.int32)
+    small, large = pool.empty((4, 4), kind), pool.empty((64, 4), kind)
+    addresses = small.ctypes.data, large.ctypes.data
+    del small, large
+    again = pool.empty((64, 4), kind)  # the large buffer, not the small one replaced by a new allocation
+    assert again.ctypes.data == addresses[1]
+    assert pool.empty((2, 4), kind).ctypes.data == addresses[0]
