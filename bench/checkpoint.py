@@ -11,14 +11,18 @@ the CPU (hidden 2048, 6 layers: 21 M parameters x 12 bytes). Paths, all on the s
 - ``restore_<tier>_s``: ``load_latest`` from that tier alone (local, edge, rgw; RGW downloads and checks CRC-32C);
 - ``steps_per_s_without`` / ``steps_per_s_with``: the trainer reading its Delta table without checkpoints and with the
   default cadence of ``conf/`` (500 ms / 15 s / 5 min) and its ``checkpoint.overhead_budget`` (the nearest tier's
-  saves spaced by their measured cost: ``deferred_budget``, ``min_gap_s``), in alternating windows of the same number
-  of steps (without, with, with, without, ...: both sides see the same drift of a shared machine's load). At the 500
-  ms cadence without a budget the background writer is busy from a window's first step to its last (a save comes due
-  as soon as the last one is written), as in a long run; after a window with checkpoints, its last write and any
-  promotion are drained before the next window, outside the timed windows (``drain_s``: their total), so no background
-  work spills into a window without. Before them, one window takes the first checkpoint, which is due on every tier at
-  once (a tier that never took one is due at once): ``steps_per_s_first_save`` is that window (it holds a whole-state
-  upload to RGW, which the cadence does once in 5 minutes), not part of the ratio;
+  saves spaced by their measured cost: ``deferred_budget``, ``min_gap_s``, ``step_cost_s``), in alternating windows
+  (without, with, with, without, ...: both sides see the same drift of a shared machine's load; ``round_ratios``: each
+  round's pair, for the spread). The checkpointer's clock runs only in the windows with checkpoints (``WindowClock``),
+  so its cadence and budget see them as one continuous run, as in a long one: a window starts with no checkpoint due
+  that would not be due in a long run. A window lasts four of the write tier's spacings (``window_steps``: the spacing
+  the budget asks for at the start, or the cadence's interval, at the pace of 15 steps without checkpoints); a window
+  with checkpoints then trains on, timed and with no new checkpoint, until the background work it started is done, so
+  it bears the whole cost of its checkpoints and none spills into the next window. Before them, one window of 15 steps
+  takes the first checkpoint, which is due on every tier at once (a tier that never took one is due at once):
+  ``steps_per_s_first_save`` is that window (it holds a whole-state upload to RGW, which the cadence does once in 5
+  minutes), not part of the ratio; nor is the wait the budget then asks for (``settle_s``: trained through, untimed,
+  until the next checkpoint starts);
 - ``seconds_per_checkpoint`` (how often one landed: back-pressure skips the saves due while one is written, so a
   slow or starved writer checkpoints less often, which raises the ratio) and ``step_seconds_lost_per_checkpoint``
   (seconds the windows with checkpoints took beyond those without, per checkpoint): read the ratio with them;
@@ -35,8 +39,10 @@ asserts on time. Usage: ``.venv/bin/python bench/checkpoint.py [--quick] [--work
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -46,6 +52,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +77,7 @@ from training.tiers import CheckpointTier, FolderTier, RgwTier  # noqa: E402
 
 logger = logging.getLogger("bench.checkpoint")
 HIDDEN, LAYERS = 2048, 6
+SETTLE_MAX_S = 300.0
 
 
 def write_table(path: Path, rows: int) -> str:
@@ -126,7 +134,7 @@ def restore_each(trainer: ToyTrainer, tiers: list[CheckpointTier], run: str) -> 
 
 
 def timed_steps(trainer: ToyTrainer, steps: int, checkpointer: TieredCheckpointer | None) -> tuple[float, float]:
-    """Seconds for ``steps`` train steps, and seconds then spent draining the checkpointer's background work."""
+    """Seconds for ``steps`` train steps, and seconds then spent waiting for the checkpointer's background work."""
     started = time.perf_counter()
     trainer.train(trainer.step + steps, checkpointer=checkpointer)
     elapsed = time.perf_counter() - started
@@ -147,42 +155,103 @@ def stack_cpu_s(settings: Settings) -> float:
     return total
 
 
+def window_steps(rate: float, gap_s: float, gaps: int, least: int = 15, most: int = 400) -> int:
+    """Steps in one timed window: long enough to hold ``gaps`` of the write tier's spacing at ``rate`` steps/s, so
+    the windows with checkpoints hold them as often as a long run does (a window shorter than the spacing would
+    hold one checkpoint each, more often than the budget allows in a long run)."""
+    return max(least, min(most, math.ceil(gaps * gap_s * rate)))
+
+
+class WindowClock:
+    """The checkpointer's clock in the windows with checkpoints: it runs only while :meth:`running`, so the cadence
+    and the budget see those windows as one continuous run (a window without checkpoints is no time to them)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.since: float | None = None
+
+    def __call__(self) -> float:
+        return self.total + (time.monotonic() - self.since if self.since is not None else 0.0)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.total = self()
+            self.since = None
+
+
+def window_with(trainer: ToyTrainer, steps: int, checkpointer: TieredCheckpointer) -> tuple[int, float]:
+    """Steps and seconds of a window with checkpoints: ``steps`` steps, then trained on (no new checkpoint) until
+    the background work the window started is done, so each window bears all of its checkpoints' cost."""
+    started = time.perf_counter()
+    trainer.train(trainer.step + steps, checkpointer=checkpointer)
+    done = steps
+    while checkpointer.busy():
+        trainer.train(trainer.step + 1)
+        done += 1
+    return done, time.perf_counter() - started
+
+
 def steps_with_and_without(
-    trainer: ToyTrainer, settings: Settings, tiers: list[CheckpointTier], run: str, *, steps: int, rounds: int
+    trainer: ToyTrainer, settings: Settings, tiers: list[CheckpointTier], run: str, *, rounds: int, gaps: int = 4
 ) -> dict[str, Any]:
     """Steps per second without checkpoints and with the default cadence, in alternating windows (see above)."""
+    clock = WindowClock()
     checkpointer = TieredCheckpointer(
-        run, tiers, tier_policies(settings), overhead_budget=settings.checkpoint.overhead_budget
+        run, tiers, tier_policies(settings), overhead_budget=settings.checkpoint.overhead_budget, clock=clock
     )
-    first_s, first_drain_s = timed_steps(trainer, steps, checkpointer)
-    figures: dict[str, Any] = {"steps_per_s_first_save": round(steps / first_s, 3)}
+    with clock.running():
+        first_s, first_drain_s = timed_steps(trainer, 15, checkpointer)
+        # the budget spaces the next checkpoint by the first one's cost (its upload to RGW too, which the cadence
+        # does once in 5 minutes): that wait is trained through, untimed, until the next checkpoint starts
+        settle_from, started = time.perf_counter(), checkpointer.stats.saves_started
+        while checkpointer.stats.saves_started == started and time.perf_counter() - settle_from < SETTLE_MAX_S:
+            trainer.train(trainer.step + 5, checkpointer=checkpointer)
+        checkpointer.wait()
+    figures: dict[str, Any] = {"steps_per_s_first_save": round(15 / first_s, 3)}
+    figures["settle_s"] = round(time.perf_counter() - settle_from, 1)
+    probe_s, _ = timed_steps(trainer, 15, None)  # the pace without checkpoints sizes the windows
+    spacing_s = max(checkpointer.stats.min_gap_s, settings.checkpoint.cadence[0].interval_s or 0.0)
+    steps = window_steps(15 / probe_s, spacing_s, gaps)
+    figures["window_steps"] = steps
     first_saves = checkpointer.stats.saves_committed
-    seconds = {"without": 0.0, "with": 0.0, "drain": 0.0}
+    totals = {"without": [0, 0.0], "with": [0, 0.0]}  # steps, seconds
+    pairs: list[list[float]] = [[0.0, 0.0] for _ in range(rounds)]  # per round: steps/s without, with
     stack_cpu = 0.0
     for window in range(2 * rounds):
         side = ("without", "with", "with", "without")[window % 4]
         before = stack_cpu_s(settings)
-        elapsed, drain = timed_steps(trainer, steps, checkpointer if side == "with" else None)
-        seconds[side] += elapsed
-        seconds["drain"] += drain
         if side == "with":
+            with clock.running():
+                done, elapsed = window_with(trainer, steps, checkpointer)
             stack_cpu += stack_cpu_s(settings) - before
+        else:
+            done, (elapsed, _) = steps, timed_steps(trainer, steps, None)
+        totals[side][0] += done
+        totals[side][1] += elapsed
+        pairs[window // 2][side == "with"] = done / elapsed
+    figures["round_ratios"] = [round(with_ / without, 3) for without, with_ in pairs]  # steps/s with over without
     checkpointer.close()
-    figures["steps_per_s_without"] = round(steps * rounds / seconds["without"], 3)
-    figures["steps_per_s_with"] = round(steps * rounds / seconds["with"], 3)
-    figures["drain_s"] = round(seconds["drain"], 2)
+    figures["steps_per_s_without"] = round(totals["without"][0] / totals["without"][1], 3)
+    figures["steps_per_s_with"] = round(totals["with"][0] / totals["with"][1], 3)
+    seconds = {side: totals[side][1] for side in totals}
     figures["first_save_drain_s"] = round(first_drain_s, 2)
     figures["stack_cpu_s_with"] = round(stack_cpu, 2)
     saved = checkpointer.stats.saves_committed - first_saves
     figures["checkpoints_during_steps"] = saved
     # the trade-off behind the ratio: how often a checkpoint landed, and what each cost the train step
     figures["seconds_per_checkpoint"] = round(seconds["with"] / saved, 2) if saved else None
-    lost = seconds["with"] - seconds["without"]
+    lost = seconds["with"] - totals["with"][0] / figures["steps_per_s_without"]  # beyond the pace without
     figures["step_seconds_lost_per_checkpoint"] = round(lost / saved, 3) if saved else None
     figures["promotions"] = dict(checkpointer.stats.promotions)
     figures["skipped_busy"] = checkpointer.stats.skipped_busy
     figures["deferred_budget"] = checkpointer.stats.deferred_budget  # due by the cadence, spaced by the budget
     figures["min_gap_s"] = round(checkpointer.stats.min_gap_s, 3)
+    figures["step_cost_s"] = round(checkpointer.stats.step_cost_s, 3)  # the last one's, on the steps' pace
+    figures["step_s_baseline"] = round(checkpointer.stats.step_s_baseline, 3)
     figures["write_cpu_s_per_checkpoint"] = (
         round(checkpointer.stats.write_cpu_s_total / checkpointer.stats.saves_committed, 3)
         if checkpointer.stats.saves_committed
@@ -258,7 +327,7 @@ def run_bench(settings: Settings, workdir: Path, *, quick: bool) -> dict[str, An
             tier.put_step(folder, manifest)
     figures.update(restore_each(trainer, tiers, run))
     cadence_run = f"{run}-cadence"
-    figures.update(steps_with_and_without(trainer, settings, tiers, cadence_run, steps=15, rounds=2 if quick else 6))
+    figures.update(steps_with_and_without(trainer, settings, tiers, cadence_run, rounds=2 if quick else 6))
     figures["recovery_s"] = round(recovery(settings, table, workdir, f"{run}-recovery", 300), 3)
     clean_rgw(settings, [run, cadence_run, f"{run}-recovery", f"bench-peer-{tag}"])
     return figures

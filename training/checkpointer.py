@@ -15,8 +15,11 @@ A failing write tier (disk full, folder gone) is logged with the reason and the 
 tier becomes the write tier, and training goes on.
 
 Overhead budget (``overhead_budget``, conf ``checkpoint.overhead_budget``): a checkpoint costs the trainer its
-snapshot (the stall) and the write's CPU (DCP's thread, ``TierWriter.cpu_s``), which on a machine of few cores
-competes with the train step. After each write the cost is measured, ``stall + cpu / cores``, and the write tier's
+snapshot (the stall) and the background work's CPU (DCP's write, the promotions), which on a machine of few cores
+competes with the train step. The cost of the last checkpoint is measured two ways, and the larger counts: the
+model, ``stall + write CPU / cores``, and the train step's own pace (``policy.StepPace``: the stall plus the
+seconds the steps taken while its write and promotions ran took beyond the steps taken with nothing in the
+background; ``stats.step_cost_s``), which also sees the cores taken by other work on the machine. The write tier's
 next checkpoint is not due before ``cost / budget`` seconds have passed since the last one started
 (``stats.deferred_budget``, ``stats.min_gap_s``): the cadence of ``conf/`` is the most often, never more often
 than the budget allows. So a big state on a small CPU checkpoints less often, and a GPU node with many cores keeps
@@ -40,7 +43,7 @@ from torch.distributed.checkpoint.state_dict_saver import async_save
 
 from tierlake.errors import CommitConflict, TierlakeError
 from training.manifest import Manifest
-from training.policy import LastSave, TierPolicy, is_due, stale_uncommitted, to_remove
+from training.policy import LastSave, StepPace, TierPolicy, is_due, stale_uncommitted, to_remove
 from training.storage import HostSnapshot, TierWriter, yield_cpu
 from training.tiers import CheckpointTier, FaultHook, FolderTier, check_run
 
@@ -66,6 +69,8 @@ class CheckpointStats:
     stall_s_max: float = 0.0
     deferred_budget: int = 0  # due by the cadence, not yet by the overhead budget
     min_gap_s: float = 0.0  # the write tier's spacing the budget asks for after the last write (0: none)
+    step_cost_s: float = 0.0  # the last checkpoint's cost on the train step's pace (stall + steps' excess)
+    step_s_baseline: float = 0.0  # the train step's seconds with no checkpoint work in the background
     write_cpu_s_total: float = 0.0  # CPU seconds of the writes on DCP's thread
     errors: list[str] = field(default_factory=list)
 
@@ -175,6 +180,9 @@ class TieredCheckpointer:
             )
         self.overhead_budget = overhead_budget if when_busy == "skip" else 0.0
         self._gap_from: float | None = None  # when the last write started (the clock's reading)
+        self.pace = StepPace()
+        self._model_cost = 0.0  # the last write's stall + CPU / cores
+        self._last_stall = 0.0
         self.stats = CheckpointStats()
         self.failed: set[int] = set()
         self._last: list[LastSave | None] = [None] * len(tiers)
@@ -208,11 +216,32 @@ class TieredCheckpointer:
         tables: Mapping[str, int] | None = None,
     ) -> bool:
         """Start a checkpoint of ``state_dict`` at ``step`` if the write tier is due; True if one started."""
-        index = self.write_tier
         now = self.clock()
+        self.pace.observe(now, busy=self.busy())
+        try:
+            return self._maybe_save(step, state_dict, now, loader_state=loader_state, tables=tables)
+        finally:
+            self.pace.returned(self.clock(), busy=self.busy())
+
+    def busy(self) -> bool:
+        """Whether a write or a promotion is in flight or pending."""
+        with self._lock:
+            writing = not self._handled.is_set()
+        return writing or not all(promoter.idle() for promoter in self._promoters.values())
+
+    def _maybe_save(
+        self,
+        step: int,
+        state_dict: dict[str, Any],
+        now: float,
+        *,
+        loader_state: Mapping[str, Any] | None,
+        tables: Mapping[str, int] | None,
+    ) -> bool:
+        index = self.write_tier
         if not is_due(self.policies[index], step, now, self._last[index]):
             return False
-        if self.overhead_budget and self._gap_from is not None and now - self._gap_from < self.stats.min_gap_s:
+        if self.overhead_budget and self._gap_from is not None and now - self._gap_from < self._spacing():
             self.stats.deferred_budget += 1
             return False
         with self._lock:
@@ -261,7 +290,8 @@ class TieredCheckpointer:
         started = time.perf_counter()
         future = async_save(state_dict, storage_writer=writer, async_stager=self._snapshot)
         stall = time.perf_counter() - started
-        self._gap_from = now
+        self._gap_from, self._last_stall = now, stall
+        self.pace.reset()
         self.stats.stall_s_total += stall
         self.stats.stall_s_max = max(self.stats.stall_s_max, stall)
         if not isinstance(future, Future):  # AsyncSaveResponse (a staging future and an upload future)
@@ -296,6 +326,16 @@ class TieredCheckpointer:
         self.stats.write_cpu_s_total += cpu_s
         if self.overhead_budget:
             self.stats.min_gap_s = min_gap(stall, cpu_s, self.overhead_budget, os.cpu_count() or 1)
+            self._model_cost = self.stats.min_gap_s * self.overhead_budget
+
+    def _spacing(self) -> float:
+        """Seconds the budget wants between the last checkpoint's start and the next: the larger of its two costs
+        (the model's, and the train step's pace since it started) over the budget."""
+        self.stats.step_cost_s = self._last_stall + max(0.0, self.pace.excess_s)
+        self.stats.step_s_baseline = self.pace.baseline or 0.0
+        if self.stats.step_cost_s > self._model_cost:
+            self.stats.min_gap_s = self.stats.step_cost_s / self.overhead_budget
+        return self.stats.min_gap_s
 
     def _written(self, future: Future[Any], index: int, step: int, needed: int, writer: TierWriter) -> None:
         tier = self.tiers[index]

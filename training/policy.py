@@ -77,3 +77,49 @@ def to_archive(committed: Iterable[int], on_tape: Iterable[int], older_than: int
         return []
     archived = set(on_tape)
     return sorted(step for step in sorted(set(committed), reverse=True)[older_than:] if step not in archived)
+
+
+class StepPace:
+    """What checkpoints cost the train step, measured on the step itself.
+
+    The trainer calls :meth:`observe` as each step ends and :meth:`returned` when it goes back to training (the
+    checkpointer does both in ``maybe_save``, so the snapshot's stall is not part of a step). A step taken with
+    no checkpoint work in the background moves ``baseline`` (a moving average of the step's seconds); a step taken
+    while a write or a promotion ran adds what it took beyond the baseline to ``excess_s`` (signed: noise cancels
+    out), until :meth:`reset` at the next checkpoint. A step that took over ``pause_factor`` times the baseline is
+    a pause (an evaluation, the caller draining the writes), not a step, and counts for neither.
+
+    This is what the overhead budget spends: on a machine whose cores are shared with other work, a background
+    write takes more from the trainer than its CPU seconds over the cores, and only the step's own pace shows it.
+    """
+
+    def __init__(self, *, smoothing: float = 0.1, pause_factor: float = 20.0) -> None:
+        self.smoothing = smoothing
+        self.pause_factor = pause_factor
+        self.baseline: float | None = None
+        self.excess_s = 0.0
+        self._since: float | None = None
+        self._busy_since = False
+
+    def observe(self, now: float, *, busy: bool) -> None:
+        """A step ended at ``now``; ``busy``: checkpoint work runs in the background now."""
+        if self._since is None:
+            return
+        took = now - self._since
+        if took <= 0 or (self.baseline and took > self.pause_factor * self.baseline):
+            return
+        if busy or self._busy_since:
+            if self.baseline is not None:
+                self.excess_s += took - self.baseline
+        elif self.baseline is None:
+            self.baseline = took
+        else:
+            self.baseline += self.smoothing * (took - self.baseline)
+
+    def returned(self, now: float, *, busy: bool) -> None:
+        """The next step starts at ``now``; ``busy`` as in :meth:`observe`."""
+        self._since, self._busy_since = now, busy
+
+    def reset(self) -> None:
+        """A checkpoint started: the excess from here on is its cost."""
+        self.excess_s = 0.0

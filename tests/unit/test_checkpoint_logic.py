@@ -19,7 +19,7 @@ from tierlake.errors import CommitConflict, ConfigError, NotFound, TierlakeError
 from training.checkpointer import TieredCheckpointer, min_gap
 from training.example import fault_hook
 from training.manifest import MANIFEST_NAME, CheckpointCorrupt, Manifest, ShardEntry, build_manifest
-from training.policy import LastSave, TierPolicy, is_due, stale_uncommitted, to_remove
+from training.policy import LastSave, StepPace, TierPolicy, is_due, stale_uncommitted, to_remove
 from training.restore import load_latest
 from training.tiers import FolderTier, commit_manifest
 
@@ -304,6 +304,59 @@ def test_the_overhead_budget_spaces_the_write_tier_by_the_measured_cost_of_the_l
     assert min_gap(0.03, 0.4, 0.05, 2) == pytest.approx(4.6)  # a 252 MB state on 2 cores: about 5 s apart
     with pytest.raises(TierlakeError, match=r"overhead_budget = 0.9 is invalid"):
         TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1)], overhead_budget=0.9)
+
+
+def test_the_step_pace_charges_background_work_with_the_steps_it_slowed_and_skips_pauses() -> None:
+    pace = StepPace(smoothing=0.5, pause_factor=5.0)
+    now = 0.0
+
+    def step(took: float, *, busy: bool) -> None:
+        nonlocal now
+        now += took
+        pace.observe(now, busy=busy)
+        pace.returned(now, busy=busy)
+
+    pace.returned(now, busy=False)
+    step(1.0, busy=False)
+    step(1.0, busy=False)
+    assert pace.baseline == pytest.approx(1.0)
+    assert pace.excess_s == 0.0
+    step(1.5, busy=True)  # a write in the background: 0.5 s beyond the pace, not part of the baseline
+    step(1.25, busy=True)
+    assert pace.baseline == pytest.approx(1.0)
+    assert pace.excess_s == pytest.approx(0.75)
+    step(30.0, busy=True)  # a pause (the caller waited for the writes): neither a step nor a cost
+    assert pace.excess_s == pytest.approx(0.75)
+    step(1.1, busy=False)  # began while the write ran: its excess still counts
+    assert pace.excess_s == pytest.approx(0.85)
+    step(2.0, busy=False)  # a slower machine: the baseline follows
+    assert pace.baseline == pytest.approx(1.5)
+    pace.reset()
+    assert pace.excess_s == 0.0
+
+
+def test_the_budget_spends_the_steps_pace_when_it_costs_more_than_the_model(tmp_path: Path) -> None:
+    tiers = _tiers(tmp_path)[:1]
+    now = [0.0]
+    budget = 0.1
+    checkpointer = TieredCheckpointer(
+        "r", tiers, [TierPolicy(every_steps=1)], clock=lambda: now[0], overhead_budget=budget
+    )
+    model, optimizer = _model_state(1)
+    assert checkpointer.maybe_save(1, _state(model, optimizer))
+    checkpointer.wait_written()
+    model_gap = checkpointer.stats.min_gap_s
+    checkpointer.pace.excess_s = 2.0  # the steps since step 1 took 2 s beyond their pace (other work on the cores)
+    now[0] = model_gap * 2  # due by the cadence and by the model's cost ...
+    assert not checkpointer.maybe_save(2, _state(model, optimizer))  # ... not by what the steps lost
+    stats = checkpointer.stats
+    assert stats.deferred_budget == 1
+    assert stats.step_cost_s == pytest.approx(stats.stall_s_total + 2.0)
+    assert stats.min_gap_s == pytest.approx(stats.step_cost_s / budget)
+    now[0] = stats.min_gap_s
+    assert checkpointer.maybe_save(3, _state(model, optimizer))
+    checkpointer.close()
+    assert tiers[0].steps("r") == [1, 3]
 
 
 def test_with_when_busy_wait_no_budget_applies(tmp_path: Path) -> None:
