@@ -12,7 +12,6 @@ Also: two drivers of one entity started at the same moment, twice: one writes, t
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -22,15 +21,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from infra.stack import LocalStack
+from pipelines.checks.reconcile import reconcile
 from pipelines.ingest.ledger import PAUSE_AFTER_GATE_ENV
 from pipelines.lake import maintenance
 from pipelines.synthetic.datasets import EV_SPACING_S, good_records, recent_start
 from tests.integration.test_ingest import REPO, Oracle
 from tierlake.errors import NotFound
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TTL_S = 6  # fences 4 s after its last renewal
@@ -65,7 +69,9 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_a_driver_resumed_after_another_took_over_commits_nothing_more(stack: LocalStack, tmp_path: Path) -> None:
+def test_a_driver_resumed_after_another_took_over_commits_nothing_more(
+    stack: LocalStack, spark: SparkSession, tmp_path: Path
+) -> None:
     oracle = Oracle(stack)
     trigger = tmp_path / "pause-now"
     base = {**os.environ, **oracle.env(), "TIERLAKE_MAINTENANCE__LEASE_TTL_S": str(TTL_S)}
@@ -133,14 +139,14 @@ def test_a_driver_resumed_after_another_took_over_commits_nothing_more(stack: Lo
     ids = silver_ids()
     assert set(ids) == {r.event_id for r in records}
     assert max(ids.values()) == 1, [k for k, n in ids.items() if n > 1][:5]
-    verdict = cli(base, "ingest", "reconcile", "--entity", oracle.entity, "--json")
-    assert verdict.returncode == 0, verdict.stdout[-3000:]
     log = first_log.read_text(errors="replace")
     assert "stopped for good: its lease was taken over" in log, "the first driver ended, saying why"
-    assert json.loads(verdict.stdout)
+    # The library call behind `tierlake ingest reconcile`, in the session's Spark (the CLI's exit code and output
+    # are the README test's and test_cli's): no JVM of its own to start.
+    assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
 
 
-def test_two_drivers_started_at_once_never_both_write(stack: LocalStack, tmp_path: Path) -> None:
+def test_two_drivers_started_at_once_never_both_write(stack: LocalStack, spark: SparkSession, tmp_path: Path) -> None:
     """Twice, two `ingest run` of one entity start together: exactly one takes the lease and writes, the other
     refuses before its first commit, naming the owner. Afterwards every record is in silver once; reconcile balances."""
     oracle = Oracle(stack)
@@ -173,13 +179,4 @@ def test_two_drivers_started_at_once_never_both_write(stack: LocalStack, tmp_pat
     ids = Counter(row["event_id"] for row in oracle.table("silver"))
     assert set(ids) == {r.event_id for r in records}
     assert max(ids.values()) == 1
-    verdict = subprocess.run(
-        [*argv[:5], "ingest", "reconcile", "--entity", oracle.entity, "--json"],
-        cwd=REPO,
-        env=base,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert verdict.returncode == 0, verdict.stdout[-3000:]
+    assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
