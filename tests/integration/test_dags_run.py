@@ -17,17 +17,21 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from pipelines.lake import maintenance
+from tests.integration.test_ingest import ingest_in_session
 from tests.lake_tables import small_table
 from tierlake.config import Settings, load_settings
 from tiers.s3 import delta_storage_options, s3_client
 from training.lineage_store import LineageStore, default_uri
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 ROOT = Path(__file__).resolve().parents[2]
 _HOME = load_settings("ci").run_dir / "airflow"
@@ -187,11 +191,13 @@ def test_retention_dag_enforces_and_reports(airflow_dags: dict[str, Any]) -> Non
 
 
 def test_ingest_supervisor_restarts_a_killed_driver_and_announces_gold(
-    airflow_dags: dict[str, Any], settings: Settings
+    airflow_dags: dict[str, Any], settings: Settings, spark: SparkSession
 ) -> None:
     _cli("produce", "ev", "--events", "40", "--json")
     _cli("produce", "corpus", "--events", "5", "--json")
-    _cli("ingest", "run", "--json")  # bronze tables must exist before the streaming driver starts
+    # Bronze tables must exist before the streaming driver starts: `ingest run`'s library call, in this session's
+    # Spark (no JVM of its own to start; the CLI's own run is test_cli's and the README test's).
+    ingest_in_session(spark, settings, list(settings.entities))
     _cli("ingest", "start")
     try:
         killed = _cli("ingest", "status", "--json")["pid"]

@@ -55,7 +55,7 @@ def test_ingestion_goes_on_after_old_silver_days_are_purged(
     start = recent_start(400, EV_SPACING_S)
     first_recent = list(good_records("ev", 100, seed=32, start=start))
     oracle.produce(day_records(42, 100, seed=30) + day_records(41, 100, seed=31) + first_recent)
-    oracle.ingest_ok()
+    oracle.ingest_in_session(spark)
 
     # The old days go to tape at both sites and their object-store copies are purged (retention 0 days).
     old_days = [f"event_date={date.today() - timedelta(days=d)}" for d in OLD_DAYS_AGO]

@@ -86,9 +86,9 @@ def test_ev_days_flow_from_kafka_to_tape_and_read_back_by_version(
     options = delta_storage_options(settings.s3)
     # Ingest: the two oldest days, then the third and today's, then more of today (three batches, three versions).
     oracle.produce(day_records(42, 150, seed=1) + day_records(41, 150, seed=2))
-    oracle.ingest_ok()
+    oracle.ingest_in_session(spark)
     oracle.produce(day_records(40, 150, seed=3) + day_records(0, 150, seed=4))
-    oracle.ingest_ok()
+    oracle.ingest_in_session(spark)
     assert reconcile(spark, settings, entity=oracle.entity)["balanced"]
     old_days = [f"event_date={date.today() - timedelta(days=d)}" for d in OLD_DAYS_AGO]
     today = f"event_date={date.today()}"
@@ -101,7 +101,7 @@ def test_ev_days_flow_from_kafka_to_tape_and_read_back_by_version(
     assert all(n == 1 for n in after.values()), after  # one file per day after OPTIMIZE
     version = compacted.version_after  # the version read back from tape at the end
     oracle.produce(day_records(0, 100, seed=5))
-    oracle.ingest_ok()
+    oracle.ingest_in_session(spark)
     spark_before = _spark_rows(spark, table.s3a, version)
     rust_before = _rust_rows(table.s3, version, options)
     loader_before = _loader_rows(table.s3, version, options, None)

@@ -95,7 +95,7 @@ def test_an_old_layout_lake_migrates_once_and_ingestion_resumes_on_it(stack: Loc
 
     # The lake before the day layout: two days of events ingested, then laid out as the old code wrote it.
     oracle.produce(day_records(2, 150, seed=21) + day_records(1, 150, seed=22))
-    oracle.ingest_ok()
+    oracle.ingest_in_session(spark)
     for path in tables:
         _to_old_layout(spark, settings, path)
     _old_gold_checkpoint(spark, settings, oracle.entity)
@@ -119,10 +119,11 @@ def test_an_old_layout_lake_migrates_once_and_ingestion_resumes_on_it(stack: Loc
         assert list(meta.partition_columns) == [layout.column]
     assert reports[silver_path]["rows_after"] == 300
 
-    # Ingestion resumes from its checkpoints on the new layout: what waited, then more.
+    # Ingestion resumes from its checkpoints on the new layout: what waited (a driver started after the migration),
+    # then more.
     oracle.ingest_ok()
     oracle.produce(list(good_records("ev", 200, seed=24, start=start + timedelta(seconds=200 * EV_SPACING_S))))
-    oracle.ingest_ok()
+    oracle.ingest_in_session(spark)
 
     silver = oracle.table("silver")
     assert len(oracle.expect) == 700
