@@ -280,16 +280,22 @@ def test_when_busy_wait_saves_every_due_step_after_the_write_before(tmp_path: Pa
         TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1)], when_busy="later")
 
 
-def test_the_overhead_budget_spaces_the_write_tier_by_the_measured_cost_of_the_last_checkpoint(tmp_path: Path) -> None:
+def _budgeted(tmp_path: Path, budget: float) -> tuple[FolderTier, list[float], TieredCheckpointer, Any, Any]:
+    """One folder tier due every step under ``budget``, on a clock the test moves; step 1 saved and written."""
     tiers = _tiers(tmp_path)[:1]
     now = [0.0]
-    budget = 0.05
     checkpointer = TieredCheckpointer(
         "r", tiers, [TierPolicy(every_steps=1)], clock=lambda: now[0], overhead_budget=budget
     )
     model, optimizer = _model_state(1)
     assert checkpointer.maybe_save(1, _state(model, optimizer))
     checkpointer.wait_written()
+    return tiers[0], now, checkpointer, model, optimizer
+
+
+def test_the_overhead_budget_spaces_the_write_tier_by_the_measured_cost_of_the_last_checkpoint(tmp_path: Path) -> None:
+    budget = 0.05
+    tier, now, checkpointer, model, optimizer = _budgeted(tmp_path, budget)
     stats = checkpointer.stats
     assert stats.write_cpu_s_total > 0  # DCP's thread did the write: its CPU is counted
     assert stats.min_gap_s == min_gap(stats.stall_s_total, stats.write_cpu_s_total, budget, os.cpu_count() or 1)
@@ -300,10 +306,10 @@ def test_the_overhead_budget_spaces_the_write_tier_by_the_measured_cost_of_the_l
     now[0] = stats.min_gap_s
     assert checkpointer.maybe_save(3, _state(model, optimizer))
     checkpointer.close()
-    assert tiers[0].steps("r") == [1, 3]
+    assert tier.steps("r") == [1, 3]
     assert min_gap(0.03, 0.4, 0.05, 2) == pytest.approx(4.6)  # a 252 MB state on 2 cores: about 5 s apart
     with pytest.raises(TierlakeError, match=r"overhead_budget = 0.9 is invalid"):
-        TieredCheckpointer("r", tiers, [TierPolicy(every_steps=1)], overhead_budget=0.9)
+        TieredCheckpointer("r", [tier], [TierPolicy(every_steps=1)], overhead_budget=0.9)
 
 
 def test_the_step_pace_charges_background_work_with_the_steps_it_slowed_and_skips_pauses() -> None:
@@ -336,15 +342,8 @@ def test_the_step_pace_charges_background_work_with_the_steps_it_slowed_and_skip
 
 
 def test_the_budget_spends_the_steps_pace_when_it_costs_more_than_the_model(tmp_path: Path) -> None:
-    tiers = _tiers(tmp_path)[:1]
-    now = [0.0]
     budget = 0.1
-    checkpointer = TieredCheckpointer(
-        "r", tiers, [TierPolicy(every_steps=1)], clock=lambda: now[0], overhead_budget=budget
-    )
-    model, optimizer = _model_state(1)
-    assert checkpointer.maybe_save(1, _state(model, optimizer))
-    checkpointer.wait_written()
+    tier, now, checkpointer, model, optimizer = _budgeted(tmp_path, budget)
     model_gap = checkpointer.stats.min_gap_s
     checkpointer.pace.excess_s = 2.0  # the steps since step 1 took 2 s beyond their pace (other work on the cores)
     now[0] = model_gap * 2  # due by the cadence and by the model's cost ...
@@ -356,7 +355,7 @@ def test_the_budget_spends_the_steps_pace_when_it_costs_more_than_the_model(tmp_
     now[0] = stats.min_gap_s
     assert checkpointer.maybe_save(3, _state(model, optimizer))
     checkpointer.close()
-    assert tiers[0].steps("r") == [1, 3]
+    assert tier.steps("r") == [1, 3]
 
 
 def test_with_when_busy_wait_no_budget_applies(tmp_path: Path) -> None:
