@@ -63,6 +63,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
+from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 from torch.distributed.checkpoint.filesystem import FileSystemWriter  # noqa: E402
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save  # noqa: E402
 
@@ -317,19 +318,24 @@ def run_bench(settings: Settings, workdir: Path, *, quick: bool) -> dict[str, An
     tiers = tiers_in(settings, workdir)
     figures: dict[str, Any] = {"state_mb": round(state_bytes(trainer.state()) / 1e6, 1)}
     saves = 2 if quick else 5
-    figures["tierlake_stall_s"] = round(stall(trainer, tiers[0], run, saves), 3)
-    (workdir / "peer-local").mkdir()
-    figures["torch_save_local_s"] = round(torch_save_local(trainer, workdir / "peer-local"), 3)
-    figures["sync_dcp_rgw_s"] = round(sync_dcp_rgw(trainer, settings, workdir / "peer-dcp", tag), 3)
-    for tier in tiers[1:]:  # the step written to local, promoted to the other tiers, for the restores
-        step = max(tiers[0].steps(run))
-        with tiers[0].local_copy(run, step) as (folder, manifest):
-            tier.put_step(folder, manifest)
-    figures.update(restore_each(trainer, tiers, run))
     cadence_run = f"{run}-cadence"
-    figures.update(steps_with_and_without(trainer, settings, tiers, cadence_run, rounds=2 if quick else 6))
-    figures["recovery_s"] = round(recovery(settings, table, workdir, f"{run}-recovery", 300), 3)
-    clean_rgw(settings, [run, cadence_run, f"{run}-recovery", f"bench-peer-{tag}"])
+    try:
+        figures["tierlake_stall_s"] = round(stall(trainer, tiers[0], run, saves), 3)
+        (workdir / "peer-local").mkdir()
+        figures["torch_save_local_s"] = round(torch_save_local(trainer, workdir / "peer-local"), 3)
+        figures["sync_dcp_rgw_s"] = round(sync_dcp_rgw(trainer, settings, workdir / "peer-dcp", tag), 3)
+        for tier in tiers[1:]:  # the step written to local, promoted to the other tiers, for the restores
+            step = max(tiers[0].steps(run))
+            with tiers[0].local_copy(run, step) as (folder, manifest):
+                tier.put_step(folder, manifest)
+        figures.update(restore_each(trainer, tiers, run))
+        figures.update(steps_with_and_without(trainer, settings, tiers, cadence_run, rounds=2 if quick else 6))
+        figures["recovery_s"] = round(recovery(settings, table, workdir, f"{run}-recovery", 300), 3)
+    finally:  # a failed run leaves no 250 MB copies behind in the lake either
+        try:
+            clean_rgw(settings, [run, cadence_run, f"{run}-recovery", f"bench-peer-{tag}"])
+        except (BotoCoreError, ClientError) as exc:
+            logger.warning("bench checkpoints under %s/%s* not removed: %s", settings.checkpoint.prefix, run, exc)
     return figures
 
 
