@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.gold_ev import append_replayed_anomalies, gold_paths
 from pipelines.ingest.high_water import HighWater
+from pipelines.ingest.recent_ids import silver_ids
 from pipelines.ingest.rules import classify
 from pipelines.ingest.silver import SilverTables, judge, outputs, silver_tables, table_exists
 from pipelines.lake.lease import TableLease
@@ -70,16 +71,11 @@ def replay_quarantine(
             "kafka_timestamp",
             F.current_timestamp().alias("ingest_time"),
         )
-        judged = judge(
-            spark,
-            classify(as_bronze, spec),
-            entity=spec,
-            silver_uri=tables.silver,
-            batch_id=_AFTER_EVERY_BATCH,
-            high_water=HighWater(
-                spark, tables.silver, spec.event_time, storage_options=delta_storage_options(settings.s3)
-            ).before(_AFTER_EVERY_BATCH),
-        ).persist()
+        mark = HighWater(
+            spark, tables.silver, spec.event_time, storage_options=delta_storage_options(settings.s3)
+        ).before(_AFTER_EVERY_BATCH)
+        seen = None if mark is None else silver_ids(spark, tables.silver, spec, _AFTER_EVERY_BATCH, mark)
+        judged = judge(classify(as_bronze, spec), entity=spec, seen=seen, high_water=mark).persist()
         try:
             passing, still_bad, _ = outputs(judged, entity=spec, batch_id=REPLAY_BATCH)
             key = ["topic", "partition", "offset"]

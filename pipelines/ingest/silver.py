@@ -12,8 +12,9 @@ as the first attempt did.
 
 Cost per batch stays flat as silver grows: the high-water mark comes from :class:`HighWater` (silver's maximum
 event time, from its Delta log's file statistics when the query starts, then kept as batches commit: no data file
-is opened, so purged days are not needed), and the duplicate check reads only silver files whose event times reach
-within two watermarks of that mark (Delta skips the rest by their statistics). A batch is one round of appends:
+is opened, so purged days are not needed), and the duplicate check's history, silver's ids within two watermarks
+of that mark, is read from silver once when the query starts and then kept in the executors' memory as batches
+commit (:class:`pipelines.ingest.recent_ids.RecentIds`): a batch reads no silver file. A batch is one round of appends:
 silver's, which judges the batch, caches it and counts its outcomes as it goes (Spark's observed metrics), with
 bronze's and the flags' beside it; then quarantine's and dropped's where they get rows (:func:`process_batch`).
 Gold is a query of its own that reads silver (``pipelines.ingest.gold``), so a silver batch never waits for gold.
@@ -29,16 +30,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipelines.ingest.high_water import HighWater, from_micros
 from pipelines.ingest.ledger import CommitLedger
 from pipelines.ingest.offsets import Ranges, differences
+from pipelines.ingest.recent_ids import SEEN_ID, SEEN_TIME, RecentIds
 from pipelines.session import run_together
 from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.entities import EntitySpec
-from tierlake.errors import ConfigError, first_line
+from tierlake.errors import ConfigError
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -77,69 +79,46 @@ def table_exists(spark: SparkSession, uri: str) -> bool:
     return bool(DeltaTable.isDeltaTable(spark, uri))
 
 
-def latest_version(spark: SparkSession, uri: str) -> int:
-    """The table's latest version, from Delta's own log of it in this JVM (brought up to date: one listing of
-    ``_delta_log``, no Spark job; ``DeltaTable.history`` ran one).
-
-    The duplicate check reads silver pinned to it. Spark re-plans every cached plan that reads a table after each
-    write to it (``SaveIntoDataSourceCommand`` calls ``recacheByPlan`` with the relation Delta returns), and the
-    judged batch is cached while silver's append runs: with an unpinned read, each silver commit made Spark re-plan
-    the judged batch (two Delta jobs on the new snapshot, about 1.3 s at load 3 before the batch could end) and
-    threw its cache away, so quarantine's and dropped's appends after it judged the batch again. A read pinned to a
-    version is another relation to Spark, so the cache stands; it holds the same rows, as every batch before this
-    one committed before it started. The new snapshot's file list, which that re-plan used to build, is built right
-    after silver's append instead (:func:`warm_snapshot`); docs/decisions.md has the A/B.
-    """
-    try:
-        return int(_updated_snapshot(spark, uri).version())
-    except Exception:  # a changed internal signature: the public history says the same, with a job
-        from delta.tables import DeltaTable  # noqa: PLC0415
-
-        row = DeltaTable.forPath(spark, uri).history(1).select("version").first()
-        assert row is not None  # only asked of a table with rows (the duplicate check runs after the first batch)
-        return int(row[0])
-
-
-def warm_snapshot(spark: SparkSession, uri: str) -> None:
-    """Build the table's newest snapshot (its file list, from the log) now; best effort.
-
-    Called right after silver's append, while bronze's and the flags' appends still run: the next batch's duplicate
-    check reads silver as of that snapshot (:func:`latest_version`), and would otherwise build it while planning,
-    before any of its records is touched (about 0.35 s of a live batch at load 3).
-    """
-    try:
-        _updated_snapshot(spark, uri).allFiles().count()
-    except Exception as exc:  # the next batch builds it itself
-        logger.debug("snapshot of %s not built ahead: %s", uri, first_line(exc))
-
-
-def _updated_snapshot(spark: SparkSession, uri: str) -> Any:
-    """Delta's newest snapshot of the table in this JVM (``DeltaLog.update``: one listing of ``_delta_log``)."""
-    jvm = spark.sparkContext._jvm
-    assert jvm is not None
-    none = jvm.scala.Option.empty()
-    return jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri).update(False, none, none)
-
-
-def _then_warm(append: Callable[[], bool], spark: SparkSession, uri: str) -> bool:
-    """Silver's append, then its new snapshot built for the next batch (:func:`warm_snapshot`)."""
+def _then_remember(
+    append: Callable[[], bool],
+    history: RecentIds,
+    *,
+    batch_id: int,
+    ids: DataFrame,
+    mark: datetime | None,
+    after_commit: Callable[[], None] | None,
+) -> bool:
+    """Silver's append, then its rows' ids into the duplicate check's history (beside bronze's and the flags'
+    appends; a replayed batch that silver holds adds the same ids its first attempt committed), then
+    ``after_commit`` if it committed (silver's log checkpoint, :mod:`pipelines.ingest.log_checkpoints`)."""
     written = append()
-    warm_snapshot(spark, uri)
+    history.add(batch_id, ids, mark)
+    if written and after_commit is not None:
+        after_commit()
     return written
 
 
+def _new_ids(judged: DataFrame, entity: EntitySpec) -> DataFrame:
+    """The ids and event times of a judged batch's silver rows (:class:`RecentIds` frames)."""
+    from pyspark.sql import functions as F  # noqa: PLC0415
+
+    return judged.where(F.col("rule").isNull() & F.col("dropped").isNull()).select(
+        F.col(f"_rec.`{entity.event_id}`").alias(SEEN_ID), F.col(f"_rec.`{entity.event_time}`").alias(SEEN_TIME)
+    )
+
+
 def judge(
-    spark: SparkSession,
     classified: DataFrame,
     *,
     entity: EntitySpec,
-    silver_uri: str,
-    batch_id: int,
+    seen: DataFrame | None,
     high_water: datetime | None,
 ) -> DataFrame:
     """Add the history rules: ``late_event`` (rule) and ``duplicate_event_id`` (column ``dropped``).
 
     ``high_water``: the highest event time of earlier batches (:meth:`HighWater.before`); None, no lateness.
+    ``seen``: the ids (``_seen_id``, once each) silver holds from earlier batches within two watermarks of it
+    (:class:`pipelines.ingest.recent_ids.RecentIds`, or :func:`pipelines.ingest.recent_ids.silver_ids`); None, none.
     """
     from pyspark.sql import Window  # noqa: PLC0415
     from pyspark.sql import functions as F  # noqa: PLC0415
@@ -167,25 +146,10 @@ def judge(
     first = Window.partitionBy(eid).orderBy("kafka_timestamp", "partition", "offset")
     is_valid = F.col("rule").isNull()
     judged = judged.withColumn("_rank", F.when(is_valid, F.row_number().over(first)))
-    if high_water is None:
-        # No earlier batch put a row in silver (every silver row has an event time), so nothing to be a copy of.
+    if seen is None:
         judged = judged.withColumn("_seen_id", F.lit(None).cast("string"))
     else:
-        # A row still valid here is not late: its event time is at least high_water - watermark. Its earlier
-        # copies are looked for among silver rows of earlier batches from one more watermark back; Delta skips
-        # every file whose event times end before that by its statistics.
-        seen = (
-            spark.read.format("delta")
-            .option("versionAsOf", latest_version(spark, silver_uri))  # see latest_version: no re-plan per commit
-            .load(silver_uri)
-            .where(
-                (F.col("_batch_id") < batch_id)
-                & (F.col(entity.event_time) >= F.lit(high_water) - watermark - watermark)
-            )
-            .select(F.col(entity.event_id).alias("_seen_id"))
-            .distinct()
-        )
-        judged = judged.join(seen, judged["_rec"][entity.event_id] == F.col("_seen_id"), "left")
+        judged = judged.join(seen.select(SEEN_ID), judged["_rec"][entity.event_id] == F.col(SEEN_ID), "left")
     duplicate = is_valid & ((F.col("_rank") > 1) | F.col("_seen_id").isNotNull())
     return judged.withColumn("dropped", F.when(duplicate, F.lit("duplicate_event_id")))
 
@@ -388,37 +352,36 @@ def process_batch(
     entity: EntitySpec,
     tables: SilverTables,
     high_water: HighWater,
+    history: RecentIds,
     ledger: CommitLedger,
     flag: Flags | None = None,
     alongside: Sequence[Callable[[DataFrame], object]] = (),
     offsets: Ranges | None = None,
+    after_commit: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """One micro-batch, classified by the rules (:func:`pipelines.ingest.rules.classify`): judge it against history,
     write the tables idempotently. Returns the row counts.
 
     Silver first: its append is the job that judges the batch (the rules' results, the duplicate window, the join
-    against silver's recent ids), fills the batch's cache and counts the outcomes as it goes (Spark's observed
-    metrics, :func:`observe_outcomes`). It runs with the ``alongside`` writes (the ingest query's bronze append,
-    called with ``classified``: the Kafka columns, which need no judging) and with ``flag``'s (the EV anomalies).
-    Only then are the tables that get rows appended: quarantine and dropped, rare in a healthy stream. Freshness
-    waits for silver's commit alone; a live batch is one round of appends (it was a judging and counting job, then
-    silver, then the flags).
+    against silver's recent ids, ``history``), fills the batch's cache and counts the outcomes as it goes (Spark's
+    observed metrics, :func:`observe_outcomes`); then its rows' ids join ``history``. It runs with the ``alongside``
+    writes (the ingest query's bronze append, called with ``classified``: the Kafka columns, which need no judging)
+    and with ``flag``'s (the EV anomalies). Only then are the tables that get rows appended: quarantine and dropped,
+    rare in a healthy stream. Freshness waits for silver's commit alone; a live batch is one round of appends (it
+    was a judging and counting job, then silver, then the flags).
 
-    ``offsets``: the batch's Kafka offset ranges, which every commit records (``userMetadata``), from the query's
-    checkpoint (:class:`pipelines.ingest.offsets.CheckpointOffsets`). None: the batch's rows are counted first and
-    give them. Each table's append is exactly once on its own (the ledger), so their order does not matter; a silver
-    append of a batch whose rows all went elsewhere commits no file.
+    ``after_commit``: called after silver's commit, beside the other appends (the ingest query's log checkpoints:
+    with it, a silver table this creates leaves its log checkpoints to it). ``offsets``: the batch's Kafka offset
+    ranges, which every commit records (``userMetadata``), from the query's checkpoint
+    (:class:`pipelines.ingest.offsets.CheckpointOffsets`). None: the batch's rows are counted first and give them.
+    Each table's append is exactly once on its own (the ledger), so their order does not matter; a silver append of
+    a batch whose rows all went elsewhere commits no file.
     """
     spark = classified.sparkSession
     planning = time.monotonic()
-    judged = judge(
-        spark,
-        classified,
-        entity=entity,
-        silver_uri=tables.silver,
-        batch_id=batch_id,
-        high_water=high_water.before(batch_id),
-    ).persist()  # filled by silver's append, then read by the other tables' appends (and the counts, if any)
+    mark = high_water.before(batch_id)
+    # Filled by silver's append, then read by the other tables' appends (and the counts, if any).
+    judged = judge(classified, entity=entity, seen=history.seen(batch_id, mark), high_water=mark).persist()
     rule = flag.rule("_rec") if flag is not None else None
     try:
         began = time.monotonic()
@@ -437,9 +400,19 @@ def process_batch(
             batch_id,
             merge_schema=True,
             partition_by=catalog.EVENT_DAY,
+            # A new silver's log checkpoints are written beside the batches (after_commit), not inside a commit.
+            append_only=after_commit is not None,
         )
         first: list[Callable[[], object]] = [
-            partial(_then_warm, silver_append, spark, tables.silver),
+            partial(
+                _then_remember,
+                silver_append,
+                history,
+                batch_id=batch_id,
+                ids=_new_ids(judged, entity),
+                mark=mark,
+                after_commit=after_commit,
+            ),
             *(partial(write, classified) for write in alongside),
             # The flags beside silver (they used to wait for the counts): the judged rows, without the metrics.
             *([partial(flag.write, silver_rows(judged, entity=entity, batch_id=batch_id), batch_id)] if flag else []),

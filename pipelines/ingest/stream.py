@@ -44,7 +44,9 @@ from pipelines.ingest.bronze import (
 from pipelines.ingest.gold_ev import append_anomalies, flag_rule, gold_paths
 from pipelines.ingest.high_water import HighWater
 from pipelines.ingest.ledger import CommitLedger
+from pipelines.ingest.log_checkpoints import LogCheckpoints
 from pipelines.ingest.offsets import CheckpointOffsets
+from pipelines.ingest.recent_ids import RecentIds
 from pipelines.ingest.rules import classify
 from pipelines.ingest.silver import Flags, process_batch, silver_tables, table_exists
 from pipelines.session import batch_codegen, run_together, use_pool
@@ -105,6 +107,8 @@ def start_ingest(
     ensure_bronze(spark, bronze)  # the table exists before the first batch: readers and reconcile can start
     high_water = HighWater(spark, tables.silver, spec.event_time, storage_options=delta_storage_options(settings.s3))
     ledger = CommitLedger(spark, gate=gate)
+    history = _fresh_history(spark, tables.silver, spec)
+    log_checkpoints = LogCheckpoints(spark)  # silver's, beside its commits
     anomalies_uri = gold_paths(settings.s3.lake_bucket, entity)[1]
 
     def write_flags(silver_rows: DataFrame, batch_id: int) -> bool:
@@ -120,21 +124,27 @@ def start_ingest(
     def handle(batch: DataFrame, batch_id: int) -> None:
         began = time.monotonic()
         use_pool(batch.sparkSession, "ingest")
+        # Read once: silver's judging and bronze's append both read the batch, and each read of an uncached batch
+        # fetched its records from Kafka again.
+        classified = batch.persist()
         with (
             batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None),
             _noting_failure(failures, entity, batch, batch_id),
+            _unpersisting(classified),
         ):
             counts = process_batch(
-                batch,
+                classified,
                 batch_id,
                 entity=spec,
                 tables=tables,
                 high_water=high_water,
+                history=history,
                 ledger=ledger,
                 flag=flags,  # visible with their readings
                 # Bronze keeps the Kafka columns only: its append needs no judging and runs beside silver's.
                 alongside=[partial(write_bronze, batch_id=batch_id, table=bronze, ledger=ledger)],
                 offsets=checkpoint.ranges(batch_id),
+                after_commit=partial(log_checkpoints.after_commit, tables.silver),
             )
         previous_rows[:] = [counts["silver"] + counts["quarantine"] + counts["dropped"]]
         logger.info("ingest %s batch %d: %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
@@ -148,6 +158,19 @@ def start_ingest(
         .queryName(f"ingest_{entity}")
     )
     return with_trigger(writer, trigger_s).start()
+
+
+_histories: dict[str, RecentIds] = {}
+
+
+def _fresh_history(spark: SparkSession, silver_uri: str, entity: EntitySpec) -> RecentIds:
+    """A new query's duplicate-check history (it reads silver at its first batch), the previous query's of the
+    same table freed: a restarted query never trusts what its failed predecessor kept."""
+    previous = _histories.pop(silver_uri, None)
+    if previous is not None:
+        previous.close()
+    _histories[silver_uri] = RecentIds(spark, silver_uri=silver_uri, entity=entity)
+    return _histories[silver_uri]
 
 
 def warm_up(
@@ -193,6 +216,14 @@ def _start_rule_workers(spark: SparkSession, entity: EntitySpec) -> None:
     rows = [(None, b"{}", entity.topic, part, 0, now, now, 0, now.date()) for part in range(cores)]
     made_up = spark.createDataFrame(rows, BRONZE_DDL).select(*BRONZE_COLUMNS).repartition(cores)
     classify(made_up, entity).select(F.col("rule")).collect()
+
+
+@contextmanager
+def _unpersisting(frame: DataFrame) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        frame.unpersist()
 
 
 @contextmanager

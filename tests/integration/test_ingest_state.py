@@ -1,0 +1,116 @@
+"""The ingest driver's state beside its batches: the duplicate check's in-memory history
+(``pipelines.ingest.recent_ids``) against a silver-shaped Delta table (it holds what silver holds of earlier batches
+in the window, reads silver only when it must, merges and prunes), and silver's log checkpoints written beside the
+commits (``pipelines.ingest.log_checkpoints``).
+
+The whole ingest path with duplicates across batches, driver kills and restarts is the exactly-once oracle
+(``test_ingest.py``); this pins the history's own rules, each of which the oracle would only see as a wrong count.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipelines.ingest.log_checkpoints import LogCheckpoints
+from pipelines.ingest.recent_ids import SEEN_ID, SEEN_TIME, RecentIds
+from tierlake.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+MARK = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def _ids(frame: DataFrame | None) -> set[str]:
+    assert frame is not None
+    return {row[SEEN_ID] for row in frame.collect()}
+
+
+def test_history_is_silver_of_earlier_batches_and_reads_it_only_when_it_must(
+    spark: SparkSession, settings: Settings, tmp_path: Path
+) -> None:
+    entity = settings.entities["ev"]
+    watermark = timedelta(seconds=entity.watermark_s)
+    uri = f"file://{tmp_path}/silver"
+    schema = f"`{entity.event_id}` string, `{entity.event_time}` timestamp, _batch_id long"
+
+    def append(rows: list[tuple[str, datetime, int]]) -> None:
+        spark.createDataFrame(rows, schema).write.format("delta").mode("append").save(uri)
+
+    def batch_ids(batch: list[tuple[str, datetime]]) -> DataFrame:
+        return spark.createDataFrame(batch, f"{SEEN_ID} string, {SEEN_TIME} timestamp")
+
+    append(
+        [
+            ("a", MARK - watermark, 0),
+            ("b", MARK, 0),
+            ("c", MARK - timedelta(minutes=1), 1),
+            ("old", MARK - 3 * watermark, 0),  # before the window: never looked at
+            ("later", MARK, 2),  # the batch being judged (a replay): not its own history
+        ]
+    )
+    history = RecentIds(spark, silver_uri=uri, entity=entity, compact_every=2)
+
+    assert _ids(history.seen(2, MARK)) == {"a", "b", "c"}
+    assert (history.loads, history.through) == (1, 1)
+
+    # Kept in memory from now on: a row written to silver behind the driver's back is not read.
+    append([("sneaky", MARK, 0)])
+    history.add(2, batch_ids([("d", MARK)]), MARK)
+    assert _ids(history.seen(3, MARK)) == {"a", "b", "c", "d"}
+    history.add(3, batch_ids([("e", MARK + watermark)]), MARK)  # a third frame: the frames are merged into one
+    assert history.frames == 1
+    history.add(4, batch_ids([("f", MARK + watermark)]), MARK + watermark)
+    assert history.frames == 2
+    assert history.loads == 1
+    # The window moves with the mark: from two watermarks before it.
+    assert _ids(history.seen(5, MARK + 2 * watermark)) == {"b", "d", "e", "f"}
+    assert _ids(history.seen(5, MARK + 3 * watermark)) == {"e", "f"}
+
+    # A batch that does not follow the last one taken (another query wrote in between): silver is read again,
+    # as of the batches before it (d, e and f were never written to this silver).
+    assert _ids(history.seen(7, MARK)) == {"a", "b", "c", "later", "sneaky"}
+    assert (history.loads, history.through) == (2, 6)
+    # An add out of turn drops the history; the next batch reads silver.
+    history.add(9, batch_ids([("g", MARK)]), MARK)
+    assert history.through is None
+    assert _ids(history.seen(10, MARK)) == {"a", "b", "c", "sneaky", "later"}
+    assert history.loads == 3
+
+    # No mark: no silver row before this batch, so nothing seen, and the next batch follows on without a read.
+    fresh = RecentIds(spark, silver_uri=f"file://{tmp_path}/none", entity=entity)
+    assert fresh.seen(0, None) is None
+    fresh.add(0, batch_ids([("h", MARK)]), MARK)
+    assert _ids(fresh.seen(1, MARK)) == {"h"}
+    assert fresh.loads == 0
+    history.close()
+    fresh.close()
+    assert history.frames == fresh.frames == 0
+
+
+def test_log_checkpoints_are_written_beside_the_commits(spark: SparkSession, tmp_path: Path) -> None:
+    """Silver's log checkpoints (``pipelines.ingest.log_checkpoints``): at each multiple of ``every`` on a table with
+    a long interval, none inside the commits and none on a table whose interval Delta keeps short."""
+
+    def commits(uri: str, count: int, interval: int) -> None:
+        for index in range(count):
+            rows = spark.createDataFrame([(index,)], "n long").write.format("delta").mode("append")
+            rows.option("delta.checkpointInterval", str(interval)).save(uri)
+            checkpoints.after_commit(uri)
+            assert checkpoints.wait(timeout_s=60)  # one commit after the other, as a live stream's
+
+    checkpoints = LogCheckpoints(spark, every=3)
+    long_interval, short_interval = tmp_path / "long", tmp_path / "short"
+    commits(f"file://{long_interval}", 8, interval=100)
+    assert sorted(path.name for path in (long_interval / "_delta_log").glob("*.checkpoint.parquet")) == [
+        "00000000000000000003.checkpoint.parquet",
+        "00000000000000000006.checkpoint.parquet",
+    ]
+    assert checkpoints.written == 2
+    commits(f"file://{short_interval}", 4, interval=2)  # Delta writes these itself (versions 2): none of ours
+    assert checkpoints.written == 2
+    assert [path.name for path in (short_interval / "_delta_log").glob("*.checkpoint.parquet")] == [
+        "00000000000000000002.checkpoint.parquet"
+    ]
