@@ -72,6 +72,13 @@ def differences(logged: Ranges, seen: Ranges) -> list[str]:
     ]
 
 
+def first_batch(offsets: list[int], commits: list[int]) -> int:
+    """The batch a streaming query runs first, from the batch ids in its checkpoint's offset and commit logs: the
+    last planned batch again when it did not commit (a replay after a crash), else the one after it."""
+    planned = max(offsets, default=-1)
+    return planned if planned > max(commits, default=-1) else planned + 1
+
+
 class CheckpointOffsets:
     """The offset ranges of a query's batches, read from its checkpoint (``checkpoint``: its URI, as Spark has it).
 
@@ -95,6 +102,27 @@ class CheckpointOffsets:
             return None
         self._ends = {batch_id: end}
         return ranges_between(start, end)
+
+    def next_batch(self) -> int | None:
+        """The id of the batch a query started on this checkpoint runs first (:func:`first_batch`); None when the
+        checkpoint cannot be listed."""
+        try:
+            return first_batch(self._batches("offsets"), self._batches("commits"))
+        except Exception as exc:
+            logger.warning("batches of %s not listed: %s", self._checkpoint, first_line(exc))
+            return None
+
+    def _batches(self, kind: str) -> list[int]:
+        """The batch ids in the checkpoint's ``offsets`` or ``commits`` log (its files' names)."""
+        context = self._spark.sparkContext
+        jvm = context._jvm
+        assert jvm is not None
+        path = jvm.org.apache.hadoop.fs.Path(f"{self._checkpoint}/{kind}")
+        fs = path.getFileSystem(context._jsc.hadoopConfiguration())
+        if not fs.exists(path):
+            return []
+        names = [str(status.getPath().getName()) for status in fs.listStatus(path)]
+        return [int(name) for name in names if name.isdigit()]
 
     def _positions(self, batch_id: int) -> Positions | None:
         if batch_id in self._ends:

@@ -116,10 +116,11 @@ def start_ingest(
 
     flags = Flags(rule=flag_rule, write=write_flags) if spec.gold == "ev" else None  # EV anomaly flags
     written = [bronze.table_uri, tables.silver, tables.quarantine, tables.dropped, *([anomalies_uri] if flags else [])]
+    checkpoint = CheckpointOffsets(spark, bronze.checkpoint_uri)  # each batch's Kafka offsets, for the commits
     warm_up(spark, spec, ledger=ledger, high_water=high_water, tables=written)
+    _read_history(history, high_water, checkpoint.next_batch())
 
     previous_rows: list[int] = []  # the size of the query's last batch (batch_codegen)
-    checkpoint = CheckpointOffsets(spark, bronze.checkpoint_uri)  # each batch's Kafka offsets, for the commits
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         began = time.monotonic()
@@ -195,6 +196,22 @@ def warm_up(
         time.monotonic() - began,
         f"; left to the first batch: {'; '.join(failed)}" if failed else "",
         extra={"entity": entity.name},
+    )
+
+
+def _read_history(history: RecentIds, high_water: HighWater, batch_id: int | None) -> None:
+    """Read the duplicate check's history for the batch the query will run first, before it starts (a restarted
+    driver's first batch, the one a backlog waits on, then finds it read); best effort: the history itself reads
+    silver for whatever batch comes first if this guessed another one or failed."""
+    if batch_id is None:
+        return
+    began = time.monotonic()
+    failed = _attempt(partial(history.seen, batch_id, high_water.before(batch_id)))
+    logger.info(
+        "duplicate check's history for batch %d: %s in %.1f s",
+        batch_id,
+        f"not read ({failed})" if failed else "read",
+        time.monotonic() - began,
     )
 
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipelines.ingest.offsets import differences, parse_positions, ranges_between
+from pipelines.ingest.offsets import differences, first_batch, parse_positions, ranges_between
 
 METADATA = json.dumps({"batchWatermarkMs": 0, "batchTimestampMs": 1765000000000, "conf": {}})
 
@@ -41,3 +41,10 @@ def test_differences_name_each_partition_where_the_log_and_the_rows_disagree() -
     seen = {"ev.t": {0: (100, 249), 1: (7, 8), 2: (0, 0)}}
     assert differences(logged, logged) == []
     assert differences(logged, seen) == ["ev.t-1: log (7, 9), rows (7, 8)", "ev.t-2: log None, rows (0, 0)"]
+
+
+def test_first_batch_is_the_unfinished_one_or_the_next() -> None:
+    assert first_batch([], []) == 0  # a new checkpoint
+    assert first_batch([0, 1, 2], [0, 1, 2]) == 3  # every planned batch committed
+    assert first_batch([0, 1, 2], [0, 1]) == 2  # batch 2 planned, not committed: replayed first
+    assert first_batch([5, 6, 7], [6]) == 7  # old entries purged by Spark's retention: the highest decide
