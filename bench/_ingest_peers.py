@@ -65,18 +65,21 @@ def plain_peer(
     entity: str,
     tag: str,
     *,
-    records: list[Record],
+    backlogs: tuple[list[Record], list[Record]],
     live: list[Record],
     rate: float,
     trigger_s: float,
 ) -> dict[str, Any]:
-    """The plain query's backlog (query start excluded: the sum of its batches' trigger times) and its live
-    freshness to the commit, on the same records and rate as tierlake's."""
+    """The plain query's two backlogs, one after the other (query start excluded: the sum of its batches' trigger
+    times), and its live freshness to the commit, on the same records and rate as tierlake's."""
     topic = plain_topic(tag)
-    send_records(settings, topic, iter(records), total=len(records), progress=False)
-    query = start_plain(spark, settings, entity, tag, trigger_s=None)
-    query.awaitTermination()
-    batches_s = sum(p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"])
+    batches_s = []
+    for records in backlogs:
+        send_records(settings, topic, iter(records), total=len(records), progress=False)
+        query = start_plain(spark, settings, entity, tag, trigger_s=None)
+        query.awaitTermination()
+        batches_s.append(backlog_s(query))
+    records = [record for backlog in backlogs for record in backlog]
     query = start_plain(spark, settings, entity, tag, trigger_s=trigger_s)
     try:
         time.sleep(10)  # up and idle before the clock starts, as tierlake's live part
@@ -99,6 +102,11 @@ def plain_peer(
         "live": freshness(spark, table.s3a, since_epoch_s=since),
         "phases": phases.get(f"plain_{tag}", {}),
     }
+
+
+def backlog_s(query: Any) -> float:
+    """A finished query's time in the batches that read records (its start and its empty batches excluded)."""
+    return float(sum(p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]))
 
 
 def raw_consume(settings: Settings, topic: str, expected: int) -> float:
