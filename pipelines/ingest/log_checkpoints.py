@@ -31,13 +31,25 @@ EVERY = DELTA_DEFAULT_INTERVAL
 """Versions between silver's log checkpoints (Delta's default interval)."""
 
 
+_thread: ThreadPoolExecutor | None = None
+_thread_lock = threading.Lock()
+
+
+def _writer() -> ThreadPoolExecutor:
+    """The driver's one thread for log checkpoints (every query's :class:`LogCheckpoints` shares it)."""
+    global _thread  # noqa: PLW0603 - one per driver, as pipelines.session's writers
+    with _thread_lock:
+        if _thread is None:
+            _thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierlake-log-checkpoint")
+        return _thread
+
+
 class LogCheckpoints:
-    """Log checkpoints of the tables a driver commits to, written in one background thread, one at a time."""
+    """Log checkpoints of the tables a query commits to, one at a time, in the driver's background thread."""
 
     def __init__(self, spark: SparkSession, *, every: int = EVERY) -> None:
         self._spark = spark
         self._every = every
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierlake-log-checkpoint")
         self._running = threading.Lock()
         self.written = 0  # checkpoints written (for tests and the batch log)
 
@@ -57,7 +69,7 @@ class LogCheckpoints:
         if version <= 0 or version % self._every or not self._running.acquire(blocking=False):
             return
         pool = self._spark.sparkContext.getLocalProperty("spark.scheduler.pool")
-        self._thread.submit(self._checkpoint, uri, version, pool)
+        _writer().submit(self._checkpoint, uri, version, pool)
 
     def wait(self, timeout_s: float) -> bool:
         """Wait for a checkpoint being written; False if it still runs after ``timeout_s``."""
