@@ -109,6 +109,7 @@ class RecentIds:
         self._entity = entity
         self._compact_every = compact_every
         self._frames: list[DataFrame] = []
+        self._union: DataFrame | None = None  # the frames as one frame, built once and grown by each batch's
         self._through: int | None = None  # the frames hold every batch up to this one; None: not read yet
         self.loads = 0  # times silver was read (a start, a restart, a state dropped)
 
@@ -132,12 +133,13 @@ class RecentIds:
             return None
         if self._through != batch_id - 1:
             self._load(batch_id, high_water)
-        start = window_start(self._entity, high_water)
-        frames = [frame.where(F.col(SEEN_TIME) >= start).select(SEEN_ID) for frame in self._frames]
-        if not frames:
+        if not self._frames:
             return self._spark.createDataFrame([], f"{SEEN_ID} string")
+        if self._union is None:  # every frame has the columns (_seen_id, _seen_time), in that order
+            self._union = reduce(lambda left, right: left.union(right), self._frames)
         # One task per core reads them all (a task per frame partition cost more to schedule than to run).
-        return reduce(lambda left, right: left.unionByName(right), frames).coalesce(self._cores())
+        inside = self._union.where(F.col(SEEN_TIME) >= window_start(self._entity, high_water))
+        return inside.select(SEEN_ID).coalesce(self._cores())
 
     def add(self, batch_id: int, silver_rows: DataFrame, high_water: datetime | None) -> None:
         """After silver's append of ``batch_id`` (or its skip, on a replay of a batch silver holds): the ids of its
@@ -161,6 +163,10 @@ class RecentIds:
             )
             self._replace([], through=None)
             return
+        if len(frames) == len(self._frames) + 1 and self._union is not None:  # one more frame: one more branch
+            self._union = self._union.union(frames[-1])
+        else:
+            self._union = None
         self._frames, self._through = frames, batch_id
 
     def close(self) -> None:
@@ -176,7 +182,7 @@ class RecentIds:
     def _merge(self, frames: list[DataFrame], high_water: datetime) -> DataFrame:
         from pyspark.sql import functions as F  # noqa: PLC0415
 
-        union = reduce(lambda left, right: left.unionByName(right), frames)
+        union = reduce(lambda left, right: left.union(right), frames)
         # Frames are disjoint by construction (a batch's silver ids were not in the history): no distinct needed.
         window = union.where(F.col(SEEN_TIME) >= window_start(self._entity, high_water)).coalesce(self._cores())
         return window.localCheckpoint(eager=True)
@@ -187,7 +193,7 @@ class RecentIds:
     def _replace(self, frames: list[DataFrame], *, through: int | None) -> None:
         kept = {id(frame) for frame in frames}
         self._release([frame for frame in self._frames if id(frame) not in kept])
-        self._frames, self._through = frames, through
+        self._frames, self._through, self._union = frames, through, None
 
     @staticmethod
     def _release(frames: list[DataFrame]) -> None:
