@@ -206,7 +206,7 @@ def _read_history(history: RecentIds, high_water: HighWater, batch_id: int | Non
     if batch_id is None:
         return
     began = time.monotonic()
-    failed = _attempt(partial(history.seen, batch_id, high_water.before(batch_id)))
+    failed = _attempt(lambda: history.seen(batch_id, high_water.before(batch_id)))  # a table it cannot read: later
     logger.info(
         "duplicate check's history for batch %d: %s in %.1f s",
         batch_id,
