@@ -12,8 +12,9 @@ writers of silver's rows, ``replay-quarantine``, take the same lease), so it kno
 silver rows of each batch it committed. :class:`RecentIds` keeps them as Spark data in the executors' memory (a
 local checkpoint: no lineage back to the batch, no copy in the object store), one small frame per batch, merged
 into one every :data:`COMPACT_EVERY` batches and pruned to the window as the high-water mark moves. Silver is read
-once, when the query judges its first batch with history (a start, or a restart after a crash), exactly as before:
-rows of earlier batches only, so a replayed batch is judged as its first attempt was.
+once per query (a start, or a restart after a crash): before it starts, for the batch its checkpoint says it runs
+first (``pipelines.ingest.stream``), or else by that batch; rows of earlier batches only, as before, so a replayed
+batch is judged as its first attempt was.
 
 If the executors lose that memory (an executor of a cluster dies), the batch that reads it fails, and the driver's
 restart of the query (the failure policy) reads silver again. A state that cannot be kept up (its job failed after
