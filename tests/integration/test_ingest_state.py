@@ -109,6 +109,12 @@ def test_log_checkpoints_are_written_beside_the_commits(spark: SparkSession, tmp
         "00000000000000000006.checkpoint.parquet",
     ]
     assert checkpoints.written == 2
+    # A reader no one here wrote starts from the last checkpoint and replays the one commit after it.
+    from deltalake import DeltaTable  # noqa: PLC0415
+
+    outside = DeltaTable(str(long_interval))
+    assert outside.version() == 7
+    assert sorted(outside.to_pyarrow_table().column("n").to_pylist()) == list(range(8))
     commits(f"file://{short_interval}", 4, interval=2)  # Delta writes these itself (versions 2): none of ours
     assert checkpoints.written == 2
     assert [path.name for path in (short_interval / "_delta_log").glob("*.checkpoint.parquet")] == [
