@@ -9,6 +9,7 @@ next batches need (bounded, least recently used, one read per row group even whe
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import sys
@@ -24,6 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from loaders import pages
 from loaders.order import IntArray
 from loaders.plan import Plan
 from loaders.table import DataFile, FileSource
@@ -34,7 +36,12 @@ logger = logging.getLogger(__name__)
 Units = Mapping[str, npt.NDArray[Any]]
 Decoder = Callable[[pa.Table, DataFile, int], Units]  # (row group table, its file, row count) -> units
 _HANDLES_PER_THREAD = 16
+_Handle = tuple[pq.ParquetFile, io.FileIO | None]  # an open file, and a second handle when it is local
 POOLED_MIN_BYTES = 1 << 16  # smaller gathered arrays come from numpy.empty (the C allocator keeps those warm)
+# Buffers the direct page reader's arrays (and its raw chunks) are reused from: a new one only when every one is in
+# use, so the memory kept is about the peak the row-group store held. Smaller arrays come from numpy.empty.
+_DECODE_SLOTS = 64
+_DECODE_MIN_BYTES = 1 << 20
 
 
 def numpy_column(name: str, column: pa.ChunkedArray | pa.Array) -> npt.NDArray[Any]:
@@ -92,6 +99,10 @@ class RowsDecoder:
         return units
 
 
+def _decode_pool() -> ArrayPool:
+    return ArrayPool(_DECODE_SLOTS, min_bytes=_DECODE_MIN_BYTES)
+
+
 @dataclass(frozen=True, kw_only=True)
 class TableSource:
     """One table of a dataset: its plan, how its files are opened, the columns read and how they are decoded.
@@ -106,6 +117,7 @@ class TableSource:
     decoder: Decoder
     units: IntArray
     _handles: threading.local = field(default_factory=threading.local, repr=False, compare=False)
+    _arrays: ArrayPool = field(default_factory=_decode_pool, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in ("plan", "files", "columns", "decoder", "units")}
@@ -114,16 +126,21 @@ class TableSource:
         for name, value in state.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_handles", threading.local())
+        object.__setattr__(self, "_arrays", _decode_pool())
 
     def read_row_group(self, rg: int, *, use_threads: bool = True) -> tuple[Units, int]:
         """Decoded units of row group ``rg`` and the bytes Arrow read for it. ``use_threads=False`` decodes the
         columns one after the other in the calling thread instead of on Arrow's thread pool."""
         file = self.plan.snapshot.files[int(self.plan.file_of[rg])]
+        index = int(self.plan.index_in_file[rg])
         try:
-            parquet = self._parquet(file.uri)
-            table = parquet.read_row_group(
-                int(self.plan.index_in_file[rg]), columns=list(self.columns), use_threads=use_threads
-            )
+            parquet, local = self._parquet(file.uri)
+            # A local file (the edge cache's, or a table on disk) is first offered to the direct page reader.
+            table = None
+            if local is not None:
+                table = pages.read_row_group(local.fileno(), parquet, index, list(self.columns), self._arrays.empty)
+            if table is None:
+                table = parquet.read_row_group(index, columns=list(self.columns), use_threads=use_threads)
         except (NotFound, FileNotFoundError) as exc:
             snapshot = self.plan.snapshot
             raise NotFound(
@@ -135,8 +152,10 @@ class TableSource:
             raise StorageError(f"reading row group {self.plan.index_in_file[rg]} of {file.uri} failed: {exc}") from exc
         return self.decoder(table, file, int(self.plan.rows[rg])), int(table.nbytes)
 
-    def _parquet(self, uri: str) -> pq.ParquetFile:
-        handles: OrderedDict[str, pq.ParquetFile] | None = getattr(self._handles, "files", None)
+    def _parquet(self, uri: str) -> _Handle:
+        """The open file of ``uri`` and, for a local file, a second handle for the direct page reader (opened with
+        it, so both read the same file even if the path is replaced or deleted later)."""
+        handles: OrderedDict[str, _Handle] | None = getattr(self._handles, "files", None)
         if handles is None:
             handles = OrderedDict()
             self._handles.files = handles
@@ -145,11 +164,11 @@ class TableSource:
             return handles[uri]
         opened = self.files.open(uri)
         # Pre-buffering coalesces the column-chunk reads of remote files; for a local path it only doubles memory.
-        parquet = pq.ParquetFile(opened, pre_buffer=not isinstance(opened, str))
-        handles[uri] = parquet
+        local = io.FileIO(opened) if isinstance(opened, str) else None
+        handles[uri] = (pq.ParquetFile(opened, pre_buffer=local is None), local)
         while len(handles) > _HANDLES_PER_THREAD:
             handles.popitem(last=False)
-        return parquet
+        return handles[uri]
 
 
 @dataclass
