@@ -14,6 +14,8 @@ Paths: ``arrow_ceiling`` (the plain read, no loader: pyarrow ``read_row_group`` 
 order on 2 threads, one row group per thread, the main thread cutting each into batches of 32 ``torch.Tensor`` views:
 the same threads and the same output as the loader, without its shuffle), ``arrow_ceiling_1thread`` (the same on one
 thread: the ceiling recorded before the rounds), ``tierlake`` (DeltaLoader, 2 threads, shuffled),
+``tierlake_arrow_decode`` (the same, with the loader's direct page reader turned off, so pyarrow decodes every row
+group as in the ceiling: ``ratios.page_reader_vs_arrow_decode`` is what that reader is worth),
 ``tierlake_sequential`` (no shuffle, like the peers),
 ``tierlake_processes`` (the same batches through ``torch.utils.data.DataLoader`` with 2 worker processes: the
 per-batch pickling hand-off that the threads avoid), ``tierlake_slabs`` (2 worker processes writing into
@@ -22,8 +24,9 @@ over 2 DataLoader workers, per-row samples, default collate), ``mosaic`` (Stream
 ``litdata`` (StreamingDataset on optimize() output, 2 workers). The last line printed is the JSON result.
 No asserts on time.
 
-Rounds: the paths of ``ROUND_PATHS`` (the ceilings and tierlake's two orders) run ``--rounds`` times, interleaved (the
-order reversed every other round, so drift in the other users' load hits them alike), each run in a fresh process.
+Rounds: the paths of ``ROUND_PATHS`` (the ceilings, tierlake's two orders and its pyarrow-decode run) run
+``--rounds`` times, interleaved (the order reversed every other round, so drift in the other users' load hits them
+alike), each run in a fresh process.
 Their figures are the medians over the rounds (``seconds`` per round in ``figures.rounds``), and
 ``ratios.vs_arrow_ceiling`` is the median over rounds of tierlake's MB/s over the ceiling's in the same round, with
 the lowest and highest round beside it (``vs_arrow_ceiling_min`` / ``_max``). The other peers run once each.
@@ -79,6 +82,7 @@ PATHS = (
     "arrow_ceiling",
     "arrow_ceiling_1thread",
     "tierlake",
+    "tierlake_arrow_decode",
     "tierlake_sequential",
     "tierlake_processes",
     "tierlake_slabs",
@@ -86,7 +90,7 @@ PATHS = (
     "mosaic",
     "litdata",
 )
-ROUND_PATHS = ("arrow_ceiling", "arrow_ceiling_1thread", "tierlake", "tierlake_sequential")
+ROUND_PATHS = ("arrow_ceiling", "arrow_ceiling_1thread", "tierlake", "tierlake_arrow_decode", "tierlake_sequential")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,6 +273,15 @@ def run_tierlake(data: Path, *, shuffle: bool = True) -> dict[str, Any]:
     return result
 
 
+def run_tierlake_arrow_decode(data: Path) -> dict[str, Any]:
+    """The shuffled loader with its direct page reader turned off (every row group decoded by pyarrow's
+    ``read_row_group``, as the ceiling does): what the page reader alone is worth."""
+    from loaders import pages  # noqa: PLC0415
+
+    pages.read_row_group = lambda *args, **kwargs: None  # refuse every row group: this child process only
+    return run_tierlake(data)
+
+
 def run_tierlake_processes(data: Path) -> dict[str, Any]:
     from torch.utils.data import DataLoader  # noqa: PLC0415
 
@@ -339,6 +352,7 @@ RUNS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "tierlake_rereads": run_tierlake_rereads,
     "arrow_ceiling": run_arrow_ceiling,
     "arrow_ceiling_1thread": lambda data: run_arrow_ceiling(data, threads=1),
+    "tierlake_arrow_decode": run_tierlake_arrow_decode,
     "tierlake": run_tierlake,
     "tierlake_sequential": lambda data: run_tierlake(data, shuffle=False),
     "tierlake_processes": run_tierlake_processes,
@@ -500,6 +514,8 @@ def ratios_of(figures: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) ->
         "vs_arrow_ceiling_max": ratio("tierlake", "arrow_ceiling", max),
         "vs_arrow_ceiling_1thread": ratio("tierlake", "arrow_ceiling_1thread"),
         "sequential_vs_arrow_ceiling": ratio("tierlake_sequential", "arrow_ceiling"),
+        "arrow_decode_vs_arrow_ceiling": ratio("tierlake_arrow_decode", "arrow_ceiling"),
+        "page_reader_vs_arrow_decode": ratio("tierlake", "tierlake_arrow_decode"),
         "vs_litdata": ratio("tierlake", "litdata"),
         "vs_mosaic": ratio("tierlake", "mosaic"),
         "vs_parquet_dataloader": ratio("tierlake", "parquet_dataloader"),

@@ -8,6 +8,7 @@ TIERLAKE_ENTITIES), so its tables and offsets are its alone.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import random
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -32,6 +34,8 @@ from deltalake import DeltaTable
 
 from infra import procs
 from infra.stack import LocalStack
+from loaders import pages
+from loaders.table import ArrowFileSource
 from pipelines.checks.reconcile import reconcile
 from pipelines.checks.replay import replay_quarantine
 from pipelines.ingest.bronze import bronze_table
@@ -403,7 +407,9 @@ def test_gold_windows_and_anomaly_flags(stack: LocalStack, spark: SparkSession) 
     assert all(a["flagged_at"] is not None and a["flagged_at"].replace(tzinfo=UTC) > produced for a in anomalies)
 
 
-def test_corpus_gold_packs_every_document_into_fixed_length_token_rows(stack: LocalStack, spark: SparkSession) -> None:
+def test_corpus_gold_packs_every_document_into_fixed_length_token_rows(
+    stack: LocalStack, spark: SparkSession, tmp_path: Path
+) -> None:
     oracle = Oracle(stack, base_entity="corpus")
     docs = list(good_records("corpus", 120, seed=12, start=recent_start(120, 5)))
     oracle.produce(docs)
@@ -418,3 +424,24 @@ def test_corpus_gold_packs_every_document_into_fixed_length_token_rows(stack: Lo
     assert sorted(texts) == sorted(json.loads(d.value)["text"] for d in docs)
     held = {doc for r in rows for doc in r["doc_ids"]}
     assert held == {d.event_id for d in docs}
+    # Spark's files (parquet-mr's pages, snappy) go through the loader's direct page reader, which reads them as
+    # pyarrow does.
+    options = delta_storage_options(stack.settings.s3)
+    assert direct_row_groups(DeltaTable(uri, storage_options=options).file_uris(), options, tmp_path) > 0
+
+
+def direct_row_groups(uris: list[str], options: dict[str, str], into: Path) -> int:
+    """Row groups of ``uris`` whose token columns the direct page reader took, each checked against pyarrow."""
+    source, taken = ArrowFileSource(options), 0
+    for index, uri in enumerate(uris):
+        local = into / f"{index}.parquet"
+        with source.open(uri) as remote:
+            local.write_bytes(remote.read())
+        with io.FileIO(local) as handle:
+            parquet = pq.ParquetFile(local)
+            for rg in range(parquet.num_row_groups):
+                direct = pages.read_row_group(handle.fileno(), parquet, rg, ["tokens", "pad", "_batch_id"])
+                assert direct is not None, f"row group {rg} of {uri} was left to pyarrow"
+                assert direct.equals(parquet.read_row_group(rg, columns=["tokens", "pad", "_batch_id"]))
+                taken += 1
+    return taken
