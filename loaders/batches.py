@@ -36,7 +36,9 @@ logger = logging.getLogger(__name__)
 Units = Mapping[str, npt.NDArray[Any]]
 Decoder = Callable[[pa.Table, DataFile, int], Units]  # (row group table, its file, row count) -> units
 _HANDLES_PER_THREAD = 16
-_Handle = tuple[pq.ParquetFile, io.FileIO | None]  # an open file, and a second handle when it is local
+# An open file, what the direct page reader reads it through (a descriptor, or the remote file itself), and the
+# local file object that owns that descriptor.
+_Handle = tuple[pq.ParquetFile, pages.Source, io.FileIO | None]
 POOLED_MIN_BYTES = 1 << 16  # smaller gathered arrays come from numpy.empty (the C allocator keeps those warm)
 # Buffers the direct page reader's arrays (and its raw chunks) are reused from: a new one only when every one is in
 # use, so the memory kept is about the peak the row-group store held. Smaller arrays come from numpy.empty.
@@ -118,6 +120,7 @@ class TableSource:
     units: IntArray
     _handles: threading.local = field(default_factory=threading.local, repr=False, compare=False)
     _arrays: ArrayPool = field(default_factory=_decode_pool, repr=False, compare=False)
+    _refused: set[str] = field(default_factory=set, repr=False, compare=False)  # files the page reader refused
 
     def __getstate__(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in ("plan", "files", "columns", "decoder", "units")}
@@ -127,6 +130,7 @@ class TableSource:
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_handles", threading.local())
         object.__setattr__(self, "_arrays", _decode_pool())
+        object.__setattr__(self, "_refused", set())
 
     def read_row_group(self, rg: int, *, use_threads: bool = True) -> tuple[Units, int]:
         """Decoded units of row group ``rg`` and the bytes Arrow read for it. ``use_threads=False`` decodes the
@@ -134,11 +138,14 @@ class TableSource:
         file = self.plan.snapshot.files[int(self.plan.file_of[rg])]
         index = int(self.plan.index_in_file[rg])
         try:
-            parquet, local = self._parquet(file.uri)
-            # A local file (the edge cache's, or a table on disk) is first offered to the direct page reader.
+            parquet, direct = self._parquet(file.uri)
+            # The direct page reader first; pyarrow reads what it leaves. A file it refused once (a column with
+            # nulls, say) is not offered again: from S3, each offer is a read.
             table = None
-            if local is not None:
-                table = pages.read_row_group(local.fileno(), parquet, index, list(self.columns), self._arrays.empty)
+            if file.uri not in self._refused:
+                table = pages.read_row_group(direct, parquet, index, list(self.columns), self._arrays.empty)
+                if table is None:
+                    self._refused.add(file.uri)
             if table is None:
                 table = parquet.read_row_group(index, columns=list(self.columns), use_threads=use_threads)
         except (NotFound, FileNotFoundError) as exc:
@@ -152,23 +159,26 @@ class TableSource:
             raise StorageError(f"reading row group {self.plan.index_in_file[rg]} of {file.uri} failed: {exc}") from exc
         return self.decoder(table, file, int(self.plan.rows[rg])), int(table.nbytes)
 
-    def _parquet(self, uri: str) -> _Handle:
-        """The open file of ``uri`` and, for a local file, a second handle for the direct page reader (opened with
-        it, so both read the same file even if the path is replaced or deleted later)."""
+    def _parquet(self, uri: str) -> tuple[pq.ParquetFile, pages.Source]:
+        """The open file of ``uri`` and what the direct page reader reads it through: for a local file a second
+        descriptor, opened with it (so both read the same file even if the path is replaced or deleted later)."""
         handles: OrderedDict[str, _Handle] | None = getattr(self._handles, "files", None)
         if handles is None:
             handles = OrderedDict()
             self._handles.files = handles
         if uri in handles:
             handles.move_to_end(uri)
-            return handles[uri]
+            return handles[uri][:2]
         opened = self.files.open(uri)
         # Pre-buffering coalesces the column-chunk reads of remote files; for a local path it only doubles memory.
-        local = io.FileIO(opened) if isinstance(opened, str) else None
-        handles[uri] = (pq.ParquetFile(opened, pre_buffer=local is None), local)
+        if isinstance(opened, str):
+            local = io.FileIO(opened)  # closed with its handle
+            handles[uri] = (pq.ParquetFile(opened, pre_buffer=False), local.fileno(), local)
+        else:
+            handles[uri] = (pq.ParquetFile(opened, pre_buffer=True), opened, None)
         while len(handles) > _HANDLES_PER_THREAD:
             handles.popitem(last=False)
-        return handles[uri]
+        return handles[uri][:2]
 
 
 @dataclass

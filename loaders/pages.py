@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,7 @@ _TAKE_CHUNK = 1 << 15  # dictionary indices looked up per numpy.take call
 _LEVEL_RUNS, _INDEX_RUNS = 1 << 15, 1 << 8
 _levels_memo: dict[tuple[bytes, int, int, int], tuple[int, int] | None] = {}
 Empty = Callable[[tuple[int, ...], np.dtype[Any]], npt.NDArray[Any]]  # numpy.empty, or a pool's
+Source: TypeAlias = "int | pa.NativeFile"  # a local file's descriptor (read into ``Empty``), or a file with read_at
 
 
 class _Refused(Exception):
@@ -154,7 +155,20 @@ def _hybrid_pieces(  # noqa: PLR0917 - a slice of a buffer and what it holds
         fast = _uniform_runs(b, raw, start, end, width, count)
         if fast is not None:
             return fast
+    return _runs_one_by_one(b, raw, (start, end), width, count, max_runs)
+
+
+def _runs_one_by_one(  # noqa: PLR0917 - a slice of a buffer and what it holds
+    b: memoryview, raw: npt.NDArray[np.uint8], span: tuple[int, int], width: int, count: int, max_runs: int
+) -> list[npt.NDArray[Any]]:
+    """The runs of a stream that is not uniform, in a loop: a stretch of repeated-value runs becomes one
+    ``numpy.repeat``, each bit-packed run an unpacked array. Refused beyond ``max_runs`` bit-packed runs, or more
+    repeated-value runs than one per 64 values (plus 512): pyarrow decodes such pages faster."""
+    start, end = span
     pieces: list[npt.NDArray[Any]] = []
+    values: list[int] = []
+    lengths: list[int] = []
+    packed, repeated, most_repeated = 0, 0, count // 64 + 512
     got, i, value_bytes = 0, start, (width + 7) // 8
     while got < count:
         if i >= end:
@@ -162,21 +176,29 @@ def _hybrid_pieces(  # noqa: PLR0917 - a slice of a buffer and what it holds
         head, i = _varint(b, i)
         if (head >> 1) * (8 if head & 1 else 1) > count - got + 7 or head < 2:
             raise _Refused("hybrid run longer than the values left")
-        if len(pieces) == max_runs:
-            raise _Refused("too many mixed runs")  # pyarrow decodes those faster than a loop over runs here
         if i + ((head >> 1) * width if head & 1 else value_bytes) > end:
             raise _Refused("hybrid run past its end")
         if head & 1:
+            packed += 1
+            if packed > max_runs:
+                raise _Refused("too many mixed runs")
+            if lengths:
+                pieces.append(np.repeat(np.array(values, np.uint32), lengths))
+                values, lengths = [], []
             groups = head >> 1
             pieces.append(_unpack(raw[i - start : i - start + groups * width], width, groups * 8))
             i += groups * width
             got += groups * 8
         else:
-            run = head >> 1
-            value = int.from_bytes(b[i : i + value_bytes], "little")
-            pieces.append(np.full(run, value, np.uint32))
+            repeated += 1
+            if repeated > most_repeated:
+                raise _Refused("too many short runs")
+            values.append(int.from_bytes(b[i : i + value_bytes], "little"))
+            lengths.append(head >> 1)
             i += value_bytes
-            got += run
+            got += head >> 1
+    if lengths:
+        pieces.append(np.repeat(np.array(values, np.uint32), lengths))
     return pieces
 
 
@@ -273,7 +295,12 @@ def _column_plan(parquet: pq.ParquetFile, name: str) -> tuple[int, pa.Field, np.
 
 
 def _read_chunk(  # noqa: PLR0917 - one column chunk's description
-    fd: int, chunk: pq.ColumnChunkMetaData, rows: int, dtype: np.dtype[Any], levels_max: tuple[int, int], empty: Empty
+    source: Source,
+    chunk: pq.ColumnChunkMetaData,
+    rows: int,
+    dtype: np.dtype[Any],
+    levels_max: tuple[int, int],
+    empty: Empty,
 ) -> tuple[npt.NDArray[Any], int]:
     """The values of one column chunk and the values per row. The raw chunk is read into a temporary of ``empty``
     and the values are copied out of it into an array of ``empty``."""
@@ -283,10 +310,7 @@ def _read_chunk(  # noqa: PLR0917 - one column chunk's description
     codec = pa.Codec(codec_name) if codec_name else None
     start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
     size = chunk.total_compressed_size
-    scratch = empty((size,), np.dtype(np.uint8))
-    b = memoryview(scratch.data)
-    if os.preadv(fd, [b], start) != size:
-        raise _Refused("short read")
+    b = _raw_chunk(source, start, size, empty)
     out = empty((chunk.num_values,), dtype)
     dictionary: npt.NDArray[Any] | None = None
     at, filled, width = 0, 0, 0
@@ -323,6 +347,20 @@ def _read_chunk(  # noqa: PLR0917 - one column chunk's description
     if filled != len(out) or (width and filled != rows * width) or (not width and rows):
         raise _Refused("value count differs from the row group's")
     return out, max(width, 1)
+
+
+def _raw_chunk(source: Source, start: int, size: int, empty: Empty) -> memoryview:
+    """The bytes of a column chunk: read into a buffer of ``empty`` from a descriptor, or one ranged read."""
+    if isinstance(source, int):
+        scratch = empty((size,), np.dtype(np.uint8))
+        b = memoryview(scratch.data)
+        if os.preadv(source, [b], start) != size:
+            raise _Refused("short read")
+        return b
+    data = source.read_at(size, start)
+    if len(data) != size:
+        raise _Refused("short read")
+    return memoryview(data).cast("B")
 
 
 def _values(values: memoryview, encoding: int, dictionary: npt.NDArray[Any] | None, target: npt.NDArray[Any]) -> None:
@@ -427,10 +465,11 @@ def _data_page(  # noqa: PLR0917 - a page's place in its chunk, and how to read 
 
 
 def read_row_group(
-    fd: int, parquet: pq.ParquetFile, index: int, columns: list[str], empty: Empty = np.empty
+    source: Source, parquet: pq.ParquetFile, index: int, columns: list[str], empty: Empty = np.empty
 ) -> pa.Table | None:
-    """Row group ``index`` of the local file open as ``fd`` (and as ``parquet``), columns ``columns``, as pyarrow's
-    ``read_row_group`` would return it; None when a column is not one this reader takes. Arrays come from
+    """Row group ``index`` of a file open as ``parquet`` and as ``source`` (a local file's descriptor, or a pyarrow
+    file with ``read_at``, such as an S3 object's), columns ``columns``, as pyarrow's ``read_row_group`` would
+    return it; None when a column is not one this reader takes. Arrays come from
     ``empty``: a pool that hands a buffer out again once nothing refers to it saves the kernel faulting in and
     zeroing fresh pages for every row group."""
     metadata = parquet.metadata
@@ -440,7 +479,7 @@ def read_row_group(
         plans = [_column_plan(parquet, name) for name in columns]
         arrays: list[pa.Array] = []
         for leaf, field, dtype, max_rep, max_def in plans:
-            values, width = _read_chunk(fd, group.column(leaf), rows, dtype, (max_rep, max_def), empty)
+            values, width = _read_chunk(source, group.column(leaf), rows, dtype, (max_rep, max_def), empty)
             flat = pa.array(values)
             if pa.types.is_fixed_size_list(field.type):
                 if width != field.type.list_size:

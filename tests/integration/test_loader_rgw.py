@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
+from loaders import pages
 from loaders.dataset import OrderOptions, delta_dataset
 from loaders.loader import DeltaLoader
 from loaders.table import ArrowFileSource, EdgeCacheSource
@@ -49,12 +50,27 @@ def table_uri(settings: Settings) -> str:
     return uri
 
 
-def test_rgw_table_is_served_once_per_epoch_at_its_pinned_version(settings: Settings, table_uri: str) -> None:
+def test_rgw_table_is_served_once_per_epoch_at_its_pinned_version(
+    settings: Settings, table_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     options = delta_storage_options(settings.s3)
     dataset = delta_dataset(table_uri, version=0, storage_options=options, order=OrderOptions(seed=5))
     assert dataset.sources[0].plan.snapshot.files[0].uri.startswith("s3://")
-    ids = np.concatenate([b["id"].numpy() for b in DeltaLoader(dataset, batch_size=7, tail="pad")])
+    taken: list[bool] = []
+    direct = pages.read_row_group
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        table = direct(*args, **kwargs)
+        taken.append(table is not None)
+        return table
+
+    monkeypatch.setattr(pages, "read_row_group", counting)
+    batches = list(DeltaLoader(dataset, batch_size=7, tail="pad"))
+    ids = np.concatenate([b["id"].numpy() for b in batches])
     assert set(ids.tolist()) == set(range(300))
+    assert all((b["tokens"].numpy() == b["id"].numpy()[:, None]).all() for b in batches)
+    assert taken
+    assert all(taken), "the direct page reader read the S3 row groups with ranged reads"
     assert len(delta_dataset(table_uri, storage_options=options)) == 500
 
 

@@ -32,12 +32,17 @@ def opened(path: Path) -> Iterator[tuple[int, pq.ParquetFile]]:
 
 
 def read_both(path: Path, columns: list[str]) -> list[tuple[pa.Table | None, pa.Table]]:
-    """(direct, pyarrow) for every row group of ``path``."""
-    with opened(path) as (fd, parquet):
-        return [
-            (pages.read_row_group(fd, parquet, rg, columns), parquet.read_row_group(rg, columns=columns))
-            for rg in range(parquet.num_row_groups)
-        ]
+    """(direct, pyarrow) for every row group of ``path``; the direct read once through a descriptor and once through
+    a pyarrow file's ``read_at`` (as an S3 object is read), which must agree."""
+    with opened(path) as (fd, parquet), pa.OSFile(str(path)) as native:
+        results = []
+        for rg in range(parquet.num_row_groups):
+            direct = pages.read_row_group(fd, parquet, rg, columns)
+            through_read_at = pages.read_row_group(native, parquet, rg, columns)
+            assert (direct is None) == (through_read_at is None)
+            assert direct is None or through_read_at is None or direct.equals(through_read_at)
+            results.append((direct, parquet.read_row_group(rg, columns=columns)))
+        return results
 
 
 def assert_same(direct: pa.Table | None, expected: pa.Table) -> None:
