@@ -5,8 +5,8 @@ pyarrow's reader is general: for every value of a list column it decodes a repet
 builds the list offsets from them. In a token column of 2,048 tokens a row those levels say the same thing for every
 row, and a page's level bytes repeat whenever its rows do. This reader decodes each distinct level stream once (a
 small memo keyed by its bytes), checks that every row has the same length and nothing is null, and takes the values
-out of the page with numpy: plain values are copied, and a dictionary page's indices, when they sit in byte-aligned
-bit-packed runs, become one view and one ``numpy.take``.
+out of the page with numpy: plain values are copied, and a dictionary page's indices, bit-packed runs of one size
+back to back, become one view (8, 16 or 32 bits) or one vectorised unpack (other widths) and a ``numpy.take``.
 
 Anything else (nulls, lists of unequal length, nested or logical types, other encodings, a page that does not begin
 at a row) makes :func:`read_row_group` return None and the caller reads the row group with pyarrow. Either way the
@@ -41,6 +41,7 @@ _NUMPY: dict[str, tuple[pa.DataType, np.dtype[Any]]] = {
     "DOUBLE": (pa.float64(), np.dtype("<f8")),
 }
 _MEMO_SIZE = 512
+_DEPTH = 8  # structs within structs in a page header, at most
 _TAKE_CHUNK = 1 << 15  # dictionary indices looked up per numpy.take call
 # Runs decoded one by one (a Python loop) in a stream that is not uniform: a page's levels (decoded once per distinct
 # stream), and dictionary indices (in every page; beyond this, pyarrow is faster).
@@ -69,8 +70,11 @@ def _varint(b: memoryview, i: int) -> tuple[int, int]:
             return result, i
 
 
-def _struct(b: memoryview, i: int) -> tuple[dict[int, tuple[int, Any]], int]:
-    """A struct's fields: number -> (compact type, value)."""
+def _struct(b: memoryview, i: int, depth: int = 0) -> tuple[dict[int, tuple[int, Any]], int]:
+    """A struct's fields: number -> (compact type, value). A page header nests three deep at most, so a deeper one
+    is damage."""
+    if depth > _DEPTH:
+        raise _Refused("header nested too deep")
     fields: dict[int, tuple[int, Any]] = {}
     last = 0
     while True:
@@ -84,11 +88,11 @@ def _struct(b: memoryview, i: int) -> tuple[dict[int, tuple[int, Any]], int]:
         else:
             raw, i = _varint(b, i)
             last = (raw >> 1) ^ -(raw & 1)
-        value, i = _value(b, i, kind)
+        value, i = _value(b, i, kind, depth)
         fields[last] = (kind, value)
 
 
-def _value(b: memoryview, i: int, kind: int) -> tuple[Any, int]:  # noqa: PLR0911 - one return per Thrift type
+def _value(b: memoryview, i: int, kind: int, depth: int) -> tuple[Any, int]:  # noqa: PLR0911 - one per type
     if kind in (_TRUE, _FALSE):  # a field's booleans carry their value in the type
         return kind == _TRUE, i
     if kind == 3:
@@ -107,11 +111,16 @@ def _value(b: memoryview, i: int, kind: int) -> tuple[Any, int]:  # noqa: PLR091
         count, element = head >> 4, head & 0x0F
         if count == 15:
             count, i = _varint(b, i)
+        if count > len(b) - i:
+            raise _Refused("list longer than the header")
         for _ in range(count):
-            _, i = _value(b, i, element)
+            if element in (_TRUE, _FALSE):  # a list's booleans take a byte each
+                i += 1
+            else:
+                _, i = _value(b, i, element, depth + 1)
         return None, i
     if kind == _STRUCT:
-        return _struct(b, i)
+        return _struct(b, i, depth + 1)
     raise _Refused(f"thrift type {kind}")
 
 

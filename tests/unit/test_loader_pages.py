@@ -260,3 +260,16 @@ def test_the_loader_serves_every_row_once_through_the_direct_reader(
     assert sorted(set(served)) == list(range(rows))
     assert taken
     assert all(taken), "every row group of this layout goes through the direct reader"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        bytes([0x1C] * 3000 + [0] * 3000),  # structs inside structs, deeper than any page header
+        bytes([0x19, 0xF1, 0xFF, 0xFF, 0x3F, 0]),  # a list claiming millions of booleans in six bytes
+        bytes([0x15]),  # cut off inside a field
+    ],
+)
+def test_a_page_header_that_cannot_be_one_is_refused(header: bytes) -> None:
+    with pytest.raises((pages._Refused, IndexError)):  # read_row_group turns both into None
+        pages._struct(memoryview(header), 0)
