@@ -160,15 +160,31 @@ def test_shapes_it_does_not_take_are_left_to_pyarrow(
         assert pages.read_row_group(fd, parquet, 0, ["c"]) is None, name
 
 
-def test_lists_split_over_pages_mid_row_are_left_to_pyarrow(tmp_path: Path) -> None:
-    """A v1 page may begin inside a row when the writer cuts pages by size alone; its levels say so."""
-    path = tmp_path / "split.parquet"
-    pq.write_table(
-        pa.table(columns_of(50, 1000, "int64", 1000, seed=3)), path, data_page_size=1000, use_dictionary=False
-    )
-    for direct, expected in read_both(path, ["tokens"]):
-        if direct is not None:  # a writer that only cuts at rows makes every page readable
-            assert_same(direct, expected)
+def v1_levels(repetition_bits: int, count: int = 8) -> memoryview:
+    """A list page's levels in v1 layout: one bit-packed group of 8 repetition levels, then ``count`` definition
+    levels of 3 (every value present) as one run."""
+    rep = bytes([0x03, repetition_bits])  # header: one bit-packed group; the 8 levels, lowest bit first
+    definition = bytes([count << 1, 0x03])  # header: a run of ``count``; the value 3
+    return memoryview(len(rep).to_bytes(4, "little") + rep + len(definition).to_bytes(4, "little") + definition)
+
+
+@pytest.mark.parametrize(
+    ("bits", "shape"),
+    [
+        (0b10101010, (4, 2)),  # levels 0,1,0,1,...: four rows of two values
+        (0b11011011, None),  # 1,1,0,1,1,0,1,1: the page begins inside a row (some writers cut pages by size alone)
+        (0b10110110, None),  # 0,1,1,0,1,1,0,1: rows of 3, 3 and 2 values
+    ],
+)
+def test_list_levels_give_rows_of_one_width_that_begin_the_page_or_nothing(
+    bits: int, shape: tuple[int, int] | None
+) -> None:
+    """pyarrow's writer cuts pages only at rows, so a page that begins mid-row is built here by hand."""
+    levels = v1_levels(bits)
+    assert pages._decode_levels(levels, 8, 1, 3) == shape
+    if shape is None:
+        with pytest.raises(pages._Refused):
+            pages._levels_shape(levels, 8, 1, 3)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
