@@ -173,10 +173,10 @@ def batch_phases(spark: Any) -> dict[str, dict[str, float]]:
 
 class BatchBreakdown(logging.Handler):
     """Where tierlake's own ingest batches spend their time, from the line ``pipelines.ingest.silver`` logs per
-    batch: planning (the judge's plan, which reads silver's log), silver's append (the job that judges the batch,
-    and its commit) beside bronze's, then the counts and the other tables' appends."""
+    batch: judging (the facts' job, which fills the batch's cache, and the history's probe), then the appends
+    (silver's and the others', bronze's started with the judging)."""
 
-    PARTS = ("plan_s", "silver_s", "rest_s")
+    PARTS = ("judged_s", "written_s")
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)

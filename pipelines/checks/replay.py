@@ -10,11 +10,12 @@ record whose offset is already in silver is only marked, never written twice.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.gold_ev import append_replayed_anomalies, gold_paths
 from pipelines.ingest.high_water import HighWater
-from pipelines.ingest.recent_ids import silver_ids
+from pipelines.ingest.recent_ids import seen_among, silver_ids
 from pipelines.ingest.rules import classify
 from pipelines.ingest.silver import SilverTables, judge, outputs, silver_tables, table_exists
 from pipelines.lake.lease import TableLease
@@ -75,8 +76,9 @@ def replay_quarantine(
             spark, tables.silver, spec.event_time, storage_options=delta_storage_options(settings.s3)
         ).before(_AFTER_EVERY_BATCH)
         seen = None if mark is None else silver_ids(spark, tables.silver, spec, _AFTER_EVERY_BATCH, mark)
-        judged = judge(classify(as_bronze, spec), entity=spec, seen=seen, high_water=mark).persist()
+        classified = classify(as_bronze, spec).persist()  # read for the outcomes, then by the appends
         try:
+            judged, _ = judge(classified, entity=spec, among=partial(seen_among, seen), high_water=mark)
             passing, still_bad, _ = outputs(judged, entity=spec, batch_id=REPLAY_BATCH)
             key = ["topic", "partition", "offset"]
             if table_exists(spark, tables.silver):
@@ -93,6 +95,6 @@ def replay_quarantine(
             mark_replayed(spark, tables)
             stayed = still_bad.count()
         finally:
-            judged.unpersist()
+            classified.unpersist()
     logger.info("replayed %d quarantined %s records, %d still break a rule", moved, entity, stayed)
     return {"entity": entity, "replayed": moved, "still_bad": stayed}

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from pipelines.session import built
 from tierlake import catalog
 
 if TYPE_CHECKING:
@@ -57,7 +58,8 @@ def anomaly_reason(field: Callable[[str], Column]) -> Column:
 
 def flag_rule(record: str) -> Column:
     """True for the readings :func:`anomalies` flags, on a judged batch's record struct ``record``: the ingest batch
-    counts its flags with its outcomes (one job), so the flags' append needs no count of its own."""
+    counts its flags with its other outcomes (``pipelines.ingest.outcomes``) and appends flags only when it has
+    some."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
     return anomaly_reason(lambda name: F.col(f"{record}.`{name}`")).isNotNull()
@@ -67,21 +69,27 @@ def anomalies(silver_rows: DataFrame) -> DataFrame:
     """Flag events of a batch: event_id, station_id, ts, score, reason, temp_c, power_kw."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    def ramp(value: str, low: float, high: float) -> Column:
-        return F.least(F.lit(1.0), F.greatest(F.lit(0.0), (F.col(value) - low) / (high - low))) * 0.5 + 0.5
+    def columns() -> tuple[Column, list[Column | str]]:
+        def ramp(value: str, low: float, high: float) -> Column:
+            return F.least(F.lit(1.0), F.greatest(F.lit(0.0), (F.col(value) - low) / (high - low))) * 0.5 + 0.5
 
-    reason = anomaly_reason(F.col)
-    score = (
-        F.when(F.col("temp_c") > OVERHEAT_C, ramp("temp_c", OVERHEAT_C, OVERHEAT_MAX_C))
-        .when(F.col("power_kw") > SPIKE_KW, ramp("power_kw", SPIKE_KW, SPIKE_MAX_KW))
-        .when(F.col("status") == "dropout", F.lit(0.6))
-    )
-    return (
-        silver_rows.withColumn("reason", reason)
-        .where(F.col("reason").isNotNull())
-        .select("event_id", "station_id", "ts", F.round(score, 3).alias("score"), "reason", "temp_c", "power_kw")
-        .withColumn(catalog.EVENT_DAY, F.to_date("ts"))  # the partition (catalog.day_layout)
-    )
+        score = (
+            F.when(F.col("temp_c") > OVERHEAT_C, ramp("temp_c", OVERHEAT_C, OVERHEAT_MAX_C))
+            .when(F.col("power_kw") > SPIKE_KW, ramp("power_kw", SPIKE_KW, SPIKE_MAX_KW))
+            .when(F.col("status") == "dropout", F.lit(0.6))
+        )
+        reason = anomaly_reason(F.col)
+        return reason.isNotNull(), [
+            *("event_id", "station_id", "ts"),
+            F.round(score, 3).alias("score"),
+            reason.alias("reason"),
+            *("temp_c", "power_kw"),
+            F.to_date("ts").alias(catalog.EVENT_DAY),  # the partition (catalog.day_layout)
+        ]
+
+    # Built once per application (pipelines.session.built): an ingest batch flags its rows with these.
+    flagged, select = built(silver_rows.sparkSession, "anomalies", columns)
+    return silver_rows.where(flagged).select(*select)
 
 
 def windows(
@@ -133,16 +141,14 @@ def append_anomalies(silver_rows: DataFrame, *, uri: str, batch_id: int, ledger:
     """Flag the readings of an ingest batch's silver rows into the anomalies table ``uri``, once per batch
     (``ledger``). Returns whether it wrote (False: a replay of a batch the table holds).
 
-    No count first: a batch with nothing to flag runs its write job and commits nothing, as Delta skips a blind
-    append that adds no file (tests/integration/test_spark_delta.py shows it on RGW), so the flags can be written beside
-    silver instead of after a job that counts them.
+    The ingest batch calls it only when it counted flags (``pipelines.ingest.outcomes``); a batch with nothing to
+    flag would still run its write job, though Delta commits nothing for a blind append that adds no file
+    (tests/integration/test_spark_delta.py shows it on RGW).
     """
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    flagged = (
-        anomalies(silver_rows)
-        .withColumn("flagged_at", F.current_timestamp())
-        .withColumn("_batch_id", F.lit(batch_id).cast("long"))
+    flagged = anomalies(silver_rows).withColumns(
+        {"flagged_at": F.current_timestamp(), "_batch_id": F.lit(batch_id).cast("long")}
     )
     # merge_schema: lakes from before flagged_at and _batch_id
     return ledger.append(flagged, uri, batch_id, merge_schema=True, partition_by=catalog.EVENT_DAY, append_only=True)

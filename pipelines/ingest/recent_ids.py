@@ -26,14 +26,16 @@ in dropped, never silent), not added again.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from typing import TYPE_CHECKING, Any
 
+from pipelines.ingest.id_index import IdIndex
 from tierlake.entities import EntitySpec
 from tierlake.errors import first_line
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import Column, DataFrame, SparkSession
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,40 @@ def silver_ids(
     )
 
 
+IN_LIST_LIMIT = 2_000
+"""Up to this many ids the history is probed with an ``IN`` list, beyond it by a join (each faster there:
+0.10 s against 0.13 s for 500 ids, 0.35 s against 1.10 s for 50,000, over 30,000 ids on 2 cores)."""
+
+
+def seen_among(seen: DataFrame | None, ids: pa.Array | list[str]) -> set[str]:
+    """Which of ``ids`` the history ``seen`` (column ``_seen_id``) holds: one job scans the history for them.
+
+    A live batch's few hundred ids reach the JVM as one string, split there into the ``IN`` list (Spark turns it
+    into a hash set): one call to the JVM per id would cost more than the scan. Valid event ids hold no control
+    character (the ``control_character`` rule), so a newline separates them. More ids (a backlog's batch) are sent
+    to the executors as a table of their own and joined.
+    """
+    import pyarrow as pa  # noqa: PLC0415
+    from pyspark.sql import functions as F  # noqa: PLC0415
+    from pyspark.sql.classic.column import Column  # noqa: PLC0415 - a column of a JVM expression built here
+
+    if seen is None or len(ids) == 0:
+        return set()
+    if len(ids) > IN_LIST_LIMIT:
+        probe = seen.sparkSession.createDataFrame(pa.table({SEEN_ID: pa.array(ids, pa.string())}))
+        found = seen.join(F.broadcast(probe), SEEN_ID, "left_semi").select(SEEN_ID).toArrow()
+        return set(found.column(SEEN_ID).to_pylist())
+    wanted = ids if isinstance(ids, list) else ids.to_pylist()
+    if any("\n" in value for value in wanted):
+        raise ValueError("an event id to look for holds a newline; the control_character rule should have caught it")
+    jvm = seen.sparkSession.sparkContext._jvm
+    assert jvm is not None
+    split = jvm.java.util.regex.Pattern.compile("\n").splitAsStream("\n".join(wanted))
+    listed = split.collect(jvm.java.util.stream.Collectors.toList())  # stays in the JVM
+    found = seen.where(Column(F.col(SEEN_ID)._jc.isInCollection(listed))).select(SEEN_ID).toArrow()  # type: ignore[operator]
+    return set(found.column(SEEN_ID).to_pylist())
+
+
 class RecentIds:
     """Silver's ids within the duplicate check's window, as of the batches this query committed (see the module)."""
 
@@ -112,7 +148,9 @@ class RecentIds:
         self._frames: list[DataFrame] = []
         self._union: DataFrame | None = None  # the frames as one frame, built once and grown by each batch's
         self._through: int | None = None  # the frames hold every batch up to this one; None: not read yet
+        self._index = IdIndex()  # on the driver: which ids the frames may hold
         self.loads = 0  # times silver was read (a start, a restart, a state dropped)
+        self.probes = 0  # batches whose ids were looked for in the frames (the others: the index said none)
 
     @property
     def through(self) -> int | None:
@@ -129,11 +167,8 @@ class RecentIds:
         ``high_water`` (the mark of those batches); None when no earlier batch put a row in silver."""
         from pyspark.sql import functions as F  # noqa: PLC0415
 
-        if high_water is None:  # every silver row has an event time: no mark, no silver row, nothing seen
-            self._replace([], through=batch_id - 1)
+        if not self._ready(batch_id, high_water) or high_water is None:
             return None
-        if self._through != batch_id - 1:
-            self._load(batch_id, high_water)
         if not self._frames:
             return self._spark.createDataFrame([], f"{SEEN_ID} string")
         if self._union is None:  # every frame has the columns (_seen_id, _seen_time), in that order
@@ -142,20 +177,55 @@ class RecentIds:
         inside = self._union.where(F.col(SEEN_TIME) >= window_start(self._entity, high_water))
         return inside.select(SEEN_ID).coalesce(self._cores())
 
-    def add(self, batch_id: int, silver_rows: DataFrame, high_water: datetime | None) -> None:
+    def among(self, batch_id: int, high_water: datetime | None, ids: pa.Array) -> set[str]:
+        """Which of ``ids`` silver holds from batches before ``batch_id`` within the window of ``high_water``
+        (:meth:`seen`): only the ids the driver's index may hold are looked for, by one Spark job (none at all in
+        a batch whose ids are all new)."""
+        if not self._ready(batch_id, high_water):
+            return set()
+        wanted = self._index.maybe(ids.to_pylist())
+        if not wanted:  # no plan is built either: planning the probe cost as much as running it
+            return set()
+        self.probes += 1
+        return seen_among(self.seen(batch_id, high_water), wanted)
+
+    def _ready(self, batch_id: int, high_water: datetime | None) -> bool:
+        """Make the frames the history of the batches before ``batch_id`` (reading silver if they are not);
+        False when there is none (no mark: no silver row)."""
+        if high_water is None:  # every silver row has an event time: no mark, no silver row, nothing seen
+            self._replace([], through=batch_id - 1)
+            return False
+        if self._through != batch_id - 1:
+            self._load(batch_id, high_water)
+        return True
+
+    def add(
+        self,
+        batch_id: int,
+        silver_rows: DataFrame,
+        high_water: datetime | None,
+        *,
+        known: tuple[list[str], list[int]] | None = None,
+    ) -> None:
         """After silver's append of ``batch_id`` (or its skip, on a replay of a batch silver holds): the ids of its
         silver rows (columns ``_seen_id``, ``_seen_time``) join the history; ``high_water``, the mark after it,
-        prunes what fell out of the window when the frames are merged. Never raises: a state it cannot keep is
-        dropped, and the next batch reads silver."""
+        prunes what fell out of the window when the frames are merged. ``known``: the same ids and their event
+        times (µs) on the driver, for the index; without them every later batch looks all its ids up. Never
+        raises: a state it cannot keep is dropped, and the next batch reads silver."""
         if self._through != batch_id - 1:  # not the history of the batch before: read afresh next time
             self._replace([], through=None)
             return
         try:
             frames = [*self._frames, silver_rows.localCheckpoint(eager=True)]
+            if known is None:
+                self._index.full = True  # it no longer knows every id the frames hold
+            else:
+                self._index.add(*known)
             if len(frames) > self._compact_every and high_water is not None:
                 merged = self._merge(frames, high_water)
                 self._release(frames)
                 frames = [merged]
+                self._index.compact(_micros(high_water - 2 * timedelta(seconds=self._entity.watermark_s)))
         except Exception as exc:
             logger.warning(
                 "the duplicate check's history could not take batch %d (%s); silver is read again by the next batch",
@@ -175,8 +245,13 @@ class RecentIds:
         self._replace([], through=None)
 
     def _load(self, batch_id: int, high_water: datetime) -> None:
+        from pyspark.sql import functions as F  # noqa: PLC0415
+
         ids = silver_ids(self._spark, self._silver_uri, self._entity, batch_id, high_water)
-        self._replace([ids.localCheckpoint(eager=True)], through=batch_id - 1)
+        frame = ids.localCheckpoint(eager=True)
+        self._replace([frame], through=batch_id - 1)
+        loaded = frame.select(SEEN_ID, F.unix_micros(F.col(SEEN_TIME))).toArrow()
+        self._index.add(loaded.column(0).to_pylist(), loaded.column(1).to_pylist())
         self.loads += 1
         logger.info("duplicate check of %s: silver's recent ids read for batch %d", self._entity.name, batch_id)
 
@@ -195,6 +270,7 @@ class RecentIds:
         kept = {id(frame) for frame in frames}
         self._release([frame for frame in self._frames if id(frame) not in kept])
         self._frames, self._through, self._union = frames, through, None
+        self._index = IdIndex()  # filled again by _load
 
     @staticmethod
     def _release(frames: list[DataFrame]) -> None:
@@ -204,3 +280,7 @@ class RecentIds:
                 frame._jdf.queryExecution().logical().rdd().unpersist(False)
             except Exception as exc:  # an internal API that moved: the JVM's cleaner frees them later
                 logger.debug("checkpointed history not released: %s", first_line(exc))
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)

@@ -120,3 +120,52 @@ def test_log_checkpoints_are_written_beside_the_commits(spark: SparkSession, tmp
     assert [path.name for path in (short_interval / "_delta_log").glob("*.checkpoint.parquet")] == [
         "00000000000000000002.checkpoint.parquet"
     ]
+
+
+def test_a_batch_looks_up_only_the_ids_the_drivers_index_may_hold_and_both_probes_agree(
+    spark: SparkSession, settings: Settings, tmp_path: Path
+) -> None:
+    """``RecentIds.among``: the driver's index (``pipelines.ingest.id_index``) lets a batch of new ids skip the
+    probe; a repeated id is looked up in the executors' frames and found, also after a merge pruned the window;
+    an add without the ids on the driver makes every later batch probe. ``seen_among`` gives the same answer with
+    its ``IN`` list and with its join."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    from pipelines.ingest import recent_ids  # noqa: PLC0415
+
+    entity = settings.entities["ev"]
+    watermark = timedelta(seconds=entity.watermark_s)
+    schema = f"`{entity.event_id}` string, `{entity.event_time}` timestamp, _batch_id long"
+    uri = f"file://{tmp_path}/silver"
+    spark.createDataFrame([("a", MARK, 0), ("b", MARK - watermark, 0)], schema).write.format("delta").save(uri)
+
+    def add(history: RecentIds, batch_id: int, rows: list[tuple[str, datetime]], mark: datetime) -> None:
+        frame = spark.createDataFrame(rows, f"{SEEN_ID} string, {SEEN_TIME} timestamp")
+        micros = [(t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) for _, t in rows]
+        history.add(batch_id, frame, mark, known=([i for i, _ in rows], micros))
+
+    history = RecentIds(spark, silver_uri=uri, entity=entity, compact_every=2)
+    assert history.among(1, MARK, pa.array(["new", "other"])) == set()  # silver read (a, b): neither is there
+    assert (history.loads, history.probes) == (1, 0)
+    assert history.among(1, MARK, pa.array(["new", "a"])) == {"a"}
+    assert history.probes == 1
+    later = MARK + 2 * watermark  # the window then starts at MARK: b falls out
+    add(history, 1, [("c", MARK)], MARK)
+    add(history, 2, [("d", MARK + watermark)], later)  # a third frame: merged and pruned, index with it
+    assert history.frames == 1
+    assert history.among(3, later, pa.array(["b", "c", "d", "x"])) == {"c", "d"}
+    assert history.among(3, later, pa.array(["x", "y"])) == set()
+    assert history.probes == 2
+    history.add(3, spark.createDataFrame([("f", MARK)], f"{SEEN_ID} string, {SEEN_TIME} timestamp"), later)
+    assert history.among(4, later, pa.array(["x"])) == set()  # no index now: looked up
+    assert history.among(4, later, pa.array(["f"])) == {"f"}
+    assert history.probes == 4
+    history.close()
+
+    seen = spark.createDataFrame([(f"id{i}",) for i in range(3000)], f"{SEEN_ID} string")
+    wanted = [f"id{i}" for i in range(0, 6000, 2)]  # 3,000 ids: past the IN list's limit
+    expected = {f"id{i}" for i in range(0, 3000, 2)}
+    assert recent_ids.seen_among(seen, pa.array(wanted)) == expected
+    assert len(wanted) > recent_ids.IN_LIST_LIMIT >= 200
+    assert recent_ids.seen_among(seen, wanted[:200]) == {f"id{i}" for i in range(0, 400, 2)}
+    assert recent_ids.seen_among(None, wanted) == set()
