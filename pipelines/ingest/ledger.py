@@ -104,7 +104,7 @@ class CommitLedger:
             return False
         writer = frame.write.format("delta").mode("append")
         if partition_by is not None:
-            self._check_layout(uri, partition_by)
+            self.check_layout(uri, partition_by)
             writer = writer.partitionBy(partition_by)
         if batch_id in self._metadata:
             writer = writer.option("userMetadata", self._metadata[batch_id])
@@ -119,8 +119,9 @@ class CommitLedger:
         self._last[uri] = batch_id
         return True
 
-    def _check_layout(self, uri: str, column: str) -> None:
-        """Refuse to append to a table partitioned otherwise than by ``column`` (once per table and driver)."""
+    def check_layout(self, uri: str, column: str) -> None:
+        """Refuse to append to a table partitioned otherwise than by ``column`` (once per table and ledger: Delta
+        computes the table's state for it, so an ingest query does it before it starts, ``stream.warm_up``)."""
         if uri in self._layout_checked:
             return
         from delta.tables import DeltaTable  # noqa: PLC0415

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from pipelines.ingest.high_water import from_micros
 from pipelines.ingest.offsets import Ranges
+from pipelines.ingest.recent_ids import SEEN_ID, SEEN_TIME
 from pipelines.session import built
 from tierlake.entities import EntitySpec
 
@@ -50,7 +51,7 @@ class Outcomes:
     high: datetime | None  # the highest event time among its silver rows
     offsets: Ranges  # topic -> partition -> (first, last offset) of its rows
     dropped: pa.Table  # KEY of each row dropped as a duplicate
-    kept: pa.Table  # event_id and event_us of each silver row (what the duplicate check's history gains)
+    kept: pa.Table  # _seen_id and _seen_time of each silver row (what the duplicate check's history gains)
 
 
 def batch_facts(judged: DataFrame, *, entity: EntitySpec, flag_rule: Callable[[], Column] | None = None) -> pa.Table:
@@ -124,7 +125,8 @@ def decide(facts: pa.Table, seen: Collection[str]) -> Outcomes:
     for row in facts.group_by(["topic", "partition"]).aggregate([("offset", "min"), ("offset", "max")]).to_pylist():
         offsets.setdefault(row["topic"], {})[int(row["partition"])] = (row["offset_min"], row["offset_max"])
     high_water = from_micros(high) if high is not None else None
-    return Outcomes(counts, high_water, offsets, keys, out.select(["event_id", "event_us"]))
+    kept = pa.table({SEEN_ID: out["event_id"], SEEN_TIME: out["event_us"].cast(pa.timestamp("us", tz="UTC"))})
+    return Outcomes(counts, high_water, offsets, keys, kept)
 
 
 def with_dropped(judged: DataFrame, dropped: pa.Table) -> DataFrame:

@@ -9,15 +9,18 @@ more per batch: an hour's watermark at a 2 s trigger is thousands of files).
 
 The driver that ingests an entity is silver's only writer (the writer lease, ``pipelines.lake.lease``; the other
 writers of silver's rows, ``replay-quarantine``, take the same lease), so it knows what silver gained: the ids of the
-silver rows of each batch it committed. :class:`RecentIds` keeps them as Spark data in the executors' memory (a
-local checkpoint: no lineage back to the batch, no copy in the object store), one small frame per batch, merged
-into one every :data:`COMPACT_EVERY` batches and pruned to the window as the high-water mark moves. Silver is read
+silver rows of each batch it committed (the batch's outcomes, decided on the driver: ``pipelines.ingest.outcomes``).
+:class:`RecentIds` keeps them as Spark data: one small frame per batch, made from the driver's copy (no lineage back
+to the batch, no job), merged every :data:`COMPACT_EVERY` batches into a local checkpoint in the executors' memory
+(no copy in the object store) and pruned to the window as the high-water mark moves. An index of the same ids on the
+driver (:class:`pipelines.ingest.id_index.IdIndex`) says which of a batch's ids the frames may hold, so a batch of
+new ids looks nothing up (:meth:`RecentIds.among`). Silver is read
 once per query (a start, or a restart after a crash): before it starts, for the batch its checkpoint says it runs
 first (``pipelines.ingest.stream``), or else by that batch; rows of earlier batches only, as before, so a replayed
 batch is judged as its first attempt was.
 
 If the executors lose that memory (an executor of a cluster dies), the batch that reads it fails, and the driver's
-restart of the query (the failure policy) reads silver again. A state that cannot be kept up (its job failed after
+restart of the query (the failure policy) reads silver again. A state that cannot be kept up (a merge failed after
 silver's commit) is dropped and read again by the next batch. Rows deleted from silver inside the window while the
 driver runs stay in the history until it restarts: a later copy of such an event is dropped as a duplicate (counted
 in dropped, never silent), not added again.
@@ -199,28 +202,22 @@ class RecentIds:
             self._load(batch_id, high_water)
         return True
 
-    def add(
-        self,
-        batch_id: int,
-        silver_rows: DataFrame,
-        high_water: datetime | None,
-        *,
-        known: tuple[list[str], list[int]] | None = None,
-    ) -> None:
+    def add(self, batch_id: int, rows: pa.Table, high_water: datetime | None) -> None:
         """After silver's append of ``batch_id`` (or its skip, on a replay of a batch silver holds): the ids of its
-        silver rows (columns ``_seen_id``, ``_seen_time``) join the history; ``high_water``, the mark after it,
-        prunes what fell out of the window when the frames are merged. ``known``: the same ids and their event
-        times (µs) on the driver, for the index; without them every later batch looks all its ids up. Never
-        raises: a state it cannot keep is dropped, and the next batch reads silver."""
+        silver rows (``rows``, columns ``_seen_id`` and ``_seen_time``, on the driver) join the history;
+        ``high_water``, the mark after it, prunes what fell out of the window when the frames are merged. The rows
+        become a frame without a job (a local checkpoint of each batch's was one, at the end of every batch);
+        the frames are checkpointed when merged. Never raises: a state it cannot keep is dropped, and the next
+        batch reads silver."""
+        import pyarrow.compute as pc  # noqa: PLC0415
+
         if self._through != batch_id - 1:  # not the history of the batch before: read afresh next time
             self._replace([], through=None)
             return
         try:
-            frames = [*self._frames, silver_rows.localCheckpoint(eager=True)]
-            if known is None:
-                self._index.full = True  # it no longer knows every id the frames hold
-            else:
-                self._index.add(*known)
+            frames = [*self._frames, self._spark.createDataFrame(rows.select([SEEN_ID, SEEN_TIME]))]
+            micros = pc.cast(rows.column(SEEN_TIME), "int64")
+            self._index.add(rows.column(SEEN_ID).to_pylist(), micros.to_pylist())
             if len(frames) > self._compact_every and high_water is not None:
                 merged = self._merge(frames, high_water)
                 self._release(frames)

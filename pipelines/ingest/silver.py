@@ -36,7 +36,7 @@ from pipelines.ingest.high_water import HighWater
 from pipelines.ingest.ledger import CommitLedger
 from pipelines.ingest.offsets import Ranges, differences
 from pipelines.ingest.outcomes import Outcomes, batch_facts, decide, probe_ids, with_dropped
-from pipelines.ingest.recent_ids import SEEN_ID, SEEN_TIME, RecentIds
+from pipelines.ingest.recent_ids import RecentIds
 from pipelines.session import built, run_together, start_together, use_pool
 from tierlake import catalog
 from tierlake.config import Settings
@@ -86,35 +86,19 @@ def _then_remember(
     history: RecentIds,
     *,
     batch_id: int,
-    ids: Callable[[], DataFrame],
-    known: pa.Table,
+    ids: pa.Table,
     mark: datetime | None,
     after_commit: Callable[[], None] | None,
 ) -> bool:
-    """Silver's append, then its rows' ids into the duplicate check's history (beside the batch's other appends;
-    a replayed batch that silver holds adds the same ids its first attempt committed; ``known``, the same ids and
-    event times on the driver, for its index), then ``after_commit`` if it committed (silver's log checkpoint,
+    """Silver's append, then its rows' ids (``ids``, from the batch's outcomes) into the duplicate check's history
+    (beside the batch's other appends; a replayed batch that silver holds adds the same ids its first attempt
+    committed), then ``after_commit`` if it committed (silver's log checkpoint,
     :mod:`pipelines.ingest.log_checkpoints`)."""
     written = append()
-    history.add(batch_id, ids(), mark, known=(known["event_id"].to_pylist(), known["event_us"].to_pylist()))
+    history.add(batch_id, ids, mark)
     if written and after_commit is not None:
         after_commit()
     return written
-
-
-def _new_ids(judged: DataFrame, entity: EntitySpec) -> DataFrame:
-    """The ids and event times of a judged batch's silver rows (:class:`RecentIds` frames)."""
-
-    def columns() -> tuple[Column, list[Column]]:
-        from pyspark.sql import functions as F  # noqa: PLC0415
-
-        return _in_silver(), [
-            F.col(f"_rec.`{entity.event_id}`").alias(SEEN_ID),
-            F.col(f"_rec.`{entity.event_time}`").alias(SEEN_TIME),
-        ]
-
-    where, select = built(judged.sparkSession, ("new_ids", repr(entity)), columns)
-    return judged.where(where).select(*select)
 
 
 def with_late_rule(classified: DataFrame, *, entity: EntitySpec, high_water: datetime | None) -> DataFrame:
@@ -349,8 +333,7 @@ def process_batch(
                 ),
                 history,
                 batch_id=batch_id,
-                ids=partial(_new_ids, judged, entity),
-                known=outcomes.kept,
+                ids=outcomes.kept,
                 mark=mark,
                 after_commit=after_commit,
             ),

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+
 from pipelines.ingest.log_checkpoints import LogCheckpoints
 from pipelines.ingest.recent_ids import SEEN_ID, SEEN_TIME, RecentIds
 from tierlake.config import Settings
@@ -21,6 +23,16 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 MARK = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+
+
+def ids_table(batch: list[tuple[str, datetime]]) -> pa.Table:
+    """A batch's silver ids as the driver hands them to the history (``Outcomes.kept``)."""
+    return pa.table(
+        {
+            SEEN_ID: pa.array([i for i, _ in batch], pa.string()),
+            SEEN_TIME: pa.array([t for _, t in batch], pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def _ids(frame: DataFrame | None) -> set[str]:
@@ -39,8 +51,8 @@ def test_history_is_silver_of_earlier_batches_and_reads_it_only_when_it_must(
     def append(rows: list[tuple[str, datetime, int]]) -> None:
         spark.createDataFrame(rows, schema).write.format("delta").mode("append").save(uri)
 
-    def batch_ids(batch: list[tuple[str, datetime]]) -> DataFrame:
-        return spark.createDataFrame(batch, f"{SEEN_ID} string, {SEEN_TIME} timestamp")
+    def batch_ids(batch: list[tuple[str, datetime]]) -> pa.Table:
+        return ids_table(batch)
 
     append(
         [
@@ -126,11 +138,8 @@ def test_a_batch_looks_up_only_the_ids_the_drivers_index_may_hold_and_both_probe
     spark: SparkSession, settings: Settings, tmp_path: Path
 ) -> None:
     """``RecentIds.among``: the driver's index (``pipelines.ingest.id_index``) lets a batch of new ids skip the
-    probe; a repeated id is looked up in the executors' frames and found, also after a merge pruned the window;
-    an add without the ids on the driver makes every later batch probe. ``seen_among`` gives the same answer with
-    its ``IN`` list and with its join."""
-    import pyarrow as pa  # noqa: PLC0415
-
+    probe; a repeated id is looked up in the executors' frames and found, also after a merge pruned the window.
+    ``seen_among`` gives the same answer with its ``IN`` list and with its join."""
     from pipelines.ingest import recent_ids  # noqa: PLC0415
 
     entity = settings.entities["ev"]
@@ -140,9 +149,7 @@ def test_a_batch_looks_up_only_the_ids_the_drivers_index_may_hold_and_both_probe
     spark.createDataFrame([("a", MARK, 0), ("b", MARK - watermark, 0)], schema).write.format("delta").save(uri)
 
     def add(history: RecentIds, batch_id: int, rows: list[tuple[str, datetime]], mark: datetime) -> None:
-        frame = spark.createDataFrame(rows, f"{SEEN_ID} string, {SEEN_TIME} timestamp")
-        micros = [(t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) for _, t in rows]
-        history.add(batch_id, frame, mark, known=([i for i, _ in rows], micros))
+        history.add(batch_id, ids_table(rows), mark)
 
     history = RecentIds(spark, silver_uri=uri, entity=entity, compact_every=2)
     assert history.among(1, MARK, pa.array(["new", "other"])) == set()  # silver read (a, b): neither is there
@@ -156,10 +163,9 @@ def test_a_batch_looks_up_only_the_ids_the_drivers_index_may_hold_and_both_probe
     assert history.among(3, later, pa.array(["b", "c", "d", "x"])) == {"c", "d"}
     assert history.among(3, later, pa.array(["x", "y"])) == set()
     assert history.probes == 2
-    history.add(3, spark.createDataFrame([("f", MARK)], f"{SEEN_ID} string, {SEEN_TIME} timestamp"), later)
-    assert history.among(4, later, pa.array(["x"])) == set()  # no index now: looked up
-    assert history.among(4, later, pa.array(["f"])) == {"f"}
-    assert history.probes == 4
+    add(history, 3, [("f", MARK)], later)
+    assert history.among(4, later, pa.array(["x", "f"])) == {"f"}
+    assert history.probes == 3
     history.close()
 
     seen = spark.createDataFrame([(f"id{i}",) for i in range(3000)], f"{SEEN_ID} string")

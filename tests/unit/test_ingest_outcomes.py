@@ -63,7 +63,10 @@ def test_a_batch_without_repeats_goes_to_silver_with_its_counts_high_mark_and_of
     assert out.high == datetime(1970, 1, 1, 0, 0, 0, 9_000, tzinfo=UTC)
     assert out.offsets == {"t": {0: (10, 11), 1: (3, 3)}}
     assert out.dropped.num_rows == 0
-    assert out.kept.to_pylist() == [{"event_id": "a", "event_us": 7_000}, {"event_id": "b", "event_us": 9_000}]
+    assert out.kept.to_pylist() == [  # what the duplicate check's history takes
+        {"_seen_id": "a", "_seen_time": datetime(1970, 1, 1, 0, 0, 0, 7_000, tzinfo=UTC)},
+        {"_seen_id": "b", "_seen_time": datetime(1970, 1, 1, 0, 0, 0, 9_000, tzinfo=UTC)},
+    ]
 
 
 def test_the_copy_kafka_received_first_is_kept_then_partition_then_offset() -> None:
