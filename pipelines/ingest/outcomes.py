@@ -9,8 +9,9 @@ records those were four of its Spark jobs, waiting on each other and on bronze's
 
 Here the batch's *facts* come to the driver instead (:func:`batch_facts`: per row its Kafka position and time, its
 event id, whether it is valid, its event time and whether it is flagged; one job, which also fills the batch's cache
-that the appends read). The history is probed for this batch's ids only (:func:`seen_among`: the history scanned
-against them, the small side sent to the executors), and :func:`decide` settles the rest in plain Python. The
+that the appends read). The history is probed for this batch's ids only, and only for those the driver's index may
+hold (:meth:`pipelines.ingest.recent_ids.RecentIds.among`: usually none), and :func:`decide` settles the rest in
+plain Python. The
 appends then read the cached batch and filter it by what was decided (:func:`with_dropped`): no shuffle, and every
 outcome's count is known before any append starts, so a table that gets no row is not written at all.
 
