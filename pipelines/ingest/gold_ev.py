@@ -139,7 +139,9 @@ def windows(
 
 def append_anomalies(silver_rows: DataFrame, *, uri: str, batch_id: int, ledger: CommitLedger) -> bool:
     """Flag the readings of an ingest batch's silver rows into the anomalies table ``uri``, once per batch
-    (``ledger``). Returns whether it wrote (False: a replay of a batch the table holds).
+    (``ledger``). Returns whether it wrote (False: a replay of a batch the table holds). ``silver_rows``: the
+    batch's flagged silver rows, as the driver collected them (``pipelines.ingest.outcomes``), or any of its silver
+    rows (the rule picks the flagged ones again).
 
     The ingest batch calls it only when it counted flags (``pipelines.ingest.outcomes``); a batch with nothing to
     flag would still run its write job, though Delta commits nothing for a blind append that adds no file

@@ -8,12 +8,14 @@ and a join against silver's recent ids, which Spark broadcast in full each batch
 records those were four of its Spark jobs, waiting on each other and on bronze's append for the two cores.
 
 Here the batch's *facts* come to the driver instead (:func:`batch_facts`: per row its Kafka position and time, its
-event id, whether it is valid, its event time and whether it is flagged; one job, which also fills the batch's cache
-that the appends read). The history is probed for this batch's ids only, and only for those the driver's index may
-hold (:meth:`pipelines.ingest.recent_ids.RecentIds.among`: usually none), and :func:`decide` settles the rest in
-plain Python. The
-appends then read the cached batch and filter it by what was decided (:func:`with_dropped`): no shuffle, and every
-outcome's count is known before any append starts, so a table that gets no row is not written at all.
+event id, whether it is valid, its event time and whether it is flagged, with the record of a flagged one; one job,
+which also fills the batch's cache that the appends read). The history is probed for this batch's ids only, and
+only for those the driver's index may hold (:meth:`pipelines.ingest.recent_ids.RecentIds.among`: usually none),
+and :func:`decide` settles the rest in plain Python. The appends then read the cached batch and filter it by what
+was decided (:func:`with_dropped`): no shuffle, and every outcome's count is known before any append starts, so a
+table that gets no row is not written at all. The flagged rows (a few in a hundred) come with their records, so
+the flags' append writes them from the driver: no scan of the cached batch beside silver's append (that scan and
+its plan cost a 20,000-record batch 0.5 s, docs/decisions.md).
 
 The rule is the same as before, a pure function of the records: the first copy of an id is the one Kafka received
 first (its timestamp), then partition, then offset, among the batch's rows that carry a typed record (valid rows and
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 DUPLICATE = "duplicate_event_id"
 KEY = ("topic", "partition", "offset")
 """A row of a batch, by its place in Kafka."""
+FLAG_RECORD = "_flag_rec"
+"""The facts' column with a flagged row's record (the struct ``_rec``; null for every other row)."""
 
 
 @dataclass(frozen=True)
@@ -53,25 +57,29 @@ class Outcomes:
     offsets: Ranges  # topic -> partition -> (first, last offset) of its rows
     dropped: pa.Table  # KEY of each row dropped as a duplicate
     kept: pa.Table  # _seen_id and _seen_time of each silver row (what the duplicate check's history gains)
+    flags: pa.Table | None = None  # the record (the entity's fields) of each flagged silver row; None: no flag rule
 
 
 def batch_facts(judged: DataFrame, *, entity: EntitySpec, flag_rule: Callable[[], Column] | None = None) -> pa.Table:
     """The facts :func:`decide` needs, one row per row of ``judged`` (a batch with ``rule`` including
     ``late_event``): KEY, ``kafka_us``, ``event_id`` (null without a typed record), ``valid``, ``event_us`` and
-    ``flagged`` (``flag_rule()`` on the record struct ``_rec``; false without one)."""
+    ``flagged`` (``flag_rule()`` on the record struct ``_rec``; false without one), and with a flag rule
+    :data:`FLAG_RECORD`, the record of each valid row it flags."""
 
     def columns() -> list[Column | str]:
         from pyspark.sql import functions as F  # noqa: PLC0415
 
         valid = F.col("rule").isNull()
-        flagged = F.coalesce(flag_rule(), F.lit(False)) if flag_rule is not None else F.lit(False)
+        flagged = valid & (F.coalesce(flag_rule(), F.lit(False)) if flag_rule is not None else F.lit(False))
+        record = [F.when(flagged, F.col("_rec")).alias(FLAG_RECORD)] if flag_rule is not None else []
         return [
             *KEY,
             F.unix_micros("kafka_timestamp").alias("kafka_us"),
             F.col(f"_rec.`{entity.event_id}`").alias("event_id"),
             valid.alias("valid"),
             F.when(valid, F.unix_micros(F.col(f"_rec.`{entity.event_time}`"))).alias("event_us"),
-            (valid & flagged).alias("flagged"),
+            flagged.alias("flagged"),
+            *record,
         ]
 
     key = ("facts", repr(entity), repr(flag_rule))
@@ -117,8 +125,10 @@ def decide(facts: pa.Table, seen: Collection[str]) -> Outcomes:
 
     valid = pc.sum(facts["valid"].cast(pa.int64())).as_py() or 0
     out = facts.filter(facts["valid"])
-    if dropped:
-        out = out.join(keys, list(KEY), join_type="left anti")
+    if dropped:  # Arrow's join carries no struct column (the flagged records): join the places, then take the rows
+        place = out.select(list(KEY)).append_column("_row", pa.array(range(out.num_rows), pa.int64()))
+        rows = place.join(keys, list(KEY), join_type="left anti")["_row"]
+        out = out.take(pc.take(rows, pc.sort_indices(rows)))
     counts = {"silver": out.num_rows, "quarantine": facts.num_rows - valid, "dropped": len(dropped)}
     counts["flagged"] = pc.sum(out["flagged"].cast(pa.int64())).as_py() or 0
     high = pc.max(out["event_us"]).as_py()
@@ -127,7 +137,11 @@ def decide(facts: pa.Table, seen: Collection[str]) -> Outcomes:
         offsets.setdefault(row["topic"], {})[int(row["partition"])] = (row["offset_min"], row["offset_max"])
     high_water = from_micros(high) if high is not None else None
     kept = pa.table({SEEN_ID: out["event_id"], SEEN_TIME: out["event_us"].cast(pa.timestamp("us", tz="UTC"))})
-    return Outcomes(counts, high_water, offsets, keys, kept)
+    flags = None
+    if FLAG_RECORD in out.column_names:
+        records = out.filter(out["flagged"])[FLAG_RECORD].combine_chunks()
+        flags = pa.Table.from_struct_array(records)
+    return Outcomes(counts, high_water, offsets, keys, kept, flags)
 
 
 def with_dropped(judged: DataFrame, dropped: pa.Table) -> DataFrame:

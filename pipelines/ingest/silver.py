@@ -248,8 +248,9 @@ class Flags:
     """Rows an ingest batch flags beside its silver rows (EV anomalies, ``pipelines.ingest.gold_ev``).
 
     ``rule``: given the name of the judged batch's record struct, true for a row to flag; the batch counts them
-    with its outcomes. ``write``: appends the flags of the batch's silver rows (rows, batch id), once per batch (the
-    ledger), beside silver's append; a batch that flags nothing does not call it.
+    with its outcomes and collects their records (:mod:`pipelines.ingest.outcomes`). ``write``: appends the flags
+    of those rows (a frame of their records, made on the driver; batch id), once per batch (the ledger), beside
+    silver's append; a batch that flags nothing does not call it.
     """
 
     rule: Callable[[str], Column]
@@ -337,7 +338,7 @@ def process_batch(
                 mark=mark,
                 after_commit=after_commit,
             ),
-            *_other_writes(judged, counts, entity=entity, tables=tables, ledger=ledger, batch_id=batch_id, flag=flag),
+            *_other_writes(judged, outcomes, entity=entity, tables=tables, ledger=ledger, batch_id=batch_id, flag=flag),
         ]
         run_together(spark, "ingest", writes, lead_pool="silver")
     finally:
@@ -359,7 +360,7 @@ def _check_offsets(batch_id: int, logged: Ranges, rows: Ranges) -> None:
 
 def _other_writes(
     judged: DataFrame,
-    counts: dict[str, int],
+    outcomes: Outcomes,
     *,
     entity: EntitySpec,
     tables: SilverTables,
@@ -369,10 +370,12 @@ def _other_writes(
 ) -> list[Callable[[], object]]:
     """The flags', quarantine's and dropped's appends, for the tables that get rows: an empty write would still
     cost a job (and, for a table Delta does not skip, a commit), and skipping it is as deterministic (a replayed
-    batch gets the same counts)."""
+    batch gets the same counts). The flags' rows are the flagged records the outcomes brought to the driver, a
+    frame Spark reads without a scan of the batch."""
+    counts = outcomes.counts
     writes: list[Callable[[], object]] = []
-    if flag is not None and counts.get("flagged"):
-        writes.append(partial(_flag, flag, partial(silver_rows, judged, entity=entity, batch_id=batch_id), batch_id))
+    if flag is not None and counts.get("flagged") and outcomes.flags is not None:
+        writes.append(partial(_flag, flag, partial(_local_rows, judged.sparkSession, outcomes.flags), batch_id))
     for name, rows, uri in (
         ("quarantine", quarantine_rows, tables.quarantine),
         ("dropped", dropped_rows, tables.dropped),
@@ -393,6 +396,12 @@ def _append(ledger: CommitLedger, rows: Callable[[], DataFrame], uri: str, batch
 
 def _flag(flag: Flags, rows: Callable[[], DataFrame], batch_id: int) -> object:
     return flag.write(rows(), batch_id)
+
+
+def _local_rows(spark: SparkSession, rows: pa.Table) -> DataFrame:
+    """``rows`` (a few hundred, from the driver) as a frame of one partition: one task and one file per day, where
+    Spark would split them over the cores and each task would wait on its own upload."""
+    return spark.createDataFrame(rows).coalesce(1)
 
 
 def _log_batch(entity: str, batch_id: int, counts: dict[str, int], *, judged_s: float, written_s: float) -> None:

@@ -112,8 +112,8 @@ def start_ingest(
     log_checkpoints = LogCheckpoints(spark)  # silver's, beside its commits
     anomalies_uri = gold_paths(settings.s3.lake_bucket, entity)[1]
 
-    def write_flags(silver_rows: DataFrame, batch_id: int) -> bool:
-        return append_anomalies(silver_rows, uri=anomalies_uri, batch_id=batch_id, ledger=ledger)
+    def write_flags(flagged: DataFrame, batch_id: int) -> bool:
+        return append_anomalies(flagged, uri=anomalies_uri, batch_id=batch_id, ledger=ledger)
 
     flags = Flags(rule=flag_rule, write=write_flags) if spec.gold == "ev" else None  # EV anomaly flags
     written = [bronze.table_uri, tables.silver, tables.quarantine, tables.dropped, *([anomalies_uri] if flags else [])]

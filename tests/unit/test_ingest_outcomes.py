@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pipelines.ingest import id_index
 from pipelines.ingest.id_index import IdIndex
-from pipelines.ingest.outcomes import decide
+from pipelines.ingest.outcomes import FLAG_RECORD, decide
 
 SCHEMA = pa.schema(
     [
@@ -112,6 +112,27 @@ def test_an_id_silver_holds_drops_every_valid_copy_of_it() -> None:
     assert out.high == datetime(1970, 1, 1, 0, 0, 0, 1_000, tzinfo=UTC)
 
 
+def test_the_flags_are_the_records_of_the_flagged_silver_rows_only() -> None:
+    """The facts carry a flagged row's record (``batch_facts`` with a flag rule); the flags' append writes
+    ``Outcomes.flags`` from the driver, so a flagged row dropped as a duplicate must not be in it."""
+    rows = [
+        {"partition": 0, "offset": 1, "kafka_us": 1, "event_id": "a", "flagged": True},
+        {"partition": 0, "offset": 2, "kafka_us": 2, "event_id": "a", "flagged": True},  # a's second copy: dropped
+        {"partition": 0, "offset": 3, "kafka_us": 3, "event_id": "b"},
+        {"partition": 0, "offset": 4, "kafka_us": 4, "event_id": "c", "flagged": True},
+        {"partition": 0, "offset": 5, "kafka_us": 5, "event_id": "old", "flagged": True},  # silver holds it
+    ]
+    batch = facts(rows)
+    record = pa.struct([("event_id", pa.string()), ("temp_c", pa.float64())])
+    records = [{"event_id": r["event_id"], "temp_c": 90.0 + r["offset"]} if r.get("flagged") else None for r in rows]
+    batch = batch.append_column(pa.field(FLAG_RECORD, record), pa.array(records, record))
+    out = decide(batch, {"old"})
+    assert out.flags is not None
+    assert out.flags.to_pylist() == [{"event_id": "a", "temp_c": 91.0}, {"event_id": "c", "temp_c": 94.0}]
+    assert out.counts["flagged"] == out.flags.num_rows == 2
+    assert decide(facts(rows), set()).flags is None  # no flag rule, no records
+
+
 def test_a_batch_of_rule_breakers_only_has_no_high_mark() -> None:
     out = decide(facts([{"partition": 0, "offset": 1, "kafka_us": 1, "event_id": None, "valid": False}]), set())
     assert (out.high, out.counts["silver"], out.kept.num_rows) == (None, 0, 0)
@@ -146,7 +167,9 @@ def test_decide_agrees_with_the_rule_stated_row_by_row(rows: list[dict[str, Any]
                 "flagged": drawn["flagged"] and drawn["kind"] == "valid",
             }
         )
-    out = decide(facts(batch), seen)
+    record = pa.struct([("offset", pa.int64())])
+    flagged = pa.array([{"offset": r["offset"]} if r["flagged"] else None for r in batch], record)
+    out = decide(facts(batch).append_column(pa.field(FLAG_RECORD, record), flagged), seen)
 
     def place(r: dict[str, Any]) -> tuple[int, int, int]:
         return (r["kafka_us"], r["partition"], r["offset"])
@@ -169,6 +192,8 @@ def test_decide_agrees_with_the_rule_stated_row_by_row(rows: list[dict[str, Any]
         "flagged": sum(r["flagged"] for r in silver),
     }
     assert sum(out.counts[k] for k in ("silver", "quarantine", "dropped")) == len(batch)  # every row, once
+    assert out.flags is not None
+    assert out.flags["offset"].to_pylist() == [r["offset"] for r in silver if r["flagged"]]  # in the batch's order
 
 
 @settings(max_examples=200, deadline=None)
