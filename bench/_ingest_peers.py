@@ -20,7 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from deltalake import DeltaTable
 
 from pipelines.checks.freshness import freshness
-from pipelines.ingest.bronze import kafka_source
+from pipelines.ingest.bronze import FETCH_MAX_WAIT_MS
 from pipelines.ingest.records import judge_record
 from pipelines.ingest.rules import classify, record_ddl
 from pipelines.synthetic.datasets import Record
@@ -35,13 +35,27 @@ def plain_topic(tag: str) -> str:
     return f"bench.plain.{tag}"
 
 
-def start_plain(spark: Any, settings: Settings, entity: str, tag: str, *, trigger_s: float | None) -> Any:
+def start_plain(
+    spark: Any, settings: Settings, entity: str, tag: str, *, trigger_s: float | None, tuned: bool = False
+) -> Any:
     """The job a data engineer would write instead of tierlake: one query, Kafka -> ``from_json`` -> Delta append,
-    no validation, no quarantine, no exactly-once ledger, one table (``bench/plain_<tag>`` in the lake)."""
+    no validation, no quarantine, no exactly-once ledger, one table (``bench/plain_<tag>`` in the lake), the Kafka
+    source's defaults. ``tuned``: the same job with the one consumer setting tierlake's source adds
+    (``kafka.fetch.max.wait.ms``, :data:`pipelines.ingest.bronze.FETCH_MAX_WAIT_MS`), to its own table
+    (``bench/plain_tuned_<tag>``): what that setting alone is worth to anyone's job."""
     from pyspark.sql import functions as F  # noqa: PLC0415
 
-    table = catalog.TablePath(settings.s3.lake_bucket, f"bench/plain_{tag}")
-    parsed = kafka_source(spark, settings, plain_topic(tag)).select(
+    name = f"plain_tuned_{tag}" if tuned else f"plain_{tag}"
+    table = catalog.TablePath(settings.s3.lake_bucket, f"bench/{name}")
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.kafka.bootstrap())
+        .option("subscribe", plain_topic(tag))
+        .option("startingOffsets", "earliest")
+    )
+    if tuned:
+        reader = reader.option("kafka.fetch.max.wait.ms", FETCH_MAX_WAIT_MS)
+    parsed = reader.load().select(
         F.from_json(F.col("value").cast("string"), record_ddl(settings.entities[entity])).alias("r"),
         F.col("timestamp").alias("kafka_timestamp"),
     )
@@ -49,7 +63,7 @@ def start_plain(spark: Any, settings: Settings, entity: str, tag: str, *, trigge
         parsed.select("r.*", "kafka_timestamp")
         .writeStream.format("delta")
         .option("checkpointLocation", f"{table.s3a}/_checkpoint")
-        .queryName(f"plain_{tag}")
+        .queryName(name)
     )
     writer = (
         writer.trigger(availableNow=True)
@@ -59,27 +73,33 @@ def start_plain(spark: Any, settings: Settings, entity: str, tag: str, *, trigge
     return writer.start(table.s3a)
 
 
-def plain_peer(
+def plain_backlog(spark: Any, settings: Settings, entity: str, tag: str, records: list[Record]) -> tuple[float, float]:
+    """One backlog of ``records`` on the plain query's topic, drained by the plain query, then by the tuned one
+    (:func:`start_plain`, a checkpoint of its own, so it reads the same records): the seconds of each (query start
+    excluded: the sum of its batches' trigger times)."""
+    send_records(settings, plain_topic(tag), iter(records), total=len(records), progress=False)
+    times = []
+    for tuned in (False, True):
+        query = start_plain(spark, settings, entity, tag, trigger_s=None, tuned=tuned)
+        query.awaitTermination()
+        times.append(backlog_s(query))
+    return times[0], times[1]
+
+
+def plain_live(
     spark: Any,
     settings: Settings,
     entity: str,
     tag: str,
     *,
-    backlogs: tuple[list[Record], list[Record]],
+    before: int,
     live: list[Record],
     rate: float,
     trigger_s: float,
 ) -> dict[str, Any]:
-    """The plain query's two backlogs, one after the other (query start excluded: the sum of its batches' trigger
-    times), and its live freshness to the commit, on the same records and rate as tierlake's."""
+    """The plain query's live freshness to the commit, on the same records and rate as tierlake's live part, and
+    its batches' phases; ``before``: the records its table holds already (its backlogs)."""
     topic = plain_topic(tag)
-    batches_s = []
-    for records in backlogs:
-        send_records(settings, topic, iter(records), total=len(records), progress=False)
-        query = start_plain(spark, settings, entity, tag, trigger_s=None)
-        query.awaitTermination()
-        batches_s.append(backlog_s(query))
-    records = [record for backlog in backlogs for record in backlog]
     query = start_plain(spark, settings, entity, tag, trigger_s=trigger_s)
     try:
         time.sleep(10)  # up and idle before the clock starts, as tierlake's live part
@@ -91,14 +111,13 @@ def plain_peer(
             rows = DeltaTable(table.s3, storage_options=delta_storage_options(settings.s3)).to_pyarrow_table(
                 columns=["event_id"]
             )
-            if rows.num_rows >= len(records) + len(live):
+            if rows.num_rows >= before + len(live):
                 break
             time.sleep(1)
         phases = batch_phases(spark)
     finally:
         query.stop()
     return {
-        "backlog_batches_s": batches_s,
         "live": freshness(spark, table.s3a, since_epoch_s=since),
         "phases": phases.get(f"plain_{tag}", {}),
     }
