@@ -15,7 +15,7 @@ and :func:`decide` settles the rest in plain Python. The appends then read the c
 was decided (:func:`with_dropped`): no shuffle, and every outcome's count is known before any append starts, so a
 table that gets no row is not written at all. The flagged rows (a few in a hundred) come with their records, so
 the flags' append writes them from the driver: no scan of the cached batch beside silver's append (a 20,000-record
-batch took 0.55 s longer with the flags' append than without it when it scanned, 0.35 s from the driver,
+batch took 0.55 s longer with the flags' append than without it when it scanned, about 0.4 s from the driver,
 docs/decisions.md).
 
 The rule is the same as before, a pure function of the records: the first copy of an id is the one Kafka received
