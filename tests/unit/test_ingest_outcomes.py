@@ -115,7 +115,7 @@ def test_an_id_silver_holds_drops_every_valid_copy_of_it() -> None:
 def test_the_flags_are_the_records_of_the_flagged_silver_rows_only() -> None:
     """The facts carry a flagged row's record (``batch_facts`` with a flag rule); the flags' append writes
     ``Outcomes.flags`` from the driver, so a flagged row dropped as a duplicate must not be in it."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"partition": 0, "offset": 1, "kafka_us": 1, "event_id": "a", "flagged": True},
         {"partition": 0, "offset": 2, "kafka_us": 2, "event_id": "a", "flagged": True},  # a's second copy: dropped
         {"partition": 0, "offset": 3, "kafka_us": 3, "event_id": "b"},
