@@ -69,7 +69,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save  # no
 
 from tierlake.config import Settings, load_settings  # noqa: E402
 from tiers.s3 import s3_client  # noqa: E402
-from training.checkpointer import TieredCheckpointer, state_bytes  # noqa: E402
+from training.checkpointer import CheckpointStats, TieredCheckpointer, state_bytes  # noqa: E402
 from training.example import ToyTrainer, TrainOptions  # noqa: E402
 from training.policy import TierPolicy  # noqa: E402
 from training.restore import load_latest  # noqa: E402
@@ -196,14 +196,10 @@ def window_with(trainer: ToyTrainer, steps: int, checkpointer: TieredCheckpointe
     return done, time.perf_counter() - started
 
 
-def steps_with_and_without(
-    trainer: ToyTrainer, settings: Settings, tiers: list[CheckpointTier], run: str, *, rounds: int, gaps: int = 4
-) -> dict[str, Any]:
-    """Steps per second without checkpoints and with the default cadence, in alternating windows (see above)."""
-    clock = WindowClock()
-    checkpointer = TieredCheckpointer(
-        run, tiers, tier_policies(settings), overhead_budget=settings.checkpoint.overhead_budget, clock=clock
-    )
+def _first_save_and_settle(
+    trainer: ToyTrainer, checkpointer: TieredCheckpointer, clock: WindowClock
+) -> tuple[float, float, float]:
+    """The window of the first checkpoint (seconds, drain seconds), trained on until the next starts (from when)."""
     with clock.running():
         first_s, first_drain_s = timed_steps(trainer, 15, checkpointer)
         # the budget spaces the next checkpoint by the first one's cost (its upload to RGW too, which the cadence
@@ -212,14 +208,20 @@ def steps_with_and_without(
         while checkpointer.stats.saves_started == started and time.perf_counter() - settle_from < SETTLE_MAX_S:
             trainer.train(trainer.step + 5, checkpointer=checkpointer)
         checkpointer.wait()
-    figures: dict[str, Any] = {"steps_per_s_first_save": round(15 / first_s, 3)}
-    figures["settle_s"] = round(time.perf_counter() - settle_from, 1)
-    probe_s, _ = timed_steps(trainer, 15, None)  # the pace without checkpoints sizes the windows
-    spacing_s = max(checkpointer.stats.min_gap_s, settings.checkpoint.cadence[0].interval_s or 0.0)
-    steps = window_steps(15 / probe_s, spacing_s, gaps)
-    figures["window_steps"] = steps
-    first_saves = checkpointer.stats.saves_committed
-    totals = {"without": [0, 0.0], "with": [0, 0.0]}  # steps, seconds
+    return first_s, first_drain_s, settle_from
+
+
+def _alternating_windows(
+    trainer: ToyTrainer,
+    settings: Settings,
+    checkpointer: TieredCheckpointer,
+    clock: WindowClock,
+    *,
+    steps: int,
+    rounds: int,
+) -> tuple[dict[str, list[float]], list[list[float]], float]:
+    """Steps and seconds per side, steps/s per round and side, and the stack's CPU seconds in the windows with."""
+    totals: dict[str, list[float]] = {"without": [0, 0.0], "with": [0, 0.0]}  # steps, seconds
     pairs: list[list[float]] = [[0.0, 0.0] for _ in range(rounds)]  # per round: steps/s without, with
     stack_cpu = 0.0
     for window in range(2 * rounds):
@@ -234,6 +236,42 @@ def steps_with_and_without(
         totals[side][0] += done
         totals[side][1] += elapsed
         pairs[window // 2][side == "with"] = done / elapsed
+    return totals, pairs, stack_cpu
+
+
+def _stats_figures(stats: CheckpointStats) -> dict[str, Any]:
+    """The checkpointer's own counters behind the ratio: promotions, skips, the budget's spacing, CPU and stalls."""
+    return {
+        "promotions": dict(stats.promotions),
+        "skipped_busy": stats.skipped_busy,
+        "deferred_budget": stats.deferred_budget,  # due by the cadence, spaced by the budget
+        "min_gap_s": round(stats.min_gap_s, 3),
+        "step_cost_s": round(stats.step_cost_s, 3),  # the last one's, on the steps' pace
+        "step_s_baseline": round(stats.step_s_baseline, 3),
+        "write_cpu_s_per_checkpoint": (
+            round(stats.write_cpu_s_total / stats.saves_committed, 3) if stats.saves_committed else None
+        ),
+        "stall_s_max": round(stats.stall_s_max, 3),
+    }
+
+
+def steps_with_and_without(
+    trainer: ToyTrainer, settings: Settings, tiers: list[CheckpointTier], run: str, *, rounds: int, gaps: int = 4
+) -> dict[str, Any]:
+    """Steps per second without checkpoints and with the default cadence, in alternating windows (see above)."""
+    clock = WindowClock()
+    checkpointer = TieredCheckpointer(
+        run, tiers, tier_policies(settings), overhead_budget=settings.checkpoint.overhead_budget, clock=clock
+    )
+    first_s, first_drain_s, settle_from = _first_save_and_settle(trainer, checkpointer, clock)
+    figures: dict[str, Any] = {"steps_per_s_first_save": round(15 / first_s, 3)}
+    figures["settle_s"] = round(time.perf_counter() - settle_from, 1)
+    probe_s, _ = timed_steps(trainer, 15, None)  # the pace without checkpoints sizes the windows
+    spacing_s = max(checkpointer.stats.min_gap_s, settings.checkpoint.cadence[0].interval_s or 0.0)
+    steps = window_steps(15 / probe_s, spacing_s, gaps)
+    figures["window_steps"] = steps
+    first_saves = checkpointer.stats.saves_committed
+    totals, pairs, stack_cpu = _alternating_windows(trainer, settings, checkpointer, clock, steps=steps, rounds=rounds)
     figures["round_ratios"] = [round(with_ / without, 3) for without, with_ in pairs]  # steps/s with over without
     checkpointer.close()
     figures["steps_per_s_without"] = round(totals["without"][0] / totals["without"][1], 3)
@@ -247,18 +285,7 @@ def steps_with_and_without(
     figures["seconds_per_checkpoint"] = round(seconds["with"] / saved, 2) if saved else None
     lost = seconds["with"] - totals["with"][0] / figures["steps_per_s_without"]  # beyond the pace without
     figures["step_seconds_lost_per_checkpoint"] = round(lost / saved, 3) if saved else None
-    figures["promotions"] = dict(checkpointer.stats.promotions)
-    figures["skipped_busy"] = checkpointer.stats.skipped_busy
-    figures["deferred_budget"] = checkpointer.stats.deferred_budget  # due by the cadence, spaced by the budget
-    figures["min_gap_s"] = round(checkpointer.stats.min_gap_s, 3)
-    figures["step_cost_s"] = round(checkpointer.stats.step_cost_s, 3)  # the last one's, on the steps' pace
-    figures["step_s_baseline"] = round(checkpointer.stats.step_s_baseline, 3)
-    figures["write_cpu_s_per_checkpoint"] = (
-        round(checkpointer.stats.write_cpu_s_total / checkpointer.stats.saves_committed, 3)
-        if checkpointer.stats.saves_committed
-        else None
-    )
-    figures["stall_s_max"] = round(checkpointer.stats.stall_s_max, 3)
+    figures.update(_stats_figures(checkpointer.stats))
     return figures
 
 

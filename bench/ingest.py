@@ -199,6 +199,43 @@ def ratios_of(measured: dict[str, Any], *, events: int, trigger_s: float) -> dic
     }
 
 
+def _figures_of(measured: dict[str, Any], *, events: int, trigger_s: float) -> dict[str, Any]:
+    """The bench's figures: each contender's records/s, the live part's freshness, the parse cost and the peer's."""
+    raw_s, silver_s, backlog, counts = (measured[k] for k in ("raw_s", "silver_s", "backlog", "counts"))
+    gold_s, spark_read_s, parse = (measured[k] for k in ("gold_s", "spark_read_s", "parse"))
+    live, peer = measured["live"], measured["peer"]
+    raw_eps = events / raw_s
+    return {
+        "raw_consume_eps": round(raw_eps),
+        "silver_end_to_end_eps": round(events / silver_s),
+        "spark_read_eps": round(events / spark_read_s),
+        "backlog_batches": len(backlog),
+        "backlog_batches_s": round(sum(backlog), 1),
+        "backlog_query_s": round(silver_s, 1),
+        "gold_stage_eps": round(2 * events / gold_s),  # both backlogs
+        "p50_freshness_s": live["silver"]["p50_s"],
+        "p99_freshness_s": live["silver"]["p99_s"],
+        "freshness_rows": live["silver"]["rows"],
+        "p50_anomaly_freshness_s": live["flags"]["p50_s"],
+        "p99_anomaly_freshness_s": live["flags"]["p99_s"],
+        "anomaly_rows": live["flags"]["rows"],
+        "anomalies_expected": live["anomalies_expected"],
+        "live_rows_sent": live["count"],
+        "drained": live["drained"],
+        "trigger_s": trigger_s,
+        "silver_rows": counts["silver"],
+        **parse,
+        "backlog_eps": round(events / sum(backlog)) if backlog else None,
+        "plain_ss_backlog_eps": round(events / peer["backlog_batches_s"][1]),
+        "first_backlog_eps": round(events / measured["backlog_first"]),
+        "plain_ss_first_backlog_eps": round(events / peer["backlog_batches_s"][0]),
+        "plain_ss_tuned_backlog_eps": round(events / peer["tuned_backlog_batches_s"][1]),
+        "plain_ss_p50_freshness_s": peer["live"]["p50_s"],
+        "plain_ss_p99_freshness_s": peer["live"]["p99_s"],
+        "plain_ss_freshness_rows": peer["live"]["rows"],
+    }
+
+
 def result_of(
     measured: dict[str, Any],
     args: argparse.Namespace,
@@ -209,41 +246,10 @@ def result_of(
     kafka_nodes: int,
 ) -> dict[str, Any]:
     """The bench's JSON document from what one run measured."""
-    raw_s, silver_s, backlog, counts = (measured[k] for k in ("raw_s", "silver_s", "backlog", "counts"))
-    gold_s, spark_read_s, parse = (measured[k] for k in ("gold_s", "spark_read_s", "parse"))
     live, peer = measured["live"], measured["peer"]
-    raw_eps = events / raw_s
     return {
         "bench": "ingest",
-        "figures": {
-            "raw_consume_eps": round(raw_eps),
-            "silver_end_to_end_eps": round(events / silver_s),
-            "spark_read_eps": round(events / spark_read_s),
-            "backlog_batches": len(backlog),
-            "backlog_batches_s": round(sum(backlog), 1),
-            "backlog_query_s": round(silver_s, 1),
-            "gold_stage_eps": round(2 * events / gold_s),  # both backlogs
-            "p50_freshness_s": live["silver"]["p50_s"],
-            "p99_freshness_s": live["silver"]["p99_s"],
-            "freshness_rows": live["silver"]["rows"],
-            "p50_anomaly_freshness_s": live["flags"]["p50_s"],
-            "p99_anomaly_freshness_s": live["flags"]["p99_s"],
-            "anomaly_rows": live["flags"]["rows"],
-            "anomalies_expected": live["anomalies_expected"],
-            "live_rows_sent": live["count"],
-            "drained": live["drained"],
-            "trigger_s": args.trigger_s,
-            "silver_rows": counts["silver"],
-            **parse,
-            "backlog_eps": round(events / sum(backlog)) if backlog else None,
-            "plain_ss_backlog_eps": round(events / peer["backlog_batches_s"][1]),
-            "first_backlog_eps": round(events / measured["backlog_first"]),
-            "plain_ss_first_backlog_eps": round(events / peer["backlog_batches_s"][0]),
-            "plain_ss_tuned_backlog_eps": round(events / peer["tuned_backlog_batches_s"][1]),
-            "plain_ss_p50_freshness_s": peer["live"]["p50_s"],
-            "plain_ss_p99_freshness_s": peer["live"]["p99_s"],
-            "plain_ss_freshness_rows": peer["live"]["rows"],
-        },
+        "figures": _figures_of(measured, events=events, trigger_s=args.trigger_s),
         "ratios": ratios_of(measured, events=events, trigger_s=args.trigger_s),
         "setup": {
             "events": events,
@@ -262,6 +268,58 @@ def result_of(
             "live_ingest_batch_breakdown_s_median": live["breakdown"],
             "live_codegen_compiles": live["codegen"],
         },
+    }
+
+
+def _backlogs(
+    spark: Any, settings: Settings, entity: str, tag: str, *, first: list[Record], second: list[Record], events: int
+) -> tuple[float, float, list[float], list[tuple[float, float]]]:
+    """Both contenders' two backlogs: tierlake's first (query s, batches s), its second's batches, the plain job's."""
+    topic = settings.entities[entity].topic
+    began = time.monotonic()
+    query = start_ingest(spark, settings, entity=entity, trigger_s=None)
+    query.awaitTermination()
+    silver_s = time.monotonic() - began
+    backlog_first = backlog_s(query)
+    # Each contender's first backlog, then each one's second (the one compared): every second backlog runs in
+    # a JVM whose compiler and Delta caches both first ones warmed. (Until 2026-12-07 the plain job's backlogs
+    # ran after all of tierlake's work, its live part included: a warmer JVM than tierlake's second backlog
+    # had, which flattered the plain job, docs/decisions.md.)
+    plain = [plain_backlog(spark, settings, entity, tag, first)]
+    send_records(settings, topic, iter(second), total=events, progress=False)
+    query = start_ingest(spark, settings, entity=entity, trigger_s=None)
+    query.awaitTermination()
+    backlog = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]]
+    plain.append(plain_backlog(spark, settings, entity, tag, second))
+    return silver_s, backlog_first, backlog, plain
+
+
+def _peer_of(
+    spark: Any,
+    settings: Settings,
+    entity: str,
+    tag: str,
+    plain: list[tuple[float, float]],
+    *,
+    events: int,
+    seconds: float,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """The plain query's figures: its backlogs (as written and tuned), then its live part on the same records."""
+    count = int(seconds * args.rate)
+    return {
+        "backlog_batches_s": [default for default, _ in plain],
+        "tuned_backlog_batches_s": [tuned for _, tuned in plain],
+        **plain_live(
+            spark,
+            settings,
+            entity,
+            tag,
+            before=2 * events,
+            live=list(good_records("ev", count, seed=2, start=recent_start(count, EV_SPACING_S))),
+            rate=args.rate,
+            trigger_s=args.trigger_s,
+        ),
     }
 
 
@@ -285,21 +343,9 @@ def measure(
         spark_read_s = spark_read(spark, settings, topic, events)
         first = list(good_records("ev", events, seed=1, start=start))  # the records main() sent to tierlake's topic
         second = list(good_records("ev", events, seed=3, start=second_start(start, events)))
-        began = time.monotonic()
-        query = start_ingest(spark, settings, entity=entity, trigger_s=None)
-        query.awaitTermination()
-        silver_s = time.monotonic() - began
-        backlog_first = backlog_s(query)
-        # Each contender's first backlog, then each one's second (the one compared): every second backlog runs in
-        # a JVM whose compiler and Delta caches both first ones warmed. (Until 2026-12-07 the plain job's backlogs
-        # ran after all of tierlake's work, its live part included: a warmer JVM than tierlake's second backlog
-        # had, which flattered the plain job, docs/decisions.md.)
-        plain = [plain_backlog(spark, settings, entity, tag, first)]
-        send_records(settings, topic, iter(second), total=events, progress=False)
-        query = start_ingest(spark, settings, entity=entity, trigger_s=None)
-        query.awaitTermination()
-        backlog = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]]
-        plain.append(plain_backlog(spark, settings, entity, tag, second))
+        silver_s, backlog_first, backlog, plain = _backlogs(
+            spark, settings, entity, tag, first=first, second=second, events=events
+        )
         counts = ingest_counts(spark, settings, entity=entity)
         began = time.monotonic()
         run_gold_until_caught_up(spark, settings, entity=entity)
@@ -310,21 +356,7 @@ def measure(
         live = live_run(
             spark, settings, entity, events=2 * events, rate=args.rate, seconds=seconds, trigger_s=args.trigger_s
         )
-        count = int(seconds * args.rate)
-        peer = {
-            "backlog_batches_s": [default for default, _ in plain],
-            "tuned_backlog_batches_s": [tuned for _, tuned in plain],
-            **plain_live(
-                spark,
-                settings,
-                entity,
-                tag,
-                before=2 * events,
-                live=list(good_records("ev", count, seed=2, start=recent_start(count, EV_SPACING_S))),
-                rate=args.rate,
-                trigger_s=args.trigger_s,
-            ),
-        }
+        peer = _peer_of(spark, settings, entity, tag, plain, events=events, seconds=seconds, args=args)
     finally:
         spark.stop()
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipelines.ingest.silver import commit_metadata  # noqa: E402
 from training.lineage_store import LineageSources, LineageStore, sync  # noqa: E402
-from training.lineage_trace import trace_version  # noqa: E402
+from training.lineage_trace import VersionTrace, trace_version  # noqa: E402
 
 TOPIC = "ev.telemetry"
 PER_BATCH = 500  # records per partition per batch
@@ -113,7 +113,8 @@ def duckdb_offsets(store: LineageStore, uri: str, version: int) -> list[tuple[An
         return connection.execute(sql, [files, uri, version]).fetchall()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The bench's options: the table's size, the incremental sync's batches, repeats, and where the tables go."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--batches", type=int, default=10_000, help="ingest batches (Delta commits) in the table")
     parser.add_argument("--partitions", type=int, default=3, help="Kafka partitions per batch")
@@ -121,7 +122,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="runs of each trace (the median is reported)")
     parser.add_argument("--where", default="", help="a folder for the tables (default: a temporary one)")
     parser.add_argument("--quick", action="store_true", help="3 repeats of each trace")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _check_agree(kept: VersionTrace, derived: VersionTrace, sql_rows: list[tuple[Any, ...]]) -> None:
+    """Stop the bench unless the lineage table, the history scan and DuckDB give the same answer."""
+    if (kept.offsets, kept.ingest_commits, kept.batch) != (derived.offsets, derived.ingest_commits, derived.batch):
+        raise SystemExit(f"the lineage table and the history disagree: {kept} vs {derived}")
+    if [(r[0], str(r[1]), [r[2], r[3]]) for r in sql_rows] != [
+        (t, p, r) for t, parts in sorted(kept.offsets.items()) for p, r in sorted(parts.items())
+    ]:
+        raise SystemExit(f"DuckDB's offsets differ from the trace's: {sql_rows} vs {kept.offsets}")
+
+
+def _setup(args: argparse.Namespace, *, repeats: int, middle: int, started: float) -> dict[str, Any]:
+    """The bench's setup: its sizes, the traced version, the peers, the goal and the machine."""
+    return {
+        "batches": args.batches,
+        "more_batches": args.more,
+        "partitions": args.partitions,
+        "traced_version": middle,
+        "repeats": repeats,
+        "storage": "local disk (both tables in one temporary folder)",
+        "peers": {
+            "history_scan": "trace_version from delta-rs DeltaTable.history() of every commit (no lineage table)",
+            "duckdb_sql": "DuckDB SQL over the lineage table's Parquet files (offsets only)",
+        },
+        "goal": "trace_s <= 1 s over 10,000 ingest batches (issue 21)",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     repeats = 3 if args.quick else args.repeats
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.where or None, prefix="bench-lineage-") as scratch:
@@ -140,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         trace_s, kept = timed(lambda: trace_version(uri, middle, store=store, options={}), repeats)
         scan_s, derived = timed(lambda: trace_version(uri, middle, store=None, options={}), repeats)
         sql_s, sql_rows = timed(lambda: duckdb_offsets(store, uri, middle), repeats)
-        if (kept.offsets, kept.ingest_commits, kept.batch) != (derived.offsets, derived.ingest_commits, derived.batch):
-            raise SystemExit(f"the lineage table and the history disagree: {kept} vs {derived}")
-        if [(r[0], str(r[1]), [r[2], r[3]]) for r in sql_rows] != [
-            (t, p, r) for t, parts in sorted(kept.offsets.items()) for p, r in sorted(parts.items())
-        ]:
-            raise SystemExit(f"DuckDB's offsets differ from the trace's: {sql_rows} vs {kept.offsets}")
+        _check_agree(kept, derived, sql_rows)
         rows = store.read(columns=["kind"]).num_rows
     figures = {
         "trace_s": round(trace_s, 4),
@@ -161,22 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "trace_vs_history_scan": round(trace_s / scan_s, 4),
         "trace_vs_duckdb_sql": round(trace_s / sql_s, 3),
     }
-    setup = {
-        "batches": args.batches,
-        "more_batches": args.more,
-        "partitions": args.partitions,
-        "traced_version": middle,
-        "repeats": repeats,
-        "storage": "local disk (both tables in one temporary folder)",
-        "peers": {
-            "history_scan": "trace_version from delta-rs DeltaTable.history() of every commit (no lineage table)",
-            "duckdb_sql": "DuckDB SQL over the lineage table's Parquet files (offsets only)",
-        },
-        "goal": "trace_s <= 1 s over 10,000 ingest batches (issue 21)",
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    setup = _setup(args, repeats=repeats, middle=middle, started=started)
     print(json.dumps({"bench": "lineage", "figures": figures, "ratios": ratios, "setup": setup}))
     return 0
 

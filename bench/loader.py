@@ -46,7 +46,6 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from _loader_parts import median_run, ratios_of, rounds_figures
 from _rss import RssSampler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -445,43 +445,6 @@ def run_rounds(names: list[str], data: Path, rounds: int, epochs: int) -> dict[s
     return runs
 
 
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result for a path's rounds: the median time and first batch, the highest peaks; a round that failed, or
-    that served other rows than the first, stands for them all."""
-    if failed := [run for run in runs if "error" in run]:
-        return failed[0]
-    odd = [run for run in runs if (run["samples"], run["id_sum"]) != (runs[0]["samples"], runs[0]["id_sum"])]
-    merged = dict(odd[0] if odd else runs[0])
-    merged["seconds"] = statistics.median(run["seconds"] for run in runs)
-    firsts = [run["first_batch_s"] for run in runs if run["first_batch_s"] is not None]
-    merged["first_batch_s"] = statistics.median(firsts) if firsts else None
-    merged["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
-    merged["peak_tree_rss_mb"] = max(run["peak_tree_rss_mb"] for run in runs)
-    return merged
-
-
-def round_ratios(runs: dict[str, list[dict[str, Any]]], a: str, b: str) -> list[float]:
-    """Per round: path ``a``'s samples/s over path ``b``'s in the same round (rounds where either failed left out)."""
-    pairs = zip(runs.get(a, []), runs.get(b, []), strict=False)
-    return [
-        (ra["samples"] / ra["seconds"]) / (rb["samples"] / rb["seconds"])
-        for ra, rb in pairs
-        if "error" not in ra and "error" not in rb
-    ]
-
-
-def rounds_figures(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    return {
-        "count": max((len(r) for r in runs.values()), default=0),
-        "seconds": {name: [round(r.get("seconds", float("nan")), 3) for r in rs] for name, rs in runs.items()},
-        "first_batch_s": {
-            name: [None if r.get("first_batch_s") is None else round(r["first_batch_s"], 3) for r in rs]
-            for name, rs in runs.items()
-        },
-        "vs_arrow_ceiling": [round(x, 3) for x in round_ratios(runs, "tierlake", "arrow_ceiling")],
-    }
-
-
 def reread_figures(result: dict[str, Any]) -> dict[str, Any]:
     if "error" in result:
         return result
@@ -497,34 +460,8 @@ def reread_figures(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ratios_of(figures: dict[str, Any], runs: dict[str, list[dict[str, Any]]]) -> dict[str, float | None]:
-    """Ratios of MB/s. Between two paths run in rounds: the median over rounds of the per-round ratio."""
-
-    def ratio(a: str, b: str, pick: Callable[[list[float]], float] = statistics.median) -> float | None:
-        if a in runs and b in runs:
-            per_round = round_ratios(runs, a, b)
-            return round(pick(per_round), 3) if per_round else None
-        if "mb_per_s" not in figures.get(a, {}) or "mb_per_s" not in figures.get(b, {}):
-            return None
-        return round(float(figures[a]["mb_per_s"]) / float(figures[b]["mb_per_s"]), 3)
-
-    return {
-        "vs_arrow_ceiling": ratio("tierlake", "arrow_ceiling"),
-        "vs_arrow_ceiling_min": ratio("tierlake", "arrow_ceiling", min),
-        "vs_arrow_ceiling_max": ratio("tierlake", "arrow_ceiling", max),
-        "vs_arrow_ceiling_1thread": ratio("tierlake", "arrow_ceiling_1thread"),
-        "sequential_vs_arrow_ceiling": ratio("tierlake_sequential", "arrow_ceiling"),
-        "arrow_decode_vs_arrow_ceiling": ratio("tierlake_arrow_decode", "arrow_ceiling"),
-        "page_reader_vs_arrow_decode": ratio("tierlake", "tierlake_arrow_decode"),
-        "vs_litdata": ratio("tierlake", "litdata"),
-        "vs_mosaic": ratio("tierlake", "mosaic"),
-        "vs_parquet_dataloader": ratio("tierlake", "parquet_dataloader"),
-        "threads_vs_processes": ratio("tierlake", "tierlake_processes"),
-        "threads_vs_slabs": ratio("tierlake", "tierlake_slabs"),
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The bench's command line (``--child``: one path's run, in the process the parent started for it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--quick", action="store_true", help="32,768 rows (256 MiB; 3 epochs a run), about 4 minutes on 2 cores"
@@ -535,6 +472,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs each path reads in its process (default 3)")
     parser.add_argument("--rounds", type=int, default=5, help=f"interleaved rounds of {','.join(ROUND_PATHS)}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _setup(
+    args: argparse.Namespace,
+    wanted: list[str],
+    *,
+    rows: int,
+    files: int,
+    epochs: int,
+    started: float,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The run's setup: the data's shape, the loader's settings, the machine, the rounds and the writes' seconds."""
+    return {
+        "rows": rows,
+        "gib": round(rows * ROW_BYTES / 2**30, 3),
+        "files": files,
+        "row_group_rows": ROW_GROUP,
+        "batch_size": BATCH,
+        "workers": WORKERS,
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "page_cache": "warm (data written just before)",
+        "rounds": max(1, args.rounds),
+        "epochs_per_run": epochs,
+        "round_paths": [name for name in wanted if name in ROUND_PATHS],
+        "ceiling_threads": WORKERS,
+        "first_batch": "from dataset construction to the first batch, imports excluded",
+        "total_s": round(time.perf_counter() - started, 1),
+        **timings,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.workdir, max(1, args.epochs))
@@ -567,26 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             figures["row_group_rereads"] = rereads.get("rereads")
             figures["tierlake_rereads"] = reread_figures(rereads)
         figures["rounds"] = rounds_figures(runs)
-        setup = {
-            "rows": rows,
-            "gib": round(rows * ROW_BYTES / 2**30, 3),
-            "files": files,
-            "row_group_rows": ROW_GROUP,
-            "batch_size": BATCH,
-            "workers": WORKERS,
-            "quick": args.quick,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-            "page_cache": "warm (data written just before)",
-            "rounds": max(1, args.rounds),
-            "epochs_per_run": epochs,
-            "round_paths": [name for name in wanted if name in ROUND_PATHS],
-            "ceiling_threads": WORKERS,
-            "first_batch": "from dataset construction to the first batch, imports excluded",
-            "total_s": round(time.perf_counter() - started, 1),
-            **timings,
-        }
+        setup = _setup(args, wanted, rows=rows, files=files, epochs=epochs, started=started, timings=timings)
         print(json.dumps({"bench": "loader", "figures": figures, "ratios": ratios_of(figures, runs), "setup": setup}))
     finally:
         if args.workdir is None:

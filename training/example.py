@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ from tierlake.errors import TierlakeError
 from training.checkpointer import WHEN_BUSY, TieredCheckpointer
 from training.restore import Restored, load_latest
 from training.tiers import CheckpointTier, FaultHook
+
+if TYPE_CHECKING:
+    from tierlake.config import Settings
 
 logger = logging.getLogger(__name__)
 FAULT_POINTS = ("snapshot", "write", "manifest", "promotion")
@@ -151,15 +154,8 @@ def fault_hook(spec: str) -> FaultHook | None:
     return hook
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The example trainer as a process: settings from conf/ and the environment, tiers from the settings."""
-    from tierlake.config import load_settings  # noqa: PLC0415 - the process edge
-    from tierlake.logs import configure_logging  # noqa: PLC0415
-    from tiers.s3 import delta_storage_options  # noqa: PLC0415
-    from training.lineage import LineageLog  # noqa: PLC0415
-    from training.lineage_http import lineage_http_for  # noqa: PLC0415
-    from training.setup import checkpoint_tiers, code_version, restore_tiers, tier_policies  # noqa: PLC0415
-
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The trainer's command line: the run, the table, the steps, the model's size, and how it checkpoints."""
     parser = argparse.ArgumentParser(prog="python -m training.example", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True)
     parser.add_argument("--table", required=True, help="Delta table URI (a folder or s3://...)")
@@ -176,7 +172,37 @@ def main(argv: list[str] | None = None) -> int:
         help="a save due during a write: skip it or wait for the write",
     )
     parser.add_argument("--final", help="torch.save the final model, optimizer and loader state to this file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _checkpointer(settings: Settings, args: argparse.Namespace, tiers: list[CheckpointTier]) -> TieredCheckpointer:
+    """The run's checkpointer: the settings' cadence and budget, the fault hook, lineage events on each commit."""
+    from training.lineage import LineageLog  # noqa: PLC0415 - the process edge
+    from training.lineage_http import lineage_http_for  # noqa: PLC0415
+    from training.setup import code_version, tier_policies  # noqa: PLC0415
+
+    return TieredCheckpointer(
+        args.run,
+        tiers,
+        tier_policies(settings),
+        code_version=code_version(settings.root),
+        fault=fault_hook(os.environ.get(FAULT_ENV, "")),
+        on_commit=LineageLog(
+            settings.checkpoint.lineage_dir, http=lineage_http_for(settings.checkpoint, os.environ)
+        ).committed,
+        when_busy=args.when_busy,
+        overhead_budget=settings.checkpoint.overhead_budget,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The example trainer as a process: settings from conf/ and the environment, tiers from the settings."""
+    from tierlake.config import load_settings  # noqa: PLC0415 - the process edge
+    from tierlake.logs import configure_logging  # noqa: PLC0415
+    from tiers.s3 import delta_storage_options  # noqa: PLC0415
+    from training.setup import checkpoint_tiers, restore_tiers  # noqa: PLC0415
+
+    args = _parse_args(argv)
     settings = load_settings(env={name: value for name, value in os.environ.items() if name != FAULT_ENV})
     configure_logging(settings.run_dir / "logs" / f"trainer-{args.run}.log", verbose=False)
     torch.set_num_threads(1)
@@ -195,18 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:  # the nearest good tier, down to the second site's copy
         restored = trainer.restore(restore_tiers(settings))
         _say({"event": "restored", "step": restored.step, "tier": restored.tier, "refused": list(restored.refused)})
-    checkpointer = TieredCheckpointer(
-        args.run,
-        tiers,
-        tier_policies(settings),
-        code_version=code_version(settings.root),
-        fault=fault_hook(os.environ.get(FAULT_ENV, "")),
-        on_commit=LineageLog(
-            settings.checkpoint.lineage_dir, http=lineage_http_for(settings.checkpoint, os.environ)
-        ).committed,
-        when_busy=args.when_busy,
-        overhead_budget=settings.checkpoint.overhead_budget,
-    )
+    checkpointer = _checkpointer(settings, args, tiers)
     first = {"done": False}
 
     def announce(t: ToyTrainer) -> None:

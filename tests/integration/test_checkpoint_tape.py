@@ -12,7 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from training.policy import TierPolicy
 from training.restore import load_latest
 from training.tape import TapeTier
 from training.tiers import CheckpointTier, FolderTier, RgwTier
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 STEPS = (1, 2, 3)
 
@@ -67,10 +70,8 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
 
 
-def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings, tmp_path: Path) -> None:
-    run = f"tape-{uuid.uuid4().hex[:8]}"
-    client = s3_client(settings.s3, sign_payload=False)
-    rgw = RgwTier(client, settings.s3.lake_bucket, settings.checkpoint.prefix)
+def _save_steps(run: str, rgw: RgwTier) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, str]]]:
+    """Save every step to RGW; each step's state, and the digests of its files (manifest included) as committed."""
     saver = TieredCheckpointer(run, [rgw], [TierPolicy(every_steps=1, keep_last=10)], when_busy="wait")
     states = {step: _state(step) for step in STEPS}
     for step in STEPS:
@@ -81,8 +82,11 @@ def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings
     for step in STEPS:
         with rgw.local_copy(run, step) as (folder, manifest):
             originals[step] = _digests(folder) | {MANIFEST_NAME: hashlib.sha256(manifest.to_json()).hexdigest()}
+    return states, originals
 
-    env = _env(tmp_path) | {"TIERLAKE_CHECKPOINT__TAPE__OLDER_THAN": "1", "TIERLAKE_CHECKPOINT__RGW__KEEP_LAST": "1"}
+
+def _assert_archived_once_then_collected(settings: Settings, env: dict[str, str], run: str) -> None:
+    """`checkpoint archive` puts steps 1 and 2 on tape once; only then may `checkpoint gc` remove them from RGW."""
 
     def cli(*args: str) -> Any:
         done = _tierlake(settings, env, "checkpoint", *args, "--json")
@@ -102,6 +106,33 @@ def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings
     committed = {item["tier"]: item["committed"] for item in listing}
     assert (committed["local"], committed["rgw"], committed["tape"]) == ([], [1, 2, 3], [1, 2])
 
+
+def _flip_rgw_byte(client: S3Client, bucket: str, key: str) -> None:
+    """Flip the middle byte of the object at ``key`` on RGW."""
+    body = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+
+
+def _flip_tape_byte(context: ArchiveContext, catalog: Catalog, key: str) -> None:
+    """Flip a byte inside copy 1 of ``key``'s record on its cartridge (copy 2, on the other site, stays sound)."""
+    rows = [r for r in catalog.rows().to_pylist() if r["key"] == key]
+    bad = next(r for r in rows if r["copy"] == 1)
+    record = Library(context.archive).cartridge_dir(bad["cartridge"]) / f"1_{bad['start_block']}_R"
+    data = bytearray(record.read_bytes())
+    data[bad["byte_offset"] + 100] ^= 0xFF
+    record.write_bytes(bytes(data))
+
+
+def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings, tmp_path: Path) -> None:
+    run = f"tape-{uuid.uuid4().hex[:8]}"
+    client = s3_client(settings.s3, sign_payload=False)
+    rgw = RgwTier(client, settings.s3.lake_bucket, settings.checkpoint.prefix)
+    states, originals = _save_steps(run, rgw)
+
+    env = _env(tmp_path) | {"TIERLAKE_CHECKPOINT__TAPE__OLDER_THAN": "1", "TIERLAKE_CHECKPOINT__RGW__KEEP_LAST": "1"}
+    _assert_archived_once_then_collected(settings, env, run)
+
     context = ArchiveContext(
         archive=scratch_archive(settings.archive, tmp_path), s3=settings.s3, cache=settings.cache.options
     )
@@ -118,10 +149,7 @@ def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings
     assert {c["copy"] for c in checkpoint["tape"]} == {1, 2}
     assert {c["path"] for c in checkpoint["tape"]} == set(originals[1])
     # Step 3's RGW copy gets a flipped byte: the restore refuses it and falls back to tape's newest, step 2.
-    shard_key = rgw.step_prefix(run, 3) + "__0_0.distcp"
-    body = bytearray(client.get_object(Bucket=settings.s3.lake_bucket, Key=shard_key)["Body"].read())
-    body[len(body) // 2] ^= 0xFF
-    client.put_object(Bucket=settings.s3.lake_bucket, Key=shard_key, Body=bytes(body))
+    _flip_rgw_byte(client, settings.s3.lake_bucket, rgw.step_prefix(run, 3) + "__0_0.distcp")
     tiers: list[CheckpointTier] = [FolderTier("local", tmp_path / "local"), rgw, tape]
     target = _state(99)
     restored = load_latest(run, tiers, target)
@@ -133,12 +161,7 @@ def test_rgw_checkpoints_go_to_tape_and_come_back_bit_for_bit(settings: Settings
     assert torch.equal(target["optim"]["state"][0]["exp_avg_sq"], states[2]["optim"]["state"][0]["exp_avg_sq"])
 
     # A flipped byte on copy 1 of step 1: the restore through the CLI reads copy 2, bit for bit.
-    rows = [r for r in catalog.rows().to_pylist() if r["key"] == rgw.step_prefix(run, 1) + "__0_0.distcp"]
-    bad = next(r for r in rows if r["copy"] == 1)
-    record = Library(context.archive).cartridge_dir(bad["cartridge"]) / f"1_{bad['start_block']}_R"
-    data = bytearray(record.read_bytes())
-    data[bad["byte_offset"] + 100] ^= 0xFF
-    record.write_bytes(bytes(data))
+    _flip_tape_byte(context, catalog, rgw.step_prefix(run, 1) + "__0_0.distcp")
     out = tmp_path / "restored"
     restore = _tierlake(settings, env, "checkpoint", "restore", run, "--step", "1", "--to", str(out), "--json")
     assert restore.returncode == 0, restore.stderr[-2000:]

@@ -36,6 +36,8 @@ from tierlake.errors import NotFound
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from pipelines.synthetic.datasets import Record
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TTL_S = 6  # fences 4 s after its last renewal
 
@@ -69,11 +71,10 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_a_driver_resumed_after_another_took_over_commits_nothing_more(
-    stack: LocalStack, spark: SparkSession, tmp_path: Path
-) -> None:
-    oracle = Oracle(stack)
-    trigger = tmp_path / "pause-now"
+def _driver_envs(
+    stack: LocalStack, oracle: Oracle, tmp_path: Path, trigger: Path
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The first driver's environment (it pauses at the fault point once ``trigger`` exists) and the second's."""
     base = {**os.environ, **oracle.env(), "TIERLAKE_MAINTENANCE__LEASE_TTL_S": str(TTL_S)}
     first_env = {**base, PAUSE_AFTER_GATE_ENV: str(trigger)}
     # The second driver: its own run folder (pid, status, logs), the same Kafka, RGW, tables and checkpoints.
@@ -82,20 +83,46 @@ def test_a_driver_resumed_after_another_took_over_commits_nothing_more(
         "TIERLAKE_RUN_DIR": str(tmp_path / "second"),
         "TIERLAKE_S3__CREDENTIALS_FILE": str(stack.settings.s3.credentials_file),
     }
+    return first_env, second_env
 
-    def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [sys.executable, "-m", "tierlake.cli", "--profile", "ci", *args]
-        return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
 
-    def silver_ids() -> Counter[str]:
-        try:
-            return Counter(row["event_id"] for row in oracle.table("silver"))
-        except Exception:  # not there yet
-            return Counter()
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``tierlake`` (the ci profile) in ``env``, as a driver's own CLI would be run."""
+    argv = [sys.executable, "-m", "tierlake.cli", "--profile", "ci", *args]
+    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=600)
 
+
+def _silver_ids(oracle: Oracle) -> Counter[str]:
+    """How many times each event id is in the entity's silver table (none before its first batch)."""
+    try:
+        return Counter(row["event_id"] for row in oracle.table("silver"))
+    except Exception:  # not there yet
+        return Counter()
+
+
+def _assert_landed_once_and_first_stopped(
+    spark: SparkSession, oracle: Oracle, records: list[Record], first_log: Path
+) -> None:
+    """Every record is in silver exactly once, the first driver said why it ended, and reconcile balances."""
+    ids = _silver_ids(oracle)
+    assert set(ids) == {r.event_id for r in records}
+    assert max(ids.values()) == 1, [k for k, n in ids.items() if n > 1][:5]
+    log = first_log.read_text(errors="replace")
+    assert "stopped for good: its lease was taken over" in log, "the first driver ended, saying why"
+    # The library call behind `tierlake ingest reconcile`, in the session's Spark (the CLI's exit code and output
+    # are the README test's and test_cli's): no JVM of its own to start.
+    assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
+
+
+def test_a_driver_resumed_after_another_took_over_commits_nothing_more(
+    stack: LocalStack, spark: SparkSession, tmp_path: Path
+) -> None:
+    oracle = Oracle(stack)
+    trigger = tmp_path / "pause-now"
+    first_env, second_env = _driver_envs(stack, oracle, tmp_path, trigger)
     records = list(good_records("ev", 600, seed=57, start=recent_start(600, EV_SPACING_S)))
     oracle.produce(records[:200])
-    started = cli(first_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
+    started = _cli(first_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
     assert started.returncode == 0, started.stderr[-3000:]
     first = int((stack.settings.run_dir / "ingest" / "driver.pid").read_text().split()[0])
     first_log = stack.settings.run_dir / "ingest" / "driver.log"
@@ -108,18 +135,18 @@ def test_a_driver_resumed_after_another_took_over_commits_nothing_more(
     )
     optimizer.start()
     try:
-        _wait("the first 200 records in silver", lambda: sum(silver_ids().values()) == 200)
+        _wait("the first 200 records in silver", lambda: sum(_silver_ids(oracle).values()) == 200)
         trigger.touch()  # the next commit pauses the first driver after its lease check
         oracle.produce(records[200:400])
         _wait("the first driver to stop itself at the fault point", lambda: _state(first) == "T")
         time.sleep(TTL_S + 1)  # its lease expires while it is stopped (nothing else can be waited on here)
-        second = cli(second_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
+        second = _cli(second_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
         second_started = second.returncode == 0
         assert second_started, second.stderr[-3000:]
-        _wait("the second driver to land 400 records", lambda: sum(silver_ids().values()) >= 400)
+        _wait("the second driver to land 400 records", lambda: sum(_silver_ids(oracle).values()) >= 400)
         os.killpg(first, signal.SIGCONT)  # the first resumes inside the commit it had started
         oracle.produce(records[400:])
-        _wait("the second driver to land all 600 records", lambda: sum(silver_ids().values()) >= 600)
+        _wait("the second driver to land all 600 records", lambda: sum(_silver_ids(oracle).values()) >= 600)
         _wait(
             "the first driver to say it lost its lease",
             lambda: "taken over by another writer" in first_log.read_text(errors="replace"),
@@ -131,19 +158,12 @@ def test_a_driver_resumed_after_another_took_over_commits_nothing_more(
         optimizer.join(timeout=120)
         if _state(first) == "T":
             os.killpg(first, signal.SIGCONT)
-        assert cli(first_env, "ingest", "stop").returncode == 0
+        assert _cli(first_env, "ingest", "stop").returncode == 0
         if second_started:
-            assert cli(second_env, "ingest", "stop").returncode == 0
+            assert _cli(second_env, "ingest", "stop").returncode == 0
     assert optimized, "OPTIMIZE ran beside the drivers"
     assert not optimize_errors
-    ids = silver_ids()
-    assert set(ids) == {r.event_id for r in records}
-    assert max(ids.values()) == 1, [k for k, n in ids.items() if n > 1][:5]
-    log = first_log.read_text(errors="replace")
-    assert "stopped for good: its lease was taken over" in log, "the first driver ended, saying why"
-    # The library call behind `tierlake ingest reconcile`, in the session's Spark (the CLI's exit code and output
-    # are the README test's and test_cli's): no JVM of its own to start.
-    assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
+    _assert_landed_once_and_first_stopped(spark, oracle, records, first_log)
 
 
 def test_two_drivers_started_at_once_never_both_write(stack: LocalStack, spark: SparkSession, tmp_path: Path) -> None:

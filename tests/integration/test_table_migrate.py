@@ -85,6 +85,39 @@ def _migrate(oracle: Oracle) -> list[dict[str, Any]]:
     return reports
 
 
+def _assert_migrated(
+    settings: Settings, tables: list[str], old: dict[str, list[tuple[str, ...]]], reports: dict[str, dict[str, Any]]
+) -> None:
+    """Every table was rewritten once, partitioned by day, with the same rows (the day column aside) and checksum."""
+    assert set(reports) == set(tables)
+    for path, report in reports.items():
+        assert report["migrated"], report
+        assert report["partitioned_before"] == [], report
+        assert (report["rows_after"], report["checksum_after"]) == (report["rows_before"], report["checksum_before"])
+        layout = catalog.day_layout(path)
+        assert layout is not None
+        assert _rows(settings, path, drop=layout.column) == old[path], f"{path}: the rewrite changed rows"
+        uri = f"s3://{settings.s3.lake_bucket}/{path}"
+        meta = DeltaTable(uri, storage_options=delta_storage_options(settings.s3)).metadata()
+        assert list(meta.partition_columns) == [layout.column]
+
+
+def _assert_gold_passed(oracle: Oracle, silver: list[dict[str, Any]]) -> None:
+    """Every silver row sits in exactly one gold window of each length, and each hot event is flagged once."""
+    windows = oracle.gold("windows")
+    for minutes in (1, 15):
+        assert sum(w["samples"] for w in windows if w["window_minutes"] == minutes) == len(silver), minutes
+    hot = {
+        r["event_id"]
+        for r in silver
+        if (r["temp_c"] or 0) > 80 or r["power_kw"] > 400 or (r["status"] == "dropout" and r["power_kw"] == 0)
+    }
+    flagged = Counter(a["event_id"] for a in oracle.gold("anomalies"))
+    assert set(flagged) == hot
+    assert not flagged or max(flagged.values()) == 1
+    assert all(a["event_date"] is not None for a in oracle.gold("anomalies"))
+
+
 def test_an_old_layout_lake_migrates_once_and_ingestion_resumes_on_it(stack: LocalStack, spark: SparkSession) -> None:
     oracle = Oracle(stack)
     settings = oracle.settings()
@@ -106,17 +139,7 @@ def test_an_old_layout_lake_migrates_once_and_ingestion_resumes_on_it(stack: Loc
     start = recent_start(400, EV_SPACING_S)
     oracle.produce(list(good_records("ev", 200, seed=23, start=start)))
     reports = {r["table"]: r for r in _migrate(oracle)}
-    assert set(reports) == set(tables)
-    for path, report in reports.items():
-        assert report["migrated"], report
-        assert report["partitioned_before"] == [], report
-        assert (report["rows_after"], report["checksum_after"]) == (report["rows_before"], report["checksum_before"])
-        layout = catalog.day_layout(path)
-        assert layout is not None
-        assert _rows(settings, path, drop=layout.column) == old[path], f"{path}: the rewrite changed rows"
-        uri = f"s3://{settings.s3.lake_bucket}/{path}"
-        meta = DeltaTable(uri, storage_options=delta_storage_options(settings.s3)).metadata()
-        assert list(meta.partition_columns) == [layout.column]
+    _assert_migrated(settings, tables, old, reports)
     assert reports[silver_path]["rows_after"] == 300
 
     # Ingestion resumes from its checkpoints on the new layout: what waited (a driver started after the migration),
@@ -136,15 +159,4 @@ def test_an_old_layout_lake_migrates_once_and_ingestion_resumes_on_it(stack: Loc
     assert sum(p["bronze"] for p in report["partitions"]) == 700
 
     # Gold passed the migration: every silver row in exactly one window of each length, each flag once.
-    windows = oracle.gold("windows")
-    for minutes in (1, 15):
-        assert sum(w["samples"] for w in windows if w["window_minutes"] == minutes) == len(silver), minutes
-    hot = {
-        r["event_id"]
-        for r in silver
-        if (r["temp_c"] or 0) > 80 or r["power_kw"] > 400 or (r["status"] == "dropout" and r["power_kw"] == 0)
-    }
-    flagged = Counter(a["event_id"] for a in oracle.gold("anomalies"))
-    assert set(flagged) == hot
-    assert not flagged or max(flagged.values()) == 1
-    assert all(a["event_date"] is not None for a in oracle.gold("anomalies"))
+    _assert_gold_passed(oracle, silver)
