@@ -273,6 +273,13 @@ class DeltaLoader:
             finally:
                 store.close()
             return
+        yield from self._produce_threaded(epoch, plan, schedule, store, buffers)
+
+    def _produce_threaded(
+        self, epoch: int, plan: RankSlice, schedule: ReadSchedule, store: RowGroupStore, buffers: ArrayPool
+    ) -> Generator[dict[str, Any], None, None]:
+        """:meth:`_produce` with worker threads, each gathering a group of consecutive batches."""
+        workers = self.options.num_workers
         group = self._group_size()
         # A group pins the row groups of all its batches until it is gathered: it stays within the budget's share
         # of one worker, or within what its first batch alone needs.
@@ -307,14 +314,18 @@ class DeltaLoader:
                 if first:
                     first = False
                     store.prefetch(schedule.upcoming())
-                size = self.options.batch_size
-                for k in range(count):
-                    yield {name: array[k * size : (k + 1) * size] for name, array in arrays.items()}
+                yield from self._sliced(arrays, count)
         finally:
             for _, future in pending:
                 future.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
             store.close()
+
+    def _sliced(self, arrays: dict[str, Any], count: int) -> Iterator[dict[str, Any]]:
+        """The ``count`` batches of a gathered group, each a slice of the group's arrays."""
+        size = self.options.batch_size
+        for k in range(count):
+            yield {name: array[k * size : (k + 1) * size] for name, array in arrays.items()}
 
     def _epoch_batches(self) -> Iterator[Batch]:
         self._running = True

@@ -278,76 +278,118 @@ def process_batch(
     after_commit: Callable[[], None] | None = None,
 ) -> dict[str, int]:
     """One micro-batch, classified by the rules (:func:`pipelines.ingest.rules.classify`) and cached: judge it
-    against history, write the tables idempotently. Returns the row counts.
+    against history (:func:`judge`), then append every table exactly once (the ledger), so their order does not
+    matter. Returns the row counts.
 
-    The ``alongside`` writes (the ingest query's bronze append, called with ``classified``: the Kafka columns,
-    which need no judging) start first and run beside everything else. The batch is judged (:func:`judge`: one
-    job collects its facts, filling its cache; one probes the history for its ids), and then every table that gets
-    rows is appended at once: silver's (then its rows' ids join ``history``), the flags' (``flag``, EV anomalies),
-    quarantine's and dropped's. Freshness waits for silver's commit alone.
-
-    ``after_commit``: called after silver's commit (the ingest query's log checkpoints: with it, a silver table this
-    creates leaves its log checkpoints to it). ``offsets``: the batch's Kafka offset ranges, which every commit
-    records (``userMetadata``), from the query's checkpoint (:class:`pipelines.ingest.offsets.CheckpointOffsets`);
-    None: the rows give them, and the ``alongside`` writes wait for the judging. Each table's append is exactly
-    once on its own (the ledger), so their order does not matter.
+    The ``alongside`` writes (bronze's append of ``classified``: the Kafka columns, which need no judging) run
+    beside everything: at once when ``offsets`` (the batch's Kafka ranges from the query's checkpoint, which every
+    commit records) is given, else after the judging, whose rows give them. Silver (then its ids join ``history``,
+    then ``after_commit``: the log checkpoints), the flags, quarantine and dropped are appended together; freshness
+    waits for silver's commit alone.
     """
-    spark = classified.sparkSession
     began = time.monotonic()
     mark = high_water.before(batch_id)
     beside: list[Future[object]] = []
-    if offsets is not None:
-        ledger.describe(batch_id, commit_metadata(entity.name, batch_id, offsets))
-        beside = start_together(spark, "ingest", [partial(write, classified) for write in alongside])
+    if offsets is not None:  # bronze's append needs no judging
+        beside = _start_beside(classified, alongside, ledger, entity=entity.name, batch_id=batch_id, offsets=offsets)
     try:
-        use_pool(spark, "silver")  # the judging's jobs take the free cores before bronze's
-        try:
-            judged, outcomes = judge(
-                classified,
-                entity=entity,
-                among=partial(history.among, batch_id, mark),
-                high_water=mark,
-                flag_rule=partial(flag.rule, "_rec") if flag is not None else None,
-            )
-        finally:
-            use_pool(spark, "ingest")
+        judged, outcomes = _judged(classified, entity=entity, history=history, batch_id=batch_id, mark=mark, flag=flag)
         judged_s = time.monotonic() - began
         if offsets is None:
-            ledger.describe(batch_id, commit_metadata(entity.name, batch_id, outcomes.offsets))
-            beside = start_together(spark, "ingest", [partial(write, classified) for write in alongside])
+            beside = _start_beside(
+                classified, alongside, ledger, entity=entity.name, batch_id=batch_id, offsets=outcomes.offsets
+            )
         else:
             _check_offsets(batch_id, offsets, outcomes.offsets)
-        counts = outcomes.counts
-        writes: list[Callable[[], object]] = [
-            partial(
-                _then_remember,
-                partial(
-                    _append,
-                    ledger,
-                    partial(silver_rows, judged, entity=entity, batch_id=batch_id),
-                    tables.silver,
-                    batch_id,
-                    merge_schema=True,
-                    partition_by=catalog.EVENT_DAY,
-                    # A new silver's log checkpoints are written beside the batches (after_commit).
-                    append_only=after_commit is not None,
-                ),
-                history,
-                batch_id=batch_id,
-                ids=outcomes.kept,
-                mark=mark,
-                after_commit=after_commit,
-            ),
-            *_other_writes(judged, outcomes, entity=entity, tables=tables, ledger=ledger, batch_id=batch_id, flag=flag),
-        ]
-        run_together(spark, "ingest", writes, lead_pool="silver")
+        silver = _silver_write(
+            judged,
+            outcomes,
+            entity=entity,
+            table=tables.silver,
+            ledger=ledger,
+            history=history,
+            batch_id=batch_id,
+            mark=mark,
+            after_commit=after_commit,
+        )
+        others = _other_writes(
+            judged, outcomes, entity=entity, tables=tables, ledger=ledger, batch_id=batch_id, flag=flag
+        )
+        run_together(classified.sparkSession, "ingest", [silver, *others], lead_pool="silver")
     finally:
         wait(beside)
     for future in beside:
         future.result()  # bronze's failure, once every write of the batch has ended
     high_water.record(batch_id, outcomes.high)
-    _log_batch(entity.name, batch_id, counts, judged_s=judged_s, written_s=time.monotonic() - began - judged_s)
-    return counts
+    _log_batch(entity.name, batch_id, outcomes.counts, judged_s=judged_s, written_s=time.monotonic() - began - judged_s)
+    return outcomes.counts
+
+
+def _start_beside(
+    classified: DataFrame,
+    alongside: Sequence[Callable[[DataFrame], object]],
+    ledger: CommitLedger,
+    *,
+    entity: str,
+    batch_id: int,
+    offsets: Ranges,
+) -> list[Future[object]]:
+    """Name the batch's offsets in the ledger (every commit records them), then start the ``alongside`` writes."""
+    ledger.describe(batch_id, commit_metadata(entity, batch_id, offsets))
+    return start_together(classified.sparkSession, "ingest", [partial(write, classified) for write in alongside])
+
+
+def _judged(
+    classified: DataFrame,
+    *,
+    entity: EntitySpec,
+    history: RecentIds,
+    batch_id: int,
+    mark: datetime | None,
+    flag: Flags | None,
+) -> tuple[DataFrame, Outcomes]:
+    """:func:`judge` in the silver pool, so that the judging's jobs take the free cores before bronze's."""
+    spark = classified.sparkSession
+    use_pool(spark, "silver")
+    try:
+        return judge(
+            classified,
+            entity=entity,
+            among=partial(history.among, batch_id, mark),
+            high_water=mark,
+            flag_rule=partial(flag.rule, "_rec") if flag is not None else None,
+        )
+    finally:
+        use_pool(spark, "ingest")
+
+
+def _silver_write(
+    judged: DataFrame,
+    outcomes: Outcomes,
+    *,
+    entity: EntitySpec,
+    table: str,
+    ledger: CommitLedger,
+    history: RecentIds,
+    batch_id: int,
+    mark: datetime | None,
+    after_commit: Callable[[], None] | None,
+) -> Callable[[], object]:
+    """Silver's append, after which the rows' ids join ``history``."""
+    append = partial(
+        _append,
+        ledger,
+        partial(silver_rows, judged, entity=entity, batch_id=batch_id),
+        table,
+        batch_id,
+        merge_schema=True,
+        partition_by=catalog.EVENT_DAY,
+        # A new silver's log checkpoints are written beside the batches (after_commit).
+        append_only=after_commit is not None,
+    )
+    return partial(
+        _then_remember, append, history, batch_id=batch_id, ids=outcomes.kept, mark=mark, after_commit=after_commit
+    )
 
 
 def _check_offsets(batch_id: int, logged: Ranges, rows: Ranges) -> None:

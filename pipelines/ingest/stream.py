@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.ingest.bronze import (
     BRONZE_COLUMNS,
     BRONZE_DDL,
+    BronzeTable,
     bronze_table,
     ensure_bronze,
     kafka_source,
@@ -48,7 +50,7 @@ from pipelines.ingest.log_checkpoints import LogCheckpoints
 from pipelines.ingest.offsets import CheckpointOffsets
 from pipelines.ingest.recent_ids import RecentIds
 from pipelines.ingest.rules import classify
-from pipelines.ingest.silver import Flags, process_batch, silver_tables, table_exists
+from pipelines.ingest.silver import Flags, SilverTables, process_batch, silver_tables, table_exists
 from pipelines.session import batch_codegen, run_together, use_pool
 from tierlake.catalog import EVENT_DAY, INGEST_DAY
 from tierlake.config import Settings
@@ -123,35 +125,19 @@ def start_ingest(
     warm_up(spark, spec, ledger=ledger, high_water=high_water, tables=written, layouts=by_day)
     _read_history(history, high_water, checkpoint.next_batch())
 
-    previous_rows: list[int] = []  # the size of the query's last batch (batch_codegen)
-
-    def handle(batch: DataFrame, batch_id: int) -> None:
-        began = time.monotonic()
-        use_pool(batch.sparkSession, "ingest")
-        # Read once: silver's judging and bronze's append both read the batch, and each read of an uncached batch
-        # fetched its records from Kafka again.
-        classified = batch.persist()
-        with (
-            batch_codegen(batch.sparkSession, settings, previous_rows[-1] if previous_rows else None),
-            _noting_failure(failures, entity, batch, batch_id),
-            _unpersisting(classified),
-        ):
-            counts = process_batch(
-                classified,
-                batch_id,
-                entity=spec,
-                tables=tables,
-                high_water=high_water,
-                history=history,
-                ledger=ledger,
-                flag=flags,  # visible with their readings
-                # Bronze keeps the Kafka columns only: its append needs no judging and runs beside silver's.
-                alongside=[partial(write_bronze, batch_id=batch_id, table=bronze, ledger=ledger)],
-                offsets=checkpoint.ranges(batch_id),
-                after_commit=partial(log_checkpoints.after_commit, tables.silver),
-            )
-        previous_rows[:] = [counts["silver"] + counts["quarantine"] + counts["dropped"]]
-        logger.info("ingest %s batch %d: %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
+    handle = _Batches(
+        settings=settings,
+        spec=spec,
+        tables=tables,
+        bronze=bronze,
+        high_water=high_water,
+        history=history,
+        ledger=ledger,
+        flags=flags,
+        checkpoint=checkpoint,
+        log_checkpoints=log_checkpoints,
+        failures=failures,
+    )
 
     # The rules are part of the streaming plan: Spark analyses them once when the query starts, not per batch
     # from Python (that cost ~0.7 s of every batch here), and the persisted batch holds the parsed rows.
@@ -162,6 +148,53 @@ def start_ingest(
         .queryName(f"ingest_{entity}")
     )
     return with_trigger(writer, trigger_s).start()
+
+
+@dataclass
+class _Batches:
+    """The ingest query's ``foreachBatch`` function, with what it keeps from one batch to the next."""
+
+    settings: Settings
+    spec: EntitySpec
+    tables: SilverTables
+    bronze: BronzeTable
+    high_water: HighWater
+    history: RecentIds
+    ledger: CommitLedger
+    flags: Flags | None
+    checkpoint: CheckpointOffsets
+    log_checkpoints: LogCheckpoints
+    failures: dict[str, dict[str, Any]] | None
+    previous_rows: int | None = None  # the size of the query's last batch (batch_codegen)
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        began = time.monotonic()
+        entity = self.spec.name
+        use_pool(batch.sparkSession, "ingest")
+        # Read once: silver's judging and bronze's append both read the batch, and each read of an uncached batch
+        # fetched its records from Kafka again.
+        classified = batch.persist()
+        with (
+            batch_codegen(batch.sparkSession, self.settings, self.previous_rows),
+            _noting_failure(self.failures, entity, batch, batch_id),
+            _unpersisting(classified),
+        ):
+            counts = process_batch(
+                classified,
+                batch_id,
+                entity=self.spec,
+                tables=self.tables,
+                high_water=self.high_water,
+                history=self.history,
+                ledger=self.ledger,
+                flag=self.flags,  # visible with their readings
+                # Bronze keeps the Kafka columns only: its append needs no judging and runs beside silver's.
+                alongside=[partial(write_bronze, batch_id=batch_id, table=self.bronze, ledger=self.ledger)],
+                offsets=self.checkpoint.ranges(batch_id),
+                after_commit=partial(self.log_checkpoints.after_commit, self.tables.silver),
+            )
+        self.previous_rows = counts["silver"] + counts["quarantine"] + counts["dropped"]
+        logger.info("ingest %s batch %d: %.1f s", entity, batch_id, time.monotonic() - began, extra={"entity": entity})
 
 
 _histories: dict[str, RecentIds] = {}

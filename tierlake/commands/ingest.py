@@ -235,6 +235,17 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def register(sub: Subparsers) -> None:
+    _register_produce(sub)
+    ingest = sub.add_parser("ingest", help="streaming ingestion").add_subparsers(dest="action", required=True)
+    _register_drivers(ingest)
+    _register_checks(ingest)
+    demo = sub.add_parser("demo", help="the main job end to end: stack up, produce, bronze on RGW, count")
+    demo.add_argument("--events", type=positive_int, default=5000)
+    demo.add_argument("--json", action="store_true", help="the whole report as JSON instead of the summary")
+    demo.set_defaults(handler=_demo)
+
+
+def _register_produce(sub: Subparsers) -> None:
     produce = sub.add_parser("produce", help="send synthetic events to Kafka (idempotent, acks=all)")
     produce.add_argument("dataset", choices=("ev", "corpus"), help="ev: EV charging telemetry; corpus: documents")
     produce.add_argument("--events", type=positive_int, default=1000)
@@ -249,7 +260,9 @@ def register(sub: Subparsers) -> None:
     produce.add_argument("--json", action="store_true")
     produce.set_defaults(handler=_produce)
 
-    ingest = sub.add_parser("ingest", help="streaming ingestion").add_subparsers(dest="action", required=True)
+
+def _register_drivers(ingest: Subparsers) -> None:
+    """run (until caught up), serve (foreground), start/stop/status (the background driver)."""
     run = ingest.add_parser(
         "run", help="Kafka -> bronze and silver/quarantine/dropped, then gold, until caught up, then exit"
     )
@@ -257,24 +270,29 @@ def register(sub: Subparsers) -> None:
     run.add_argument("--json", action="store_true")
     run.set_defaults(handler=_run)
     serve = ingest.add_parser("serve", help="run the streaming queries in the foreground until SIGTERM")
-    serve.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
-    serve.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
-    serve.add_argument(
-        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 60)"
-    )
+    _stream_arguments(serve)
     serve.add_argument("--status-file", type=Path, help="where to write the queries' progress")
     serve.set_defaults(handler=_serve)
     start = ingest.add_parser("start", help="start the streaming queries in the background (pid under run_dir)")
-    start.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
-    start.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
-    start.add_argument(
-        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 60)"
-    )
+    _stream_arguments(start)
     start.set_defaults(handler=_start)
     ingest.add_parser("stop", help="stop the background streaming queries (SIGTERM by pid)").set_defaults(handler=_stop)
     status = ingest.add_parser("status", help="is the streaming driver alive, and its last progress (exit 3 if not)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
+
+
+def _stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a streaming driver, foreground or background."""
+    parser.add_argument("--entity", action="append", help="entity of conf/ (repeatable; default: all)")
+    parser.add_argument("--trigger-s", type=positive_float, default=2.0, help="micro-batch interval in seconds")
+    parser.add_argument(
+        "--gold-trigger-s", type=positive_float, help="gold's interval in seconds (default: the trigger, at least 60)"
+    )
+
+
+def _register_checks(ingest: Subparsers) -> None:
+    """replay-quarantine and reconcile."""
     replay = ingest.add_parser(
         "replay-quarantine", help="re-check quarantined records after a fix; passing ones go to silver"
     )
@@ -295,8 +313,3 @@ def register(sub: Subparsers) -> None:
     )
     recon.add_argument("--json", action="store_true")
     recon.set_defaults(handler=_reconcile)
-
-    demo = sub.add_parser("demo", help="the main job end to end: stack up, produce, bronze on RGW, count")
-    demo.add_argument("--events", type=positive_int, default=5000)
-    demo.add_argument("--json", action="store_true", help="the whole report as JSON instead of the summary")
-    demo.set_defaults(handler=_demo)

@@ -89,6 +89,36 @@ def build_kafka(values: Values) -> KafkaSettings:
             "required when kafka.managed is false",
             "set it to your cluster's brokers, e.g. kafka-1:9092,kafka-2:9092",
         )
+    topics = _topics(values)
+    racks: list[object] = values.get("kafka.racks", list, check=_racks, fix="e.g. [az-a, az-b, az-c]: one per zone")
+    kafka = KafkaSettings(
+        managed=managed,
+        nodes=nodes,
+        bootstrap_servers=bootstrap,
+        broker_port=values.get("kafka.broker_port", int, check=port, fix="a free port, e.g. 19092"),
+        controller_port=values.get("kafka.controller_port", int, check=port, fix="a free port, e.g. 19093"),
+        port_stride=values.get("kafka.port_stride", int, check=positive, fix="e.g. 10: node 2 uses port+10"),
+        heap_mb=values.get(
+            "kafka.heap_mb",
+            int,
+            fix="at least 256",
+            check=lambda n: None if n >= 256 else "a broker needs at least 256 MB of heap",
+        ),
+        topics=topics,
+        racks=tuple(str(rack) for rack in racks),
+        client_rack=values.get(
+            "kafka.client_rack",
+            str,
+            default="",
+            fix="the zone the consumer runs in, e.g. az-a; empty to always fetch from the leader",
+        ),
+    )
+    check_kafka_ports(values, kafka)
+    return kafka
+
+
+def _topics(values: Values) -> tuple[TopicSettings, ...]:
+    """``kafka.topics``: every topic with its name, partitions, replication and retention."""
     topics = []
     for index, item in enumerate(values.get("kafka.topics", list, fix="a list of {name, partitions, ...}")):
         where = f"kafka.topics[{index}]"
@@ -114,31 +144,7 @@ def build_kafka(values: Values) -> KafkaSettings:
                 retention_ms=int(item["retention_ms"]),
             )
         )
-    racks: list[object] = values.get("kafka.racks", list, check=_racks, fix="e.g. [az-a, az-b, az-c]: one per zone")
-    kafka = KafkaSettings(
-        managed=managed,
-        nodes=nodes,
-        bootstrap_servers=bootstrap,
-        broker_port=values.get("kafka.broker_port", int, check=port, fix="a free port, e.g. 19092"),
-        controller_port=values.get("kafka.controller_port", int, check=port, fix="a free port, e.g. 19093"),
-        port_stride=values.get("kafka.port_stride", int, check=positive, fix="e.g. 10: node 2 uses port+10"),
-        heap_mb=values.get(
-            "kafka.heap_mb",
-            int,
-            fix="at least 256",
-            check=lambda n: None if n >= 256 else "a broker needs at least 256 MB of heap",
-        ),
-        topics=tuple(topics),
-        racks=tuple(str(rack) for rack in racks),
-        client_rack=values.get(
-            "kafka.client_rack",
-            str,
-            default="",
-            fix="the zone the consumer runs in, e.g. az-a; empty to always fetch from the leader",
-        ),
-    )
-    check_kafka_ports(values, kafka)
-    return kafka
+    return tuple(topics)
 
 
 def _racks(racks: list[object]) -> str | None:
