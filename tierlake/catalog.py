@@ -82,6 +82,11 @@ def parse_table(text: str, *, lake_bucket: str, other_buckets: bool = False) -> 
     return TablePath(bucket, name)
 
 
+def in_lake(uri: str, lake_bucket: str) -> bool:
+    """Whether ``uri`` (``s3://`` or ``s3a://``) names something in the lake bucket."""
+    return any(uri.startswith(f"{scheme}://{lake_bucket}/") for scheme in ("s3", "s3a"))
+
+
 INGEST_DAY = "ingest_date"
 EVENT_DAY = "event_date"
 

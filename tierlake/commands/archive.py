@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
+from tierlake import catalog
 from tierlake.commands import ExitCode, Subparsers
 from tierlake.config import Settings
 from tierlake.errors import ConfigError
@@ -172,7 +173,7 @@ def _restore_version(args: argparse.Namespace, settings: Settings) -> int:
             f"archive restore --version {args.version} needs --table and --to s3 or cache (got --table "
             f"{args.table!r}, --to {args.to!r}). Fix: e.g. --table silver/ev --version 3 --to s3"
         )
-    uri = f"s3://{settings.s3.lake_bucket}/{args.table.strip('/')}"
+    uri = catalog.parse_table(args.table, lake_bucket=settings.s3.lake_bucket).s3
     snapshot = pin_snapshot(uri, version=args.version, storage_options=delta_storage_options(settings.s3))
     reason = args.reason or f"archive restore --version {args.version}"
     recall = Recall(context=_context(settings), mode="auto", to=targets[args.to], reason=reason, progress=not args.json)
@@ -236,7 +237,7 @@ def register(sub: Subparsers) -> None:
 
     command("select", _select, "cold partitions by policy", table=True)
     run = command("run", _run, "archive partitions to both sites and verify", table=True)
-    run.add_argument("--partition", action="append", help="e.g. day=2026-01-01 (repeatable; default: selected)")
+    run.add_argument("--partition", action="append", help="e.g. event_date=2026-01-01 (repeatable; default: selected)")
     for parser in (commands.choices["select"], run):
         parser.add_argument("--if-exists", action="store_true", help="a table not written yet is skipped, not an error")
     purge = command("purge", _purge, "delete object-store copies of verified files (dry run by default)", table=True)

@@ -73,10 +73,13 @@ def _lake_vacuums(settings: Settings, uris: list[str], held: set[str]) -> list[d
     whose run id is in ``held`` (the lineage table has them)."""
     from training.lineage_vacuum import table_path  # noqa: PLC0415
 
-    prefix = f"s3://{settings.s3.lake_bucket}/"
     log = _vacuum_log(settings)
+    lake = settings.s3.lake_bucket
     return [
-        event for uri in uris if uri.startswith(prefix) for event in log.events(held, table=table_path(uri, log.bucket))
+        event
+        for uri in uris
+        if catalog.in_lake(uri, lake) and uri.startswith("s3://")
+        for event in log.events(held, table=table_path(uri, log.bucket))
     ]
 
 
