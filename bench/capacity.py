@@ -77,6 +77,32 @@ class Assumptions:
     loader_mb_s_per_worker: float = 45.0  # used only when no bench/loader.py run is recorded (DESIGN.md #4)
 
 
+# What each input no bench measures stands for; the table lists every one of them with its value.
+ASSUMED = {
+    "ev_events_per_s": "EV feed rate (target; the seed names the feed, not its rate)",
+    "ev_freshness_p99_s": "p99 freshness target of the EV feed (the seed gives none)",
+    "archive_tb_per_day": "daily archive volume (target; the seed names the archive, not its volume)",
+    "bench_cores": "cores every recorded bench run had (the rates are divided by it)",
+    "node_cores": "cores of one node",
+    "node_nic_gbit": "NIC line rate of one node, Gbit/s",
+    "nic_usable": "share of line rate usable for S3 over TCP",
+    "cpu_usable": "share of a node's cores planned busy (the rest: a lost node's share, peaks)",
+    "edge_hit_ratio": "share of edge reads served from NVMe (misses go to the region's RGW)",
+    "nvme_read_mb_s": "sustained read of one NVMe drive, MB/s",
+    "nvme_per_edge_node": "NVMe drives in one edge node",
+    "hdd_tb": "capacity of one OSD HDD, TB",
+    "hdd_mb_s": "sequential rate of one OSD HDD, MB/s",
+    "hdds_per_osd_node": "HDDs in one OSD node",
+    "ec_k": "EC data chunks",
+    "ec_m": "EC coding chunks",
+    "ceph_fill": "usable share of raw Ceph capacity",
+    "lto8_mb_s": "LTO-8 native rate, MB/s (specification)",
+    "lto8_tb": "LTO-8 native capacity, TB (specification)",
+    "drive_hours_per_day": "hours a day a drive writes (the rest: mounts, verify reads, recalls)",
+    "loader_mb_s_per_worker": "loader MB/s per worker, used only while no bench/loader.py run is recorded",
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Figure:
     """One rate taken from a recorded bench run, with where it came from."""
@@ -145,51 +171,81 @@ def measured(results: Path, assume: Assumptions) -> tuple[dict[str, Figure], lis
     """Per-core (or per-worker) rates from the recorded runs, and the figures no bench has recorded yet."""
     found: dict[str, Figure] = {}
     missing: list[str] = []
-    cores = assume.bench_cores
-    if run := pick(load_runs(results, "ingest"), lambda r: "silver_end_to_end_eps" in r["figures"]):
-        figures = run["result"]["figures"]
-        run_cores = int(run["result"]["setup"].get("cores", cores))
-        eps = figures["silver_end_to_end_eps"] / run_cores
-        found["ingest_eps_per_core"] = _figure(
-            run, "ingest", eps, "events/s/core", f"silver_end_to_end_eps / {run_cores} cores"
-        )
-        found["ingest_p99_freshness_s"] = _figure(run, "ingest", figures["p99_freshness_s"], "s", "p99_freshness_s")
-    else:
+    for read in (_ingest_figures, _cache_figures, _archive_figures, _loader_figures):
+        read(results, assume, found, missing)
+    return found, missing
+
+
+def _ingest_figures(results: Path, assume: Assumptions, found: dict[str, Figure], missing: list[str]) -> None:
+    run = pick(load_runs(results, "ingest"), lambda r: "silver_end_to_end_eps" in r["figures"])
+    if run is None:
         missing.append("ingest: silver_end_to_end_eps")
-    if run := pick(load_runs(results, "cache"), lambda r: "site_mode_mb_s" in r["figures"]):
+        return
+    figures = run["result"]["figures"]
+    run_cores = int(run["result"]["setup"].get("cores", assume.bench_cores))
+    eps = figures["silver_end_to_end_eps"] / run_cores
+    found["ingest_eps_per_core"] = _figure(
+        run, "ingest", eps, "events/s/core", f"silver_end_to_end_eps / {run_cores} cores"
+    )
+    found["ingest_p99_freshness_s"] = _figure(run, "ingest", figures["p99_freshness_s"], "s", "p99_freshness_s")
+
+
+def _cache_figures(results: Path, assume: Assumptions, found: dict[str, Figure], missing: list[str]) -> None:
+    cores = assume.bench_cores
+    run = pick(load_runs(results, "cache"), lambda r: "site_mode_mb_s" in r["figures"])
+    if run is None:
+        missing.append("cache: site_mode_mb_s")
+    else:
         result = run["result"]
         site = low_end(result["figures"]["site_mode_mb_s"])
         found["edge_hit_mb_s_per_core"] = _figure(
             run, "cache", site / cores, "MB/s/core", f"site_mode_mb_s (low end) / {cores} cores"
         )
-        ratio = high_end(result["ratios"]["site_vs_rgw_direct_4_readers"])
+        rgw = site / high_end(result["ratios"]["site_vs_rgw_direct_4_readers"]) / cores
         found["rgw_get_mb_s_per_core"] = _figure(
             run,
             "cache",
-            site / ratio / cores,
+            rgw,
             "MB/s/core",
             f"site_mode_mb_s (low end) / site_vs_rgw_direct_4_readers (high end) / {cores} cores",
         )
-    else:
-        missing.append("cache: site_mode_mb_s")
+        if "miss_vs_boto3_get" in result["ratios"]:
+            # No absolute miss MB/s is recorded: a miss is measured against a plain GET from RGW of the same object.
+            found["edge_miss_mb_s_per_core"] = _figure(
+                run,
+                "cache",
+                rgw * low_end(result["ratios"]["miss_vs_boto3_get"]),
+                "MB/s/core",
+                "rgw_get_mb_s_per_core x miss_vs_boto3_get (low end)",
+            )
+    if "edge_miss_mb_s_per_core" not in found:
+        missing.append("cache: miss_vs_boto3_get (a miss is costed at the hit rate)")
     missing.append("rgw PUT MB/s per OSD: no bench records it (writes are sized by the ingest and archive rates)")
-    if run := pick(load_runs(results, "archive"), lambda r: "tierlake_write_mb_s" in r["figures"]):
-        mb_s = run["result"]["figures"]["tierlake_write_mb_s"]
-        found["archive_write_mb_s_per_core"] = _figure(
-            run, "archive", mb_s / cores, "MB/s/core", f"tierlake_write_mb_s (2 copies) / {cores} cores"
-        )
-    else:
+
+
+def _archive_figures(results: Path, assume: Assumptions, found: dict[str, Figure], missing: list[str]) -> None:
+    cores = assume.bench_cores
+    run = pick(load_runs(results, "archive"), lambda r: "tierlake_write_mb_s" in r["figures"])
+    if run is None:
         missing.append("archive: tierlake_write_mb_s")
-    if run := pick(load_runs(results, "loader"), lambda r: "mb_per_s" in r["figures"].get("tierlake", {})):
-        workers = int(run["result"]["setup"].get("workers", cores))
-        mb_s = run["result"]["figures"]["tierlake"]["mb_per_s"] / workers
-        found["loader_mb_s_per_worker"] = _figure(run, "loader", mb_s, "MB/s/worker", f"tierlake.mb_per_s / {workers}")
-    else:
+        return
+    mb_s = run["result"]["figures"]["tierlake_write_mb_s"]
+    found["archive_write_mb_s_per_core"] = _figure(
+        run, "archive", mb_s / cores, "MB/s/core", f"tierlake_write_mb_s (2 copies) / {cores} cores"
+    )
+
+
+def _loader_figures(results: Path, assume: Assumptions, found: dict[str, Figure], missing: list[str]) -> None:
+    run = pick(load_runs(results, "loader"), lambda r: "mb_per_s" in r["figures"].get("tierlake", {}))
+    if run is None:
         missing.append(
             f"loader: no bench/loader.py run recorded; assumed {assume.loader_mb_s_per_worker} MB/s per worker "
             "(DESIGN.md decision 4: 90 MB/s through 2 DataLoader workers on 2 cores)"
         )
-    return found, missing
+        return
+    workers = int(run["result"]["setup"].get("workers", assume.bench_cores))
+    mb_s = run["result"]["figures"]["tierlake"]["mb_per_s"] / workers
+    found["loader_mb_s_per_worker"] = _figure(run, "loader", mb_s, "MB/s/worker", f"tierlake.mb_per_s / {workers}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -206,7 +262,10 @@ def _nic_mb_s(assume: Assumptions) -> float:
 
 def edge_site(target: Targets, assume: Assumptions, found: dict[str, Figure]) -> Site:
     read_mb_s = target.edge_read_gb_s * 1000
-    cores = read_mb_s / found["edge_hit_mb_s_per_core"].value
+    hit_rate = found["edge_hit_mb_s_per_core"].value
+    miss_rate = found["edge_miss_mb_s_per_core"].value if "edge_miss_mb_s_per_core" in found else hit_rate
+    # Hits are served from NVMe at the hit rate; a miss is fetched from the region's RGW through the cache.
+    cores = read_mb_s * assume.edge_hit_ratio / hit_rate + read_mb_s * (1 - assume.edge_hit_ratio) / miss_rate
     by_cpu = _nodes_for_cores(cores, assume)
     by_nic = math.ceil(read_mb_s / _nic_mb_s(assume))
     hit_mb_s = read_mb_s * assume.edge_hit_ratio
@@ -347,6 +406,11 @@ def table(result: dict[str, Any]) -> str:
         )
     rows.append("")
     rows.extend(f"- not measured: {item}" for item in result["setup"]["not_measured"])
+    rows.append("")
+    rows.append("| assumed (not measured) | value | what |")
+    rows.append("|---|---:|---|")
+    inputs = {**result["setup"]["targets"], **result["setup"]["assumptions"]}
+    rows.extend(f"| {name} | {inputs[name]:,} | {what} |" for name, what in ASSUMED.items() if name in inputs)
     return "\n".join(rows)
 
 

@@ -32,6 +32,11 @@ DEFAULT_ARGS: dict[str, Any] = {
     "execution_timeout": timedelta(minutes=30),
 }
 
+# The Celery queue that only the archive workers take (infra/k8s/base/archive-workers.yaml, `--queues archive`):
+# the tasks that touch the tape libraries run there, every other task on the chart's workers (the default queue).
+ARCHIVE_QUEUE = "archive"
+ARCHIVE_ARGS: dict[str, Any] = {**DEFAULT_ARGS, "queue": ARCHIVE_QUEUE}
+
 # The asset "a new version of the training table landed in gold". ingest_supervisor's announce_gold task emits it
 # with {"table": ..., "version": ...} in the event's extra; cache_warmup is scheduled on it.
 # The lake bucket comes from conf/ (read once when the DAG files are parsed; env TIERLAKE_* applies as everywhere).

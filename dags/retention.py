@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from dags.common import DEFAULT_ARGS, run_tierlake
+from dags.common import ARCHIVE_ARGS, run_tierlake
 
 
 @dag(
@@ -16,7 +16,7 @@ from dags.common import DEFAULT_ARGS, run_tierlake
     schedule="0 5 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    default_args=DEFAULT_ARGS,
+    default_args=ARCHIVE_ARGS,  # every task on the archive workers' queue
     tags=["tierlake", "archive", "compliance"],
 )
 def retention() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from dags.common import DEFAULT_ARGS, archive_tables, run_tierlake
+from dags.common import ARCHIVE_ARGS, archive_tables, run_tierlake
 
 
 @dag(
@@ -19,7 +19,7 @@ from dags.common import DEFAULT_ARGS, archive_tables, run_tierlake
     schedule="0 4 * * *",
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    default_args=DEFAULT_ARGS,
+    default_args=ARCHIVE_ARGS,  # every task on the archive workers' queue
     tags=["tierlake", "archive"],
     params={
         "tables": Param([], type="array", description="tables whose cold partitions move; empty: archive.tables"),

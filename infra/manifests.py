@@ -9,7 +9,8 @@ replaced, as kustomize does for custom resources). Any other kustomization field
 means something here that it would not mean to ``kubectl apply -k``.
 
 Schemas (``infra/k8s/schemas/``, provenance in its README): Kubernetes 1.34 built-in kinds, strict (unknown fields
-fail), and the CRDs of Strimzi, Rook, the object bucket claim and spark-operator.
+fail), and the CRDs of Strimzi, Rook, the object bucket claim and spark-operator; the Airflow chart's values against
+tierlake's own subset schema of them (the chart's ``values.schema.json`` is not vendored).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 K8S = Path(__file__).parent / "k8s"
 SCHEMAS = K8S / "schemas"
 OVERLAYS = ("small", "large")
+PROD_SITE = "small"  # the overlay whose counts (Kafka brokers, Ceph OSDs) conf/prod.yaml states
+AIRFLOW_VALUES = K8S / "airflow" / "values.yaml"
+AIRFLOW_SCHEMA = SCHEMAS / "airflow" / "values.tierlake-subset.schema.json"
 _KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "labels", "patches"}
 _CORE_GROUPS = {"", "apps", "batch", "rbac.authorization.k8s.io", "storage.k8s.io"}
 
@@ -145,6 +149,16 @@ def validate(objects: list[Manifest]) -> list[str]:
     return problems
 
 
+def validate_airflow_values(values: Mapping[str, Any]) -> list[str]:
+    """Every violation of tierlake's subset schema of the Airflow chart's values (``infra/k8s/schemas/airflow/``),
+    as ``airflow values: path: message`` lines (empty: valid). A key the schema does not list fails."""
+    validator = _validator(AIRFLOW_SCHEMA)
+    return [
+        f"airflow values: {'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+        for error in sorted(validator.iter_errors(values), key=lambda e: list(e.absolute_path))
+    ]
+
+
 def objects_of(objects: list[Manifest], kind: str) -> Iterator[Manifest]:
     return (obj for obj in objects if obj.get("kind") == kind)
 
@@ -160,21 +174,53 @@ def one(objects: list[Manifest], kind: str, name: str) -> Manifest:
 # one source of truth: the manifests against conf/prod.yaml
 
 RACK_KEY = "topology.kubernetes.io/zone"
+# spark-operator submits every SparkApplication in cluster mode to the in-cluster API server; the driver then builds
+# its session from conf/prod.yaml's spark.master, which must therefore name the same master (no env override).
+SPARK_OPERATOR_MASTER = "k8s://https://kubernetes.default.svc:443"
 
 
-def disagreements(objects: list[Manifest], settings: Settings, airflow: Manifest) -> list[str]:
-    """Where the manifests (and the Airflow values) disagree with the settings of ``conf/prod.yaml``."""
+def disagreements(
+    objects: list[Manifest], settings: Settings, airflow: Manifest, *, site: str = PROD_SITE
+) -> list[str]:
+    """Where the manifests of overlay ``site`` (and the Airflow values) disagree with ``conf/prod.yaml``.
+
+    conf/prod.yaml states the counts of :data:`PROD_SITE`: that overlay's Kafka brokers and Ceph OSDs must equal
+    ``kafka.nodes`` and ``ceph.osds``; a larger site's must be at least those (``kafka.nodes`` is 1 or 3).
+    """
     return [
         *_kafka(objects, settings.kafka),
+        *_sizes(objects, settings, site=site),
         *_ceph(objects, settings.s3, settings.ceph),
         *_spark(objects, settings),
         *_edge_and_training(objects, settings),
         *_profile_everywhere(objects, airflow),
+        *_archive_workers(objects, airflow),
     ]
 
 
-def _differs(what: str, manifest: object, conf: object) -> list[str]:
-    return [] if manifest == conf else [f"{what}: manifests say {manifest!r}, conf/prod.yaml says {conf!r}"]
+def _differs(what: str, manifest: object, conf: object, *, source: str = "conf/prod.yaml") -> list[str]:
+    return [] if manifest == conf else [f"{what}: manifests say {manifest!r}, {source} says {conf!r}"]
+
+
+def _sizes(objects: list[Manifest], settings: Settings, *, site: str) -> list[str]:
+    replicas = [pool["spec"]["replicas"] for pool in objects_of(objects, "KafkaNodePool")]
+    storage = next(objects_of(objects, "CephCluster"))["spec"]["storage"]
+    osds = sum(device_set["count"] for device_set in storage.get("storageClassDeviceSets", []))
+    brokers, nodes = sum(replicas), settings.kafka.nodes
+    problems = [] if len(set(replicas)) == 1 else [f"Kafka node pools' replicas {replicas}: not one size in every zone"]
+    if site == PROD_SITE:
+        return [
+            *problems,
+            *_differs(f"Kafka brokers (node pools' replicas, overlay {site})", brokers, nodes),
+            *_differs(
+                f"Ceph OSDs (CephCluster storageClassDeviceSets count, overlay {site})", osds, settings.ceph.osds
+            ),
+        ]
+    if brokers < nodes:
+        problems.append(f"Kafka brokers (node pools' replicas, overlay {site}): {brokers} is below kafka.nodes {nodes}")
+    if osds < settings.ceph.osds:
+        problems.append(f"Ceph OSDs (overlay {site}): {osds} is below ceph.osds {settings.ceph.osds}")
+    return problems
 
 
 def _kafka(objects: list[Manifest], kafka: KafkaSettings) -> list[str]:
@@ -246,7 +292,14 @@ def _env(container: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _spark(objects: list[Manifest], settings: Settings) -> list[str]:
-    problems = []
+    problems = _differs(
+        "spark.master (spark-operator's in-cluster API server)", SPARK_OPERATOR_MASTER, settings.spark.master
+    )
+    problems += [
+        f"{where}: TIERLAKE_SPARK__MASTER overrides spark.master of conf/prod.yaml. Fix: set it there only"
+        for where, container in _containers(objects)
+        if "TIERLAKE_SPARK__MASTER" in _env(container)
+    ]
     for app in objects_of(objects, "SparkApplication"):
         spec, name = app["spec"], app["metadata"]["name"]
         conf = spec.get("sparkConf", {})
@@ -299,16 +352,102 @@ def _edge_and_training(objects: list[Manifest], settings: Settings) -> list[str]
     ]
 
 
-def _profile_everywhere(objects: list[Manifest], airflow: Manifest) -> list[str]:
-    containers = [(where, c) for where, pod in _pod_specs(objects) for c in pod["containers"]]
-    containers += [
+def _containers(objects: list[Manifest]) -> list[tuple[str, Manifest]]:
+    """Every container that runs tierlake (all but the git-sync sidecars of the DAGs), and each Spark role."""
+    containers = [
+        (where, c)
+        for where, pod in _pod_specs(objects)
+        for c in pod["containers"]
+        if not c["name"].startswith("git-sync")
+    ]
+    return containers + [
         (f"SparkApplication/{a['metadata']['name']} {role}", a["spec"][role])
         for a in objects_of(objects, "SparkApplication")
         for role in ("driver", "executor")
     ]
-    containers.append(("airflow values", airflow))
+
+
+def _profile_everywhere(objects: list[Manifest], airflow: Manifest) -> list[str]:
+    containers = [*_containers(objects), ("airflow values", airflow)]
     return [
         f"{where}: TIERLAKE_PROFILE is {_env(c).get('TIERLAKE_PROFILE')!r}, not 'prod'"
         for where, c in containers
         if _env(c).get("TIERLAKE_PROFILE") != "prod"
     ] + _differs("Airflow DAG folder (dags.gitSync.subPath)", airflow["dags"]["gitSync"]["subPath"], "dags")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the archive workers against the Airflow values: they join the chart's Airflow as its own workers do
+
+ARCHIVE_WORKERS = "StatefulSet/tierlake-archive"
+DAGS_MOUNT = "/opt/airflow/dags"  # the chart's dags.mountPath; git-sync links the checkout at <mount>/repo
+# An Airflow setting of the workers: (the values' key naming its Secret, the key inside that Secret).
+_AIRFLOW_SECRETS = {
+    "AIRFLOW__CELERY__BROKER_URL": (("data", "brokerUrlSecretName"), "connection"),
+    "AIRFLOW__CELERY__RESULT_BACKEND": (("data", "resultBackendSecretName"), "connection"),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (("data", "metadataSecretName"), "connection"),
+    "AIRFLOW__CORE__FERNET_KEY": (("fernetKeySecretName",), "fernet-key"),
+}
+
+
+def _secret_refs(container: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    refs = {}
+    for item in container.get("env", []):
+        ref = item.get("valueFrom", {}).get("secretKeyRef")
+        if ref:
+            refs[item["name"]] = (ref["name"], ref["key"])
+    return refs
+
+
+def _value_at(values: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for step in path:
+        values = values.get(step, {}) if isinstance(values, Mapping) else {}
+    return values or None
+
+
+def _archive_workers(objects: list[Manifest], airflow: Manifest) -> list[str]:
+    pod = dict(_pod_specs(objects))[ARCHIVE_WORKERS]
+    worker = next(c for c in pod["containers"] if c["name"] == "worker")
+    env, refs = _env(worker), _secret_refs(worker)
+    image = airflow["images"]["airflow"]
+    values = "infra/k8s/airflow/values.yaml"
+    problems = [
+        *_differs("archive workers' image", worker["image"], f"{image['repository']}:{image['tag']}", source=values),
+        *_differs(
+            "archive workers' AIRFLOW__CORE__EXECUTOR",
+            env.get("AIRFLOW__CORE__EXECUTOR"),
+            airflow["executor"],
+            source=values,
+        ),
+    ]
+    for name, (path, key) in _AIRFLOW_SECRETS.items():
+        problems += _differs(
+            f"archive workers' {name} Secret", refs.get(name), (_value_at(airflow, path), key), source=values
+        )
+    for item in airflow.get("secret", []):
+        wanted = (item["secretName"], item["secretKey"])
+        problems += _differs(
+            f"archive workers' {item['envName']} Secret", refs.get(item["envName"]), wanted, source=values
+        )
+    for item in airflow.get("env", []):
+        problems += _differs(f"archive workers' {item['name']}", env.get(item["name"]), item["value"], source=values)
+    return problems + _archive_dags(pod, worker, airflow["dags"]["gitSync"])
+
+
+def _archive_dags(pod: Manifest, worker: Manifest, git: Mapping[str, Any]) -> list[str]:
+    """The DAGs: a git-sync of the values' repository, branch and period into a volume the worker mounts."""
+    values = "infra/k8s/airflow/values.yaml dags.gitSync"
+    mounted = {m["name"] for m in worker.get("volumeMounts", []) if m["mountPath"] == DAGS_MOUNT}
+    folder = _env(worker).get("AIRFLOW__CORE__DAGS_FOLDER")
+    problems = _differs("archive workers' DAG folder", folder, f"{DAGS_MOUNT}/repo/{git['subPath']}", source=values)
+    syncs = [c for c in [*pod.get("initContainers", []), *pod["containers"]] if c["name"].startswith("git-sync")]
+    if not mounted or not any(c in pod["containers"] for c in syncs):
+        problems.append(f"archive workers: no git-sync container keeps the DAGs mounted at {DAGS_MOUNT}")
+    for sync in syncs:
+        env = _env(sync)
+        seen = (env.get("GITSYNC_REPO"), env.get("GITSYNC_REF"), env.get("GITSYNC_PERIOD"), env.get("GITSYNC_LINK"))
+        wanted = (git["repo"], git["branch"], git["period"], "repo")
+        problems += _differs(f"archive workers' {sync['name']} (repo, ref, period, link)", seen, wanted, source=values)
+        if not mounted & {m["name"] for m in sync.get("volumeMounts", [])}:
+            problems.append(f"archive workers: {sync['name']} does not write the volume mounted at {DAGS_MOUNT}")
+    return problems

@@ -38,20 +38,65 @@ def test_doc_table_is_what_the_recorded_results_give() -> None:
     assert doc == expected, "docs/capacity.md is out of date. Fix: .venv/bin/python bench/capacity.py --write-doc"
 
 
+def test_the_latest_recorded_capacity_run_is_what_the_results_give() -> None:
+    # docs/benchmarks.md shows this run: it must be the plan of the results recorded now, not of older ones.
+    runs = capacity.load_runs(REPO / "bench" / "results", "capacity")
+    assert runs, "bench/results/capacity.jsonl has no run"
+    expected = json.loads(json.dumps(_plan(REPO / "bench" / "results")))
+    assert runs[-1]["result"] == expected, (
+        "bench/results/capacity.jsonl is out of date. Fix: .venv/bin/python bench/report.py record -- "
+        ".venv/bin/python bench/capacity.py, then .venv/bin/python bench/capacity.py --write-doc"
+    )
+
+
+def test_the_plan_is_a_pure_function_of_the_results() -> None:
+    first, second = (_plan(REPO / "bench" / "results") for _ in range(2))
+    assert first == second
+
+
+def test_a_cache_miss_is_costed_at_the_measured_miss_rate(tmp_path: Path) -> None:
+    results = _results_copy(tmp_path)
+    before = _plan(results)
+    miss = before["setup"]["measured"]["edge_miss_mb_s_per_core"]
+    assert miss["derived"] == "rgw_get_mb_s_per_core x miss_vs_boto3_get (low end)"
+    # A cache run without miss_vs_boto3_get: no miss rate, and that is named.
+    _append(results, "cache", {"site_mode_mb_s": 1450.0}, ratios={"site_vs_rgw_direct_4_readers": 3.9})
+    after = _plan(results)
+    assert "edge_miss_mb_s_per_core" not in after["setup"]["measured"]
+    assert any(item.startswith("cache: miss_vs_boto3_get") for item in after["setup"]["not_measured"])
+    busy = [p["figures"]["edge gateway site"]["notes"][0].rsplit(" ", 1)[-1] for p in (before, after)]
+    assert int(busy[1]) < int(busy[0]), "misses costed at the (faster) hit rate need fewer cores"
+
+
+def test_every_assumption_is_named_in_the_table() -> None:
+    table = capacity.table(_plan(REPO / "bench" / "results"))
+    for name in capacity.Assumptions.__dataclass_fields__:
+        assert f"| {name} |" in table, name
+    for name in ("ev_events_per_s", "ev_freshness_p99_s", "archive_tb_per_day"):
+        assert f"| {name} |" in table, name
+
+
 def _results_copy(tmp_path: Path) -> Path:
     results = tmp_path / "results"
     shutil.copytree(REPO / "bench" / "results", results)
     return results
 
 
-def _append(results: Path, bench: str, figures: dict[str, Any], *, setup: dict[str, Any] | None = None) -> None:
+def _append(
+    results: Path,
+    bench: str,
+    figures: dict[str, Any],
+    *,
+    setup: dict[str, Any] | None = None,
+    ratios: dict[str, Any] | None = None,
+) -> None:
     run = {
         "date": "9999-01-01",
         "machine": "test",
         "command": f".venv/bin/python bench/{bench}.py",
         "load_avg": "",
         "note": "",
-        "result": {"bench": bench, "figures": figures, "ratios": {}, "setup": setup or {"cores": 2}},
+        "result": {"bench": bench, "figures": figures, "ratios": ratios or {}, "setup": setup or {"cores": 2}},
     }
     with (results / f"{bench}.jsonl").open("a") as out:
         out.write(json.dumps(run) + "\n")

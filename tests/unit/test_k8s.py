@@ -4,6 +4,7 @@ the vendored Kubernetes and CRD schemas, a broken field fails, and the manifests
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from tierlake.config import Settings, load_settings
 from tierlake.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-AIRFLOW = REPO / "infra" / "k8s" / "airflow" / "values.yaml"
+AIRFLOW = manifests.AIRFLOW_VALUES
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,36 @@ def test_an_object_without_a_vendored_schema_is_reported() -> None:
 
 @pytest.mark.parametrize("size", manifests.OVERLAYS)
 def test_the_manifests_agree_with_conf_prod(size: str, prod: Settings, airflow: dict[str, Any]) -> None:
-    assert manifests.disagreements(_overlay(size), prod, airflow) == []
+    assert manifests.disagreements(_overlay(size), prod, airflow, site=size) == []
+
+
+def test_the_airflow_values_are_valid(airflow: dict[str, Any]) -> None:
+    assert manifests.validate_airflow_values(airflow) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "complaint"),
+    [
+        (["dags", "gitSync", "subpath"], "dags", "dags/gitSync: Additional properties are not allowed ('subpath'"),
+        (["workers", "replicas"], "two", "workers/replicas: 'two' is not of type 'integer'"),
+        (["executor"], "CeleryExecuter", "executor: 'CeleryExecuter' is not one of"),
+        (["images", "airflow", "pullPolicy"], "Sometimes", "images/airflow/pullPolicy: 'Sometimes' is not one of"),
+        (["dags", "gitSync", "period"], 60, "dags/gitSync/period: 60 is not of type 'string'"),
+        (["data", "brokerURLSecretName"], "x", "data: Additional properties are not allowed ('brokerURLSecretName'"),
+        (["redis", "enabled"], "yes", "redis/enabled: 'yes' is not of type 'boolean'"),
+    ],
+)
+def test_a_misspelled_or_mistyped_airflow_value_fails(
+    airflow: dict[str, Any], path: list[str], value: Any, complaint: str
+) -> None:
+    values = copy.deepcopy(airflow)
+    target: Any = values
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    problems = manifests.validate_airflow_values(values)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"airflow values: {complaint}"), problems
 
 
 def _changed(objects: list[manifests.Manifest], kind: str, name: str, *path: Any, value: Any) -> list[Any]:
@@ -106,6 +136,30 @@ DRIFTS = {
     "bucket claims": ("ObjectBucketClaim", "tierlake-mirror", ("spec", "bucketName"), "other"),
     "tierlake-ingest-ev: driver memory": ("SparkApplication", "tierlake-ingest-ev", ("spec", "driver", "memory"), "2g"),
     "edge cache Service port": ("Service", "tierlake-edge-cache", ("spec", "ports", 0, "port"), 9000),
+    "Ceph OSDs (CephCluster storageClassDeviceSets count, overlay small)": (
+        "CephCluster",
+        "rook-ceph",
+        ("spec", "storage", "storageClassDeviceSets", 0, "count"),
+        12,
+    ),
+    "archive workers' DAG folder": (
+        "StatefulSet",
+        "tierlake-archive",
+        ("spec", "template", "spec", "containers", 0, "env", 6, "value"),
+        "/opt/airflow/dags",
+    ),
+    "archive workers' git-sync (repo, ref, period, link)": (
+        "StatefulSet",
+        "tierlake-archive",
+        ("spec", "template", "spec", "containers", 1, "env", 1, "value"),
+        "develop",
+    ),
+    "archive workers' image": (
+        "StatefulSet",
+        "tierlake-archive",
+        ("spec", "template", "spec", "containers", 0, "image"),
+        "registry.example.com/tierlake:0.0.9",
+    ),
 }
 
 
@@ -159,3 +213,85 @@ def test_a_patch_without_a_target_is_refused(tmp_path: Path) -> None:
     (tmp_path / "patch.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: nope, namespace: x}\n")
     with pytest.raises(ConfigError, match=r"patch target .* is not among the resources"):
         manifests.render(tmp_path)
+
+
+def test_every_pool_in_a_zone_counts_towards_kafka_nodes(prod: Settings, airflow: dict[str, Any]) -> None:
+    objects = _overlay("small")
+    for zone in prod.kafka.racks:
+        manifests.one(objects, "KafkaNodePool", zone)["spec"]["replicas"] = 2
+    assert manifests.disagreements(objects, prod, airflow) == [
+        "Kafka brokers (node pools' replicas, overlay small): manifests say 6, conf/prod.yaml says 3"
+    ]
+    manifests.one(objects, "KafkaNodePool", "az-a")["spec"]["replicas"] = 1
+    assert "Kafka node pools' replicas [1, 2, 2]: not one size in every zone" in manifests.disagreements(
+        objects, prod, airflow
+    )
+
+
+def test_conf_prod_states_the_small_site_and_a_large_site_is_at_least_that(
+    prod: Settings, airflow: dict[str, Any]
+) -> None:
+    large = _overlay("large")
+    # The large site's 9 brokers are not conf/prod.yaml's 3: compared as the small site, that is named.
+    assert manifests.disagreements(large, prod, airflow, site="small") == [
+        "Kafka brokers (node pools' replicas, overlay small): manifests say 9, conf/prod.yaml says 3"
+    ]
+    device_sets = manifests.one(large, "CephCluster", "rook-ceph")["spec"]["storage"]["storageClassDeviceSets"]
+    device_sets[0]["count"] = 8
+    assert manifests.disagreements(large, prod, airflow, site="large") == [
+        "Ceph OSDs (overlay large): 8 is below ceph.osds 11"
+    ]
+
+
+def test_spark_master_has_one_source_conf_prod(prod: Settings, airflow: dict[str, Any]) -> None:
+    assert prod.spark.master == manifests.SPARK_OPERATOR_MASTER
+    standalone = replace(prod, spark=replace(prod.spark, master="spark://spark-master.internal:7077"))
+    assert manifests.disagreements(_overlay("small"), standalone, airflow) == [
+        "spark.master (spark-operator's in-cluster API server): manifests say "
+        "'k8s://https://kubernetes.default.svc:443', conf/prod.yaml says 'spark://spark-master.internal:7077'"
+    ]
+    objects = _overlay("small")
+    driver = manifests.one(objects, "SparkApplication", "tierlake-gold-corpus")["spec"]["driver"]
+    driver["env"].append({"name": "TIERLAKE_SPARK__MASTER", "value": manifests.SPARK_OPERATOR_MASTER})
+    assert manifests.disagreements(objects, prod, airflow) == [
+        "SparkApplication/tierlake-gold-corpus driver: TIERLAKE_SPARK__MASTER overrides spark.master of "
+        "conf/prod.yaml. Fix: set it there only"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "complaint"),
+    [
+        (("data", "brokerUrlSecretName"), "airflow-broker-url", "archive workers' AIRFLOW__CELERY__BROKER_URL Secret"),
+        (
+            ("data", "resultBackendSecretName"),
+            "other",
+            "archive workers' AIRFLOW__CELERY__RESULT_BACKEND Secret",
+        ),
+        (("fernetKeySecretName",), "other", "archive workers' AIRFLOW__CORE__FERNET_KEY Secret"),
+        (("executor",), "LocalExecutor", "archive workers' AIRFLOW__CORE__EXECUTOR"),
+        (("dags", "gitSync", "subPath"), "airflow/dags", "archive workers' DAG folder"),
+    ],
+)
+def test_the_archive_workers_follow_the_airflow_values(
+    prod: Settings, airflow: dict[str, Any], path: tuple[str, ...], value: str, complaint: str
+) -> None:
+    values = copy.deepcopy(airflow)
+    target: Any = values
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    problems = manifests.disagreements(_overlay("small"), prod, values)
+    problems = [p for p in problems if not p.startswith("Airflow DAG folder")]  # subPath is also checked alone
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(complaint)
+    assert "infra/k8s/airflow/values.yaml" in problems[0]
+
+
+def test_archive_workers_without_the_dag_sync_are_named(prod: Settings, airflow: dict[str, Any]) -> None:
+    objects = _overlay("small")
+    pod = manifests.one(objects, "StatefulSet", "tierlake-archive")["spec"]["template"]["spec"]
+    pod["containers"] = [c for c in pod["containers"] if c["name"] != "git-sync"]
+    assert manifests.disagreements(objects, prod, airflow) == [
+        f"archive workers: no git-sync container keeps the DAGs mounted at {manifests.DAGS_MOUNT}"
+    ]
