@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 from pipelines.ingest.gold import run_gold_until_caught_up, schema_changed, start_gold
 from pipelines.ingest.silver import silver_tables
 from pipelines.ingest.stream import data_loss, run_ingest_until_caught_up, start_ingest
-from pipelines.lake.lease import TableLease
+from pipelines.lake.lease import TableLease, lease_client
 from tierlake import catalog
 from tierlake.config import Settings
 from tierlake.errors import CommitConflict, IngestFailed, TierlakeError, first_line
-from tiers.s3 import s3_client
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -37,8 +36,10 @@ logger = logging.getLogger(__name__)
 
 
 def entity_leases(settings: Settings, entities: list[str]) -> list[TableLease]:
-    """The writer lease of each entity's tables (not yet taken)."""
-    client, ttl_s = s3_client(settings.s3), settings.maintenance.lease_ttl_s
+    """The writer lease of each entity's tables (not yet taken), on a client of single short calls: a renewal is
+    retried by the lease itself, within its TTL."""
+    ttl_s = settings.maintenance.lease_ttl_s
+    client = lease_client(settings.s3, ttl_s=ttl_s)
     return [TableLease(client, settings.s3.lake_bucket, f"ingest-{entity}", ttl_s=ttl_s) for entity in entities]
 
 
@@ -175,7 +176,8 @@ def run_continuous(
 
     def report() -> None:
         if status_file is not None:
-            _write_status(status_file, [*ingest.queries.values(), *gold.queries.values()], ingest.failed, ingest.paused)
+            queries = [*ingest.queries.values(), *gold.queries.values()]
+            _write_status(status_file, queries, ingest.failed, ingest.paused, paused_since=ingest.paused_since)
 
     try:
         for entity in entities:
@@ -259,8 +261,11 @@ class IngestQueries:
 
     Fencing: an entity whose writer lease cannot be confirmed (an object-store outage) is *paused*: its query is
     stopped and every commit checks the lease first (``gate``), so nothing is written on an unconfirmed lease; it
-    starts again from its checkpoint once the lease is confirmed. A lease taken over by another driver fails the
-    entity for good.
+    starts again from its checkpoint once the lease is confirmed, however long that took (its next renewal then took
+    the lease again: nobody else had). A lease taken over by another driver fails the entity for good, even if that
+    driver has let it go since: two drivers would otherwise trade the entity at every blip, and this one's gold
+    query of it ran on meanwhile; ``ingest stop`` and ``ingest start`` give a clean driver (docs/decisions.md, "A
+    fenced driver takes its lease again only if nobody else took it").
     """
 
     RESTARTS = 3
@@ -278,6 +283,7 @@ class IngestQueries:
         self.queries: dict[str, Any] = {}
         self.failed: dict[str, dict[str, Any]] = {}
         self.paused: dict[str, str] = {}  # entity -> why (its lease is unconfirmed)
+        self.paused_since: dict[str, float] = {}  # entity -> when (unix) it was paused; kept while it stays paused
         self._batch_failures: dict[str, dict[str, Any]] = {}
         self._restarts: dict[str, int] = {}
 
@@ -305,11 +311,13 @@ class IngestQueries:
                 if entity in self.queries:
                     self._stop_in_background(entity)
                 self.paused.pop(entity, None)
+                self.paused_since.pop(entity, None)
                 self.failed[entity] = {"error": f"ingest {entity}: the writer lease {lease.name!r} was taken over"}
                 logger.error("ingest %s stopped for good: its lease was taken over", entity, extra={"entity": entity})
             elif entity in self.queries and not lease.may_commit():
                 self._stop_in_background(entity)
                 self.paused[entity] = f"writer lease {lease.name!r} unconfirmed: {lease.last_error or 'no answer'}"
+                self.paused_since.setdefault(entity, time.time())
                 logger.error("ingest %s paused: %s", entity, self.paused[entity], extra={"entity": entity})
         running = {query.name for query in self._spark.streams.active}  # a query being stopped is still listed
         for entity in list(self.paused):
@@ -325,7 +333,10 @@ class IngestQueries:
             self.start(entity)
         except Exception as exc:  # retried on the next round; the lease decides when writing may go on
             self.paused[entity] = f"could not start again: {first_line(exc)}"
+            self.paused_since.setdefault(entity, time.time())
             logger.warning("ingest %s %s", entity, self.paused[entity], extra={"entity": entity})
+            return
+        self.paused_since.pop(entity, None)
 
     def watch(self) -> None:
         """Fence by the leases, restart or mark failed each stopped query; raise when none is left to run."""
@@ -364,12 +375,15 @@ def _write_status(
     queries: list[Any],
     failed: dict[str, dict[str, Any]] | None = None,
     paused: dict[str, str] | None = None,
+    *,
+    paused_since: dict[str, float] | None = None,
 ) -> None:
     progress = {q.name: (q.lastProgress or {}) for q in queries}
     status = {
         "updated": time.time(),
         "failed": failed or {},
         "paused": paused or {},
+        "paused_since": paused_since or {},  # entity -> unix time: the supervisor judges how long it lasts
         "queries": {
             name: {
                 k: p.get(k)

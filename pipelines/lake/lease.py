@@ -15,8 +15,14 @@ An object-store blip does not end the lease: renewal is retried with backoff. Wh
 holder counts its lease as valid until ``ttl_s`` after the start of its last confirmed renewal; a third of the TTL
 before that it *fences* itself (:meth:`TableLease.may_commit` turns false, :meth:`TableLease.check` raises), so its
 commits stop with margin for clock drift and scheduling. When the store answers again the next renewal either
-extends the same lease (nobody took it: writing resumes) or finds it taken (``lost``: the holder must stop for
-good). The renewing thread never dies on an error; it ends only on ``release`` or a lost lease, saying why.
+creates the next generation (nobody took it, however long the outage: the holder takes its lease again and writing
+resumes) or finds it created by another writer (``lost``: the holder must stop for good, even if that writer has
+released it since; docs/decisions.md, "A fenced driver takes its lease again only if nobody else took it"). The
+renewing thread never dies on an error; it ends only on ``release`` or a lost lease, saying why.
+
+A create whose answer was lost (a timeout after the PUT landed) is retried by the lease's own loop, and the retry is
+refused with 412: the generation is then read back, and one created by this holder (:func:`same_holder`) counts as
+renewed, not lost. Lease calls go through :func:`lease_client`: one attempt each, timeouts well inside the TTL.
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tierlake import catalog
-from tierlake.errors import CommitConflict, ConfigError
+from tierlake.errors import CommitConflict, ConfigError, first_line
 from tierlake.host import alive
+from tiers.s3 import s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+    from tierlake.config import S3Settings
 
 
 logger = logging.getLogger(__name__)
@@ -61,6 +70,43 @@ class LeaseRecord:
         return self.host == host and not alive(self.pid)
 
 
+def same_holder(stored: LeaseRecord, mine: LeaseRecord) -> bool:
+    """Whether ``stored`` (read back from the store) was created by the holder that tried to create ``mine``.
+
+    The body can differ only in ``expires_at`` (each try stamps its own); everything that names the holder and the
+    generation must match.
+    """
+    keys = ("name", "generation", "owner", "host", "pid", "released")
+    return all(getattr(stored, key) == getattr(mine, key) for key in keys)
+
+
+def holds(mine: LeaseRecord, *, stored: LeaseRecord | None, newest: int) -> bool:
+    """Whether creating ``mine`` won the lease: its generation is this holder's (``stored``: what the store has under
+    that key, None when it has nothing readable there) and no writer moved on to a newer one.
+
+    The whole rule of a fenced holder: however long it could not confirm, it resumes when it creates the next
+    generation (the lease was free: taking it again is safe, since only one writer can create a generation), and
+    stops for good when another writer created this generation or a newer one.
+    """
+    return stored is not None and same_holder(stored, mine) and newest <= mine.generation
+
+
+def lease_generation(prefix: str, key: str) -> int | None:
+    """The generation ``key`` names under ``prefix`` (``<prefix>000000000042.json`` -> 42), None for any other key."""
+    stem = key.removeprefix(prefix).removesuffix(".json")
+    if not key.startswith(prefix) or not key.endswith(".json") or not (stem.isascii() and stem.isdigit()):
+        return None
+    return int(stem)
+
+
+def lease_client(s3: S3Settings, *, ttl_s: float) -> S3Client:
+    """An S3 client for lease calls: one attempt each and timeouts of a tenth of the TTL (1-5 s), so a blip costs one
+    short call and the lease's own loop retries within the TTL (botocore's retries would repeat a conditional PUT
+    whose answer was lost, and spend the TTL waiting)."""
+    timeout_s = min(5.0, max(1.0, ttl_s / 10))
+    return s3_client(s3, connect_timeout_s=timeout_s, read_timeout_s=timeout_s, attempts=1)
+
+
 class TableLease:
     """The writer lease of one set of tables (e.g. an entity's silver, quarantine and dropped)."""
 
@@ -77,6 +123,8 @@ class TableLease:
         self.fenced = threading.Event()  # set while the lease could not be confirmed in time
         self.valid_until = 0.0  # monotonic: ttl_s after the start of the last confirmed create
         self.last_error = ""
+        self._tries: dict[int, float] = {}  # generation -> monotonic start of the first create of it not yet settled
+        self._ignored: set[str] = set()  # keys under the lease prefix that name no generation (logged once)
         # Told, after each confirmed create, how many seconds commits stay allowed (0: none): the storage layer's
         # own fence (the Spark log store's, ``pipelines.ingest.driver``) follows the lease without a second clock.
         self.on_confirmed: Callable[[float], None] | None = None
@@ -84,22 +132,64 @@ class TableLease:
     def _key(self, generation: int) -> str:
         return f"{catalog.lease_prefix(self.name)}{generation:012d}.json"
 
+    def _generations(self) -> dict[int, str]:
+        """generation -> key of the lease objects in the store; a key that names no generation is ignored."""
+        prefix = catalog.lease_prefix(self.name)
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        found: dict[int, str] = {}
+        for key in (o["Key"] for o in listed.get("Contents", []) if "Key" in o):
+            generation = lease_generation(prefix, key)
+            if generation is not None:
+                found[generation] = key
+            elif key not in self._ignored:
+                self._ignored.add(key)
+                logger.warning("lease %s: ignoring %s, not a <generation>.json lease object", self.name, key)
+        return found
+
     def _newest(self) -> int:
         """The highest generation in the store."""
-        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=catalog.lease_prefix(self.name))
-        keys = [o["Key"] for o in listed.get("Contents", []) if "Key" in o]
-        return max((int(k.rsplit("/", 1)[1].removesuffix(".json")) for k in keys), default=0)
+        return max(self._generations(), default=0)
 
     def current(self) -> LeaseRecord | None:
-        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=catalog.lease_prefix(self.name))
-        keys = sorted(o["Key"] for o in listed.get("Contents", []) if "Key" in o)
-        if not keys:
+        generations = self._generations()
+        if not generations:
             return None
-        body = self.client.get_object(Bucket=self.bucket, Key=keys[-1])["Body"].read()
+        body = self.client.get_object(Bucket=self.bucket, Key=generations[max(generations)])["Body"].read()
         return LeaseRecord(**json.loads(body))
 
+    def _stored(self, generation: int) -> LeaseRecord | None:
+        """The record under ``generation``'s key; None when it is gone (deleted by a writer that moved on) or is not
+        a lease record."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(generation))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        try:
+            return LeaseRecord(**json.loads(body))
+        except (ValueError, TypeError):
+            return None
+
+    def _put(self, record: LeaseRecord) -> bool:
+        """Create ``record``'s generation; False when it exists already (412)."""
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(record.generation),
+                IfNoneMatch="*",
+                Body=json.dumps(asdict(record)).encode(),
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise
+        return True
+
     def _create(self, generation: int, *, released: bool = False) -> LeaseRecord | None:
+        """Create ``generation``; the record held, or None when another writer holds the lease (see :func:`holds`)."""
         started = time.monotonic()  # the lease counts from before the request: a slow answer shortens it
+        first_try = self._tries.setdefault(generation, started)
         record = LeaseRecord(
             name=self.name,
             generation=generation,
@@ -109,23 +199,24 @@ class TableLease:
             expires_at=time.time() + self.ttl_s,
             released=released,
         )
-        try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(generation), IfNoneMatch="*", Body=json.dumps(asdict(record)).encode()
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-                return None  # someone else created this generation first
-            raise
-        if self._newest() > generation:
-            # Another writer moved on while we were away (a pause past the TTL) and deleted old generations, so our
-            # create of one it had deleted succeeded: it is not ours to hold.
+        stored: LeaseRecord | None = record
+        if not self._put(record):
+            # Taken: by another writer, or by an earlier try of ours whose answer was lost. That try started no
+            # earlier than the first one of this generation, so the lease counts from there.
+            stored, started = self._stored(generation), first_try
+        # A newer generation: another writer moved on while we were away (a pause past the TTL) and deleted old
+        # generations, so our create of one it had deleted succeeded; it is not ours to hold.
+        won = holds(record, stored=stored, newest=self._newest())
+        self._tries.pop(generation, None)
+        if not won or stored is None:
             return None
+        if stored is not record:
+            logger.info("lease %s: generation %d was created by an earlier try of ours", self.name, generation)
         self.valid_until = started + self.ttl_s
         self._tell(0.0 if released else self.valid_until - self.margin_s - time.monotonic())
         if generation > 2:  # keep the last generations for the record; delete older ones
             self.client.delete_object(Bucket=self.bucket, Key=self._key(generation - 3))
-        return record
+        return stored
 
     def _tell(self, commit_for_s: float) -> None:
         if self.on_confirmed is not None:
@@ -185,22 +276,31 @@ class TableLease:
         )
 
     def _renew_once(self) -> bool:
-        """One renewal attempt; False when the store could not be reached (retry), raises when the lease is lost."""
+        """One renewal attempt; True when confirmed with time to spare, False to retry soon; raises
+        :class:`CommitConflict` when the lease is lost. Any other error counts as unconfirmed: the TTL decides."""
         try:
             self.renew()
-        except (BotoCoreError, ClientError) as exc:  # a blip: retried; CommitConflict (taken over) propagates
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            if not self.fenced.is_set() and time.monotonic() >= self.valid_until - self.margin_s:
-                self.fenced.set()
-                logger.error("lease %s unconfirmed, commits stop: %s", self.name, self.last_error)
-            else:
-                logger.warning("lease %s: renewal failed, retrying: %s", self.name, self.last_error)
+        except CommitConflict:
+            raise
+        except Exception as exc:  # a blip (BotoCoreError, ClientError) or anything else: retried, never fatal
+            self._unconfirmed(exc)
             return False
         if self.fenced.is_set():
             logger.warning("lease %s confirmed again, commits resume", self.name)
         self.fenced.clear()
         self.last_error = ""
-        return True
+        return self.may_commit()  # confirmed by an old try of ours that already ran out: renew again soon
+
+    def _unconfirmed(self, exc: Exception) -> None:
+        """Say in one line why a renewal failed; fence (log once) when the lease can no longer be counted on."""
+        self.last_error = _cause(exc)
+        if not isinstance(exc, BotoCoreError | ClientError):
+            logger.debug("lease %s: unexpected renewal error", self.name, exc_info=exc)  # the traceback: debug only
+        if not self.fenced.is_set() and time.monotonic() >= self.valid_until - self.margin_s:
+            self.fenced.set()
+            logger.error("lease %s unconfirmed, commits stop: %s", self.name, self.last_error)
+        else:
+            logger.warning("lease %s: renewal failed, retrying: %s", self.name, self.last_error)
 
     def start_renewing(self) -> None:
         def loop() -> None:
@@ -212,6 +312,9 @@ class TableLease:
                     logger.error("lease %s lost, this driver must stop writing: %s", self.name, exc)
                     self.lost.set()
                     return
+                except Exception as exc:  # the thread must not die: a failed bookkeeping step is one more retry
+                    logger.error("lease %s: renewal round failed, retrying: %s", self.name, _cause(exc))
+                    ok = False
                 wait_s = self.ttl_s / 3 if ok else min(1.0, self.ttl_s / 6)
 
         self._renewer = threading.Thread(target=loop, name=f"lease-{self.name}", daemon=True)
@@ -228,8 +331,10 @@ class TableLease:
         if self.held is not None and not self.lost.is_set():
             try:
                 self._create(self.held.generation + 1, released=True)
-            except (BotoCoreError, ClientError) as exc:  # the lease then ends by its TTL
-                logger.warning("lease %s: release failed (%s); it expires in %.0f s", self.name, exc, self.ttl_s)
+            except Exception as exc:  # the lease then ends by its TTL
+                logger.warning(
+                    "lease %s: release failed (%s); it expires in %.0f s", self.name, _cause(exc), self.ttl_s
+                )
         self._tell(0.0)
         self.held = None
 
@@ -240,3 +345,11 @@ class TableLease:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _cause(exc: BaseException) -> str:
+    """One line: the error's type and first line, and its cause's when it has one."""
+    line = f"{type(exc).__name__}: {first_line(exc)}"
+    if exc.__cause__ is not None:
+        line += f" (caused by {type(exc.__cause__).__name__}: {first_line(exc.__cause__)})"
+    return line

@@ -86,5 +86,5 @@ def test_an_rgw_outage_pauses_ingest_and_it_resumes_with_nothing_lost_or_doubled
     assert reconcile(spark, oracle.settings(), entity=oracle.entity)["balanced"]
     log = driver_log.read_bytes()[log_start:].decode(errors="replace")
     assert "paused" in log, "the driver said why it stopped committing"
-    assert 'Exception in thread "lease-' not in log, "the lease's renewing thread never died"
+    assert "Exception in thread lease-" not in log, "the lease's renewing thread never died"
     assert "StackOverflowError" not in log
