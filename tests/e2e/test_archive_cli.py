@@ -18,6 +18,7 @@ from deltalake import write_deltalake
 
 from infra import procs
 from infra.stack import LocalStack
+from tests.e2e.cli import tierlake
 from tierlake.config import Settings, load_settings
 from tiers.s3 import delta_storage_options
 from tiers.tape.library import Library
@@ -44,15 +45,7 @@ def _env(tmp_path: Path, table: str, **extra: str) -> dict[str, str]:
 
 
 def _tierlake(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tierlake.cli", "archive", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return tierlake(["archive", *args], env=env)
 
 
 def _table(settings: Settings, table: str) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from tests.e2e.cli import tierlake
 from tierlake.config import Settings
 from tiers.s3 import delta_storage_options
 
@@ -21,15 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _tierlake(*args: str, cache_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TIERLAKE_PROFILE": "ci", "TIERLAKE_CACHE__DIR": str(cache_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", "tierlake.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return tierlake(list(args), env=env, timeout_s=300)
 
 
 def test_warm_stats_verify_pin_and_evict(settings: Settings, tmp_path: Path) -> None:

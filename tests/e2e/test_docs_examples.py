@@ -7,26 +7,22 @@ every line to succeed. The compliance block needs an archive run first and stays
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from infra.stack import LocalStack
-from tests.unit.test_docs import README, code_blocks
+from tests.e2e.cli import tierlake
+from tests.unit.test_docs import readme_block
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def data_engineer_block() -> list[str]:
-    text = README.read_text()
-    section = text.index("## For data engineers")
-    block = next(b for b in code_blocks(README) if b.language == "bash" and text.index(b.code) > section)
-    return [line for line in block.code.splitlines() if line.strip()]
+    return readme_block("## For data engineers")
 
 
 @pytest.fixture
@@ -36,15 +32,7 @@ def stopped_driver(stack: LocalStack) -> Iterator[LocalStack]:
 
 
 def _tierlake(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tierlake.cli", *argv],
-        cwd=REPO,
-        env={**os.environ, "TIERLAKE_PROFILE": "ci"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return tierlake(argv)
 
 
 @pytest.mark.slow

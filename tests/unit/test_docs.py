@@ -53,7 +53,7 @@ DOCS = [*MINE, *sorted(set((REPO / "docs").glob("*.md")) - set(MINE))]
 # Guides other people are writing: links to them may point at nothing until they land, and only these.
 PENDING_GUIDES = {REPO / "docs" / name for name in ("cache.md", "loader.md", "tape.md")}
 LANGUAGES = {"python", "bash", "yaml", "text"}
-README_LIMIT = 15 * 1024
+README_LIMIT = 15_000  # "at most 15 KB", read as 15,000 bytes
 FENCE = re.compile(r"^```(\S*)\s*$")
 
 
@@ -86,6 +86,15 @@ def code_blocks(path: Path, text: str | None = None) -> list[Block]:
     if opened is not None:
         raise AssertionError(f"{path.relative_to(REPO)}:{opened[0]}: a code fence is never closed")
     return blocks
+
+
+def readme_block(heading: str) -> list[str]:
+    """The non-empty lines of the README's first bash block after ``heading`` (a user's example, run as written by
+    the e2e tests)."""
+    text = README.read_text()
+    section = text.index(heading)
+    block = next(b for b in code_blocks(README) if b.language == "bash" and text.index(b.code) > section)
+    return [line for line in block.code.splitlines() if line.strip()]
 
 
 def prose(path: Path) -> str:
