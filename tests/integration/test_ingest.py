@@ -16,10 +16,13 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +46,12 @@ from pipelines.ingest.driver import run_until_caught_up
 from pipelines.ingest.gold_corpus import SEQ_LEN, decode
 from pipelines.ingest.offsets import CheckpointOffsets
 from pipelines.ingest.silver import silver_tables
+from pipelines.lake import maintenance
 from pipelines.synthetic.datasets import BAD_KINDS, EV_SPACING_S, Record, ev_stream, good_records, recent_start
 from pipelines.synthetic.produce import producer_config
 from tierlake import catalog
 from tierlake.config import Settings, load_settings
+from tierlake.errors import NotFound
 from tiers.s3 import delta_storage_options
 
 if TYPE_CHECKING:
@@ -172,6 +177,49 @@ class Oracle:
         return rows
 
 
+class Maintenance:
+    """The lake_maintenance DAG's work on an oracle's bronze and silver, in a loop beside its drivers: OPTIMIZE
+    (delta-rs, ``dataChange: false``) and a log checkpoint every round, VACUUM (Spark, the default retention) every
+    ``vacuum_every`` rounds when given a session. What ran is counted in ``done``; errors are kept for the test."""
+
+    def __init__(self, oracle: Oracle, *, spark: SparkSession | None = None, vacuum_every: int = 8) -> None:
+        self.settings = oracle.settings()
+        self.tables = [f"silver/{oracle.entity}", f"bronze/{catalog.topic_folder(oracle.topic)}"]
+        self.spark, self.vacuum_every = spark, vacuum_every
+        self.done: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
+
+    def __enter__(self) -> Maintenance:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=300)
+        assert not self._thread.is_alive(), "maintenance did not stop"
+
+    def _loop(self) -> None:
+        rounds = 0
+        while not self._stop.wait(2):
+            rounds += 1
+            for table in self.tables:
+                self._run("optimize", partial(maintenance.optimize, self.settings, table))
+                self._run("checkpoint", partial(maintenance.checkpoint, self.settings, table))
+                if self.spark is not None and rounds % self.vacuum_every == 3:  # the first at round 3
+                    self._run("vacuum", partial(maintenance.vacuum, self.spark, self.settings, table))
+
+    def _run(self, what: str, step: Callable[[], object]) -> None:
+        try:
+            step()
+            self.done[what] += 1
+        except NotFound:  # the first batch has not created the table yet
+            pass
+        except Exception as exc:  # reported by the test
+            self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+
+
 def ingest_in_session(spark: SparkSession, settings: Settings, entities: list[str]) -> None:
     """What `tierlake ingest run` does, in the test session's Spark: for records a test only needs in the lake.
 
@@ -205,21 +253,37 @@ def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: 
     # Phase 2: tens of thousands of records with every bad kind, ingested through three driver kills and the
     # loss of a partition leader.
     oracle.produce(_phase_two(EVENTS, seed=4))
-    for attempt in range(3):
-        oracle.ingest(kill_after_s=rng.uniform(15, 45))
-        if attempt == 1:
-            admin = AdminClient({"bootstrap.servers": stack.settings.kafka.bootstrap()})
-            leader = admin.list_topics(oracle.topic, timeout=10).topics[oracle.topic].partitions[0].leader
-            procs.kill9(stack.kafka.node(leader).daemon)
-    result = oracle.ingest()
+    # Table maintenance runs beside the drivers all along, as the lake_maintenance DAG does beside a stream: the
+    # results below must be the same as without it.
+    with Maintenance(oracle, spark=spark) as beside:
+        for attempt in range(3):
+            oracle.ingest(kill_after_s=rng.uniform(15, 45))
+            if attempt == 1:
+                admin = AdminClient({"bootstrap.servers": stack.settings.kafka.bootstrap()})
+                leader = admin.list_topics(oracle.topic, timeout=10).topics[oracle.topic].partitions[0].leader
+                procs.kill9(stack.kafka.node(leader).daemon)
+        result = oracle.ingest()
     assert result is not None
     assert result.returncode == 0, result.stderr[-3000:]
     stack.up()  # the killed broker comes back
+    assert not beside.errors, beside.errors
+    assert set(beside.done) == {"optimize", "checkpoint", "vacuum"}, beside.done
+    operations = {entry["operation"] for entry in maintenance.history(oracle.settings(), f"silver/{oracle.entity}")}
+    assert "OPTIMIZE" in operations, operations  # a compaction committed between the appends
 
+    silver = assert_every_record_landed_once(oracle, spark)
+
+    # Gold, its own query, went through the same kills.
+    assert_gold_matches(oracle, silver)
+
+
+def assert_every_record_landed_once(oracle: Oracle, spark: SparkSession) -> list[dict[str, Any]]:
+    """The oracle's verdict after a run with every bad kind: each good record in silver once, each bad one in
+    quarantine or dropped under its rule at its offset, reconciliation balanced, each commit naming its batch's
+    offsets. Returns silver's rows."""
     silver = oracle.table("silver")
     ids = Counter(row["event_id"] for row in silver)
-    expected_silver = {r.event_id for r in oracle.expect.values() if r.expect == "silver"}
-    assert set(ids) == expected_silver
+    assert set(ids) == {r.event_id for r in oracle.expect.values() if r.expect == "silver"}
     assert max(ids.values()) == 1, "every good event exactly once"
     got = {(row["partition"], row["offset"]): f"quarantine:{row['rule']}" for row in oracle.table("quarantine")}
     got |= {(row["partition"], row["offset"]): f"dropped:{row['reason']}" for row in oracle.table("dropped")}
@@ -227,14 +291,16 @@ def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: 
     assert got == wanted
     assert {k.split(":")[1] for k in wanted.values()} == set(BAD_KINDS) - {"unknown_fields"}
     assert any(row["extra_fields"] for row in silver), "unknown fields are kept, not dropped"
-
     report = reconcile(spark, oracle.settings(), entity=oracle.entity)
     assert report["balanced"], json.dumps(report, indent=2)
     assert sum(p["bronze"] for p in report["partitions"]) == len(oracle.expect)
-    _commit_offsets_are_the_rows_offsets(oracle, spark)
+    assert_commit_offsets_match_rows(oracle, spark)
+    return silver
 
-    # Gold, its own query, went through the same kills: every silver row sits in exactly one window of each
-    # length, and every flagged reading is flagged exactly once.
+
+def assert_gold_matches(oracle: Oracle, silver: list[dict[str, Any]]) -> None:
+    """Every silver row sits in exactly one gold window of each length, and every reading that must be flagged is
+    flagged exactly once."""
     windows = oracle.gold("windows")
     for minutes in (1, 15):
         assert sum(w["samples"] for w in windows if w["window_minutes"] == minutes) == len(silver), minutes
@@ -248,7 +314,7 @@ def test_exactly_once_through_driver_and_broker_kills(stack: LocalStack, spark: 
     assert max(flagged.values()) == 1
 
 
-def _commit_offsets_are_the_rows_offsets(oracle: Oracle, spark: SparkSession) -> None:
+def assert_commit_offsets_match_rows(oracle: Oracle, spark: SparkSession) -> None:
     """Each batch's Kafka offsets, which its commits record for the lineage, are read from the query's checkpoint
     (``offsets/<batch>``), not from its rows: through the kills above they must still be the lowest and highest
     offset of each partition's rows of that batch in bronze, both as the checkpoint gives them and in silver's log."""

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,10 +27,8 @@ import pytest
 from infra.stack import LocalStack
 from pipelines.checks.reconcile import reconcile
 from pipelines.ingest.ledger import PAUSE_AFTER_GATE_ENV
-from pipelines.lake import maintenance
 from pipelines.synthetic.datasets import EV_SPACING_S, good_records, recent_start
-from tests.integration.test_ingest import REPO, Oracle
-from tierlake.errors import NotFound
+from tests.integration.test_ingest import REPO, Maintenance, Oracle
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -40,6 +37,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TTL_S = 6  # fences 4 s after its last renewal
+ROUNDS = 4  # two drivers started at once, this many times
 
 
 def _wait(what: str, done: Callable[[], bool], *, timeout_s: float = 240) -> None:
@@ -47,20 +45,6 @@ def _wait(what: str, done: Callable[[], bool], *, timeout_s: float = 240) -> Non
     while not done():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
-
-
-def _optimize_until(stop: threading.Event, oracle: Oracle, done: list[int], errors: list[str]) -> None:
-    """OPTIMIZE the entity's silver table in a loop (delta-rs, beside both drivers) until ``stop``."""
-    settings = oracle.settings()
-    table = f"silver/{oracle.entity}"
-    while not stop.wait(2):
-        try:
-            maintenance.optimize(settings, table)
-            done.append(1)
-        except NotFound:  # the first batch has not created it yet
-            pass
-        except Exception as exc:  # reported at the end of the test
-            errors.append(f"{type(exc).__name__}: {exc}")
 
 
 def _state(pid: int) -> str:
@@ -127,53 +111,45 @@ def test_a_driver_resumed_after_another_took_over_commits_nothing_more(
     first = int((stack.settings.run_dir / "ingest" / "driver.pid").read_text().split()[0])
     first_log = stack.settings.run_dir / "ingest" / "driver.log"
     second_started = False
-    stop_optimizing = threading.Event()
-    optimized: list[int] = []
-    optimize_errors: list[str] = []
-    optimizer = threading.Thread(
-        target=_optimize_until, args=(stop_optimizing, oracle, optimized, optimize_errors), daemon=True
-    )
-    optimizer.start()
-    try:
-        _wait("the first 200 records in silver", lambda: sum(_silver_ids(oracle).values()) == 200)
-        trigger.touch()  # the next commit pauses the first driver after its lease check
-        oracle.produce(records[200:400])
-        _wait("the first driver to stop itself at the fault point", lambda: _state(first) == "T")
-        time.sleep(TTL_S + 1)  # its lease expires while it is stopped (nothing else can be waited on here)
-        second = _cli(second_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
-        second_started = second.returncode == 0
-        assert second_started, second.stderr[-3000:]
-        _wait("the second driver to land 400 records", lambda: sum(_silver_ids(oracle).values()) >= 400)
-        os.killpg(first, signal.SIGCONT)  # the first resumes inside the commit it had started
-        oracle.produce(records[400:])
-        _wait("the second driver to land all 600 records", lambda: sum(_silver_ids(oracle).values()) >= 600)
-        _wait(
-            "the first driver to say it lost its lease",
-            lambda: "taken over by another writer" in first_log.read_text(errors="replace"),
-            timeout_s=60,
-        )
-        time.sleep(3)  # a commit the first driver would still make lands within its next trigger
-    finally:
-        stop_optimizing.set()
-        optimizer.join(timeout=120)
-        if _state(first) == "T":
-            os.killpg(first, signal.SIGCONT)
-        assert _cli(first_env, "ingest", "stop").returncode == 0
-        if second_started:
-            assert _cli(second_env, "ingest", "stop").returncode == 0
-    assert optimized, "OPTIMIZE ran beside the drivers"
-    assert not optimize_errors
+    with Maintenance(oracle) as beside:  # OPTIMIZE and log checkpoints beside both drivers
+        try:
+            _wait("the first 200 records in silver", lambda: sum(_silver_ids(oracle).values()) == 200)
+            trigger.touch()  # the next commit pauses the first driver after its lease check
+            oracle.produce(records[200:400])
+            _wait("the first driver to stop itself at the fault point", lambda: _state(first) == "T")
+            time.sleep(TTL_S + 1)  # its lease expires while it is stopped (nothing else can be waited on here)
+            second = _cli(second_env, "ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
+            second_started = second.returncode == 0
+            assert second_started, second.stderr[-3000:]
+            _wait("the second driver to land 400 records", lambda: sum(_silver_ids(oracle).values()) >= 400)
+            os.killpg(first, signal.SIGCONT)  # the first resumes inside the commit it had started
+            oracle.produce(records[400:])
+            _wait("the second driver to land all 600 records", lambda: sum(_silver_ids(oracle).values()) >= 600)
+            _wait(
+                "the first driver to say it lost its lease",
+                lambda: "taken over by another writer" in first_log.read_text(errors="replace"),
+                timeout_s=60,
+            )
+            time.sleep(3)  # a commit the first driver would still make lands within its next trigger
+        finally:
+            if _state(first) == "T":
+                os.killpg(first, signal.SIGCONT)
+            assert _cli(first_env, "ingest", "stop").returncode == 0
+            if second_started:
+                assert _cli(second_env, "ingest", "stop").returncode == 0
+    assert beside.done["optimize"], "OPTIMIZE ran beside the drivers"
+    assert not beside.errors, beside.errors
     _assert_landed_once_and_first_stopped(spark, oracle, records, first_log)
 
 
 def test_two_drivers_started_at_once_never_both_write(stack: LocalStack, spark: SparkSession, tmp_path: Path) -> None:
-    """Twice, two `ingest run` of one entity start together: exactly one takes the lease and writes, the other
+    """Four times, two `ingest run` of one entity start together: exactly one takes the lease and writes, the other
     refuses before its first commit, naming the owner. Afterwards every record is in silver once; reconcile balances."""
     oracle = Oracle(stack)
     base = {**os.environ, **oracle.env()}
-    records = list(good_records("ev", 200, seed=58, start=recent_start(200, EV_SPACING_S)))
+    records = list(good_records("ev", 100 * ROUNDS, seed=58, start=recent_start(100 * ROUNDS, EV_SPACING_S)))
     argv = [sys.executable, "-m", "tierlake.cli", "--profile", "ci", "ingest", "run", "--entity", oracle.entity]
-    for round_ in range(2):
+    for round_ in range(ROUNDS):
         oracle.produce(records[round_ * 100 : (round_ + 1) * 100])
         envs = [
             {
