@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -92,11 +93,28 @@ def _fetching_broker(stats: dict[str, Any], topic: str) -> int | None:
 def _produce_in_chunks(oracle: Oracle, records: list[Record]) -> None:
     for start in range(0, len(records), CHUNK):
         oracle.produce(records[start : start + CHUNK])
+        time.sleep(0.2)  # a steady stream, so that the rack dies with records still coming
+
+
+def _silver_rows(oracle: Oracle) -> int:
+    try:
+        return len(oracle.table("silver"))
+    except Exception:
+        return 0
+
+
+def _wait(what: str, done: Callable[[], bool], *, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
 
 
 def test_a_rack_killed_during_produce_and_ingest_loses_and_repeats_nothing(
     stack: LocalStack, spark: SparkSession
 ) -> None:
+    """The streaming driver (`ingest start`, fetching from the killed rack's replicas) is landing records and the
+    producer is sending more when every broker of one rack is killed: the driver stays up and lands the rest."""
     oracle = _RackOracle(stack)
     placement = stack.kafka.replica_racks(oracle.topic)
     assert all(len(set(racks)) == 3 for racks in placement.values()), placement
@@ -104,19 +122,26 @@ def test_a_rack_killed_during_produce_and_ingest_loses_and_repeats_nothing(
     oracle.produce(records[:2000])
     killed = stack.kafka.rack_nodes(KILLED_RACK)
     assert killed, f"no local broker in rack {KILLED_RACK}"
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        ingesting = pool.submit(oracle.ingest)
-        producing = pool.submit(_produce_in_chunks, oracle, records[2000:])
-        while len(oracle.expect) < RECORDS // 2 and not producing.done():
-            time.sleep(0.05)
-        assert not producing.done(), "the rack must die while records are still being produced"
-        for node in killed:
-            procs.kill9(node.daemon)
-        producing.result()  # every record acknowledged by the two racks left (min.insync.replicas 2)
-        during = ingesting.result()
-    assert during is not None
-    oracle.ingest_in_session(spark)  # catches up whatever the run during the kill had not reached
-    stack.up()  # the killed rack comes back
+    started = oracle.cli("ingest", "start", "--entity", oracle.entity, "--trigger-s", "1")
+    assert started.returncode == 0, started.stderr[-3000:]
+    try:
+        _wait("the stream's first records in silver", lambda: _silver_rows(oracle) > 0)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            producing = pool.submit(_produce_in_chunks, oracle, records[2000:])
+            while len(oracle.expect) < RECORDS // 2 and not producing.done():
+                time.sleep(0.05)
+            assert not producing.done(), "the rack must die while records are still being produced"
+            alive = oracle.cli("ingest", "status")
+            assert alive.returncode == 0, f"the driver must be ingesting when the rack dies: {alive.stdout}"
+            for node in killed:
+                procs.kill9(node.daemon)
+            producing.result()  # every record acknowledged by the two racks left (min.insync.replicas 2)
+        _wait("every record in silver", lambda: _silver_rows(oracle) >= RECORDS)
+        after = oracle.cli("ingest", "status")
+        assert after.returncode == 0, f"the driver went on through the outage: {after.stdout}{after.stderr}"
+    finally:
+        assert oracle.cli("ingest", "stop").returncode == 0
+        stack.up()  # the killed rack comes back
     assert stack.kafka.brokers() == [1, 2, 3]
 
     assert len(oracle.expect) == RECORDS, "every produced record was acknowledged"

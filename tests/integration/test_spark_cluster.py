@@ -4,8 +4,10 @@ worker, the master and the driver killed by kill -9 mid-stream.
 Two workers of one core each (``infra/spark.py``). One streaming driver (``ingest serve``) runs on the cluster while
 records arrive in parts: a worker is killed and the stream goes on with the other; restarted, it gets an executor of
 the application again; the master is killed, the stream goes on, and a restarted master recovers the workers and the
-application from its recovery folder; then the driver is killed and a new one catches up. Every record lands once,
-reconciliation balances, and no process of ours carries the S3 secret on its command line.
+application from its recovery folder; then the driver is killed mid-batch (stopped at a commit by the fault hook)
+and a new one catches up. Every record lands once, reconciliation balances, each commit names its batch's offsets,
+gold matches silver, VACUUM and OPTIMIZE run on the cluster, and no process of ours carries the S3 secret on its
+command line.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,10 +27,17 @@ from deltalake.exceptions import TableNotFoundError
 from infra import procs
 from infra.spark import SparkCluster
 from infra.stack import LocalStack
-from pipelines.checks.reconcile import reconcile
+from pipelines.ingest.ledger import PAUSE_AFTER_GATE_ENV
 from pipelines.ingest.silver import silver_tables
-from pipelines.synthetic.datasets import BAD_KINDS, EV_SPACING_S, good_records, recent_start
-from tests.integration.test_ingest import REPO, Oracle, _phase_two
+from pipelines.synthetic.datasets import EV_SPACING_S, good_records, recent_start
+from tests.integration.test_ingest import (
+    REPO,
+    Oracle,
+    _phase_two,
+    assert_every_record_landed_once,
+    assert_gold_matches,
+)
+from tests.integration.test_ingest_pause import _state
 from tiers.s3 import delta_storage_options
 
 if TYPE_CHECKING:
@@ -57,12 +65,13 @@ class ClusterOracle(Oracle):
     def env(self) -> dict[str, str]:
         return {**super().env(), "TIERLAKE_SPARK__MASTER": self.master_url}
 
-    def serve(self) -> subprocess.Popen[bytes]:
+    def serve(self, pause_trigger: Path) -> subprocess.Popen[bytes]:
+        """The streaming driver; it stops itself (SIGSTOP) at its next commit once ``pause_trigger`` exists."""
         argv = [sys.executable, "-m", "tierlake.cli", "ingest", "serve", "--entity", self.entity, "--trigger-s", "1"]
         return subprocess.Popen(
             argv,
             cwd=REPO,
-            env={**os.environ, **self.env()},
+            env={**os.environ, **self.env(), PAUSE_AFTER_GATE_ENV: str(pause_trigger)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -102,15 +111,16 @@ def _secret_on_a_command_line(secret: str) -> list[int]:
 
 
 def test_exactly_once_through_worker_master_and_driver_kills(
-    stack: LocalStack, cluster: SparkCluster, spark: SparkSession
+    stack: LocalStack, cluster: SparkCluster, spark: SparkSession, tmp_path: Path
 ) -> None:
     oracle = ClusterOracle(stack, cluster)
+    pause = tmp_path / "pause-at-next-commit"
     log = stack.settings.run_dir / "logs" / "spark.log"
     start = recent_start(6 * PART, EV_SPACING_S)
     oracle.produce(list(good_records("ev", PART, seed=3, start=start)))
     records = _phase_two(4 * PART, seed=4)
     parts = [records[i * PART : (i + 1) * PART] for i in range(4)]
-    driver = oracle.serve()
+    driver = oracle.serve(pause)
     try:
         _until("the first part landed", lambda: oracle.landed() == len(oracle.expect), driver, log)
         _until("executors on both workers", lambda: all(cluster.executors(w) for w in cluster.workers), driver, log)
@@ -133,8 +143,11 @@ def test_exactly_once_through_worker_master_and_driver_kills(
         oracle.produce(parts[2])
         _until("part 3 landed", lambda: oracle.landed() == len(oracle.expect), driver, log)
 
-        # The driver dies mid-batch; a new one on the cluster catches up.
+        # The driver dies mid-batch: the fault hook stops it at its next commit (part 4's batch, its offsets taken
+        # and nothing of it committed, or gold's), then it is killed; a new one on the cluster catches up.
+        pause.touch()
         oracle.produce(parts[3])
+        _until("the driver stopped at a commit", lambda: _state(driver.pid) == "T", driver, log)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
@@ -142,18 +155,12 @@ def test_exactly_once_through_worker_master_and_driver_kills(
     assert result is not None
     assert result.returncode == 0, result.stderr[-3000:]
 
-    silver = oracle.table("silver")
-    ids = Counter(row["event_id"] for row in silver)
-    assert set(ids) == {r.event_id for r in oracle.expect.values() if r.expect == "silver"}
-    assert max(ids.values()) == 1, "every good event exactly once"
-    got = {(row["partition"], row["offset"]): f"quarantine:{row['rule']}" for row in oracle.table("quarantine")}
-    got |= {(row["partition"], row["offset"]): f"dropped:{row['reason']}" for row in oracle.table("dropped")}
-    wanted = {key: record.expect for key, record in oracle.expect.items() if record.expect != "silver"}
-    assert got == wanted
-    assert {k.split(":")[1] for k in wanted.values()} == set(BAD_KINDS) - {"unknown_fields"}
-    report = reconcile(spark, oracle.settings(), entity=oracle.entity)
-    assert report["balanced"], report
-    assert sum(p["bronze"] for p in report["partitions"]) == len(oracle.expect)
+    silver = assert_every_record_landed_once(oracle, spark)
+    assert_gold_matches(oracle, silver)  # gold ran on the cluster too (`ingest run` ends with it)
+    # Maintenance on the cluster: VACUUM's Spark job (a dry run: nothing is old enough) and OPTIMIZE (delta-rs).
+    for action in ("vacuum", "optimize"):
+        done = oracle.cli("table", action, f"silver/{oracle.entity}", "--json")
+        assert done.returncode == 0, f"table {action} on the cluster: {done.stderr[-2000:]}"
 
 
 def _recovered(cluster: SparkCluster) -> bool:
