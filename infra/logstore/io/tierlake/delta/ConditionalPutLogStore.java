@@ -4,10 +4,13 @@ import io.delta.storage.S3SingleDriverLogStore;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
 import java.util.Iterator;
 import java.util.Map;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.atomic.AtomicLong;
 import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.FSDataInputStream;
 import org.apache.hadoop.fs.FSDataOutputStream;
 import org.apache.hadoop.fs.FSDataOutputStreamBuilder;
 import org.apache.hadoop.fs.FileSystem;
@@ -23,7 +26,9 @@ import org.apache.hadoop.fs.s3a.RemoteFileChangedException;
  * two drivers, or a Spark driver and delta-rs, can overwrite each other. Here every new log entry is created with a
  * conditional PUT (hadoop-aws's {@code fs.option.create.conditional.overwrite}), so the object store decides which
  * writer owns a version. The loser gets {@link java.nio.file.FileAlreadyExistsException}, which Delta answers with its
- * own conflict check and, when the transactions do not conflict, a retry at the next version. delta-rs does the same
+ * own conflict check and, when the transactions do not conflict, a retry at the next version. A refusal of an entry
+ * that already holds this write's own bytes (the SDK retried a PUT that had landed) is this write's success, not a
+ * lost race: otherwise Delta would commit the same append again at the next version. delta-rs does the same
  * with its {@code conditional_put} option, so Spark and delta-rs writers are arbitrated by one rule.
  *
  * <p>Fences: the driver that holds a table's writer lease says after each confirmed renewal how long it may still
@@ -38,6 +43,9 @@ public class ConditionalPutLogStore extends S3SingleDriverLogStore {
   /** hadoop-aws (3.4.2+) create-file option: PUT with {@code If-None-Match: *}. */
   static final String CONDITIONAL_CREATE = "fs.option.create.conditional.overwrite";
 
+  /** Log entries this JVM's writers lost to another writer (the object store answered 412). */
+  private static final AtomicLong LOST_RACES = new AtomicLong();
+
   /** Table path prefix -> System.nanoTime() after which its commits are refused. */
   private static final Map<String, Long> FENCES = new ConcurrentHashMap<>();
 
@@ -48,6 +56,11 @@ public class ConditionalPutLogStore extends S3SingleDriverLogStore {
   /** Commits under {@code prefix} (e.g. {@code s3a://lake/silver/ev/}) are allowed for the next {@code millis} ms. */
   public static void fence(String prefix, long millis) {
     FENCES.put(prefix, System.nanoTime() + Math.max(0L, millis) * 1_000_000L);
+  }
+
+  /** How many log entries this JVM's writers lost to another writer since it started (the object store's 412s). */
+  public static long lostRaces() {
+    return LOST_RACES.get();
   }
 
   /** Forget the fence of {@code prefix} (the writer no longer holds a lease there). */
@@ -89,9 +102,25 @@ public class ConditionalPutLogStore extends S3SingleDriverLogStore {
       out.close();
     } catch (IOException e) {
       if (lostTheRace(e)) {
+        if (holds(fs, path, entry)) {
+          return; // our own PUT had landed and its answer was lost: the SDK's retry met it, not another writer
+        }
+        LOST_RACES.incrementAndGet();
         throw new java.nio.file.FileAlreadyExistsException(path.toString());
       }
       throw e;
+    }
+  }
+
+  /**
+   * Whether the entry at {@code path} is byte for byte {@code entry}. Delta's commit info carries the transaction's
+   * own id and time, so another writer's entry never matches; an unreadable entry counts as another writer's.
+   */
+  static boolean holds(FileSystem fs, Path path, byte[] entry) {
+    try (FSDataInputStream in = fs.open(path)) {
+      return Arrays.equals(in.readAllBytes(), entry);
+    } catch (IOException unreadable) {
+      return false;
     }
   }
 
