@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from deltalake import CommitProperties, write_deltalake
 
 from pipelines.ingest.silver import commit_metadata
 from pipelines.lake.mirror import mirror_prefix
+from tests.e2e.cli import tierlake
 from tests.unit.loader_tables import token_rows
+from tests.unit.test_docs import readme_block
 from tierlake.config import Settings
 from tiers.s3 import s3_client
 from training.manifest import MANIFEST_NAME, Manifest, verify_folder
@@ -42,21 +45,45 @@ def _tierlake(settings: Settings, env: dict[str, str], *args: str) -> subprocess
     return subprocess.run(command, check=False, env=env, cwd=settings.root, capture_output=True, text=True, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def trained(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
-    """A run of 20 steps over a table whose two commits carry the Kafka offsets of two ingest batches."""
-    root = tmp_path_factory.mktemp("ckpt-cli")
+def _train(settings: Settings, root: Path, run: str, *, steps: int, env: dict[str, str]) -> str:
+    """The example trainer's run of ``steps`` over a table whose two commits carry the Kafka offsets of two ingest
+    batches; returns the table."""
     table = str(root / "table")
     for batch, ranges in enumerate(BATCHES["corpus.docs"]):
         metadata = commit_metadata("corpus", batch, {"corpus.docs": ranges})
         props = CommitProperties(custom_metadata={"userMetadata": metadata})
         write_deltalake(table, token_rows(batch * 300, 300), mode="append", commit_properties=props)
-    run = f"cli-{uuid.uuid4().hex[:8]}"
-    command = [sys.executable, "-m", "training.example", "--run", run, "--table", table, "--steps", "20"]
+    command = [sys.executable, "-m", "training.example", "--run", run, "--table", table, "--steps", str(steps)]
     command += ["--when-busy", "wait"]  # every step is saved: what the tiers hold does not hang on timing
-    done = subprocess.run(command, check=False, env=_env(root), cwd=settings.root, capture_output=True, text=True)
+    done = subprocess.run(command, check=False, env=env, cwd=settings.root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    return run, root, table
+    return table
+
+
+@pytest.fixture(scope="module")
+def trained(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """A run of 20 steps (:func:`_train`)."""
+    root = tmp_path_factory.mktemp("ckpt-cli")
+    run = f"cli-{uuid.uuid4().hex[:8]}"
+    return run, root, _train(settings, root, run, steps=20, env=_env(root))
+
+
+def test_readme_trainer_block_runs_as_written(settings: Settings, tmp_path: Path) -> None:
+    """The README's checkpoint commands, as written, on a run named as they name it (under a prefix of its own)."""
+    env = {**_env(tmp_path), "TIERLAKE_CHECKPOINT__PREFIX": f"tests/readme-{uuid.uuid4().hex[:8]}/checkpoints"}
+    _train(settings, tmp_path, "myrun", steps=4, env=env)
+    lines = readme_block("## For trainers")
+    assert [shlex.split(line)[:3] for line in lines] == [
+        ["tierlake", "checkpoint", "verify"],
+        ["tierlake", "lineage", "trace"],
+    ], lines
+    for line in lines:
+        result = tierlake(shlex.split(line)[1:], env=env)
+        assert result.returncode == 0, f"README line {line!r} exited {result.returncode}: {result.stderr[-2000:]}"
+        assert result.stdout.strip(), f"README line {line!r} printed nothing"
+    verified = tierlake(["checkpoint", "verify", "myrun"], env=env).stdout.splitlines()
+    assert {line.split()[0] for line in verified} == {"local", "edge", "rgw"}, verified  # every tier's copies: ok
+    assert all(line.endswith(": ok") for line in verified), verified
 
 
 def test_list_show_verify_and_a_damaged_copy(settings: Settings, trained: tuple[str, Path, str]) -> None:
