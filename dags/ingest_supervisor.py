@@ -1,6 +1,6 @@
 """ingest_supervisor: every 5 minutes, check that the streaming ingestion driver is alive and fresh, restart a dead
-one, flag a stale one (the freshness task fails, which alerts), and announce a new version of the training table
-(the asset event that schedules cache_warmup)."""
+one, flag a stale, failed or long-paused one (the freshness task fails, which alerts), and announce a new version of
+the training table (the asset event that schedules cache_warmup)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,12 @@ def ingest_supervisor() -> None:
         from tierlake.config import load_settings  # noqa: PLC0415
 
         status = run_tierlake("ingest", "status", "--json", ok_codes=(0, 3, 7))
-        limit = load_settings().maintenance.max_ingest_staleness_s
-        return asdict(ingest_health(status, max_staleness_s=limit))
+        settings = load_settings().maintenance
+        # An entity paused (its writer lease unconfirmed) longer than a lease TTL is an outage, not a blip.
+        verdict = ingest_health(
+            status, max_staleness_s=settings.max_ingest_staleness_s, max_paused_s=settings.lease_ttl_s
+        )
+        return asdict(verdict)
 
     @task
     def restart_if_dead(verdict: dict[str, Any]) -> Any:
@@ -42,7 +46,7 @@ def ingest_supervisor() -> None:
 
     @task
     def freshness(verdict: dict[str, Any]) -> str:
-        if verdict["verdict"] in ("stale", "failed"):
+        if verdict["verdict"] in ("stale", "failed", "degraded"):
             raise AirflowFailException(f"ingestion is {verdict['verdict']}: {verdict['reason']}")
         return str(verdict["reason"])
 

@@ -213,29 +213,36 @@ def table_stats(settings: Settings, table: str, version: int | None = None) -> T
     )
 
 
-_METRICS = {
-    "version": "the table's latest Delta version",
-    "files": "data files in the latest snapshot",
-    "bytes": "bytes of data files in the latest snapshot",
-    "rows": "rows in the latest snapshot (from the add actions' stats)",
-    "small_files": "data files under a quarter of maintenance.target_file_mb (OPTIMIZE compacts them)",
-    "last_commit_s": "Unix time of the latest commit",
-    "partitions": "partitions (days) in the latest snapshot; 0 for an unpartitioned table",
-    "max_files_per_partition": "data files in the partition that has the most (small files per day)",
+TABLE_METRICS = {
+    "version": ("version", "the table's latest Delta version"),
+    "files": ("files", "data files in the latest snapshot"),
+    "bytes": ("bytes", "bytes of data files in the latest snapshot"),
+    "rows": ("rows", "rows in the latest snapshot (from the add actions' stats)"),
+    "small_files": ("small_files", "data files under a quarter of maintenance.target_file_mb (OPTIMIZE compacts them)"),
+    "last_commit_s": ("last_commit_timestamp_seconds", "Unix time of the latest commit"),
+    "partitions": ("partitions", "partitions (days) in the latest snapshot; 0 for an unpartitioned table"),
+    "max_files_per_partition": (
+        "max_files_per_partition",
+        "data files in the partition that has the most (small files per day)",
+    ),
 }
+"""TableStats field -> (metric name after ``tierlake_table_``, help): the one name table of this text file and of
+``tierlake metrics serve`` (``pipelines.observe.metrics``), so the two never disagree on a name."""
 
 
 def export_metrics(stats: list[TableStats], path: Path) -> Path:
-    """Write the stats as a Prometheus text file (node-exporter textfile collector), atomically."""
+    """Write the stats as a Prometheus text file (node-exporter textfile collector), atomically; the same names
+    ``tierlake metrics serve`` exposes (:data:`TABLE_METRICS`)."""
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile  # noqa: PLC0415
 
     registry = CollectorRegistry()
     gauges = {
-        name: Gauge(f"tierlake_table_{name}", text, ["table"], registry=registry) for name, text in _METRICS.items()
+        field_name: Gauge(f"tierlake_table_{name}", text, ["table"], registry=registry)
+        for field_name, (name, text) in TABLE_METRICS.items()
     }
     for entry in stats:
-        for name, gauge in gauges.items():
-            gauge.labels(table=entry.table).set(getattr(entry, name))
+        for field_name, gauge in gauges.items():
+            gauge.labels(table=entry.table).set(getattr(entry, field_name))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)  # writes a temp file, then renames it over the old one
     return path
@@ -418,15 +425,26 @@ def history(settings: Settings, table: str, *, limit: int | None = None) -> list
 
 @dataclass(frozen=True, kw_only=True)
 class IngestHealth:
-    verdict: str  # "ok", "dead" (restart it), "stale" (no progress for too long) or "failed" (an entity gave up)
+    # "ok", "dead" (restart it), "stale" (no progress for too long), "failed" (an entity gave up) or "degraded" (an
+    # entity paused, its writer lease unconfirmed, for longer than max_paused_s)
+    verdict: str
     running: bool
     pid: int | None
     staleness_s: float | None
     reason: str
 
 
-def ingest_health(status: Mapping[str, Any], *, max_staleness_s: float) -> IngestHealth:
-    """Judge ``tierlake ingest status --json``: is the driver alive, and did its queries report lately?"""
+# An entity pauses while its writer lease is unconfirmed and resumes within a second of the store answering again, so
+# a pause shorter than a lease TTL (maintenance.lease_ttl_s, 30 s by default) is a blip that healed itself; one longer
+# is an outage an operator should hear of. The driver stays fresh meanwhile (it keeps writing its status).
+MAX_PAUSED_S = 30.0
+
+
+def ingest_health(
+    status: Mapping[str, Any], *, max_staleness_s: float, max_paused_s: float = MAX_PAUSED_S, now: float | None = None
+) -> IngestHealth:
+    """Judge ``tierlake ingest status --json``: is the driver alive, did its queries report lately, and has no entity
+    been paused (fenced: its writer lease unconfirmed) for longer than ``max_paused_s``? ``now``: unix time."""
     running = bool(status.get("running"))
     pid = status.get("pid")
     staleness = status.get("seconds_since_update")
@@ -451,4 +469,25 @@ def ingest_health(status: Mapping[str, Any], *, max_staleness_s: float) -> Inges
             staleness_s=staleness_s,
             reason=f"last progress {staleness_s:.0f} s ago > max_ingest_staleness_s {max_staleness_s:g}",
         )
+    if paused := _paused_too_long(status, max_paused_s=max_paused_s, now=time.time() if now is None else now):
+        return IngestHealth(verdict="degraded", running=True, pid=pid, staleness_s=staleness_s, reason=paused)
     return IngestHealth(verdict="ok", running=True, pid=pid, staleness_s=staleness_s, reason="alive and fresh")
+
+
+def _paused_too_long(status: Mapping[str, Any], *, max_paused_s: float, now: float) -> str:
+    """The entities paused for longer than ``max_paused_s``, why, and the fix; "" when none. A pause with no start
+    (a driver older than ``paused_since``) counts as too long."""
+    since = status.get("paused_since") or {}
+    late = []
+    for entity, why in sorted((status.get("paused") or {}).items()):
+        started = since.get(entity)
+        paused_s = now - float(started) if isinstance(started, int | float) else None
+        if paused_s is None or paused_s > max_paused_s:
+            how_long = "for an unknown time" if paused_s is None else f"for {paused_s:.0f} s"
+            late.append(f"{entity} paused {how_long} > max_paused_s {max_paused_s:g}: {why}")
+    if not late:
+        return ""
+    return (
+        "; ".join(late) + ". Fix: make the object store answer (`tierlake stack status`); the entity resumes by itself "
+        "once its lease is confirmed; if it stays paused, `tierlake ingest stop` then `tierlake ingest start`"
+    )

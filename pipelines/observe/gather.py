@@ -1,5 +1,6 @@
 """Gather the operator's view of the whole lake into one :class:`LakeReport`: ingestion, Kafka lag, tables, the
-edge cache, the cold tier and training checkpoints, each with its verdicts.
+edge cache, the cold tier and training checkpoints (listed by the CLI, see :mod:`pipelines.observe.checkpoints`),
+each with its verdicts.
 
 A part that cannot be read (RGW down, Kafka unreachable, a broken catalog) does not stop the others: it becomes an
 ERR verdict naming what failed and how to look further, so the page always says what it could not see.
@@ -10,40 +11,42 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from pipelines.lake.maintenance import table_stats
 from pipelines.observe import verdicts as v
-from pipelines.observe.ingestion import EntityIngest, client_for, entity_ingest
+from pipelines.observe.checkpoints import CheckpointTierRow, TrainingCheckpoints, checkpoint_rows
+from pipelines.observe.dag_runs import MaintenanceRuns
+from pipelines.observe.ingestion import EntityIngest, entity_ingest
 from pipelines.observe.lag import PartitionLag, topic_lag
+from pipelines.observe.tables import TableRow, table_row
 from tierlake import catalog
 from tierlake.config import Settings
-from tierlake.errors import NotFound, TierlakeError
+from tierlake.errors import TierlakeError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-HISTORY_SCAN = 200
-"""Commits read back from the newest to find the last OPTIMIZE and VACUUM (older ones show as "not in the last 200")."""
-
-
-@dataclass(kw_only=True)
-class TableRow:
-    table: str
-    exists: bool
-    version: int = -1
-    files: int = 0
-    small_files: int = 0
-    bytes: int = 0
-    rows: int = 0
-    last_commit_s: float = 0.0
-    last_checkpoint: int | None = None
-    last_optimize_s: float | None = None
-    last_vacuum_s: float | None = None
-    partitions: int = 0  # day partitions (0: not partitioned)
-    max_files_per_partition: int = 0  # the small-file signal of a day-partitioned table (OPTIMIZE brings it to 1)
+READ_FIXES = {
+    "ingestion": "`tierlake ingest reconcile --entity {entity}` (reads the same tables, in Spark)",
+    "kafka": "`tierlake stack status` (is Kafka up?) and `tierlake ingest status`",
+    "table": "`tierlake table history {table}`",
+    "vacuums": "`tierlake stack status` (is RGW up?); `tierlake lineage trace <table>` reads the same records",
+    "cache": "`tierlake cache stats`",
+    "archive": '`tierlake archive query "SELECT count(*) FROM catalog"`',
+    "training": "`tierlake checkpoint list`",
+}
+"""The fix of each part that could not be read: the command that reads the same thing and shows the error whole
+(``{table}`` and ``{entity}`` filled in; ``<table>``: the operator's pick)."""
+__all__ = [
+    "READ_FIXES",
+    "LakeReport",
+    "TableRow",
+    "build_report",
+    "guarded",
+    "known_tables",
+]  # TableRow: pipelines.observe.tables
 
 
 @dataclass(kw_only=True)
@@ -56,7 +59,8 @@ class LakeReport:
     tables: list[TableRow] = field(default_factory=list)
     cache: dict[str, Any] | None = None
     archive: dict[str, Any] | None = None
-    checkpoints: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[CheckpointTierRow] | None = None  # None: not listed (no lister passed, or it failed)
+    maintenance: MaintenanceRuns | None = None  # the maintenance DAG's last runs (None: not read)
     driver: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -103,50 +107,6 @@ def known_tables(settings: Settings, extra: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def table_row(settings: Settings, table: str) -> TableRow:
-    """Stats of one table, its last checkpoint, and its last OPTIMIZE and VACUUM within :data:`HISTORY_SCAN` commits."""
-    from pipelines.lake.maintenance import open_table  # noqa: PLC0415
-
-    try:
-        stats = table_stats(settings, table)
-    except NotFound:
-        return TableRow(table=table, exists=False)
-    row = TableRow(
-        table=table,
-        exists=True,
-        version=stats.version,
-        files=stats.files,
-        small_files=stats.small_files,
-        bytes=stats.bytes,
-        rows=stats.rows,
-        last_commit_s=stats.last_commit_s,
-        partitions=stats.partitions,
-        max_files_per_partition=stats.max_files_per_partition,
-    )
-    for entry in open_table(settings, table).history(HISTORY_SCAN):
-        operation, at_s = str(entry.get("operation", "")), float(entry.get("timestamp", 0)) / 1000
-        if operation == "OPTIMIZE" and row.last_optimize_s is None:
-            row.last_optimize_s = at_s
-        if operation.startswith("VACUUM") and row.last_vacuum_s is None:
-            row.last_vacuum_s = at_s
-    row.last_checkpoint = last_checkpoint(settings, table)
-    return row
-
-
-def last_checkpoint(settings: Settings, table: str) -> int | None:
-    """The version of the table's last checkpoint (``_delta_log/_last_checkpoint``), None if it has none."""
-    from botocore.exceptions import ClientError  # noqa: PLC0415
-
-    client = client_for(settings)
-    try:
-        body = client.get_object(Bucket=settings.s3.lake_bucket, Key=f"{table}/_delta_log/_last_checkpoint")["Body"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    return int(json.loads(body.read())["version"])
-
-
 def cache_section(settings: Settings) -> dict[str, Any] | None:
     """The node's edge cache counters (None: this node has no cache yet; the report does not create one)."""
     if not (settings.cache.directory / "index.sqlite").exists():
@@ -167,19 +127,6 @@ def cache_section(settings: Settings) -> dict[str, Any] | None:
     }
 
 
-def checkpoint_section(settings: Settings) -> dict[str, Any]:
-    """Training checkpoints: tierlake does not write them yet, so the report counts only the objects found under
-    the mirror's checkpoint prefixes and reads no step from them."""
-    client = client_for(settings)
-    objects, size = 0, 0
-    for prefix in settings.mirror.checkpoint_prefixes:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=settings.s3.lake_bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                objects += 1
-                size += int(item.get("Size", 0))
-    return {"prefixes": list(settings.mirror.checkpoint_prefixes), "objects": objects, "bytes": size}
-
-
 def driver_section(settings: Settings, *, running: bool | None) -> dict[str, Any]:
     """The streaming driver's last status file (``tierlake ingest start`` writes it) and whether it runs."""
     status_file = settings.run_dir / "ingest" / "status.json"
@@ -194,27 +141,24 @@ def build_report(
     grace_s: float = v.DEFAULT_LAG_GRACE_S,
     driver_running: bool | None = None,
     extra_tables: list[str] | None = None,
+    training: Callable[[], TrainingCheckpoints] | None = None,
+    vacuums: Callable[[], Mapping[str, float]] | None = None,
+    maintenance: Callable[[], MaintenanceRuns] | None = None,
 ) -> LakeReport:
-    """The whole report, every part read now. ``driver_running``: whether an ingest driver runs (the CLI knows)."""
+    """The whole report, every part read now. From the CLI, which may import ``training``: ``driver_running``,
+    whether an ingest driver runs; ``training`` lists the training checkpoints per tier (None: not shown);
+    ``vacuums`` reads the VACUUM lineage records, table path -> newest record's time (None: only the log's);
+    ``maintenance`` reads the maintenance DAG's last runs (None: not shown)."""
     from pipelines.observe.archive import archive_section  # noqa: PLC0415
 
     report = LakeReport(generated_s=time.time(), since_s=since_s)
     report.driver = driver_section(settings, running=driver_running)
     _ingestion(report, settings, grace_s=grace_s)
-    for table in known_tables(settings, extra_tables or []):
-        row = guarded(report, "tables", table, f"`tierlake table history {table}`", partial(table_row, settings, table))
-        if row is None:
-            continue
-        report.tables.append(row)
-        if row.exists:
-            report.verdicts += v.table_verdicts(
-                table,
-                files=row.files,
-                small_files=row.small_files,
-                version=row.version,
-                last_checkpoint=row.last_checkpoint,
-            )
-    report.cache = guarded(report, "cache", "edge cache", "`tierlake cache stats`", lambda: cache_section(settings))
+    _tables(report, settings, known_tables(settings, extra_tables or []), vacuums)
+    if maintenance is not None:
+        report.maintenance = maintenance()
+        report.verdicts += v.maintenance_verdicts(report.maintenance)
+    report.cache = guarded(report, "cache", "edge cache", READ_FIXES["cache"], lambda: cache_section(settings))
     if report.cache is not None:
         c = report.cache
         report.verdicts += v.cache_verdicts(
@@ -227,26 +171,51 @@ def build_report(
         report,
         "archive",
         "archive catalog",
-        '`tierlake archive query "SELECT count(*) FROM catalog"`',
+        READ_FIXES["archive"],
         lambda: archive_section(settings),
     )
     if report.archive is not None:
         report.verdicts += report.archive.pop("verdicts")
-    checkpoints = guarded(
-        report,
-        "training",
-        "training checkpoints",
-        "check s3 access to mirror.checkpoint_prefixes",
-        lambda: checkpoint_section(settings),
-    )
-    report.checkpoints = checkpoints or {}
+    if training is not None:
+        _training(report, training)
     return report
+
+
+def _tables(
+    report: LakeReport, settings: Settings, tables: list[str], vacuums: Callable[[], Mapping[str, float]] | None
+) -> None:
+    fix = READ_FIXES["vacuums"]
+    vacuumed = (guarded(report, "tables", "VACUUM lineage records", fix, vacuums) if vacuums else None) or {}
+    for table in tables:
+        read = partial(table_row, settings, table, vacuumed_s=vacuumed.get(table))
+        row = guarded(report, "tables", table, READ_FIXES["table"].format(table=table), read)
+        if row is None:
+            continue
+        report.tables.append(row)
+        if row.exists:
+            report.verdicts += v.table_verdicts(
+                table,
+                files=row.files,
+                small_files=row.small_files,
+                version=row.version,
+                last_checkpoint=row.last_checkpoint,
+            )
+
+
+def _training(report: LakeReport, training: Callable[[], TrainingCheckpoints]) -> None:
+    found = guarded(report, "training", "training checkpoints", READ_FIXES["training"], training)
+    if found is None:
+        return
+    report.checkpoints = checkpoint_rows(found)
+    report.verdicts += [
+        v.checkpoint_tier_verdict(row.tier, error=row.error, checkpoints=row.checkpoints) for row in report.checkpoints
+    ]
 
 
 def _ingestion(report: LakeReport, settings: Settings, *, grace_s: float) -> None:
     running = bool(report.driver.get("running"))
     for entity, spec in settings.entities.items():
-        fix = f"`tierlake ingest reconcile --entity {entity}`"
+        fix = READ_FIXES["ingestion"].format(entity=entity)
         ingest = guarded(
             report,
             "ingestion",
@@ -277,7 +246,7 @@ def _ingestion(report: LakeReport, settings: Settings, *, grace_s: float) -> Non
             report,
             "kafka",
             f"lag of {spec.topic}",
-            "`tierlake stack status` (is Kafka up?) and `tierlake ingest status`",
+            READ_FIXES["kafka"],
             partial(topic_lag, settings, spec.topic, since_s=report.since_s, grace_s=grace_s, driver_running=running),
         )
         for partition in lag or []:

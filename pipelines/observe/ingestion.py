@@ -5,11 +5,14 @@ The report must build in seconds, and a Spark session alone takes longer than th
 the figures that ``pipelines.checks`` computes in Spark are computed here from the same data by other engines:
 
 - freshness: as ``pipelines.checks.freshness`` defines it (Kafka's timestamp to the moment the commit that added
-  the row's file became visible, the commit file's object time), per silver commit since ``since``;
-- records per second: the ``numRecords`` statistic of each file a bronze commit added, per commit;
+  the row's file became visible, the commit file's object time), per silver commit since ``since``, at most
+  :data:`MAX_COMMITS` of them sampled across the window;
+- records per second: the ``numRecords`` statistic of each file a bronze commit added over the time since the
+  commit before it, per sampled commit;
 - reconciliation: ``pipelines.checks.reconcile``'s invariant inside the lake (every bronze offset in exactly one of
   silver, quarantine or dropped; no holes between bronze's first and last offset), joined in DuckDB. What Kafka holds
-  past bronze is the lag section's (``pipelines.observe.lag``).
+  past bronze is the lag section's (``pipelines.observe.lag``). It covers every offset bronze holds: all time, not
+  the window.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +33,8 @@ from tiers.s3 import delta_storage_options, s3_client
 logger = logging.getLogger(__name__)
 _CLIENTS: dict[int, Any] = {}
 MAX_COMMITS = 120
-"""Newest commits read per table for the time series: bounds the report's build time on a busy table."""
+"""Commits read per table for the time series: bounds the report's build time on a busy table. The window's commits
+are sampled across it (:func:`sample_commits`), so a long ``--since`` is covered end to end, not its last minutes."""
 
 
 def client_for(settings: Settings) -> Any:
@@ -43,11 +48,21 @@ def client_for(settings: Settings) -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class Commit:
-    """One Delta commit: when it became visible and the data files it added (path -> numRecords or None)."""
+    """One Delta commit: when it became visible, when the commit before it did (None: the first in the log), and the
+    data files it added (path -> numRecords or None)."""
 
     version: int
     at_s: float
+    previous_at_s: float | None
     added: dict[str, int | None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Commits:
+    """The commits read of a table's window, and how many the window holds (``read`` is a sample when fewer)."""
+
+    read: list[Commit]
+    in_window: int
 
 
 @dataclass(kw_only=True)
@@ -55,34 +70,77 @@ class EntityIngest:
     entity: str
     topic: str
     freshness: list[tuple[float, float, float, int]] = field(default_factory=list)  # (at, p50, p99, rows) per commit
-    rates: list[tuple[float, int]] = field(default_factory=list)  # (commit time, records) of bronze commits
+    rates: list[tuple[float, int, float]] = field(default_factory=list)  # (commit time, records, s since the previous)
     quarantine_by_rule: dict[str, int] = field(default_factory=dict)
     window_counts: dict[str, int] = field(default_factory=dict)  # silver, quarantine, dropped since `since`
-    reconcile: list[dict[str, Any]] = field(default_factory=list)  # per partition
+    reconcile: list[dict[str, Any]] = field(default_factory=list)  # per partition, over all time (not the window)
+    silver_commits: tuple[int, int] = (0, 0)  # (read, in the window) behind ``freshness``
+    bronze_commits: tuple[int, int] = (0, 0)  # (read, in the window) behind ``rates``
 
 
-def commits_since(settings: Settings, table: str, *, since_s: float, limit: int = MAX_COMMITS) -> list[Commit]:
-    """The table's commits visible since ``since_s`` (the newest ``limit``), oldest first, with their added files."""
+def sample_commits(times: Sequence[float], limit: int) -> list[int]:
+    """Positions of at most ``limit`` commits among ``times`` (commit times, oldest first), spread across their span:
+    the span cut into ``limit`` equal buckets, the newest commit of each bucket that has one (so the newest commit
+    is always among them). All of them when there are no more than ``limit``."""
+    if len(times) <= limit:
+        return list(range(len(times)))
+    first = times[0]
+    width = (times[-1] - first) / limit or 1.0
+    newest_per_bucket: dict[int, int] = {}
+    for position, at_s in enumerate(times):
+        newest_per_bucket[min(int((at_s - first) / width), limit - 1)] = position
+    return sorted(newest_per_bucket.values())
+
+
+def added_files(body: bytes) -> dict[str, int | None]:
+    """The data files one commit file added (path -> numRecords, None without stats); compaction's are left out."""
+    added: dict[str, int | None] = {}
+    for line in body.decode("utf-8").splitlines():
+        action = json.loads(line).get("add") if line.strip() else None
+        if action and action.get("dataChange", True):
+            stats = json.loads(action["stats"]) if action.get("stats") else {}
+            added[str(action["path"])] = stats.get("numRecords")
+    return added
+
+
+def window_commits(
+    listed: Sequence[tuple[int, float, str]], read: Callable[[str], bytes], *, since_s: float, limit: int
+) -> Commits:
+    """The commits of ``listed`` (version, visible since, key: every commit file of the log) visible since
+    ``since_s``, sampled across the window (:func:`sample_commits`), each read with ``read(key)``."""
+    ordered = sorted(listed)
+    first = next((n for n, (_, at_s, _) in enumerate(ordered) if at_s >= since_s), len(ordered))
+    window = ordered[first:]
+    chosen = [first + n for n in sample_commits([at_s for _, at_s, _ in window], limit)]
+    read_commits = [
+        Commit(
+            version=ordered[n][0],
+            at_s=ordered[n][1],
+            previous_at_s=ordered[n - 1][1] if n else None,
+            added=added_files(read(ordered[n][2])),
+        )
+        for n in chosen
+    ]
+    return Commits(read=read_commits, in_window=len(window))
+
+
+def commits_since(settings: Settings, table: str, *, since_s: float, limit: int = MAX_COMMITS) -> Commits:
+    """The table's commits visible since ``since_s`` (at most ``limit``, spread across the window), oldest first,
+    with their added files."""
     client = client_for(settings)
     bucket = settings.s3.lake_bucket
-    log = f"{table}/_delta_log/"
     listed: list[tuple[int, float, str]] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=log):
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{table}/_delta_log/"):
         for item in page.get("Contents", []):
             key = item.get("Key", "")
             stem = key.rsplit("/", 1)[-1].removesuffix(".json")
-            if key.endswith(".json") and stem.isdigit() and item["LastModified"].timestamp() >= since_s:
+            if key.endswith(".json") and stem.isdigit():
                 listed.append((int(stem), item["LastModified"].timestamp(), key))
-    commits = []
-    for version, at_s, key in sorted(listed)[-limit:]:
-        added: dict[str, int | None] = {}
-        for line in client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8").splitlines():
-            action = json.loads(line).get("add") if line.strip() else None
-            if action and action.get("dataChange", True):
-                stats = json.loads(action["stats"]) if action.get("stats") else {}
-                added[str(action["path"])] = stats.get("numRecords")
-        commits.append(Commit(version=version, at_s=at_s, added=added))
-    return commits
+
+    def read(key: str) -> bytes:
+        return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    return window_commits(listed, read, since_s=since_s, limit=limit)
 
 
 def _kafka_times(settings: Settings, table: str, path: str) -> pa.Array:
@@ -98,12 +156,12 @@ def _kafka_times(settings: Settings, table: str, path: str) -> pa.Array:
     return pc.divide(pc.cast(micros, pa.float64()), 1e6)
 
 
-def freshness_series(settings: Settings, table: str, *, since_s: float) -> list[tuple[float, float, float, int]]:
-    """Per commit of ``table`` since ``since_s``: (commit time, p50 s, p99 s, rows) of commit time minus Kafka time."""
+def freshness_series(settings: Settings, commits: Commits, table: str) -> list[tuple[float, float, float, int]]:
+    """Per commit read of ``table``: (commit time, p50 s, p99 s, rows) of commit time minus Kafka time."""
     import numpy as np  # noqa: PLC0415
 
     series = []
-    for commit in commits_since(settings, table, since_s=since_s):
+    for commit in commits.read:
         times = [_kafka_times(settings, table, path).to_numpy() for path in commit.added]
         if not times or not sum(len(t) for t in times):
             continue
@@ -113,9 +171,15 @@ def freshness_series(settings: Settings, table: str, *, since_s: float) -> list[
     return series
 
 
-def rate_series(settings: Settings, table: str, *, since_s: float) -> list[tuple[float, int]]:
-    """Per commit of ``table`` since ``since_s``: (commit time, records it added), from the files' statistics."""
-    return [(c.at_s, sum(n or 0 for n in c.added.values())) for c in commits_since(settings, table, since_s=since_s)]
+def rate_series(commits: Commits) -> list[tuple[float, int, float]]:
+    """Per commit read: (commit time, records it added, seconds since the commit before it), from the files'
+    statistics; the rate at that commit is records over seconds (a sampled commit's own predecessor, so skipped
+    commits do not dilute it). The log's first commit has no predecessor and no rate."""
+    return [
+        (c.at_s, sum(n or 0 for n in c.added.values()), c.at_s - c.previous_at_s)
+        for c in commits.read
+        if c.previous_at_s is not None
+    ]
 
 
 def _arrow(settings: Settings, table: str, columns: list[str]) -> pa.Table | None:
@@ -220,12 +284,17 @@ def entity_ingest(settings: Settings, entity: str, *, since_s: float) -> EntityI
     spec = settings.entities[entity]
     lake = settings.s3.lake_bucket
     counts, rules = window_outcomes(settings, entity, since_s=since_s)
+    silver, bronze = catalog.silver(lake, entity).path, catalog.bronze(lake, spec.topic).path
+    silver_commits = commits_since(settings, silver, since_s=since_s)
+    bronze_commits = commits_since(settings, bronze, since_s=since_s)
     return EntityIngest(
         entity=entity,
         topic=spec.topic,
-        freshness=freshness_series(settings, catalog.silver(lake, entity).path, since_s=since_s),
-        rates=rate_series(settings, catalog.bronze(lake, spec.topic).path, since_s=since_s),
+        freshness=freshness_series(settings, silver_commits, silver),
+        rates=rate_series(bronze_commits),
         quarantine_by_rule=rules,
         window_counts=counts,
         reconcile=reconcile_lake(settings, entity),
+        silver_commits=(len(silver_commits.read), silver_commits.in_window),
+        bronze_commits=(len(bronze_commits.read), bronze_commits.in_window),
     )

@@ -2,12 +2,14 @@
 
 Names follow Prometheus' conventions: one ``tierlake_`` prefix, base units (seconds, bytes), ``_total`` on counters,
 ratios from 0 to 1, and labels of bounded cardinality only (table, topic and partition, site, cartridge, state,
-rule, level). The edge cache's counters come from its own collector (``tiers.cache.metrics``) and the tables' carry the
-names of the text file that ``tierlake table stats`` writes (``pipelines.lake.maintenance``), read live, so the
-text files are no longer needed where the endpoint is scraped.
+rule, level, tier). The edge cache's counters come from its own collector (``tiers.cache.metrics``) and the tables'
+carry the names of the text file that ``tierlake table stats`` writes (one name table for both:
+``pipelines.lake.maintenance.TABLE_METRICS``), read live, so the text files are no longer needed where the endpoint
+is scraped.
 
-A scrape does not gather the lake again: the collector keeps the last report and builds a new one once it is older
-than ``max_age_s`` (gathering reads every table's log and Kafka's offsets, seconds of work).
+A scrape does not gather the lake: ``metrics serve`` starts the collector's background thread, which gathers a new
+report every ``max_age_s`` (gathering reads every table's log and Kafka's offsets, seconds of work) while scrapes
+are answered from the last one; ``tierlake_report_age_seconds`` says how old it is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pipelines.lake.maintenance import TABLE_METRICS
 from pipelines.observe.gather import LakeReport
 from pipelines.observe.verdicts import Level
 
@@ -73,9 +76,18 @@ def lag_families(report: LakeReport) -> Iterator[Metric]:
 
 def table_extra_families(report: LakeReport) -> Iterator[Metric]:
     """What the report adds to ``table stats``' families: the last OPTIMIZE, VACUUM and checkpoint."""
-    optimize = _gauge("table_last_optimize_timestamp_seconds", "Unix time of the last OPTIMIZE seen", ["table"])
-    vacuum = _gauge("table_last_vacuum_timestamp_seconds", "Unix time of the last VACUUM seen", ["table"])
+    optimize = _gauge(
+        "table_last_optimize_timestamp_seconds",
+        "Unix time of the last OPTIMIZE within the commits scanned (pipelines.observe.tables.OPERATION_SCAN)",
+        ["table"],
+    )
+    vacuum = _gauge(
+        "table_last_vacuum_timestamp_seconds", "Unix time of the last VACUUM (its lineage record)", ["table"]
+    )
     since = _gauge("table_versions_since_checkpoint", "commits since the table's last checkpoint", ["table"])
+    checkpointed = _gauge(
+        "table_last_checkpoint_timestamp_seconds", "Unix time the last checkpoint was written", ["table"]
+    )
     for row in report.tables:
         if not row.exists:
             continue
@@ -84,7 +96,9 @@ def table_extra_families(report: LakeReport) -> Iterator[Metric]:
         if row.last_vacuum_s is not None:
             vacuum.add_metric([row.table], row.last_vacuum_s)
         since.add_metric([row.table], row.version - (row.last_checkpoint if row.last_checkpoint is not None else -1))
-    yield from (optimize, vacuum, since)
+        if row.last_checkpoint_s is not None:
+            checkpointed.add_metric([row.table], row.last_checkpoint_s)
+    yield from (optimize, vacuum, since, checkpointed)
 
 
 def archive_families(report: LakeReport) -> Iterator[Metric]:
@@ -113,26 +127,28 @@ def report_families(report: LakeReport) -> Iterator[Metric]:
         verdicts.add_metric([level.name], sum(1 for x in report.verdicts if x.level is level))
     built = _gauge("report_timestamp_seconds", "Unix time the figures were gathered", [])
     built.add_metric([], report.generated_s)
-    objects = _gauge("training_checkpoint_objects", "objects under the training checkpoint prefixes", [])
-    objects.add_metric([], report.checkpoints.get("objects", 0))
-    yield from (verdicts, built, objects)
+    yield from (verdicts, built)
 
 
-# TableRow field -> (name after ``tierlake_table_``, help). The names of ``tierlake table stats``' text file, but for
-# the commit time, which that file calls ``last_commit_s``: here it carries its base unit, as Prometheus names should.
-TABLE_FIGURES = {
-    "version": ("version", "the table's latest Delta version"),
-    "files": ("files", "data files in the latest snapshot"),
-    "bytes": ("bytes", "bytes of data files in the latest snapshot"),
-    "rows": ("rows", "rows in the latest snapshot (from the add actions' stats)"),
-    "small_files": ("small_files", "data files under a quarter of maintenance.target_file_mb (OPTIMIZE compacts them)"),
-    "last_commit_s": ("last_commit_timestamp_seconds", "Unix time of the latest commit"),
-}
+def training_families(report: LakeReport) -> Iterator[Metric]:
+    """Committed checkpoints per tier and the newest committed step (a tier that could not be listed has neither:
+    its figures are unknown, and its verdict is ERR)."""
+    count = _gauge(
+        "training_checkpoints", "committed training checkpoints (steps, over every run) on the tier", ["tier"]
+    )
+    newest = _gauge("training_newest_committed_step", "the highest committed step of any run on the tier", ["tier"])
+    for row in report.checkpoints or []:
+        if row.error:
+            continue
+        count.add_metric([row.tier], row.checkpoints)
+        if row.newest_step is not None:
+            newest.add_metric([row.tier], row.newest_step)
+    yield from (count, newest)
 
 
 def table_families(report: LakeReport) -> Iterator[Metric]:
     rows = [r for r in report.tables if r.exists]
-    for field_name, (name, doc) in TABLE_FIGURES.items():
+    for field_name, (name, doc) in TABLE_METRICS.items():  # the names of `table stats`' text file, shared
         family = _gauge(f"table_{name}", doc, ["table"])
         for row in rows:
             family.add_metric([row.table], float(getattr(row, field_name)))
@@ -147,10 +163,14 @@ def lake_families(report: LakeReport) -> Iterator[Metric]:
     yield from lag_families(report)
     yield from archive_families(report)
     yield from report_families(report)
+    yield from training_families(report)
 
 
 class LakeCollector(Collector):
-    """Serves the last report's families, gathering a new report when the last is older than ``max_age_s``."""
+    """Serves the last report's families. Started (:meth:`start`, as ``metrics serve`` does), a background thread
+    gathers a new report every ``max_age_s`` and a scrape never gathers: it answers at once with the last report
+    (only the very first scrape waits for the first one), so a slow lake never times a scrape out. Not started (a
+    test, a one-off), a scrape gathers when the last report is older than ``max_age_s``."""
 
     def __init__(self, gather: Callable[[], LakeReport], *, max_age_s: float) -> None:
         self._gather = gather
@@ -158,18 +178,57 @@ class LakeCollector(Collector):
         self._lock = threading.Lock()
         self._report: LakeReport | None = None
         self._took_s = 0.0
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> LakeReport:
+        """Gather a report now and serve it from here on."""
+        started = time.monotonic()
+        report = self._gather()
+        with self._lock:
+            self._report, self._took_s = report, time.monotonic() - started
+        self._ready.set()
+        return report
+
+    def _loop(self) -> None:
+        from pipelines.observe.gather import source_errors  # noqa: PLC0415
+
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except source_errors() as exc:  # the last report is served meanwhile; its age gauge shows it growing
+                logger.warning("metrics: gathering the lake failed, the last figures stay: %s", exc)
+            finally:
+                self._ready.set()  # with no report yet, the first scrape gathers itself and shows the error
+            self._stop.wait(self._max_age_s)
+
+    def start(self) -> None:
+        """Gather in the background from now on (every ``max_age_s``)."""
+        self._thread = threading.Thread(target=self._loop, name="tierlake-metrics-gather", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def report(self) -> LakeReport:
-        with self._lock:  # one gathering at a time; concurrent scrapes wait for it
-            if self._report is None or time.time() - self._report.generated_s > self._max_age_s:
-                started = time.monotonic()
-                self._report = self._gather()
-                self._took_s = time.monotonic() - started
-            return self._report
+        if self._thread is not None:
+            self._ready.wait()  # the first gathering (done or failed); later scrapes never wait
+        with self._lock:
+            current = self._report
+        if current is None:  # nothing gathered yet (or the first background gathering failed): gather here
+            return self.refresh()
+        if self._thread is None and time.time() - current.generated_s > self._max_age_s:
+            return self.refresh()
+        return current
 
     def collect(self) -> Iterator[Metric]:
         report = self.report()
         yield from lake_families(report)
         took = GaugeMetricFamily("tierlake_report_build_seconds", "how long the last gathering took")
         took.add_metric([], self._took_s)
-        yield took
+        age = GaugeMetricFamily("tierlake_report_age_seconds", "age of the figures served (gathered in the background)")
+        age.add_metric([], max(0.0, time.time() - report.generated_s))
+        yield from (took, age)

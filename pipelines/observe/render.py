@@ -13,7 +13,10 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from pipelines.observe.gather import LakeReport, TableRow
+from pipelines.observe.dag_runs import MaintenanceRuns
+from pipelines.observe.gather import LakeReport
+from pipelines.observe.ingestion import EntityIngest
+from pipelines.observe.tables import OPERATION_SCAN, TableRow
 from pipelines.observe.verdicts import Level, Verdict
 
 _CSS = """
@@ -25,6 +28,8 @@ th{background:#f4f4f4}.level{font-weight:bold;color:#fff;border-radius:3px;paddi
 figure{display:inline-block;margin:.5em 1em .5em 0}figcaption{font-size:.9em;color:#555}
 .empty{color:#666;font-style:italic}code{background:#f4f4f4;padding:0 .2em}
 """
+DATA_ID_PREFIX = "data-"
+"""SVG ids of a chart's data drawings start with this (then the chart's name): its axes and legend carry none."""
 
 
 def _when(epoch_s: float | None) -> str:
@@ -50,10 +55,24 @@ def _figure(width: float = 6.0, height: float = 2.6) -> Any:
     return figure, figure.add_subplot()
 
 
+def tag_data(figure: Any, name: str) -> int:
+    """Give every data drawing of ``figure`` (its lines, bars and other patches, collections) an SVG id starting
+    with :data:`DATA_ID_PREFIX` and the chart's name, so a check can count what a chart drew apart from its axes,
+    ticks, grid and legend (an empty chart has none). The number tagged."""
+    tagged = 0
+    for axes in figure.axes:
+        for artist in [*axes.lines, *axes.patches, *axes.collections]:
+            artist.set_gid(f"{DATA_ID_PREFIX}{name}-{tagged}")
+            tagged += 1
+    return tagged
+
+
 def _svg(figure: Any, name: str, caption: str) -> str:
-    """The figure as inline SVG (text kept as text; ids salted by the chart's name so charts never share one)."""
+    """The figure as inline SVG (text kept as text; ids salted by the chart's name so charts never share one), its
+    data drawings tagged (:func:`tag_data`)."""
     import matplotlib as mpl  # noqa: PLC0415
 
+    tag_data(figure, name)
     out = io.StringIO()
     with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):
         figure.savefig(out, format="svg", metadata={"Date": None})
@@ -125,22 +144,23 @@ def ingestion_html(report: LakeReport) -> str:
         _time_axis(axes, [f[0] for i in fresh for f in i.freshness])
         axes.set_ylabel("seconds")
         axes.legend(fontsize="small")
-        parts.append(_svg(figure, "freshness", "freshness: Kafka timestamp to the silver commit, per commit"))
+        caption = "freshness: Kafka timestamp to the silver commit, per commit"
+        parts.append(_svg(figure, "freshness", f"{caption}; {_sampled(fresh, bronze=False)}"))
     else:
         parts.append(_empty("freshness: no silver commit in the window"))
-    rated = [i for i in report.ingestion if len(i.rates) > 1]
+    rated = [i for i in report.ingestion if i.rates]
     if rated:
         figure, axes = _figure()
         for ingest in rated:
-            stamps = [r[0] for r in ingest.rates]
-            per_s = [r[1] / max(stamps[n] - stamps[n - 1], 1e-3) for n, r in enumerate(ingest.rates) if n]
-            axes.plot(_times(stamps[1:]), per_s, marker=".", label=ingest.topic)
-        _time_axis(axes, [r[0] for i in rated for r in i.rates[1:]])
+            per_s = [records / max(seconds, 1e-3) for _, records, seconds in ingest.rates]
+            axes.plot(_times(r[0] for r in ingest.rates), per_s, marker=".", label=ingest.topic)
+        _time_axis(axes, [r[0] for i in rated for r in i.rates])
         axes.set_ylabel("records/s")
         axes.legend(fontsize="small")
-        parts.append(_svg(figure, "records_per_second", "records per second into bronze, between commits"))
+        caption = "records per second into bronze at each commit (its records over the time since the one before)"
+        parts.append(_svg(figure, "records_per_second", f"{caption}; {_sampled(rated, bronze=True)}"))
     else:
-        parts.append(_empty("records per second: fewer than two bronze commits in the window"))
+        parts.append(_empty("records per second: no bronze commit in the window"))
     rules = {(i.entity, r): n for i in report.ingestion for r, n in i.quarantine_by_rule.items()}
     if rules:
         figure, axes = _figure(height=0.4 * len(rules) + 1)
@@ -155,7 +175,17 @@ def ingestion_html(report: LakeReport) -> str:
         for i in report.ingestion
     ]
     parts.append(_table(["entity", "topic", "silver", "quarantine", "dropped"], rows))
+    parts.append("<p>records Kafka stamped in the window, by outcome; the reconciliation verdicts cover all time.</p>")
     return "".join(parts)
+
+
+def _sampled(ingests: Sequence[EntityIngest], *, bronze: bool) -> str:
+    """Which commits a series shows: all of the window's, or a sample spread across it."""
+    counts = [(i.entity, *(i.bronze_commits if bronze else i.silver_commits)) for i in ingests]
+    if all(read == total for _, read, total in counts):
+        return "every commit in the window"
+    spread = ", ".join(f"{entity} {read} of {total}" for entity, read, total in counts)
+    return f"commits sampled evenly across the window ({spread})"
 
 
 def lag_html(report: LakeReport) -> str:
@@ -215,13 +245,41 @@ def tables_html(report: LakeReport) -> str:
             [_table_cells(t, now) for t in report.tables],
         )
     )
+    parts.append(
+        f"<p>last OPTIMIZE: the commits' operations read newest first, at most {OPERATION_SCAN:,} per table; last "
+        "VACUUM: the lineage records <code>tierlake table vacuum --execute</code> writes under "
+        "<code>_lineage/vacuum/</code> (Spark's VACUUM leaves no commit here); last checkpoint: "
+        "<code>_delta_log/_last_checkpoint</code> and when it was written.</p>"
+    )
+    if report.maintenance is not None:
+        parts.append(_dag_runs(report.maintenance, now))
     return "".join(parts)
+
+
+def _dag_runs(found: MaintenanceRuns, now_s: float) -> str:
+    head = f"<h3>Maintenance DAG {escape(found.dag_id)}: last runs</h3>"
+    if not found.runs:
+        return head + _empty(found.note)
+    rows = [
+        (
+            r.run_id,
+            r.state,
+            _ago(r.start_s, now_s),
+            f"{r.end_s - r.start_s:.0f} s" if r.start_s and r.end_s else "running or queued",
+        )
+        for r in found.runs
+    ]
+    return head + _table(["run", "state", "started", "took"], rows) + f"<p>read from {escape(found.where)}</p>"
 
 
 def _table_cells(row: TableRow, now_s: float) -> tuple[object, ...]:
     if not row.exists:
         return (row.table, "not written yet", "", "", "", "", "", "", "", "", "")
-    checkpoint = "none" if row.last_checkpoint is None else f"version {row.last_checkpoint}"
+    checkpoint = (
+        "none"
+        if row.last_checkpoint is None
+        else f"version {row.last_checkpoint}, {_ago(row.last_checkpoint_s, now_s)}"
+    )
     return (
         row.table,
         row.version,
@@ -231,10 +289,19 @@ def _table_cells(row: TableRow, now_s: float) -> tuple[object, ...]:
         row.bytes,
         row.rows,
         _ago(row.last_commit_s, now_s),
-        _ago(row.last_optimize_s, now_s),
-        _ago(row.last_vacuum_s, now_s),
+        _optimized(row, now_s),
+        "none recorded" if row.last_vacuum_s is None else _ago(row.last_vacuum_s, now_s),
         checkpoint,
     )
+
+
+def _optimized(row: TableRow, now_s: float) -> str:
+    """The last OPTIMIZE, or where the search for it stopped (the scan is bounded; beyond it is not "never")."""
+    if row.last_optimize_s is not None:
+        return _ago(row.last_optimize_s, now_s)
+    if row.scanned_all:
+        return "never (in the log kept)"
+    return f"none in the last {row.scanned_commits} commits"
 
 
 def _files_per_day(row: TableRow) -> str:
@@ -301,17 +368,27 @@ def archive_html(report: LakeReport) -> str:
 
 
 def training_html(report: LakeReport) -> str:
-    found = report.checkpoints
     head = "<h2>Training checkpoints</h2>"
-    if not found:
-        return head + _empty("checkpoint prefixes could not be listed (see the verdicts)")
-    prefixes = ", ".join(found["prefixes"]) or "none configured"
-    if not found["objects"]:
-        return head + _empty(f"no checkpoints: nothing under {prefixes} in the lake bucket")
-    return head + _empty(
-        f"{found['objects']} objects ({found['bytes']} bytes) under {prefixes}; tierlake does not read their steps "
-        "yet, so no step is shown"
-    )
+    rows = report.checkpoints
+    if rows is None:
+        return head + _empty("checkpoints were not listed (see the verdicts, or `tierlake checkpoint list`)")
+    if not rows:
+        return head + _empty("no checkpoint tier is configured")
+    cells = [
+        (
+            r.tier,
+            "could not be listed" if r.error else r.runs,
+            "" if r.error else r.checkpoints,
+            "" if r.error else r.unfinished,
+            "" if r.error else _newest(r.newest_step, r.newest_run),
+        )
+        for r in rows
+    ]
+    return head + _table(["tier", "runs", "committed checkpoints", "unfinished", "newest committed step"], cells)
+
+
+def _newest(step: int | None, run: str | None) -> str:
+    return "none" if step is None else f"{step} (run {run})"
 
 
 def render_html(report: LakeReport) -> str:
@@ -320,7 +397,8 @@ def render_html(report: LakeReport) -> str:
     title = f"tierlake lake report: {level.name}"
     header = (
         f"<h1>{escape(title)}</h1><p>built {escape(_when(report.generated_s))}; window since "
-        f"{escape(_when(report.since_s))}</p>"
+        f"{escape(_when(report.since_s))}. All time, not the window: the reconciliation (every offset bronze holds) "
+        "and the edge cache's counters (since the cache was created).</p>"
     )
     body = "".join(
         [

@@ -23,6 +23,10 @@ import enum
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.observe.dag_runs import MaintenanceRuns
 
 DEFAULT_LAG_GRACE_S = 60.0
 """Records may wait this long (at least) before a partition whose offset does not move counts as stalled."""
@@ -191,7 +195,7 @@ QUARANTINE_WARN = 0.10
 
 def reconcile_verdict(topic: str, *, missing: int, unexpected: int, repeated: int, holes: int) -> Verdict:
     """Bronze against its outputs, offset by offset (records Kafka holds past bronze are the lag verdicts')."""
-    value = f"missing {missing}, unexpected {unexpected}, repeated {repeated}, holes in bronze {holes}"
+    value = f"missing {missing}, unexpected {unexpected}, repeated {repeated}, holes in bronze {holes} (all time)"
     if missing or unexpected or repeated or holes:
         return Verdict(
             section="ingestion",
@@ -226,6 +230,8 @@ CACHE_HIT_WARN = 0.5
 CACHE_MIN_READS = 100
 """A hit ratio over fewer reads than this says nothing."""
 SITE_FULL_WARN = 0.9
+CACHE_EVICT_TO = 0.8
+"""A cache over its budget's warning line is told to evict down to this share of the budget."""
 
 
 def cache_verdicts(*, hits: int, misses: int, used_bytes: int, capacity_bytes: int) -> list[Verdict]:
@@ -248,7 +254,8 @@ def cache_verdicts(*, hits: int, misses: int, used_bytes: int, capacity_bytes: i
                 subject="edge cache budget",
                 level=Level.WARN,
                 value=f"{used_bytes / capacity_bytes:.0%} of {capacity_bytes} bytes used > {CACHE_FULL_WARN:.0%}",
-                fix="raise cache.max_bytes, or drop what is not read again: `tierlake cache evict --prefix <table>`",
+                fix=f"`tierlake cache evict --to-bytes {int(capacity_bytes * CACHE_EVICT_TO)}` (through the eviction "
+                "policy; pinned entries stay), or raise cache.max_bytes",
             )
         )
     if not found:
@@ -287,3 +294,43 @@ def site_verdict(site: str, *, used_bytes: int, capacity_bytes: int) -> Verdict:
             fix="add cartridges to the pool (archive.cartridges_per_site applies to new pools)",
         )
     return Verdict(section="archive", subject=f"tape site {site}", level=Level.OK, value=value)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training checkpoints
+
+
+def checkpoint_tier_verdict(tier: str, *, error: str, checkpoints: int) -> Verdict:
+    """One checkpoint tier: ERR when it could not be listed (its checkpoints are then unknown, not absent)."""
+    subject = f"checkpoint tier {tier}"
+    if error:
+        return Verdict(
+            section="training",
+            subject=subject,
+            level=Level.ERR,
+            value=f"could not be listed: {error}",
+            fix="`tierlake checkpoint list` (its log names the tier left out); then check that tier's settings "
+            "(checkpoint.local_dir, checkpoint.edge_dir, s3.endpoint, archive.library_dir)",
+        )
+    return Verdict(section="training", subject=subject, level=Level.OK, value=f"{checkpoints} committed checkpoints")
+
+
+def maintenance_verdicts(found: MaintenanceRuns) -> list[Verdict]:
+    """The maintenance DAG's newest run: WARN when it failed (no verdict when the runs could not be read: the page
+    says why, and a host without Airflow is no problem)."""
+    if not found.runs:
+        return []
+    newest = found.runs[0]
+    subject = f"DAG {found.dag_id}"
+    if newest.state == "failed":
+        return [
+            Verdict(
+                section="tables",
+                subject=subject,
+                level=Level.WARN,
+                value=f"its newest run {newest.run_id} failed",
+                fix="its failed task's log in Airflow names the error; meanwhile its steps by hand: "
+                "`tierlake table optimize --all`, then `tierlake table checkpoint --all`",
+            )
+        ]
+    return [Verdict(section="tables", subject=subject, level=Level.OK, value=f"newest run {newest.state}")]

@@ -21,10 +21,13 @@ import aiohttp
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 _LISTENING = re.compile(r"DevTools listening on (ws://\S+)")
+# Drawn: the shapes inside a chart's data drawings (ids starting "data-", pipelines.observe.render.tag_data), not
+# its axes, ticks or legend, and not a marker's definition (<defs>), which draws nothing by itself.
 _COUNT_CHARTS = """
 JSON.stringify(Array.from(document.querySelectorAll('figure.chart')).map(f => ({
   name: f.dataset.chart,
-  drawn: f.querySelectorAll('svg path, svg rect, svg line, svg polyline, svg use').length,
+  drawn: Array.from(f.querySelectorAll('svg [id^="data-"] :is(path, rect, line, polyline, polygon, use)'))
+    .filter(e => !e.closest('defs')).length,
   width: f.querySelector('svg') ? f.querySelector('svg').getBoundingClientRect().width : 0,
 })))
 """

@@ -4,8 +4,8 @@ The lake: EV records ingested by a real ingest query, then more records produced
 stopped behind its topic); a table of 500 small files; a table archived to two virtual tape sites whose first copy
 is then damaged and verified (a cartridge whose verify failed). The report, built by the CLI, must show the matching
 ERR and WARN verdicts with their fixes, stay balanced where nothing is wrong, and load in Chromium without a console
-error or a request leaving the page, every chart drawn. The page and its screenshot are kept under the run
-folder's ``artifacts/``.
+error or a request leaving the page, every chart drawn. The page and its screenshot are kept under the
+repository's ``test-artifacts/`` (ignored by git).
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 GRACE_S = 5.0
+EXPECTED_CHARTS = {
+    "freshness", "records_per_second", "quarantine_by_rule", "kafka_lag", "table_files", "cache_counters", "tape_sites",
+}  # fmt: skip
+
+
+def read_through_the_cache(settings: Settings, table: str) -> None:
+    """One object read twice through the node's edge cache (a fill, then a hit), so the cache section has counters."""
+    from tiers.cache import cache_from_settings  # noqa: PLC0415
+
+    cache = cache_from_settings(settings.cache.options, settings.s3)
+    for _ in range(2):
+        cache.cat(settings.s3.lake_bucket, f"{table}/_delta_log/00000000000000000000.json")
 
 
 def small_files_table(settings: Settings) -> str:
@@ -157,6 +169,26 @@ def problem(summary: dict[str, Any], subject: str) -> dict[str, Any]:
     return found[0]
 
 
+def check_in_chromium(out: Path, tmp_path: Path, settings: Settings) -> None:
+    """The page in headless Chromium: no console error, nothing loaded but itself, every expected chart present with
+    data drawn (not only axes); the page and its screenshot kept under the repository's ``test-artifacts/``."""
+    shot = tmp_path / "report.png"
+    visit = open_in_chromium(out, screenshot=shot, profile=tmp_path / "chromium")
+    assert visit.console_errors == []
+    assert visit.requests == [out.resolve().as_uri()], "the page must load nothing but itself"
+    drawn = {chart["name"]: chart["drawn"] for chart in visit.charts if chart["width"] > 100}
+    missing = EXPECTED_CHARTS - {name for name, n in drawn.items() if n > 0}
+    assert not missing, f"charts absent or with no data drawn: {sorted(missing)}; all: {visit.charts}"
+    assert len(drawn) == len(visit.charts), f"a chart narrower than 100 px: {visit.charts}"
+    assert all(n > 0 for n in drawn.values()), f"a chart with no data drawn: {visit.charts}"
+    assert shot.stat().st_size > 10_000
+    kept = Path(__file__).resolve().parents[2] / "test-artifacts"  # ignored by git; outlives the run folder's resets
+    kept.mkdir(exist_ok=True)
+    for artifact in (shot, out):
+        shutil.copy2(artifact, kept / artifact.name)
+    print(f"report and screenshot: {kept}")
+
+
 @pytest.mark.slow
 def test_report_of_a_lake_with_injected_problems_in_chromium(
     settings: Settings, spark: SparkSession, tmp_path: Path
@@ -167,11 +199,18 @@ def test_report_of_a_lake_with_injected_problems_in_chromium(
     produce_events(settings, dataset="ev", events=300, bad_fraction=0.05, progress=False, seed=24)
     counts = run_ingest_until_caught_up(spark, settings, entity="ev")
     assert counts["bronze"] >= 300
+    # a second bronze commit in the window, so records per second has a step to draw
+    produce_events(settings, dataset="ev", events=100, bad_fraction=0.05, progress=False, seed=26)
+    assert run_ingest_until_caught_up(spark, settings, entity="ev")["bronze"] >= 100
     stopped_at = time.time()
     produce_events(settings, dataset="ev", events=200, progress=False, seed=25)  # no driver runs now
+    produced_at = time.time()
     small = small_files_table(settings)
+    read_through_the_cache(settings, small)
     cold, cartridge = damaged_archive(settings, tmp_path)
-    time.sleep(max(0.0, stopped_at + 2 * GRACE_S - time.time()))
+    # A stall is judged against the span of the window's commits (at most stopped_at - started): the records left
+    # waiting must be older than that, and than twice the grace.
+    time.sleep(max(0.0, produced_at + max(2 * GRACE_S, stopped_at - started) + 1 - time.time()))
 
     out = tmp_path / "report.html"
     since = datetime.fromtimestamp(started - 1, UTC).isoformat()
@@ -193,23 +232,13 @@ def test_report_of_a_lake_with_injected_problems_in_chromium(
     assert summary["bytes"] < 2_000_000
 
     page = out.read_text()
-    for text in ("STALLED", "500 of 500 files are small", f"cartridge {cartridge}", "<h2>Training checkpoints</h2>"):
+    for text in ("STALLED", "500 of 500 files are small", f"cartridge {cartridge}", "<th>newest committed step</th>"):
         assert text in page
-    shot = tmp_path / "report.png"
-    visit = open_in_chromium(out, screenshot=shot, profile=tmp_path / "chromium")
-    assert visit.console_errors == []
-    assert visit.requests == [out.resolve().as_uri()], "the page must load nothing but itself"
-    names = {chart["name"] for chart in visit.charts}
-    assert {"freshness", "quarantine_by_rule", "kafka_lag", "table_files", "tape_sites"} <= names
-    assert all(chart["drawn"] > 10 and chart["width"] > 100 for chart in visit.charts), visit.charts
-    assert shot.stat().st_size > 10_000
-    kept = settings.run_dir / "artifacts"  # pytest's tmp folders rotate; the run folder lasts until the next session
-    kept.mkdir(exist_ok=True)
-    for artifact in (shot, out):
-        shutil.copy2(artifact, kept / artifact.name)
-    print(f"report and screenshot: {kept}")
+    check_in_chromium(out, tmp_path, settings)
 
     metrics = scrape_metrics_serve(cold, small, since=since)
     assert re.search(r'tierlake_kafka_lag_state\{partition="\d",state="STALLED",topic="ev.telemetry"\} 1.0', metrics)
     assert f'tierlake_table_small_files{{table="{small}"}} 500.0' in metrics
     assert f'tierlake_archive_verify_bad_files{{cartridge="{cartridge}"}} 1.0' in metrics
+    assert f'tierlake_table_max_files_per_partition{{table="{small}"}} 1.0' in metrics  # table stats' names, folded in
+    assert re.search(r'tierlake_training_checkpoints\{tier="local"\} \d+\.0', metrics)

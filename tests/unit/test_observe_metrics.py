@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
+from pipelines.lake.maintenance import TABLE_METRICS, TableStats, export_metrics
 from pipelines.observe import verdicts as v
+from pipelines.observe.checkpoints import CheckpointTierRow
 from pipelines.observe.gather import LakeReport, TableRow
 from pipelines.observe.ingestion import EntityIngest
 from pipelines.observe.lag import PartitionLag
@@ -28,7 +33,7 @@ NAME = re.compile(r"^tierlake_[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 UNIT_ABBREVIATIONS = {"s", "ms", "us", "sec", "secs", "min", "kb", "mb", "gb", "kib", "mib", "pct", "percent"}
 BOUNDED_LABELS = {
     "table", "topic", "partition", "entity", "quantile", "outcome", "rule", "kind", "state", "site", "cartridge",
-    "level",
+    "level", "tier",
 }  # fmt: skip
 
 
@@ -46,7 +51,7 @@ def full_report() -> LakeReport:
         entity="ev",
         topic="ev.telemetry",
         freshness=[(90.0, 1.2, 3.4, 50)],
-        rates=[(80.0, 10), (90.0, 40)],
+        rates=[(80.0, 10, 5.0), (90.0, 40, 10.0)],
         quarantine_by_rule={"out_of_range": 3},
         window_counts={"silver": 50, "quarantine": 3, "dropped": 1},
         reconcile=[{"topic": "ev.telemetry", "partition": 0, "missing": 0, "unexpected": 0, "repeated": 0, "holes": 0}],
@@ -79,7 +84,10 @@ def full_report() -> LakeReport:
         lag=[lag],
         tables=[table],
         archive=archive,
-        checkpoints={"prefixes": ["training/checkpoints/"], "objects": 0, "bytes": 0},
+        checkpoints=[
+            CheckpointTierRow(tier="local", runs=1, checkpoints=3, newest_step=300, newest_run="r1"),
+            CheckpointTierRow(tier="rgw", error="endpoint unreachable"),
+        ],
     )
 
 
@@ -100,9 +108,8 @@ def all_families(tmp_path: Path) -> list[Metric]:
     return list(registry.collect())
 
 
-def test_every_metric_name_follows_the_conventions(tmp_path: Path) -> None:
-    families = all_families(tmp_path)
-    assert len(families) > 30
+def naming_problems(families: list[Metric]) -> list[str]:
+    """Every way the families break Prometheus' naming conventions (empty: none)."""
     problems = []
     for family in families:
         name, words = family.name, family.name.split("_")
@@ -121,7 +128,48 @@ def test_every_metric_name_follows_the_conventions(tmp_path: Path) -> None:
                 problems.append(f"{sample.name} = {sample.value}: a ratio lies in 0..1")
             if unbounded := set(sample.labels) - BOUNDED_LABELS:
                 problems.append(f"{sample.name}: label(s) {sorted(unbounded)} may have unbounded cardinality")
+    return problems
+
+
+def test_every_metric_name_follows_the_conventions(tmp_path: Path) -> None:
+    families = all_families(tmp_path)
+    assert len(families) > 30
+    problems = naming_problems(families)
     assert not problems, "\n".join(problems)
+
+
+def tables_text_file(tmp_path: Path) -> list[Metric]:
+    """The families of the text file ``tierlake table stats`` writes, parsed back."""
+    stats = TableStats(
+        table="silver/ev",
+        version=12,
+        files=3,
+        bytes=3000,
+        rows=50,
+        small_files=3,
+        last_commit_s=90.0,
+        partitions=2,
+        max_files_per_partition=2,
+    )
+    text = export_metrics([stats], tmp_path / "tables.prom").read_text()
+    return list(text_string_to_metric_families(text))
+
+
+def test_the_tables_text_file_follows_the_conventions_and_the_endpoint_serves_its_names(tmp_path: Path) -> None:
+    families = tables_text_file(tmp_path)
+    assert len(families) == len(TABLE_METRICS)
+    problems = naming_problems(families)
+    assert not problems, "\n".join(problems)
+    served = {family.name for family in lake_families(full_report())}
+    missing = sorted({family.name for family in families} - served)
+    assert not missing, f"in table stats' text file but not on the endpoint: {missing}"
+    assert 'tierlake_table_last_commit_timestamp_seconds{table="silver/ev"} 90.0' in generate_latest_text(tmp_path)
+
+
+def generate_latest_text(tmp_path: Path) -> str:
+    registry = CollectorRegistry()
+    registry.register(LakeCollector(full_report, max_age_s=1e12))
+    return generate_latest(registry).decode()
 
 
 def test_the_endpoint_text_holds_the_lake_and_the_cache(tmp_path: Path) -> None:
@@ -135,6 +183,9 @@ def test_the_endpoint_text_holds_the_lake_and_the_cache(tmp_path: Path) -> None:
     assert 'tierlake_archive_verify_bad_files{cartridge="A00001"} 1.0' in text
     assert "tierlake_cache_hits_total 1.0" in text
     assert "tierlake_cache_misses_total 1.0" in text
+    assert 'tierlake_training_checkpoints{tier="local"} 3.0' in text
+    assert 'tierlake_training_newest_committed_step{tier="local"} 300.0' in text
+    assert 'tier="rgw"' not in text  # could not be listed: unknown, not 0
 
 
 def test_a_scrape_reuses_a_fresh_report() -> None:
@@ -156,6 +207,40 @@ def test_a_scrape_reuses_a_fresh_report() -> None:
     assert len(built) == 3
 
 
+def test_a_started_collector_gathers_in_the_background_and_a_scrape_never_waits_for_it() -> None:
+    gathered: list[LakeReport] = []
+    slow_started, release = threading.Event(), threading.Event()
+
+    def gather() -> LakeReport:
+        if gathered:  # every gathering after the first is slow, as a busy lake's is
+            slow_started.set()
+            release.wait(30)
+        report = full_report()
+        report.generated_s = time.time()
+        gathered.append(report)
+        return report
+
+    collector = LakeCollector(gather, max_age_s=0.01)
+    collector.start()
+    try:
+        first = collector.report()  # the very first scrape waits for the first report
+        assert slow_started.wait(10), "the background did not gather again"
+        for _ in range(3):  # while the background is stuck in a slow gathering
+            started = time.monotonic()
+            families = {family.name: family for family in collector.collect()}
+            assert time.monotonic() - started < 1.0, "a scrape waited for a gathering"
+            assert families["tierlake_report_age_seconds"].samples[0].value >= 0
+            assert collector.report() is first
+        release.set()
+        deadline = time.monotonic() + 10
+        while collector.report() is first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert collector.report() is not first  # the newer report is served once gathered
+    finally:
+        release.set()
+        collector.stop()
+
+
 def exposed_names(tmp_path: Path) -> set[str]:
     return {sample.name for family in all_families(tmp_path) for sample in family.samples} | {
         family.name for family in lake_families(full_report())
@@ -175,6 +260,6 @@ def test_the_dashboard_asks_only_for_metrics_that_exist(tmp_path: Path) -> None:
     assert not missing, f"infra/grafana/tierlake.json asks for metrics nobody exposes: {missing}"
 
 
-@pytest.mark.parametrize("part", ["kafka_", "table_", "ingest_", "cache_", "tape_", "archive_"])
+@pytest.mark.parametrize("part", ["kafka_", "table_", "ingest_", "cache_", "tape_", "archive_", "training_"])
 def test_the_dashboard_covers_each_part(part: str) -> None:
     assert any(f"tierlake_{part}" in expr for expr in dashboard_exprs()), f"no panel on tierlake_{part}*"

@@ -7,10 +7,17 @@ import argparse
 import sys
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tierlake.commands import Subparsers, positive_float
-from tierlake.commands.report import driver_running, duration_s
+from tierlake.commands.report import (
+    driver_running,
+    duration_s,
+    last_vacuums,
+    maintenance_runs,
+    training_checkpoints,
+)
 from tierlake.config import Settings
 
 if TYPE_CHECKING:
@@ -32,21 +39,30 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             grace_s=args.lag_grace_s,
             driver_running=driver_running(settings),
             extra_tables=args.table or [],
+            training=partial(training_checkpoints, settings),
+            vacuums=partial(last_vacuums, settings),
+            maintenance=maintenance_runs,
         )
 
-    registry.register(LakeCollector(gather, max_age_s=args.max_age_s))
+    lake = LakeCollector(gather, max_age_s=args.max_age_s)
+    registry.register(lake)
     if (settings.cache.directory / "index.sqlite").exists():
         from tiers.cache import cache_from_settings  # noqa: PLC0415
         from tiers.cache.metrics import CacheCollector  # noqa: PLC0415
 
         registry.register(CacheCollector(cache_from_settings(settings.cache.options, settings.s3)))
+    lake.start()  # gathers now and every --max-age-s in the background; scrapes answer from the last report
     server, thread = start_http_server(args.port, addr=args.host, registry=registry)
-    sys.stderr.write(f"metrics on http://{args.host}:{args.port}/metrics (figures at most {args.max_age_s:g} s old)\n")
+    sys.stderr.write(
+        f"metrics on http://{args.host}:{args.port}/metrics (the lake gathered every {args.max_age_s:g} s in the "
+        "background; tierlake_report_age_seconds says how old the figures are)\n"
+    )
     try:
         threading.Event().wait()
     finally:
         server.shutdown()
         thread.join()
+        lake.stop()
     return 0
 
 
@@ -57,7 +73,7 @@ def register(sub: Subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9464, help="port (default 9464)")
     serve.add_argument(
-        "--max-age-s", type=positive_float, default=60.0, help="gather the lake again when figures are older"
+        "--max-age-s", type=positive_float, default=60.0, help="gather the lake in the background every this many s"
     )
     serve.add_argument(
         "--since",

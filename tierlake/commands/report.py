@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 from datetime import datetime
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tierlake.commands import ExitCode, Subparsers, positive_float
 from tierlake.config import Settings
+from tierlake.errors import TierlakeError
+
+if TYPE_CHECKING:
+    from pipelines.observe.checkpoints import TrainingCheckpoints
+    from pipelines.observe.dag_runs import MaintenanceRuns
+    from training.operations import TierListing
 
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$")
@@ -47,6 +56,58 @@ def driver_running(settings: Settings) -> bool:
     return daemon.running_pid() is not None
 
 
+def training_checkpoints(settings: Settings) -> TrainingCheckpoints:
+    """The training checkpoints on every tier a restore reads (``tierlake checkpoint list``'s listing), for the report:
+    ``pipelines`` may not import ``training``, so the CLI lists them and passes them in. ``list_checkpoints`` leaves
+    out (and only logs) a tier it cannot list, so each tier is probed first and the error kept for its verdict."""
+    from pipelines.observe.checkpoints import TrainingCheckpoints  # noqa: PLC0415
+    from training.operations import list_checkpoints  # noqa: PLC0415
+    from training.setup import restore_tiers  # noqa: PLC0415
+
+    tiers = restore_tiers(settings)
+    listings: list[TierListing] = []
+    unreadable: dict[str, str] = {}
+    for tier in tiers:
+        try:
+            tier.runs()
+        except (TierlakeError, OSError) as exc:  # StorageError of a store, TapeError of the tape library
+            unreadable[tier.name] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            continue
+        listings += list_checkpoints([tier])
+    return TrainingCheckpoints(tiers=[t.name for t in tiers], listings=listings, unreadable=unreadable)
+
+
+def last_vacuums(settings: Settings) -> dict[str, float]:
+    """Table path -> time of its newest VACUUM lineage record (``training.lineage_vacuum``: the one record of a
+    VACUUM on this stack, which leaves no commit). One listing of ``_lineage/vacuum/``, then one read per table: the
+    newest record's ``eventTime`` (when the VACUUM finished)."""
+    from pipelines.observe.ingestion import client_for  # noqa: PLC0415
+    from training.lineage_vacuum import VACUUM_PREFIX  # noqa: PLC0415
+
+    client, bucket = client_for(settings), settings.s3.lake_bucket
+    newest: dict[str, tuple[float, str]] = {}  # table -> (written, key)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{VACUUM_PREFIX}/"):
+        for item in page.get("Contents", []):
+            key = str(item.get("Key", ""))
+            table = key[len(VACUUM_PREFIX) + 1 :].rpartition("/")[0]
+            written = item["LastModified"].timestamp()
+            if key.endswith(".json") and table and written >= newest.get(table, (0.0, ""))[0]:
+                newest[table] = (written, key)
+    found = {}
+    for table, (_, key) in newest.items():
+        event = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        found[table] = datetime.fromisoformat(str(event["eventTime"])).timestamp()
+    return found
+
+
+def maintenance_runs() -> MaintenanceRuns:
+    """The maintenance DAG's last runs from this host's Airflow (its environment says where its DB is), or why not."""
+    from pipelines.observe.dag_runs import MaintenanceRuns, airflow_db, dag_runs  # noqa: PLC0415
+
+    found = airflow_db(os.environ, Path.home())
+    return dag_runs(found) if isinstance(found, Path) else MaintenanceRuns(note=found)
+
+
 def _report(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.observe import build_report, render_html  # noqa: PLC0415 - matplotlib, delta-rs, duckdb
 
@@ -57,6 +118,9 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
         grace_s=args.lag_grace_s,
         driver_running=driver_running(settings),
         extra_tables=args.table or [],
+        training=partial(training_checkpoints, settings),
+        vacuums=partial(last_vacuums, settings),
+        maintenance=maintenance_runs,
     )
     page = render_html(report)
     out: Path = args.out
