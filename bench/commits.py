@@ -7,7 +7,8 @@
 - log entry writes: ``--entries`` fresh entries through each class's ``write(..., overwrite=false)`` in one JVM,
   interleaved, so both see the same load;
 - whole appends: ``--appends`` one-row Delta appends to a fresh table, in one Spark session per log store (the log
-  store is fixed when a session starts, so each runs in a child process of this script), also interleaved by round.
+  store is fixed when a session starts, so each runs in a child process of this script), in three rounds of one
+  child per store, the order alternating.
 
 The last line of output is one JSON object. Times are wall-clock on a shared machine: compare the ratios.
 """
@@ -87,6 +88,19 @@ def appends(profile: str, mode: str, count: int) -> list[float]:
     return [float(x) for x in json.loads(out.strip().splitlines()[-1])]
 
 
+def interleaved_appends(profile: str, count: int, *, rounds: int = 3) -> dict[str, list[float]]:
+    """``count`` appends per log store in ``rounds`` rounds, each round one child per store, the order alternating,
+    so that both stores see the machine's load of the same minutes."""
+    modes = list(LOG_STORES)
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for round_ in range(rounds):
+        share = count // rounds + (round_ < count % rounds)
+        for mode in modes if round_ % 2 == 0 else reversed(modes):
+            if share:
+                times[mode] += appends(profile, mode, share)
+    return times
+
+
 def child_appends(settings: Settings, count: int) -> list[float]:
     spark = spark_session(settings, app_name=f"bench-commits-{settings.spark.delta_commits}")
     uri = f"s3a://{settings.s3.lake_bucket}/bench/commits/{uuid.uuid4().hex[:8]}-{settings.spark.delta_commits}"
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{entries} log entries per log store")
     writes = entry_writes(settings, entries)
     log(f"{rounds} appends per log store")
-    append_s = {mode: appends(args.profile, mode, rounds) for mode in LOG_STORES}
+    append_s = interleaved_appends(args.profile, rounds)
     result: dict[str, Any] = {
         "bench": "commits",
         "figures": {

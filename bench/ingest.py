@@ -388,29 +388,29 @@ def ingest_batch_ms(live: dict[str, Any]) -> float | None:
 def local_baseline(
     args: argparse.Namespace, master: str, *, events: int, seconds: float, start: datetime
 ) -> dict[str, Any]:
-    """``--spark-workers``: the same backlog and live parts in the driver (``master``, as many cores as the
-    cluster's workers), in the same run, on a topic and entity of their own holding the same records. Run after
-    the cluster's parts, so this driver's JVM is the warmer one."""
+    """``--spark-workers``: the same parts as the cluster's, in the driver (``master``, as many cores as the
+    cluster's workers), in the same run, on a topic and entity of their own holding the same records: Spark's own
+    read as the warm-up, the first backlog (end to end), the second backlog (the one compared), then the live part
+    after both. Run after the cluster's parts, so this driver's JVM is the warmer one."""
     tag = uuid.uuid4().hex[:8]
     settings = LocalStack(bench_settings(args.profile, tag)).up()  # creates the topic
     settings = replace(settings, spark=replace(settings.spark, master=master))
     entity = f"bench_{tag}"
-    send_records(
-        settings,
-        settings.entities[entity].topic,
-        good_records("ev", events, seed=1, start=start),
-        total=events,
-        progress=False,
-    )
+    topic = settings.entities[entity].topic
+    send_records(settings, topic, good_records("ev", events, seed=1, start=start), total=events, progress=False)
     spark = spark_session(settings, app_name="tierlake-bench-ingest-local")
     try:
+        spark_read(spark, settings, topic, events)
         began = time.monotonic()
+        start_ingest(spark, settings, entity=entity, trigger_s=None).awaitTermination()
+        silver_s = time.monotonic() - began
+        second = good_records("ev", events, seed=3, start=second_start(start, events))
+        send_records(settings, topic, second, total=events, progress=False)
         query = start_ingest(spark, settings, entity=entity, trigger_s=None)
         query.awaitTermination()
-        silver_s = time.monotonic() - began
         backlog = [p["durationMs"]["triggerExecution"] / 1000 for p in query.recentProgress if p["numInputRows"]]
         live = live_run(
-            spark, settings, entity, events=events, rate=args.rate, seconds=seconds, trigger_s=args.trigger_s
+            spark, settings, entity, events=2 * events, rate=args.rate, seconds=seconds, trigger_s=args.trigger_s
         )
     finally:
         spark.stop()

@@ -12,6 +12,7 @@ command line.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +31,7 @@ from infra.stack import LocalStack
 from pipelines.ingest.ledger import PAUSE_AFTER_GATE_ENV
 from pipelines.ingest.silver import silver_tables
 from pipelines.synthetic.datasets import EV_SPACING_S, good_records, recent_start
+from tests.e2e.cli import tierlake
 from tests.integration.test_ingest import (
     REPO,
     Oracle,
@@ -49,10 +51,22 @@ WAIT_S = 600.0  # how long a step may take on a loaded 2-core machine before the
 
 @pytest.fixture(scope="module")
 def cluster(stack: LocalStack) -> Iterator[SparkCluster]:
-    spark_cluster = SparkCluster(stack.settings, workers=2)
-    spark_cluster.up()
-    yield spark_cluster
-    spark_cluster.down()
+    """The cluster as a user starts it (`tierlake stack up --spark-workers 2` beside the running stack), seen by
+    `stack status`; stopped by pid at the end (`stack down` would stop the whole stack of the session)."""
+    up = tierlake(["stack", "up", "--spark-workers", "2"])
+    assert up.returncode == 0, up.stderr[-3000:]
+    spark_cluster = SparkCluster(stack.settings)
+    try:
+        status = tierlake(["stack", "status", "--json"])
+        assert status.returncode == 0, status.stdout + status.stderr
+        rows = {row["service"]: row for row in json.loads(status.stdout)["services"]}
+        for name in ("spark-master", "spark-worker-1", "spark-worker-2"):
+            assert rows[name]["health"] == "ok", rows.get(name)
+            assert rows[name]["pid"], rows[name]
+        assert len(spark_cluster.workers) == 2
+        yield spark_cluster
+    finally:
+        spark_cluster.down()
 
 
 class ClusterOracle(Oracle):
