@@ -186,8 +186,11 @@ def run_continuous(
         report()
         while not stop.wait(min(trigger_s, 2.0)):
             ingest.watch()
+            # Gold writes under its entity's lease too: it stops with a paused or failed entity (its streaming
+            # checkpoint is no Delta log, so the store's fence would not keep it from writing there), and starts
+            # only where the lease is confirmed (the store answers: a start reads silver's log).
+            gold.stop([*ingest.paused, *ingest.failed])
             gold.watch()
-            # Gold starts only where the lease is confirmed: the store answers (a start reads silver's log).
             gold.start_missing([e for e in entities if e in ingest.queries and leases[entities.index(e)].may_commit()])
             report()
     finally:
@@ -226,8 +229,10 @@ class GoldQueries:
                 logger.warning("gold %s cannot start yet: %s", entity, first_line(exc), extra={"entity": entity})
                 self._not_before[entity] = time.monotonic() + self.RETRY_S
                 continue
-            if query is not None:
+            if query is not None and entity in entities:
                 self.queries[entity] = query
+            elif query is not None:  # its entity paused or failed while the query started
+                self._stop(entity, query)
         for entity in entities:
             if entity in self.queries or entity in self._pending:
                 continue
@@ -248,6 +253,18 @@ class GoldQueries:
             else:
                 logger.error("gold %s: %s; starting it again", entity, _stopped(query), extra={"entity": entity})
                 self._not_before[entity] = time.monotonic() + self.RETRY_S
+
+    def stop(self, entities: list[str]) -> None:
+        """Stop the gold queries of ``entities`` (their lease is unconfirmed or lost); :meth:`start_missing` starts
+        a paused one's again once its lease is confirmed."""
+        for entity in entities:
+            if (query := self.queries.pop(entity, None)) is not None:
+                self._stop(entity, query)
+
+    @staticmethod
+    def _stop(entity: str, query: Any) -> None:
+        logger.warning("gold %s stopped: its writer lease is not confirmed", entity, extra={"entity": entity})
+        threading.Thread(target=query.stop, name=f"stop-gold-{entity}", daemon=True).start()
 
     def close(self) -> None:
         self._starter.shutdown(wait=False, cancel_futures=True)

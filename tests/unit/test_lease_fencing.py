@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -14,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from pipelines.ingest import driver
-from pipelines.ingest.driver import IngestQueries
+from pipelines.ingest.driver import GoldQueries, IngestQueries
 from pipelines.lake.lease import TableLease
 from pipelines.lake.maintenance import MAX_PAUSED_S, ingest_health
 from tierlake.config import Settings
@@ -147,3 +148,57 @@ def test_the_status_file_says_since_when_an_entity_is_paused(tmp_path: Path) -> 
     assert (status["paused"], status["paused_since"]) == ({"ev": WHY}, {"ev": NOW})
     health = ingest_health(status | {"running": True, "seconds_since_update": 0.0}, max_staleness_s=300, now=NOW + 31)
     assert health.verdict == "degraded"
+
+
+def _gold(monkeypatch: pytest.MonkeyPatch) -> tuple[GoldQueries, list[_Query]]:
+    """Gold queries whose start is stubbed (no Spark); the queries it started, in order."""
+    made: list[_Query] = []
+
+    def start_gold(spark: Any, settings: Any, *, entity: str, **_: Any) -> _Query:
+        made.append(_Query(f"gold_{entity}"))
+        return made[-1]
+
+    monkeypatch.setattr(driver, "start_gold", start_gold)
+    return GoldQueries(cast("Any", None), cast("Settings", None), trigger_s=60.0), made
+
+
+def _settle(gold: GoldQueries, entities: list[str]) -> None:
+    """Let the background starts end, then collect them."""
+    gold._starter.submit(lambda: None).result(timeout=10)  # the one starter thread runs in order
+    gold.start_missing(entities)
+
+
+def test_gold_stops_with_a_paused_or_failed_entity_and_starts_only_when_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gold, made = _gold(monkeypatch)
+    gold.start_missing(["ev"])
+    _settle(gold, ["ev"])
+    assert list(gold.queries) == ["ev"]
+    gold.stop(["ev"])  # the driver's loop: ev is paused or failed
+    assert gold.queries == {}
+    _wait_for(lambda: not made[0].isActive)
+    gold.start_missing([])  # ev is not allowed (its lease unconfirmed): nothing starts
+    _settle(gold, [])
+    assert (gold.queries, len(made)) == ({}, 1)
+    gold.start_missing(["ev"])  # confirmed again: gold starts again
+    _settle(gold, ["ev"])
+    assert list(gold.queries) == ["ev"]
+    assert len(made) == 2
+    gold.close()
+
+
+def test_a_gold_start_that_ends_after_its_entity_paused_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    gold, made = _gold(monkeypatch)
+    gold.start_missing(["ev"])
+    _settle(gold, [])  # collected after ev was paused: the new query is stopped, not kept
+    assert gold.queries == {}
+    _wait_for(lambda: not made[0].isActive)
+    gold.close()
+
+
+def _wait_for(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
