@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from infra import manifests
 from tierlake.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,3 +58,42 @@ def test_cache_warmup_is_scheduled_on_the_gold_asset_that_the_supervisor_emits(d
     assert GOLD_VERSION_LANDED in getattr(warmup.timetable.asset_condition, "objects", ())
     announce = dagbag.dags["ingest_supervisor"].get_task("announce_gold")
     assert GOLD_VERSION_LANDED in announce.outlets
+
+
+# The archive queue: every task of the tiering and retention DAGs runs on the Celery queue that the archive workers
+# of infra/k8s/ take (`--queues`), and no other DAG's task does (they run on the chart's workers).
+ARCHIVE_DAGS = {"tiering", "retention"}
+
+
+def _worker_queues() -> list[str]:
+    objects = manifests.render(manifests.K8S / "base")
+    pod = manifests.one(objects, "StatefulSet", "tierlake-archive")["spec"]["template"]["spec"]
+    args = next(c for c in pod["containers"] if c["name"] == "worker")["args"]
+    queues: list[str] = args[args.index("--queues") + 1].split(",")
+    return queues
+
+
+def test_the_archive_dags_run_on_the_queue_the_archive_workers_take(dagbag: DagBag) -> None:
+    from dags.common import ARCHIVE_QUEUE  # noqa: PLC0415 - after the environment above
+
+    assert _worker_queues() == [ARCHIVE_QUEUE]
+    assert set(dagbag.dag_ids) >= ARCHIVE_DAGS
+    elsewhere = [
+        f"{dag_id}.{task.task_id}: {task.queue}"
+        for dag_id in sorted(ARCHIVE_DAGS)
+        for task in dagbag.dags[dag_id].tasks
+        if task.queue != ARCHIVE_QUEUE
+    ]
+    assert elsewhere == []
+
+
+def test_no_other_dag_sends_work_to_the_tape_nodes(dagbag: DagBag) -> None:
+    from dags.common import ARCHIVE_QUEUE  # noqa: PLC0415
+
+    on_archive = [
+        f"{dag_id}.{task.task_id}"
+        for dag_id in sorted(set(dagbag.dag_ids) - ARCHIVE_DAGS)
+        for task in dagbag.dags[dag_id].tasks
+        if task.queue == ARCHIVE_QUEUE
+    ]
+    assert on_archive == []

@@ -4,6 +4,7 @@ the vendored Kubernetes and CRD schemas, a broken field fails, and the manifests
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,7 @@ def test_the_airflow_values_are_valid(airflow: dict[str, Any]) -> None:
 def test_a_misspelled_or_mistyped_airflow_value_fails(
     airflow: dict[str, Any], path: list[str], value: Any, complaint: str
 ) -> None:
-    values = copy.deepcopy(airflow)
-    target: Any = values
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
+    values = _with(airflow, path, value)
     problems = manifests.validate_airflow_values(values)
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"airflow values: {complaint}"), problems
@@ -276,11 +273,7 @@ def test_spark_master_has_one_source_conf_prod(prod: Settings, airflow: dict[str
 def test_the_archive_workers_follow_the_airflow_values(
     prod: Settings, airflow: dict[str, Any], path: tuple[str, ...], value: str, complaint: str
 ) -> None:
-    values = copy.deepcopy(airflow)
-    target: Any = values
-    for step in path[:-1]:
-        target = target[step]
-    target[path[-1]] = value
+    values = _with(airflow, path, value)
     problems = manifests.disagreements(_overlay("small"), prod, values)
     problems = [p for p in problems if not p.startswith("Airflow DAG folder")]  # subPath is also checked alone
     assert len(problems) == 1, problems
@@ -295,3 +288,13 @@ def test_archive_workers_without_the_dag_sync_are_named(prod: Settings, airflow:
     assert manifests.disagreements(objects, prod, airflow) == [
         f"archive workers: no git-sync container keeps the DAGs mounted at {manifests.DAGS_MOUNT}"
     ]
+
+
+def _with(values: dict[str, Any], path: Sequence[str], value: Any) -> dict[str, Any]:
+    """A deep copy of ``values`` with the key at ``path`` set to ``value``."""
+    changed = copy.deepcopy(values)
+    target: Any = changed
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return changed
