@@ -179,15 +179,17 @@ class Oracle:
 
 class Maintenance:
     """The lake_maintenance DAG's work on an oracle's bronze and silver, in a loop beside its drivers: OPTIMIZE
-    (delta-rs, ``dataChange: false``) and a log checkpoint every round, VACUUM (Spark, the default retention) every
-    ``vacuum_every`` rounds when given a session. What ran is counted in ``done``; errors are kept for the test."""
+    (delta-rs, ``dataChange: false``) and a log checkpoint every ``every_s``, and, given a session, one VACUUM (Spark,
+    the default retention) of each table once it exists. What ran is counted in ``done``; errors are kept for the
+    test."""
 
-    def __init__(self, oracle: Oracle, *, spark: SparkSession | None = None, vacuum_every: int = 8) -> None:
+    def __init__(self, oracle: Oracle, *, spark: SparkSession | None = None, every_s: float = 5.0) -> None:
         self.settings = oracle.settings()
         self.tables = [f"silver/{oracle.entity}", f"bronze/{catalog.topic_folder(oracle.topic)}"]
-        self.spark, self.vacuum_every = spark, vacuum_every
+        self.spark, self.every_s = spark, every_s
         self.done: Counter[str] = Counter()
         self.errors: list[str] = []
+        self._vacuumed: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="maintenance", daemon=True)
 
@@ -201,23 +203,27 @@ class Maintenance:
         assert not self._thread.is_alive(), "maintenance did not stop"
 
     def _loop(self) -> None:
-        rounds = 0
-        while not self._stop.wait(2):
-            rounds += 1
+        while not self._stop.wait(self.every_s):
             for table in self.tables:
                 self._run("optimize", partial(maintenance.optimize, self.settings, table))
                 self._run("checkpoint", partial(maintenance.checkpoint, self.settings, table))
-                if self.spark is not None and rounds % self.vacuum_every == 3:  # the first at round 3
-                    self._run("vacuum", partial(maintenance.vacuum, self.spark, self.settings, table))
+                if (
+                    self.spark is not None
+                    and table not in self._vacuumed
+                    and self._run("vacuum", partial(maintenance.vacuum, self.spark, self.settings, table))
+                ):
+                    self._vacuumed.add(table)
 
-    def _run(self, what: str, step: Callable[[], object]) -> None:
+    def _run(self, what: str, step: Callable[[], object]) -> bool:
         try:
             step()
-            self.done[what] += 1
         except NotFound:  # the first batch has not created the table yet
-            pass
+            return False
         except Exception as exc:  # reported by the test
             self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            return False
+        self.done[what] += 1
+        return True
 
 
 def ingest_in_session(spark: SparkSession, settings: Settings, entities: list[str]) -> None:
